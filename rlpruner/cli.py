@@ -1,0 +1,47 @@
+"""`rlpruner` command line: one subcommand per module in `rlpruner.commands`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import RLPrunerError
+
+# Each module defines HELP, add_arguments(parser) and run(args) -> int.
+COMMANDS = ("train", "evaluate", "prune", "compress", "demo", "export")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlpruner", description="Structured pruning for PyTorch CNNs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"rlpruner.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"rlpruner.commands.{name}":
+                continue  # command not built yet
+            raise
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "_run"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except RLPrunerError as exc:
+        print(f"rlpruner {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rlpruner {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""User-facing errors. The CLI prints these as one line and exits non-zero; anything else is a bug."""
+
+
+class RLPrunerError(Exception):
+    """Base class for errors caused by the user's input or environment (not by a bug)."""
+
+
+class ConfigError(RLPrunerError, ValueError):
+    """An option or argument is out of range or inconsistent."""
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A model, dataset, criterion... name that is not registered. The message lists valid names."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DataError(RLPrunerError):
+    """A dataset cannot be found or read."""
+
+
+class CheckpointError(RLPrunerError):
+    """A checkpoint or saved model is missing, corrupt, hostile or does not match the model."""
+
+
+class UnsupportedOperation(RLPrunerError):
+    """An operation whose channel semantics are unknown, raised in strict tracing mode."""
+
+
+class PruningError(RLPrunerError):
+    """A pruning request that cannot be carried out (e.g. it would empty a group)."""
