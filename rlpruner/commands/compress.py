@@ -1,0 +1,204 @@
+"""`rlpruner compress`: RL-Pruner on a model (zoo name, checkpoint or import path) until a target is met."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..distill import DistillConfig
+from ..errors import ConfigError
+from ..search import STRATEGIES, CompressConfig, RLConfig, Reward, Target
+from .train import add_data_arguments, data_spec_from_args, set_threads
+
+HELP = "compress a model with RL-Pruner (learned per-layer pruning, KD recovery) to a FLOPs/params/sparsity/latency target"
+
+_BOOL = argparse.BooleanOptionalAction
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a checkpoint (.rlp from `rlpruner train`), a zoo model name, "
+                                      "or an import path 'package.module:factory'")
+    parser.add_argument("--out", "-o", default=None, help="run directory (default: runs/compress-<model>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace a finished or killed run in --out")
+    parser.add_argument("--allow-import", action="append", default=[], metavar="MODULE",
+                        help="trust this module to build a checkpoint saved by import path (repeatable)")
+    add_data_arguments(parser, defaults=False)
+    _add_target_arguments(parser)
+    _add_rl_arguments(parser)
+    _add_kd_arguments(parser)
+    _add_run_arguments(parser)
+
+
+def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("target (one of; fractions removed, default --target-flops 0.5)")
+    exclusive = group.add_mutually_exclusive_group()
+    for kind in ("flops", "params", "sparsity", "latency"):
+        exclusive.add_argument(f"--target-{kind}", type=float, default=None, metavar="FRACTION",
+                               help=f"stop once this fraction of the original {kind} is removed")
+    reward = parser.add_argument_group("reward")
+    reward.add_argument("--strategy", choices=STRATEGIES, default="accuracy",
+                        help="Q = val top-1 (+ 0.25 x the reduction the strategy names) (default: %(default)s)")
+    for kind in ("flops", "params", "latency"):
+        reward.add_argument(f"--{kind}-weight", type=float, default=None,
+                            help=f"weight of the {kind} reduction in Q (default: 0.25 with --strategy {kind}, else 0)")
+
+
+def _add_rl_arguments(parser: argparse.ArgumentParser) -> None:
+    d = RLConfig()
+    group = parser.add_argument_group("RL-Pruner")
+    group.add_argument("--prune-filter-ratio", type=float, default=d.prune_filter_ratio,
+                       help="channels removed per step, as a share of the original prunable channels (default: %(default)s)")
+    group.add_argument("--lr-epoch", type=int, default=d.lr_epoch, help="sampling rounds per step (default: %(default)s)")
+    group.add_argument("--sample-num", type=int, default=d.sample_num, help="candidates per round (default: %(default)s)")
+    group.add_argument("--noise", type=float, default=d.noise, help="sampling noise (default: %(default)s)")
+    group.add_argument("--step-length", type=float, default=d.step_length, help="policy step lambda (default: %(default)s)")
+    group.add_argument("--clip", type=float, default=d.clip, help="PPO ratio clip delta (default: %(default)s)")
+    group.add_argument("--no-clip", dest="clip", action="store_const", const=None, help="update the policy unclipped")
+    group.add_argument("--epsilon", type=float, default=d.epsilon, help="initial exploration rate (default: %(default)s)")
+    group.add_argument("--epsilon-schedule", choices=("cosine", "linear", "constant"), default=d.epsilon_schedule,
+                       help="decay of epsilon (default: %(default)s)")
+    group.add_argument("--epsilon-decay-fraction", type=float, default=d.epsilon_decay_fraction,
+                       help="share of the planned steps over which epsilon decays to 0 (default: %(default)s)")
+    group.add_argument("--sample-step", type=int, default=d.sample_step, help="look-ahead depth (default: %(default)s)")
+    group.add_argument("--lookahead-samples", type=int, default=d.lookahead_samples,
+                       help="candidates per look-ahead level (default: %(default)s)")
+    group.add_argument("--gamma", type=float, default=d.gamma, help="look-ahead discount (default: %(default)s)")
+    group.add_argument("--guard-threshold", type=float, default=d.guard_threshold,
+                       help="relative val-accuracy drop that resets the policy (default: %(default)s)")
+    group.add_argument("--no-guard", dest="guard_threshold", action="store_const", const=None,
+                       help="never reset the policy on an accuracy drop")
+    group.add_argument("--guard-retries", type=int, default=d.guard_retries, help="default: %(default)s")
+    group.add_argument("--importance", default=d.importance,
+                       help="l1, l2, taylor, activation, bn_scale or random (default: %(default)s)")
+    group.add_argument("--calibration-samples", type=int, default=d.calibration_samples, help="default: %(default)s")
+    group.add_argument("--eval-batches", type=int, default=d.eval_batches,
+                       help="validation batches per candidate (default: the whole validation split)")
+    group.add_argument("--min-keep", type=int, default=d.min_keep, help="channels every group keeps (default: %(default)s)")
+    group.add_argument("--round-to", type=int, default=d.round_to, help="remove channels in multiples of N (default: %(default)s)")
+    group.add_argument("--keep", action="append", default=[], metavar="MODULE", help="never prune this module (repeatable)")
+
+
+def _add_kd_arguments(parser: argparse.ArgumentParser) -> None:
+    d, c = DistillConfig(), CompressConfig()
+    group = parser.add_argument_group("recovery (knowledge distillation)")
+    group.add_argument("--kd-epochs", type=int, default=d.epochs, help="KD epochs per recovery (default: %(default)s)")
+    group.add_argument("--post-train-period", type=int, default=c.post_train_period,
+                       help="recover after every N steps; 0: only the final fine-tune (default: %(default)s)")
+    group.add_argument("--final-epochs", type=int, default=c.final_epochs, help="final KD fine-tune (default: %(default)s)")
+    group.add_argument("--kd-lr", type=float, default=d.lr, help="default: %(default)s")
+    group.add_argument("--kd-momentum", type=float, default=d.momentum, help="default: %(default)s")
+    group.add_argument("--kd-weight-decay", type=float, default=d.weight_decay, help="default: %(default)s")
+    group.add_argument("--kd-nesterov", action=_BOOL, default=d.nesterov, help="default: %(default)s")
+    group.add_argument("--kd-warmup-epochs", type=float, default=d.warmup_epochs, help="default: %(default)s")
+    group.add_argument("--kd-temperature", type=float, default=d.temperature, help="default: %(default)s")
+    group.add_argument("--kd-ce-weight", type=float, default=d.ce_weight,
+                       help="weight s of the hard-label loss (default: %(default)s)")
+    group.add_argument("--kd-batch-size", type=int, default=d.batch_size, help="default: %(default)s")
+    group.add_argument("--kd-augment", action=_BOOL, default=d.augment, help="default: %(default)s")
+    group.add_argument("--switch-teacher", action=_BOOL, default=d.switch_teacher,
+                       help="the student becomes the teacher once better on validation (default: %(default)s)")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    c = CompressConfig()
+    group = parser.add_argument_group("run")
+    group.add_argument("--seed", type=int, default=c.seed, help="default: %(default)s")
+    group.add_argument("--device", default=c.device, help="cpu, cuda, cuda:N, mps or auto (default: %(default)s)")
+    group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    group.add_argument("--eval-batch-size", type=int, default=c.eval_batch_size, help="default: %(default)s")
+    group.add_argument("--latency-batch", type=int, default=c.latency_batch, help="default: %(default)s")
+    group.add_argument("--latency-repeats", type=int, default=c.latency_repeats, help="default: %(default)s")
+    group.add_argument("--latency-threads", type=int, default=c.latency_threads,
+                       help="threads while timing (default: %(default)s)")
+    group.add_argument("--test", action=_BOOL, default=True,
+                       help="evaluate the test split once, on the final model (default: %(default)s)")
+    group.add_argument("--progress", action=_BOOL, default=None, help="progress bars (default: on a terminal)")
+
+
+def target_from_args(args: argparse.Namespace) -> Target:
+    for kind in ("flops", "params", "sparsity", "latency"):
+        value = getattr(args, f"target_{kind}")
+        if value is not None:
+            return Target(kind, value)
+    return Target("flops", 0.5)
+
+
+def config_from_args(args: argparse.Namespace) -> CompressConfig:
+    """Every number is validated here (by the dataclasses), before any data or model is loaded."""
+    rl = RLConfig(**{name: getattr(args, name) for name in RLConfig.__dataclass_fields__})
+    kd = DistillConfig(epochs=args.kd_epochs, lr=args.kd_lr, momentum=args.kd_momentum,
+                       weight_decay=args.kd_weight_decay, nesterov=args.kd_nesterov,
+                       warmup_epochs=args.kd_warmup_epochs, temperature=args.kd_temperature,
+                       ce_weight=args.kd_ce_weight, batch_size=args.kd_batch_size, augment=args.kd_augment,
+                       switch_teacher=args.switch_teacher)
+    reward = Reward(args.strategy, args.flops_weight, args.params_weight, args.latency_weight)
+    return CompressConfig(target=target_from_args(args), reward=reward, rl=rl, kd=kd,
+                          post_train_period=args.post_train_period, final_epochs=args.final_epochs,
+                          keep=tuple(args.keep), eval_batch_size=args.eval_batch_size,
+                          latency_batch=args.latency_batch, latency_repeats=args.latency_repeats,
+                          latency_threads=args.latency_threads, seed=args.seed, device=args.device,
+                          progress=args.progress)
+
+
+def is_checkpoint(source: str) -> bool:
+    path = Path(source)
+    return path.suffix in (".rlp", ".safetensors") or path.is_file()
+
+
+def load_model(source: str, allow_imports: list[str], splits=None) -> tuple[nn.Module, dict]:
+    """(model, checkpoint meta) from a checkpoint path, or a fresh zoo / import-path model sized for `splits`."""
+    from ..io import load_checkpoint
+    from ..models import create_model
+
+    if is_checkpoint(source):
+        return load_checkpoint(Path(source), allow_imports=allow_imports)
+    return create_model(source, num_classes=splits.num_classes, in_channels=splits.in_channels), {}
+
+
+def print_summary(results: dict) -> None:
+    from ..metrics import format_table, human
+
+    rows = []
+    for label, key in (("original", "base"), ("compressed", "final")):
+        row = results[key]
+        rows.append({"model": label, "params": human(row["params"]), "FLOPs": human(row["flops"]),
+                     "latency ms": row["latency_ms"], "val top-1": 100 * row["val_acc"]})
+        if row.get("test_acc") is not None:
+            rows[-1]["test top-1"] = 100 * row["test_acc"]
+    print(format_table(rows))
+    reached, timing = results["reached"], results["timing"]
+    print(f"reduction: FLOPs {reached['flops']:.1%}, params {reached['params']:.1%}, latency "
+          f"{reached['latency']:.1%}, channels {reached['sparsity']:.1%}; {results['steps']} steps in "
+          f"{results['time_s']:.0f} s; search overhead {timing['search_s']:.1f} s vs {timing['eval_s']:.1f} s "
+          f"of candidate evaluation ({(timing['overhead'] or 0):.1%})")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import DataSpec
+    from ..search import compress
+    from .evaluate import check_fits
+
+    config = config_from_args(args)
+    set_threads(args.threads)
+    model, meta = load_model(args.model, args.allow_import) if is_checkpoint(args.model) else (None, {})
+    stored = meta.get("data")
+    spec = data_spec_from_args(args, DataSpec.from_dict(stored, f"{args.model}: meta.data") if stored else None)
+    splits = spec.load()
+    if model is None:
+        torch.manual_seed(config.seed)
+        model, _ = load_model(args.model, args.allow_import, splits)
+        print(f"note: {args.model} is freshly initialised (no trained weights); compress a checkpoint from "
+              "`rlpruner train` for meaningful accuracy", flush=True)
+    check_fits(model, splits, torch.device("cpu"), args.model)
+    out = Path(args.out) if args.out else Path("runs") / f"compress-{Path(args.model).stem.replace(':', '-')}"
+    print(f"compressing {args.model} on {spec.name}: target {config.target.kind} -{config.target.value:.0%}, "
+          f"strategy {config.reward.strategy}, run directory {out}", flush=True)
+    result = compress(model, splits, config, out_dir=out, resume=args.resume, overwrite=args.overwrite,
+                      log=lambda line: print(line, flush=True), evaluate_test=args.test,
+                      meta={"data": spec.resolved(splits).to_dict()})
+    print_summary(result.results)
+    print(f"wrote {result.paths['model']}, {result.paths['summary']} and plots in {out / 'plots'}")
+    return 0

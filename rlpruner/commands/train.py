@@ -1,0 +1,149 @@
+"""`rlpruner train`: train a zoo model (or a model from an import path) on a dataset, keep the best
+epoch on validation, save it as a checkpoint and print its measurements."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import DataSpec, list_datasets
+from ..errors import ConfigError
+from ..train import EpochStats, TrainConfig, resolve_device
+
+HELP = "train a model on a dataset and save the best-on-validation checkpoint"
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """Dataset options shared by commands; with defaults=False every option defaults to None."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", default="digits" if defaults else None,
+                       help=f"dataset name: {', '.join(list_datasets())} (default: %(default)s)")
+    group.add_argument("--data-root", default=None,
+                       help="folder holding the CIFAR archives or the image folder (default: $RLPRUNER_DATA or ./data)")
+    group.add_argument("--image-size", type=int, default=None, help="square input size (default: the dataset's own)")
+    group.add_argument("--in-channels", type=int, default=None, help="1 or 3 (default: the dataset's own)")
+    group.add_argument("--data-seed", type=int, default=0 if defaults else None,
+                       help="seed of the train/val/test split (default: %(default)s)")
+    group.add_argument("--val-fraction", type=float, default=0.1 if defaults else None,
+                       help="share of the training data held out for validation (default: %(default)s)")
+    group.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="dataset-specific option, e.g. difficulty=0.8 for synthetic (repeatable)")
+
+
+def parse_options(items: list[str], option: str) -> dict[str, Any]:
+    """KEY=VALUE strings to a dict; values are read as JSON when they parse (numbers, booleans)."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{option}: expected KEY=VALUE, got '{item}'")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
+def data_spec_from_args(args: argparse.Namespace, base: DataSpec | None = None) -> DataSpec:
+    """The DataSpec the arguments describe; options not given on the command line come from `base`."""
+    spec = (base or DataSpec()).to_dict()
+    if args.dataset is not None and args.dataset != spec["name"]:
+        spec.update(name=args.dataset, root=None, options={})  # root and options belong to the old dataset
+    given = {"root": args.data_root, "image_size": args.image_size, "in_channels": args.in_channels,
+             "seed": args.data_seed, "val_fraction": args.val_fraction}
+    spec.update({key: value for key, value in given.items() if value is not None})
+    spec["options"] = {**spec["options"], **parse_options(args.data_option, "--data-option")}
+    return DataSpec(**spec)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="resnet20",
+                        help="zoo model name or 'package.module:factory' "
+                             "(default: %(default)s)")
+    add_data_arguments(parser)
+    defaults = TrainConfig()
+    group = parser.add_argument_group("training")
+    group.add_argument("--epochs", type=int, default=defaults.epochs, help="default: %(default)s")
+    group.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (default: %(default)s)")
+    group.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default: %(default)s")
+    group.add_argument("--momentum", type=float, default=defaults.momentum, help="default: %(default)s")
+    group.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="default: %(default)s")
+    group.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs, help="default: %(default)s")
+    group.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing, help="default: %(default)s")
+    group.add_argument("--no-augment", action="store_true", help="train without random crops/flips")
+    group.add_argument("--seed", type=int, default=defaults.seed, help="model-init and training seed (default: %(default)s)")
+    group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: %(default)s)")
+    group.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: %(default)s)")
+    group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--output", "-o", default=None,
+                        help="checkpoint file to write (default: runs/<model>-<dataset>.safetensors); "
+                             "a <name>.train.json with the history is written next to it")
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                       batch_size=args.batch_size, warmup_epochs=args.warmup_epochs,
+                       label_smoothing=args.label_smoothing, augment=not args.no_augment, seed=args.seed,
+                       device=args.device, workers=args.workers)
+
+
+def set_threads(threads: int | None) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(checkpoint, history JSON); refuses a directory or a file name without a stem."""
+    stem = args.model.replace(":", "-").replace(".", "_").replace("/", "_")
+    checkpoint = Path(args.output) if args.output else Path("runs") / f"{stem}-{args.dataset}.safetensors"
+    if checkpoint.is_dir() or not checkpoint.stem:
+        raise ConfigError(f"--output {checkpoint}: must be a file path, e.g. {checkpoint / 'model.safetensors'}")
+    existing = next((p for p in checkpoint.absolute().parents if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise ConfigError(f"--output {checkpoint}: cannot write there ({existing} is not a writable folder)")
+    return checkpoint, checkpoint.with_name(checkpoint.stem + ".train.json")
+
+
+def log_epoch(stats: EpochStats, epochs: int) -> None:
+    print(f"epoch {stats.epoch:>3}/{epochs}  lr {stats.lr:.4f}  train loss {stats.train_loss:.3f} "
+          f"top1 {stats.train_top1:5.1f}  val loss {stats.val_loss:.3f} top1 {stats.val_top1:5.1f}  "
+          f"({stats.seconds:.1f}s)", flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = train_config_from_args(args)  # every number is checked before any work starts
+    resolve_device(config.device)
+    set_threads(args.threads)
+    checkpoint, history_path = output_paths(args)
+    spec = data_spec_from_args(args)
+    splits = spec.load()
+    spec = spec.resolved(splits)
+
+    from ..io import atomic_write_json
+    from ..metrics import count, format_table, human
+    from ..models import create_model
+    from ..train import train
+
+    torch.manual_seed(config.seed)
+    model = create_model(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels)
+    counts = count(model, splits.example_inputs(1))
+    print(f"training {args.model} ({human(counts.params)} params, {human(counts.flops)} FLOPs) on {spec.name} "
+          f"{splits.in_channels}x{splits.image_size}x{splits.image_size}, {len(splits.train)}/{len(splits.val)}/"
+          f"{len(splits.test)} train/val/test images, {config.epochs} epochs", flush=True)
+    meta = {"model": args.model, "data": spec.to_dict(), "train": asdict(config)}
+    result = train(model, splits, config, on_epoch=lambda stats: log_epoch(stats, config.epochs),
+                   checkpoint_path=checkpoint, checkpoint_meta=meta)
+    atomic_write_json(history_path, {**meta, "params": counts.params, "flops": counts.flops, **result.to_dict()})
+    print(format_table([{
+        "model": args.model, "dataset": spec.name, "params": human(counts.params), "FLOPs": human(counts.flops),
+        "best epoch": result.best_epoch, "val top-1": result.best_val["top1"],
+        "test top-1": result.test["top1"], "test top-5": result.test["top5"], "time (s)": result.seconds}]))
+    print(f"saved {checkpoint} (best on validation) and {history_path}")
+    return 0

@@ -1,0 +1,110 @@
+"""Datasets with deterministic train / validation / test splits, and their DataLoaders.
+
+    splits = get_dataset("digits", image_size=16)           # Splits(train, val, test, num_classes, ...)
+    splits = DataSpec("digits", image_size=16).load()       # the same, from a storable spec
+    loaders = make_loaders(splits, batch_size=64, seed=0)   # Loaders(train, val, test)
+
+Validation is for every choice made while training or pruning; test is only ever reported.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..errors import ConfigError, UnknownNameError
+from .augment import AugmentingCollate, augment_batch
+from .base import AugmentConfig, ImageDataset, Splits, stratified_split
+from .cifar import load_cifar
+from .digits import load_digits
+from .imagefolder import load_imagefolder
+from .spec import DataSpec
+from .synthetic import load_synthetic
+
+__all__ = ["AugmentConfig", "DataSpec", "ImageDataset", "Loaders", "Splits", "augment_batch", "default_root",
+           "get_dataset", "list_datasets", "make_loaders", "stratified_split"]
+
+
+# name -> (loader, needs a root folder, default image size, default channels)
+_DATASETS: dict[str, tuple[Callable[..., Splits], bool, int, int]] = {
+    "digits": (load_digits, False, 16, 1),
+    "synthetic": (load_synthetic, False, 32, 3),
+    "cifar10": (partial(load_cifar, "cifar10"), True, 32, 3),
+    "cifar100": (partial(load_cifar, "cifar100"), True, 32, 3),
+    "imagefolder": (load_imagefolder, True, 32, 3),
+}
+
+
+def list_datasets() -> list[str]:
+    return sorted(_DATASETS)
+
+
+def default_root() -> Path:
+    """Where archives are looked for when no root is given: $RLPRUNER_DATA, else ./data."""
+    return Path(os.environ.get("RLPRUNER_DATA", "data"))
+
+
+def default_image_size(name: str) -> int:
+    return _lookup(name)[2]
+
+
+def _lookup(name: str) -> tuple[Callable[..., Splits], bool, int, int]:
+    if name not in _DATASETS:
+        raise UnknownNameError(f"unknown dataset '{name}'; valid: {', '.join(list_datasets())}")
+    return _DATASETS[name]
+
+
+def get_dataset(name: str, root: str | Path | None = None, *, image_size: int | None = None,
+                in_channels: int | None = None, seed: int = 0, val_fraction: float = 0.1, **options) -> Splits:
+    """Load dataset `name` split into train / val / test. None picks the dataset's own default.
+
+    `options` go to the dataset (e.g. test_fraction; synthetic: num_classes, samples_per_class,
+    difficulty); an option the dataset does not take is a ConfigError naming the valid ones.
+    """
+    loader, needs_root, size, channels = _lookup(name)
+    image_size = size if image_size is None else image_size
+    in_channels = channels if in_channels is None else in_channels
+    if image_size < 1 or in_channels < 1:
+        raise ConfigError(f"{name}: image_size and in_channels must be positive, got {image_size}, {in_channels}")
+    accepted = set(inspect.signature(loader).parameters)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        valid = ", ".join(sorted(accepted - {"root", "image_size", "in_channels", "seed", "val_fraction"}))
+        raise ConfigError(f"dataset '{name}' has no option {', '.join(unknown)}; valid: {valid or '(none)'}")
+    if needs_root:
+        options["root"] = default_root() if root is None else Path(root)
+    return loader(image_size=image_size, in_channels=in_channels, seed=seed, val_fraction=val_fraction, **options)
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    val: DataLoader
+    test: DataLoader
+
+
+def make_loaders(splits: Splits, batch_size: int, *, workers: int = 0, augment: bool = True, seed: int = 0,
+                 eval_batch_size: int | None = None) -> Loaders:
+    """Seeded loaders: the training one shuffles and augments (with `splits.augment`), the others do not.
+
+    The last incomplete training batch is dropped when the split is larger than one batch, so that
+    BatchNorm never sees a batch of one.
+    """
+    if batch_size < 1 or workers < 0:
+        raise ConfigError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
+    eval_batch_size = eval_batch_size or max(batch_size, 256)
+    collate = AugmentingCollate(splits.augment, seed) if augment else None
+    train = DataLoader(splits.train, batch_size=batch_size, shuffle=True, num_workers=workers,
+                       collate_fn=collate, drop_last=len(splits.train) > batch_size,
+                       generator=torch.Generator().manual_seed(seed), persistent_workers=workers > 0)
+
+    def evaluation(dataset: ImageDataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=eval_batch_size, shuffle=False, num_workers=workers)
+
+    return Loaders(train=train, val=evaluation(splits.val), test=evaluation(splits.test))

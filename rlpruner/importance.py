@@ -1,0 +1,193 @@
+"""Importance criteria: one score per unit of every group, aggregated over all of the group's members.
+
+An importance is any callable `(model, graph) -> {group name: np.ndarray of shape (group.size,)}`;
+higher means more important. Build the built-in ones with `get(name, ...)`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ConfigError, UnknownNameError
+from .graph import DependencyGraph, Group, Member
+
+Scores = dict[str, np.ndarray]
+
+
+class Importance(Protocol):
+    def __call__(self, model: nn.Module, graph: DependencyGraph) -> Scores: ...
+
+
+def _per_position(values: torch.Tensor, dim: int) -> np.ndarray:
+    """Sum of `values` over every dim but `dim`: one number per position of `dim`."""
+    reduce = [d for d in range(values.dim()) if d != dim]
+    return (values.sum(dim=reduce) if reduce else values).detach().double().cpu().numpy()
+
+
+def _aggregate(group: Group, per_member: Callable[[Member], np.ndarray | None]) -> np.ndarray:
+    score = np.zeros(group.size)
+    for m in group.members:
+        values = per_member(m)
+        if values is not None:
+            score += np.bincount(m.units, weights=values[m.positions], minlength=group.size)
+    return score
+
+
+def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    out = dict(model.named_parameters())
+    out.update(model.named_buffers())
+    return out
+
+
+@dataclass(frozen=True)
+class Magnitude:
+    """Group L_p norm of every weight slice of a unit (producer rows, consumer columns, norm params)."""
+
+    p: int = 2
+
+    def __call__(self, model: nn.Module, graph: DependencyGraph) -> Scores:
+        params = dict(model.named_parameters())
+        scores = {}
+        for g in graph.prunable_groups():
+            total = _aggregate(g, lambda m: _per_position(params[m.param].abs() ** self.p, m.dim) if m.param in params else None)
+            scores[g.name] = total ** (1.0 / self.p)
+        return scores
+
+
+@dataclass(frozen=True)
+class BNScale:
+    """|gamma| of the normalisation layers in the group (Network Slimming); L2 where a group has none."""
+
+    def __call__(self, model: nn.Module, graph: DependencyGraph) -> Scores:
+        modules = dict(model.named_modules())
+        norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+        fallback = Magnitude(2)(model, graph)
+        scores = {}
+        for g in graph.prunable_groups():
+            gammas = [m for m in g.members if m.param.endswith(".weight") and isinstance(modules.get(m.module), norms)]
+            if not gammas:
+                scores[g.name] = fallback[g.name]
+                continue
+            ids = {id(m) for m in gammas}
+            scores[g.name] = _aggregate(
+                g, lambda m: _per_position(modules[m.module].weight.abs(), m.dim) if id(m) in ids else None
+            )
+        return scores
+
+
+@dataclass(frozen=True)
+class Random:
+    seed: int = 0
+
+    def __call__(self, model: nn.Module, graph: DependencyGraph) -> Scores:
+        rng = np.random.default_rng(self.seed)
+        return {g.name: rng.random(g.size) for g in graph.prunable_groups()}
+
+
+@dataclass(frozen=True)
+class Taylor:
+    """First-order Taylor: sum over the unit's weights of |w * dL/dw| on a calibration batch."""
+
+    inputs: Any
+    targets: torch.Tensor
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy
+
+    def __call__(self, model: nn.Module, graph: DependencyGraph) -> Scores:
+        grads = _gradients(model, self.inputs, self.targets, self.loss_fn)
+        params = dict(model.named_parameters())
+        scores = {}
+        for g in graph.prunable_groups():
+            scores[g.name] = _aggregate(
+                g, lambda m: _per_position((params[m.param] * grads[m.param]).abs(), m.dim) if m.param in grads else None
+            )
+        return scores
+
+
+def _gradients(model: nn.Module, inputs: Any, targets: torch.Tensor, loss_fn) -> dict[str, torch.Tensor]:
+    was = model.training
+    model.eval()  # BN statistics must not move while we measure
+    saved = {n: p.grad for n, p in model.named_parameters()}
+    try:
+        model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            out = model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
+            loss_fn(out, targets).backward()
+        return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    finally:
+        for n, p in model.named_parameters():
+            p.grad = saved[n]
+        model.train(was)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """Mean |output| of each channel at the layers that produce or normalise it, on a batch."""
+
+    inputs: Any
+
+    def __call__(self, model: nn.Module, graph: DependencyGraph) -> Scores:
+        modules = dict(model.named_modules())
+        wanted = {m.module for g in graph.prunable_groups() for m in g.members if m.dim == 0 and m.param.endswith("weight")}
+        means = _channel_means(model, self.inputs, {n: modules[n] for n in wanted if n in modules})
+        scores = {}
+        for g in graph.prunable_groups():
+            scores[g.name] = _aggregate(
+                g, lambda m: means.get(m.module) if (m.dim == 0 and m.param.endswith("weight")) else None
+            )
+        return scores
+
+
+def _channel_means(model: nn.Module, inputs: Any, layers: dict[str, nn.Module]) -> dict[str, np.ndarray]:
+    means: dict[str, np.ndarray] = {}
+
+    def hook(name: str, module: nn.Module, output: Any) -> None:
+        if not isinstance(output, torch.Tensor) or output.dim() < 2:
+            return
+        dim = -1 if isinstance(module, nn.Linear) else 1
+        means[name] = _per_position(output.abs(), dim % output.dim()) / (output.numel() / output.shape[dim])
+
+    handles = [m.register_forward_hook(lambda mod, a, o, n=n: hook(n, mod, o)) for n, m in layers.items()]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    return means
+
+
+NAMES = ("l1", "l2", "taylor", "activation", "bn_scale", "random")
+
+
+def get(name: str | Importance, *, data: tuple[Any, torch.Tensor] | None = None, seed: int = 0, loss_fn=None) -> Importance:
+    """A built-in criterion by name (or pass a callable through). `data` = (inputs, targets) batch."""
+    if callable(name):
+        return name
+    needs_data = {"taylor", "activation"}
+    if name in needs_data and data is None:
+        raise ConfigError(f"importance {name!r} needs a calibration batch: pass data=(inputs, targets)")
+    if name == "l1":
+        return Magnitude(1)
+    if name == "l2":
+        return Magnitude(2)
+    if name == "bn_scale":
+        return BNScale()
+    if name == "random":
+        return Random(seed)
+    if name == "taylor":
+        return Taylor(data[0], data[1], loss_fn or nn.functional.cross_entropy)
+    if name == "activation":
+        return Activation(data[0])
+    raise UnknownNameError(f"unknown importance {name!r}; choose one of: {', '.join(NAMES)}")
+
+
+def lowest(scores: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the `count` least important units (ties broken by index, deterministic)."""
+    return np.sort(np.argsort(scores, kind="stable")[:count])

@@ -1,0 +1,226 @@
+"""One registry of model factories, and `create_model`: a zoo name or a ``package.module:factory`` path.
+
+Every model built here carries ``model.rlpruner_spec``, a JSON-able dict saying how to rebuild the
+original architecture; `model_from_spec` is its inverse (used when loading saved models).
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import json
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import nn
+
+from rlpruner.errors import CheckpointError, ConfigError, UnknownNameError
+
+Factory = Callable[..., nn.Module]
+SPEC_ATTR = "rlpruner_spec"
+SPEC_SOURCES = ("zoo", "import")
+_REQUIRED_OPTIONS = ("num_classes", "in_channels")
+
+
+class ModelRegistry:
+    """Maps a model name to ``factory(num_classes=, in_channels=, **options) -> nn.Module``."""
+
+    def __init__(self) -> None:
+        self._factories: dict[str, Factory] = {}
+
+    def register(self, name: str) -> Callable[[Factory], Factory]:
+        """Decorator form of `add`; returns the factory unchanged."""
+
+        def decorator(factory: Factory) -> Factory:
+            self.add(name, factory)
+            return factory
+
+        return decorator
+
+    def add(self, name: str, factory: Factory) -> None:
+        if not isinstance(name, str) or not name or ":" in name:
+            # ':' marks an import path, so a registered name must never contain one
+            raise ConfigError(f"invalid model name {name!r}: use a non-empty name without ':'")
+        if name in self._factories:
+            raise ConfigError(f"model name {name!r} is already registered "
+                              f"(by {_qualname(self._factories[name])})")
+        missing = [p for p in _REQUIRED_OPTIONS if not _accepts(factory, p)]
+        if missing:
+            raise ConfigError(f"model factory {_qualname(factory)} registered as {name!r} must accept "
+                              f"the keyword arguments {', '.join(missing)}")
+        self._factories[name] = factory
+
+    def names(self) -> list[str]:
+        return sorted(self._factories)
+
+    def factory(self, name: str) -> Factory:
+        if name not in self._factories:
+            raise UnknownNameError(unknown_name_message("model", name, self.names()) +
+                                   "; or give an import path 'package.module:factory'")
+        return self._factories[name]
+
+
+# The zoo: filled once at import time by the @register_model decorators of rlpruner.models.*
+MODELS = ModelRegistry()
+register_model = MODELS.register
+
+
+def list_models() -> list[str]:
+    """Names of the registered models, sorted."""
+    return MODELS.names()
+
+
+def unknown_name_message(kind: str, name: object, valid: list[str]) -> str:
+    """``unknown <kind> 'x'; valid names (closest first): ...`` with difflib's close matches first."""
+    close = difflib.get_close_matches(str(name), valid, n=5, cutoff=0.4)
+    ordered = close + [v for v in valid if v not in close]
+    return f"unknown {kind} {name!r}; valid names (closest first): {', '.join(ordered)}"
+
+
+def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs: Any) -> nn.Module:
+    """Build a zoo model by name, or call the factory at ``"package.module:factory"``.
+
+    Import-path factories receive ``num_classes``/``in_channels`` only when their signature accepts
+    them. Extra keyword options must be JSON values: they are recorded in ``model.rlpruner_spec``.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"model name must be a non-empty string, not {name!r}")
+    num_classes = _positive_int("num_classes", num_classes)
+    in_channels = _positive_int("in_channels", in_channels)
+    options = _json_options(name, kwargs)
+    source = "import" if ":" in name else "zoo"
+    factory = _resolve_import_path(name) if source == "import" else MODELS.factory(name)
+    model = _call_factory(name, factory, num_classes, in_channels, kwargs)
+    spec = {"source": source, "name": name,
+            "kwargs": {"num_classes": num_classes, "in_channels": in_channels, **options}}
+    setattr(model, SPEC_ATTR, spec)
+    return model
+
+
+def model_spec(model: nn.Module) -> dict | None:
+    """A detached copy of ``model.rlpruner_spec``, or None for a model not built by `create_model`."""
+    spec = getattr(model, SPEC_ATTR, None)
+    return None if spec is None else json.loads(json.dumps(spec))
+
+
+def model_from_spec(spec: Mapping[str, Any]) -> nn.Module:
+    """Rebuild the (unpruned) model a spec describes; CheckpointError when the spec is malformed.
+
+    Callers that read specs from untrusted files must vet ``source == "import"`` paths first:
+    building one imports (runs) that module.
+    """
+    problem = spec_problem(spec)
+    if problem:
+        raise CheckpointError(f"malformed model spec: {problem}")
+    try:
+        return create_model(spec["name"], **spec["kwargs"])
+    except ConfigError as exc:
+        raise CheckpointError(f"cannot rebuild the model from its spec: {exc}") from exc
+
+
+def spec_problem(spec: Any) -> str | None:
+    """What is wrong with a spec's shape (None when it is well-formed)."""
+    if not isinstance(spec, Mapping):
+        return f"expected a mapping, got {type(spec).__name__}"
+    if set(spec) != {"source", "name", "kwargs"}:
+        return f"keys must be exactly source, name, kwargs (got {', '.join(sorted(map(str, spec)))})"
+    source, name, kwargs = spec["source"], spec["name"], spec["kwargs"]
+    if source not in SPEC_SOURCES:
+        return f"source must be one of {', '.join(SPEC_SOURCES)}, not {source!r}"
+    if not isinstance(name, str) or not name:
+        return f"name must be a non-empty string, not {name!r}"
+    if (source == "import") != (":" in name):
+        return f"source {source!r} does not match name {name!r} (import paths contain ':')"
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        return "kwargs must be a mapping with string keys"
+    for key in _REQUIRED_OPTIONS:
+        value = kwargs.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            return f"kwargs.{key} must be a positive integer, not {value!r}"
+    return None
+
+
+def _positive_int(option: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"{option} must be a positive integer, not {value!r}")
+    return int(value)
+
+
+def _json_options(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The options as they will read back from JSON (tuples become lists)."""
+    for key, value in kwargs.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ConfigError(f"model {name!r}: option {key}={value!r} is not a JSON value; model "
+                              "options are saved with the model, so use numbers, strings, "
+                              "booleans, None, lists or dicts") from None
+    return json.loads(json.dumps(dict(kwargs)))
+
+
+def _resolve_import_path(path: str) -> Factory:
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute or ":" in attribute:
+        raise ConfigError(f"bad model import path {path!r}: expected 'package.module:factory'")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as exc:  # importing runs the user's module: any failure means a bad path
+        raise ConfigError(f"model import path {path!r}: cannot import module {module_name!r} "
+                          f"({type(exc).__name__}: {exc})") from exc
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ConfigError(f"model import path {path!r}: {module_name!r} has no attribute "
+                              f"{attribute!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ConfigError(f"model import path {path!r} names a {type(target).__name__}, "
+                          "not a callable that returns an nn.Module")
+    return target
+
+
+def _call_factory(name: str, factory: Factory, num_classes: int, in_channels: int,
+                  options: Mapping[str, Any]) -> nn.Module:
+    arguments = dict(options)
+    for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if _accepts(factory, key):
+            arguments[key] = value
+    _check_arguments(name, factory, arguments)
+    model = factory(**arguments)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _check_arguments(name: str, factory: Factory, arguments: Mapping[str, Any]) -> None:
+    """Refuse unknown or missing options up front, naming the options the factory does take."""
+    signature = _signature(factory)
+    if signature is None:
+        return
+    try:
+        signature.bind(**arguments)
+    except TypeError as exc:
+        options = [p.name for p in signature.parameters.values()
+                   if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        raise ConfigError(f"model {name!r}: {exc} (its options: {', '.join(options) or 'none'})") \
+            from None
+
+
+def _accepts(factory: Factory, option: str) -> bool:
+    signature = _signature(factory)
+    if signature is None:
+        return False
+    params = signature.parameters
+    return option in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _signature(factory: Factory) -> inspect.Signature | None:
+    try:
+        return inspect.signature(factory)
+    except (TypeError, ValueError):  # some builtins have no introspectable signature
+        return None
+
+
+def _qualname(factory: Factory) -> str:
+    module = getattr(factory, "__module__", "?")
+    return f"{module}.{getattr(factory, '__qualname__', repr(factory))}"

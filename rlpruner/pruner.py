@@ -1,0 +1,75 @@
+"""One-shot structured pruning: `prune(model, example_inputs, ratio)` in one call.
+
+The RL search (search.py) uses the same pieces, but chooses per-group counts itself.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from torch import nn
+
+from .errors import ConfigError
+from .graph import DependencyGraph, trace, validate_forward
+from .importance import Importance, get, lowest
+from .surgery import prune_channels
+
+Ratio = float | Mapping[str, float]
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: Any,
+    ratio: Ratio,
+    *,
+    importance: str | Importance = "l2",
+    keep: Sequence[str] = (),
+    round_to: int | None = None,
+    data: tuple[Any, Any] | None = None,
+    strict: bool = False,
+    verify: bool = True,
+) -> nn.Module:
+    """Remove the least important `ratio` of the units of every prunable group, physically, in place.
+
+    ratio: one fraction in [0, 1) for every prunable group, or {group name: fraction}.
+    round_to: keep a multiple of this many units per group (hardware-friendly widths).
+    data: (inputs, targets) calibration batch for the 'taylor' and 'activation' criteria.
+    """
+    graph = trace(model, example_inputs, keep=keep, strict=strict)
+    counts = removal_counts(graph, ratio, round_to)
+    scores = get(importance, data=data)(model, graph) if counts else {}
+    removals = {name: lowest(scores[name], n) for name, n in counts.items() if n > 0}
+    prune_channels(model, graph, removals, inplace=True)
+    if verify:
+        validate_forward(model, example_inputs)
+    return model
+
+
+def removal_counts(graph: DependencyGraph, ratio: Ratio, round_to: int | None = None) -> dict[str, int]:
+    """Units to remove per prunable group for a uniform or per-group ratio."""
+    groups = {g.name: g for g in graph.prunable_groups()}
+    if isinstance(ratio, Mapping):
+        unknown = sorted(set(ratio) - {g.name for g in graph.groups})
+        if unknown:
+            raise ConfigError(f"ratio names unknown groups {unknown}; prunable groups: {', '.join(groups)}")
+        frozen = sorted(set(ratio) - set(groups))
+        if frozen:
+            raise ConfigError(f"groups {frozen} cannot be pruned (model outputs, kept layers or unsupported ops)")
+        wanted = dict(ratio)
+    else:
+        wanted = {name: ratio for name in groups}
+    for name, r in wanted.items():
+        if not isinstance(r, (int, float)) or not 0.0 <= float(r) < 1.0:
+            raise ConfigError(f"pruning ratio for {name!r} must be in [0, 1), got {r!r}")
+    if round_to is not None and round_to < 1:
+        raise ConfigError(f"round_to must be a positive integer, got {round_to}")
+    return {name: _count(groups[name].size, float(r), round_to) for name, r in wanted.items()}
+
+
+def _count(size: int, ratio: float, round_to: int | None) -> int:
+    remove = min(int(np.floor(size * ratio + 1e-9)), size - 1)
+    if round_to and round_to > 1 and size > round_to:
+        keep = size - remove
+        keep = max(round_to, int(np.ceil(keep / round_to)) * round_to)  # round up: never prune more than asked
+        remove = max(size - min(keep, size), 0)
+    return remove

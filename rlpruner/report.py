@@ -1,0 +1,210 @@
+"""What a compression run leaves behind: results JSON, per-step logs, plots and a markdown summary.
+
+Every file is rewritten whole and atomically from the in-memory records, so the logs on disk always
+match the last checkpoint (a resumed run never duplicates or loses a line).
+
+    write_logs(out_dir, records)                      steps.jsonl + steps.csv
+    write_report(out_dir, results, records, widths)   results.json, plots/*.png, summary.md
+"""
+from __future__ import annotations
+
+import csv
+import io as _stdio
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One pruning step, as logged. Reductions are cumulative, relative to the original model."""
+
+    step: int
+    removed: int                   # units removed in this step
+    removed_total: int
+    sparsity: float                # removed_total / prunable units of the original model
+    flops: int
+    params: int
+    flops_reduction: float
+    params_reduction: float
+    val_acc_pruned: float          # chosen candidate, before recovery (candidate evaluation batches)
+    val_acc: float                 # after recovery, whole validation split
+    reward: float
+    epsilon: float
+    explored: bool                 # the epsilon-greedy choice took a random buffer entry
+    guard_resets: int              # times the accuracy guard reset the distribution in this step
+    teacher: str                   # "original" or "step N"
+    latency_ms: float | None = None
+    widths: dict[str, int] = field(default_factory=dict)
+    pd: dict[str, float] = field(default_factory=dict)
+    times: dict[str, float] = field(default_factory=dict)  # eval_s, search_s, recovery_s, checkpoint_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "StepRecord":
+        return cls(**data)
+
+
+_SCALARS = ("step", "removed", "removed_total", "sparsity", "flops", "params", "flops_reduction",
+            "params_reduction", "latency_ms", "val_acc_pruned", "val_acc", "reward", "epsilon",
+            "explored", "guard_resets", "teacher")
+
+
+def write_logs(out_dir: str | Path, records: Sequence[StepRecord]) -> tuple[Path, Path]:
+    """steps.jsonl (everything) and steps.csv (scalars, times, and one width column per group)."""
+    out_dir = Path(out_dir)
+    jsonl = "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n" for r in records)
+    atomic_write_text(out_dir / "steps.jsonl", jsonl)
+    atomic_write_text(out_dir / "steps.csv", _csv_text(records))
+    return out_dir / "steps.jsonl", out_dir / "steps.csv"
+
+
+def read_logs(out_dir: str | Path) -> list[StepRecord]:
+    path = Path(out_dir) / "steps.jsonl"
+    if not path.exists():
+        return []
+    return [StepRecord.from_dict(json.loads(line)) for line in path.read_text().splitlines() if line]
+
+
+def _csv_text(records: Sequence[StepRecord]) -> str:
+    groups = list(records[0].widths) if records else []
+    time_keys = sorted({k for r in records for k in r.times})
+    header = list(_SCALARS) + [f"time_{k}" for k in time_keys] + [f"width:{g}" for g in groups]
+    buffer = _stdio.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for r in records:
+        row = [getattr(r, k) for k in _SCALARS]
+        row += [r.times.get(k, "") for k in time_keys] + [r.widths.get(g, "") for g in groups]
+        writer.writerow(["" if v is None else v for v in row])
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------
+# Plots (matplotlib's object API on the Agg canvas: no pyplot, no global backend switch)
+# --------------------------------------------------------------------------------------------------
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=110, layout="constrained")
+
+
+def _save(fig, path: Path) -> Path:
+    buffer = _stdio.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def sparsity_matrix(records: Sequence[StepRecord], original: Mapping[str, int]) -> np.ndarray:
+    """(groups, steps + 1) fraction of each group's original units removed, step 0 first."""
+    names = list(original)
+    columns = [np.zeros(len(names))]
+    for r in records:
+        columns.append(np.array([1.0 - r.widths.get(n, original[n]) / original[n] for n in names]))
+    return np.stack(columns, axis=1)
+
+
+def plot_sparsity(records: Sequence[StepRecord], original: Mapping[str, int], path: Path) -> Path:
+    """Per-group sparsity across steps as a heat map (the paper's Figure 3)."""
+    matrix = sparsity_matrix(records, original)
+    fig = _figure(max(6.0, 0.12 * matrix.shape[1] + 4), max(3.0, 0.22 * matrix.shape[0] + 1.5))
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_yticks(range(len(original)), labels=list(original), fontsize=7)
+    ax.set_xlabel("pruning step")
+    ax.set_title("Fraction of each group's channels removed")
+    fig.colorbar(image, ax=ax, label="sparsity")
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_flops(records: Sequence[StepRecord], base: Mapping[str, float], path: Path) -> Path:
+    """Validation accuracy (pruned and recovered) against the FLOPs left, one point per step."""
+    fig = _figure(6.0, 4.0)
+    ax = fig.add_subplot()
+    flops = [base["flops"]] + [r.flops for r in records]
+    left = 100.0 * np.asarray(flops, dtype=float) / base["flops"]
+    ax.plot(left, [100 * base["val_acc"]] + [100 * r.val_acc for r in records], "o-", label="after recovery")
+    ax.plot(left[1:], [100 * r.val_acc_pruned for r in records], "x--", alpha=0.7, label="pruned, before recovery")
+    ax.invert_xaxis()
+    ax.set_xlabel("FLOPs left (% of original)")
+    ax.set_ylabel("validation top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_widths(original: Mapping[str, int], final: Mapping[str, int], path: Path) -> Path:
+    """Final width of every group next to its original width."""
+    names = list(original)
+    x = np.arange(len(names))
+    fig = _figure(max(6.0, 0.3 * len(names) + 2), 4.0)
+    ax = fig.add_subplot()
+    ax.bar(x - 0.2, [original[n] for n in names], width=0.4, label="original", color="#bbbbbb")
+    ax.bar(x + 0.2, [final.get(n, original[n]) for n in names], width=0.4, label="pruned", color="#1f77b4")
+    ax.set_xticks(x, labels=names, rotation=90, fontsize=7)
+    ax.set_ylabel("channels")
+    ax.legend()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Summary
+# --------------------------------------------------------------------------------------------------
+
+def summary_markdown(results: Mapping[str, Any], records: Sequence[StepRecord]) -> str:
+    """A short human summary; `results` holds 'base' and 'final' dicts (params, flops, val_acc,
+    optional latency_ms and test_acc) plus 'target', 'steps', 'time_s' and 'timing'."""
+    base, final = results["base"], results["final"]
+    lines = [f"# RL-Pruner compression: {results.get('model', 'model')} on {results.get('dataset', 'data')}", "",
+             f"Target: {results['target']['kind']} reduction {results['target']['value']:.1%}, reached in "
+             f"{results['steps']} steps ({results['time_s']:.0f} s).", "",
+             "| | original | compressed | change |", "|---|---:|---:|---:|"]
+    for key, label, fmt in (("params", "params", "{:,.0f}"), ("flops", "FLOPs", "{:,.0f}"),
+                            ("latency_ms", "latency (ms)", "{:.3f}"), ("val_acc", "val top-1", "{:.2%}"),
+                            ("test_acc", "test top-1", "{:.2%}")):
+        if base.get(key) is None or final.get(key) is None:
+            continue
+        lines.append(f"| {label} | {fmt.format(base[key])} | {fmt.format(final[key])} | "
+                     f"{_change(key, base[key], final[key])} |")
+    timing = results.get("timing", {})
+    if timing.get("eval_s"):
+        lines += ["", f"Search overhead: {timing['search_s']:.1f} s besides {timing['eval_s']:.1f} s of "
+                      f"candidate evaluation ({timing['search_s'] / timing['eval_s']:.1%})."]
+    if records:
+        guard = sum(r.guard_resets for r in records)
+        lines += ["", f"Accuracy-guard resets: {guard}. Plots: `plots/sparsity.png`, "
+                      "`plots/accuracy_vs_flops.png`, `plots/widths.png`; per-step log: `steps.csv`."]
+    return "\n".join(lines) + "\n"
+
+
+def _change(key: str, before: float, after: float) -> str:
+    if key.endswith("acc"):
+        return f"{100 * (after - before):+.2f} pt"
+    return f"{(after - before) / before:+.1%}" if before else "n/a"
+
+
+def write_report(out_dir: str | Path, results: Mapping[str, Any], records: Sequence[StepRecord],
+                 original_widths: Mapping[str, int]) -> dict[str, Path]:
+    """results.json, steps logs, the three plots and summary.md; returns their paths by name."""
+    out_dir = Path(out_dir)
+    plots = out_dir / "plots"
+    paths = dict(zip(("steps_jsonl", "steps_csv"), write_logs(out_dir, records)))
+    atomic_write_json(out_dir / "results.json", dict(results))
+    paths["results"] = out_dir / "results.json"
+    if records:
+        paths["sparsity_plot"] = plot_sparsity(records, original_widths, plots / "sparsity.png")
+        paths["accuracy_plot"] = plot_accuracy_vs_flops(records, results["base"], plots / "accuracy_vs_flops.png")
+        paths["widths_plot"] = plot_widths(original_widths, records[-1].widths, plots / "widths.png")
+    atomic_write_text(out_dir / "summary.md", summary_markdown(results, records))
+    paths["summary"] = out_dir / "summary.md"
+    return paths

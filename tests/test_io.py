@@ -1,0 +1,416 @@
+"""Saved models: atomic writes, bit-exact round trips (plain and pruned), hostile files refused."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+import rlpruner
+from rlpruner import io as rio
+from rlpruner.errors import CheckpointError
+
+PLAIN_MODELS = ["simple_cnn", "resnet20", "vgg11_bn", "mobilenetv3_small", "shufflenetv2", "convnext_atto"]
+
+
+# A user model defined here and loaded back by import path (`{__name__}:tiny_user_net`).
+class TinyUserNet(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int, width: int) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(width), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, groups=width // 4),
+                                  nn.BatchNorm2d(width), nn.ReLU())
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.body(self.stem(x)) + self.stem(x)
+        return self.head(x.mean((2, 3)))
+
+
+def tiny_user_net(num_classes: int = 10, in_channels: int = 3, width: int = 16) -> nn.Module:
+    return TinyUserNet(num_classes, in_channels, width)
+
+
+USER_NET = f"{__name__}:tiny_user_net"
+
+
+def _randomise_buffers(model: nn.Module) -> nn.Module:
+    """Non-default BN statistics, so that a round trip that drops buffers cannot pass."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+            module.num_batches_tracked.fill_(7)
+    return model.eval()
+
+
+def _assert_identical(a: nn.Module, b: nn.Module, x: torch.Tensor) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for name in sa:
+        assert sa[name].dtype == sb[name].dtype, name
+        assert torch.equal(sa[name], sb[name]), name
+    with torch.no_grad():
+        assert torch.equal(a.eval()(x), b.eval()(x))
+
+
+def _make(name: str, **kwargs) -> nn.Module:
+    torch.manual_seed(0)
+    return _randomise_buffers(rlpruner.create_model(name, num_classes=5, **kwargs))
+
+
+def _write_raw(path: Path, tensors: dict, header: object) -> Path:
+    """A file in our format with a hand-made header, as an attacker or a bug would write it."""
+    text = header if isinstance(header, str) else json.dumps(header)
+    path.write_bytes(safetensors_bytes(tensors, metadata={rio.METADATA_KEY: text}))
+    return path
+
+
+def _saved(tmp_path: Path, name: str = "simple_cnn") -> tuple[Path, dict, dict]:
+    path = rio.save(_make(name), tmp_path / "model.safetensors")
+    # decoded from bytes, not memory-mapped: the tests overwrite the file while using the tensors
+    return path, rio.read_header(path), safetensors_load(path.read_bytes())
+
+
+# ----------------------------------------------------------------------------------------------
+# atomic writes
+# ----------------------------------------------------------------------------------------------
+
+def test_atomic_write_replaces_file_and_creates_parents(tmp_path):
+    target = tmp_path / "deep" / "dir" / "f.json"
+    rio.atomic_write_json(target, {"a": [1, 2]})
+    assert json.loads(target.read_text()) == {"a": [1, 2]}
+    rio.atomic_write_text(target, "new")
+    assert target.read_text() == "new"
+    rio.atomic_write_bytes(target, b"\x00\x01")
+    assert target.read_bytes() == b"\x00\x01"
+    assert os.listdir(target.parent) == ["f.json"]
+
+
+def test_atomic_write_failure_keeps_old_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with rio.atomic_write(target, "w") as handle:
+            handle.write("half of the new cont")
+            raise RuntimeError("disk on fire")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["f.txt"]
+
+
+def test_atomic_write_uses_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        rio.atomic_write_text(tmp_path / "f", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o644
+
+
+# ----------------------------------------------------------------------------------------------
+# plain round trips
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", PLAIN_MODELS)
+def test_plain_round_trip_is_bit_exact(tmp_path, name):
+    model = _make(name)
+    path = rio.save(model, tmp_path / f"{name}.safetensors", meta={"epoch": 3, "acc": 0.5})
+    loaded, meta = rio.load_checkpoint(path)
+    assert meta == {"epoch": 3, "acc": 0.5}
+    assert type(loaded) is type(model) and not loaded.training
+    assert loaded.rlpruner_spec == model.rlpruner_spec
+    _assert_identical(model, loaded, torch.randn(2, 3, 32, 32))
+
+
+def test_user_model_round_trip_needs_allow_imports(tmp_path):
+    torch.manual_seed(0)
+    model = _randomise_buffers(rlpruner.create_model(USER_NET, num_classes=3, width=8))
+    path = rio.save(model, tmp_path / "user.safetensors")
+    with pytest.raises(CheckpointError, match="allow_imports"):
+        rio.load(path)
+    loaded = rio.load(path, allow_imports=[__name__])
+    _assert_identical(model, loaded, torch.randn(2, 3, 12, 12))
+    assert rio.load(path, allow_imports=[USER_NET]).head.out_features == 3
+
+
+def test_half_precision_model_loads_as_half(tmp_path):
+    model = _make("simple_cnn").half()
+    loaded = rio.load(rio.save(model, tmp_path / "half.safetensors"))
+    assert all(t.dtype == torch.float16 for t in loaded.parameters())
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+
+
+def test_tied_weights_are_saved_once_per_name(tmp_path):
+    model = _make("simple_cnn", widths=[4, 4, 4])
+    model.features[2].conv.weight = model.features[1].conv.weight  # safetensors refuses shared storage
+    loaded = rio.load(rio.save(model, tmp_path / "tied.safetensors"))
+    _assert_identical(model, loaded, torch.randn(2, 3, 16, 16))
+
+
+# ----------------------------------------------------------------------------------------------
+# pruned round trips: the saved shapes differ from what the class builds
+# ----------------------------------------------------------------------------------------------
+
+def _pruned(name: str, size: int = 16, **kwargs) -> tuple[nn.Module, torch.Tensor]:
+    model = _make(name, **kwargs)
+    x = torch.randn(1, 3, size, size)
+    return rlpruner.prune(model, x, ratio=0.3, verify=False).eval(), x
+
+
+def _smaller_tensors(path: Path, name: str, **kwargs) -> list[str]:
+    """Names whose saved shape differs from the freshly built model: the pruning plan on disk."""
+    built = rlpruner.create_model(name, num_classes=5, **kwargs).state_dict()
+    saved = rio.read_header(path)["tensors"]
+    return [k for k, t in built.items() if list(t.shape) != saved[k]["shape"]]
+
+
+@pytest.mark.parametrize("name", rlpruner.list_models())
+def test_pruned_zoo_model_round_trip_is_bit_exact(tmp_path, name):
+    pruned, x = _pruned(name)
+    path = rio.save(pruned, tmp_path / "pruned.safetensors")
+    assert _smaller_tensors(path, name), "pruning changed no shape: the test would prove nothing"
+    loaded = rio.load(path)
+    _assert_identical(pruned, loaded, x)
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in pruned.parameters())
+
+
+def test_pruned_user_model_with_rounded_widths_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = _randomise_buffers(rlpruner.create_model(USER_NET, num_classes=3, width=32))
+    x = torch.randn(2, 3, 12, 12)
+    pruned = rlpruner.prune(model, x, ratio=0.5, round_to=8).eval()
+    path = rio.save(pruned, tmp_path / "user.safetensors", meta={"ratio": 0.5})
+    with pytest.raises(CheckpointError, match="allow_imports"):
+        rio.load(path)
+    loaded, meta = rio.load_checkpoint(path, allow_imports=[__name__])
+    assert meta == {"ratio": 0.5}
+    assert loaded.stem[0].out_channels < 32 and loaded.stem[0].out_channels % 8 == 0
+    _assert_identical(pruned, loaded, x)
+    # the loaded model is a working model, not a frozen artefact: it trains and re-saves
+    loaded.train()(x).sum().backward()
+    again = rio.load(rio.save(loaded, tmp_path / "again.safetensors"), allow_imports=[USER_NET])
+    _assert_identical(loaded, again, x)
+
+
+def test_pruned_shapes_tampered_with_are_refused(tmp_path):
+    pruned, x = _pruned("resnet8")
+    path = rio.save(pruned, tmp_path / "m.safetensors")
+    header = rio.read_header(path)
+    tensors = safetensors_load(path.read_bytes())
+    name = _smaller_tensors(path, "resnet8")[0]
+    # one tensor widened back to its unpruned size while its neighbours stay pruned
+    full = rlpruner.create_model("resnet8", num_classes=5).state_dict()[name]
+    records = {**header["tensors"], name: {"shape": list(full.shape), "dtype": "float32"}}
+    _write_raw(path, {**tensors, name: torch.zeros_like(full)}, {**header, "tensors": records})
+    # each tensor alone fits the architecture, so only running the model can tell
+    with pytest.raises(CheckpointError, match="m.safetensors.*does not run on the example inputs"):
+        rio.load(path, example_inputs=x)
+    with pytest.raises(RuntimeError):
+        rio.load(path)(x)
+
+
+def test_import_allowed_matches_whole_dotted_prefixes():
+    assert rio.import_allowed("pkg.nets:net", ["pkg"])
+    assert rio.import_allowed("pkg.nets:net", ["pkg.nets"])
+    assert rio.import_allowed("pkg.nets:net", ["pkg.nets:net"])
+    assert not rio.import_allowed("pkg.nets:net", ["pk"])
+    assert not rio.import_allowed("pkgevil.nets:net", ["pkg"])
+    assert not rio.import_allowed("pkg.nets:net", ["pkg.nets:other"])
+    assert not rio.import_allowed("pkg.nets:net", [])
+
+
+def test_save_without_spec_is_refused_and_writes_nothing(tmp_path):
+    with pytest.raises(CheckpointError, match="rlpruner_spec"):
+        rio.save(nn.Linear(2, 2), tmp_path / "x.safetensors")
+    with pytest.raises(CheckpointError, match="meta is not JSON"):
+        rio.save(_make("simple_cnn"), tmp_path / "x.safetensors", meta={"bad": object()})
+    assert os.listdir(tmp_path) == []
+
+
+def test_failing_save_leaves_old_file_and_no_partial_file(tmp_path, monkeypatch):
+    path = rio.save(_make("simple_cnn"), tmp_path / "m.safetensors")
+    good = path.read_bytes()
+
+    broken = _make("simple_cnn", widths=[4, 4])
+    broken.features[0].conv.register_buffer("unmaterialised", torch.empty(3, device="meta"))
+    with pytest.raises(CheckpointError, match="unmaterialised"):
+        rio.save(broken, path)
+
+    def failing_fsync(fd):  # the data is written, the file is not yet renamed into place
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rio.os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="No space"):
+        rio.save(_make("simple_cnn", widths=[4, 4]), path)
+    assert path.read_bytes() == good
+    assert os.listdir(tmp_path) == ["m.safetensors"]
+
+
+# ----------------------------------------------------------------------------------------------
+# hostile and broken files
+# ----------------------------------------------------------------------------------------------
+
+class _RunsCommand:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_pickle_with_payload_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({"state_dict": _RunsCommand(marker)})
+    bad = tmp_path / "evil.safetensors"
+    bad.write_bytes(payload)
+    with pytest.raises(CheckpointError, match="evil.safetensors.*pickle"):
+        rio.load(bad)
+    torch.save({"w": torch.ones(2), "x": _RunsCommand(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="not an rlpruner safetensors file"):
+        rio.load(tmp_path / "evil.pt")
+    assert not marker.exists()
+    # the payload does work when unpickled, so the test above can fail
+    pickle.loads(payload)
+    assert marker.exists()
+
+
+def test_disallowed_import_path_is_never_imported(tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    module = "rlp_hostile_module_xyz"
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(f"""
+        import pathlib
+        pathlib.Path({str(marker)!r}).write_text("ran")
+        from {__name__} import tiny_user_net as factory
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = {"source": "import", "name": f"{module}:factory",
+            "kwargs": {"num_classes": 10, "in_channels": 3}}
+    path = rio.save(tiny_user_net(), tmp_path / "m.safetensors", spec=spec)
+    for allow in ([], ["rlp_hostile"], [f"{module}:other"], ["os"]):
+        with pytest.raises(CheckpointError, match=f"m.safetensors.*{module}.*--allow-import"):
+            rio.load(path, allow_imports=allow)
+    assert not marker.exists() and module not in sys.modules
+    rio.load(path, allow_imports=[module])
+    assert marker.read_text() == "ran"
+    monkeypatch.delitem(sys.modules, module)
+
+
+@pytest.mark.parametrize("cut", [0, 5, 8, 100, -1, -200])
+def test_truncated_file_is_refused(tmp_path, cut):
+    path, _, _ = _saved(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[:cut])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        rio.load(path)
+
+
+def test_random_bytes_missing_file_and_directory_are_refused(tmp_path):
+    torch.manual_seed(0)
+    junk = tmp_path / "junk.safetensors"
+    for data in (torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes(),
+                 struct.pack("<Q", 2) + b"{}", struct.pack("<Q", 10**15) + b"{" * 64):
+        junk.write_bytes(data)
+        with pytest.raises(CheckpointError, match="junk.safetensors"):
+            rio.load(junk)
+    with pytest.raises(CheckpointError, match="nope.safetensors: no such file"):
+        rio.load(tmp_path / "nope.safetensors")
+    with pytest.raises(CheckpointError, match="not a file"):
+        rio.load(tmp_path)
+
+
+def test_safetensors_without_our_header_is_refused(tmp_path):
+    path = tmp_path / "foreign.safetensors"
+    path.write_bytes(safetensors_bytes({"w": torch.ones(2)}))
+    with pytest.raises(CheckpointError, match="not written by rlpruner.save"):
+        rio.load(path)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda h: "{not json", "not valid JSON"),
+    (lambda h: [1, 2], "not a JSON object"),
+    (lambda h: {**h, "version": 99}, "version 99"),
+    (lambda h: {**h, "format": "pickle"}, "format"),
+    (lambda h: {**h, "extra": 1}, "unexpected keys"),
+    (lambda h: {**h, "spec": {**h["spec"], "source": "url"}}, "source"),
+    (lambda h: {**h, "spec": {"name": "simple_cnn"}}, "spec"),
+    (lambda h: {**h, "meta": []}, "meta"),
+    (lambda h: {**h, "tensors": {k: {"shape": "big", "dtype": "float32"} for k in h["tensors"]}},
+     "shape must be"),
+    (lambda h: {**h, "tensors": {k: {**r, "dtype": "object"} for k, r in h["tensors"].items()}},
+     "unsupported dtype"),
+])
+def test_header_that_is_not_the_schema_is_refused(tmp_path, mutate, message):
+    path, header, tensors = _saved(tmp_path)
+    _write_raw(path, tensors, mutate(header))
+    with pytest.raises(CheckpointError, match=message):
+        rio.load(path)
+
+
+def test_tensor_disagreeing_with_its_header_is_refused(tmp_path):
+    path, header, tensors = _saved(tmp_path)
+    _write_raw(path, {**tensors, "classifier.bias": tensors["classifier.bias"].double()}, header)
+    with pytest.raises(CheckpointError, match="classifier.bias.*float64.*header records float32"):
+        rio.load(path)
+    _write_raw(path, {**tensors, "classifier.bias": torch.zeros(4)}, header)
+    with pytest.raises(CheckpointError, match=r"classifier.bias.*\[4\].*header records float32\[5\]"):
+        rio.load(path)
+    _write_raw(path, {**tensors, "planted": torch.zeros(1)}, header)
+    with pytest.raises(CheckpointError, match="'planted' is not listed"):
+        rio.load(path)
+
+
+def test_shapes_and_dtypes_the_architecture_cannot_have_are_refused(tmp_path):
+    path, header, tensors = _saved(tmp_path)
+
+    def rewrite(name: str, tensor: torch.Tensor) -> None:
+        records = {**header["tensors"], name: {"shape": list(tensor.shape),
+                                               "dtype": str(tensor.dtype).removeprefix("torch.")}}
+        _write_raw(path, {**tensors, name: tensor}, {**header, "tensors": records})
+
+    rewrite("classifier.bias", torch.zeros(6))  # larger than the class builds
+    with pytest.raises(CheckpointError, match="classifier.bias.*only be smaller"):
+        rio.load(path)
+    rewrite("classifier.bias", torch.zeros(5, 1))  # extra dimension
+    with pytest.raises(CheckpointError, match="classifier.bias"):
+        rio.load(path)
+    rewrite("classifier.weight", torch.zeros(5, 256, dtype=torch.int64))
+    with pytest.raises(CheckpointError, match="classifier.weight.*int64.*builds float32"):
+        rio.load(path)
+    bn = next(k for k in tensors if k.endswith("num_batches_tracked"))
+    rewrite(bn, torch.tensor(7.0))
+    with pytest.raises(CheckpointError, match=f"{bn}.*float32.*builds int64"):
+        rio.load(path)
+
+
+def test_missing_and_extra_tensors_are_refused(tmp_path):
+    path, header, tensors = _saved(tmp_path)
+    gone = "classifier.weight"
+    records = {k: r for k, r in header["tensors"].items() if k != gone}
+    _write_raw(path, {k: t for k, t in tensors.items() if k != gone}, {**header, "tensors": records})
+    with pytest.raises(CheckpointError, match=f"missing {gone}"):
+        rio.load(path)
+    extra = {**header["tensors"], "classifier.extra": {"shape": [1], "dtype": "float32"}}
+    _write_raw(path, {**tensors, "classifier.extra": torch.zeros(1)}, {**header, "tensors": extra})
+    with pytest.raises(CheckpointError, match="unexpected classifier.extra"):
+        rio.load(path)
+    _write_raw(path, {k: t for k, t in tensors.items() if k != gone}, header)
+    with pytest.raises(CheckpointError, match=f"missing {gone}"):
+        rio.load(path)
+
+
+def test_unknown_zoo_name_is_a_checkpoint_error(tmp_path):
+    path, header, tensors = _saved(tmp_path)
+    _write_raw(path, tensors, {**header, "spec": {**header["spec"], "name": "no_such_net"}})
+    with pytest.raises(CheckpointError, match="model.safetensors.*no_such_net"):
+        rio.load(path)

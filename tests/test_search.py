@@ -1,0 +1,184 @@
+"""The RL-Pruner loop end to end on a tiny model: targets, consistency, resume, bad inputs."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rlpruner import io, metrics
+from rlpruner.data import get_dataset
+from rlpruner.distill import DistillConfig
+from rlpruner.errors import CheckpointError, ConfigError, DataError
+from rlpruner.models import create_model
+from rlpruner.search import CompressConfig, RLConfig, Reward, Target, compress
+from rlpruner.train import TrainConfig, train
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models run fastest, and most repeatably, on one thread (especially on a busy machine).
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return get_dataset("synthetic", image_size=8, in_channels=1, num_classes=3, samples_per_class=40,
+                       val_fraction=0.2)
+
+
+@pytest.fixture(scope="module")
+def trained(splits):
+    torch.manual_seed(0)
+    model = create_model("simple_cnn", num_classes=3, in_channels=1, widths=[8, 16])
+    with torch.random.fork_rng():
+        torch.set_num_threads(1)
+        train(model, splits, TrainConfig(epochs=4, lr=0.05, batch_size=16))
+    return model
+
+
+def _config(**overrides):
+    base = CompressConfig(
+        target=Target("flops", 0.3),
+        rl=RLConfig(prune_filter_ratio=0.15, lr_epoch=2, sample_num=3),
+        kd=DistillConfig(epochs=1, batch_size=16, lr=0.01), final_epochs=1,
+        latency_repeats=2, latency_warmup=0, progress=False)
+    return dataclasses.replace(base, **overrides)
+
+
+class _WatchedTest(torch.utils.data.Dataset):
+    """A test split that records when it is first read."""
+
+    def __init__(self, inner, clock):
+        self.inner, self.clock, self.first_read_at = inner, clock, None
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        if self.first_read_at is None:
+            self.first_read_at = len(self.clock)
+        return self.inner[i]
+
+
+def test_flops_target_is_met_and_reported_numbers_match_the_saved_model(splits, trained, tmp_path):
+    steps_seen = []
+    watched = dataclasses.replace(splits, test=_WatchedTest(splits.test, steps_seen))
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    result = compress(trained, watched, _config(), out_dir=tmp_path, on_step=steps_seen.append)
+    res, records = result.results, result.records
+
+    goal = 0.7 * res["base"]["flops"]
+    assert res["final"]["flops"] <= goal < records[-2].flops  # stopped at the first step that reached it
+    saved = io.load(tmp_path / "model.rlp")
+    counted = metrics.count(saved, splits.example_inputs(1))
+    assert (counted.flops, counted.params) == (res["final"]["flops"], res["final"]["params"])
+    assert records[-1].flops == res["final"]["flops"]  # surgery + fine-tune keep the planned shape
+    # the test split is read only after the last step, to report the final numbers
+    assert watched.test.first_read_at == len(records) == res["steps"]
+    assert "test_acc" in res["final"]
+    assert all(torch.equal(before[k], v) for k, v in trained.state_dict().items())  # input untouched
+    lines = (tmp_path / "steps.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(1, len(records) + 1))
+    for name in ("results.json", "summary.md", "steps.csv", "plots/sparsity.png", "plots/widths.png"):
+        assert (tmp_path / name).is_file(), name
+    assert res["timing"]["eval_s"] > 0 and res["timing"]["overhead"] is not None
+
+
+def test_sparsity_target_removes_exactly_the_asked_share(splits, trained, tmp_path):
+    config = _config(target=Target("sparsity", 0.25), final_epochs=0, kd=DistillConfig(epochs=0))
+    result = compress(trained, splits, config, out_dir=tmp_path, evaluate_test=False)
+    total = sum(w[0] for w in result.results["widths"].values())
+    assert result.records[-1].removed_total == int(np.ceil(0.25 * total))
+    assert all(r.removed <= max(1, round(0.15 * total)) for r in result.records)
+    assert "test_acc" not in result.results["final"]
+    # every group keeps at least one channel, widths shrink monotonically
+    widths = [r.widths for r in result.records]
+    assert all(w >= 1 for step in widths for w in step.values())
+    assert all(a[n] >= b[n] for a, b in zip(widths, widths[1:]) for n in a)
+
+
+class _Kill(Exception):
+    pass
+
+
+def _strip_times(records):
+    return [dataclasses.replace(r, times={}) for r in records]
+
+
+def test_killed_run_resumes_bit_identically(splits, trained, tmp_path):
+    config = _config(target=Target("flops", 0.45), rl=RLConfig(prune_filter_ratio=0.1, lr_epoch=2, sample_num=2,
+                                                                 eval_batches=1),
+                     kd=DistillConfig(epochs=1, batch_size=16, lr=0.05))
+    full = compress(trained, splits, config, out_dir=tmp_path / "full")
+    assert len(full.records) >= 3
+
+    def kill_after_two(record):
+        if record.step == 2:
+            raise _Kill
+
+    with pytest.raises(_Kill):
+        compress(trained, splits, config, out_dir=tmp_path / "cut", on_step=kill_after_two)
+    assert json.loads((tmp_path / "cut" / "state.json").read_text())["step"] == 2
+    resumed = compress(trained, splits, config, out_dir=tmp_path / "cut", resume=True)
+
+    assert _strip_times(resumed.records) == _strip_times(full.records)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.results["final"]["val_acc"] == full.results["final"]["val_acc"]
+    assert resumed.results["final"]["test_acc"] == full.results["final"]["test_acc"]
+
+
+def test_resume_refuses_other_models_options_and_empty_dirs(splits, trained, tmp_path):
+    config = _config(target=Target("flops", 0.15), final_epochs=0)
+    compress(trained, splits, config, out_dir=tmp_path, evaluate_test=False)
+    with pytest.raises(ConfigError, match="already holds"):
+        compress(trained, splits, config, out_dir=tmp_path)
+    other = create_model("simple_cnn", num_classes=3, in_channels=1, widths=[8, 16])
+    with pytest.raises(CheckpointError, match="different model"):
+        compress(other, splits, config, out_dir=tmp_path, resume=True)
+    changed = dataclasses.replace(config, rl=dataclasses.replace(config.rl, noise=0.1))
+    with pytest.raises(CheckpointError, match="rl.noise"):
+        compress(trained, splits, changed, out_dir=tmp_path, resume=True)
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        compress(trained, splits, config, out_dir=tmp_path / "empty", resume=True)
+
+
+def test_unreachable_and_out_of_range_targets(splits, trained, tmp_path):
+    with pytest.raises(ConfigError, match=r"reduces flops by at most \d+\.\d%"):
+        compress(trained, splits, _config(target=Target("flops", 0.995)), out_dir=tmp_path)
+    with pytest.raises(ConfigError, match="at most"):
+        compress(trained, splits, _config(target=Target("sparsity", 0.99)), out_dir=tmp_path)
+    for kind, value in (("flops", 1.2), ("params", 0.0), ("size", 0.5)):
+        with pytest.raises(ConfigError, match="target"):
+            Target(kind, value)
+    with pytest.raises(ConfigError, match="strategy"):
+        Reward("speed")
+
+
+def test_empty_validation_split_is_refused(splits, trained, tmp_path):
+    no_val = dataclasses.replace(splits, val=torch.utils.data.Subset(splits.val, []))
+    with pytest.raises(DataError, match="validation split is empty"):
+        compress(trained, no_val, _config(), out_dir=tmp_path)
+
+
+def test_guard_resets_and_lookahead(splits, trained, tmp_path):
+    lines = []
+    config = _config(target=Target("sparsity", 0.8), final_epochs=0, kd=DistillConfig(epochs=0),
+                     rl=RLConfig(prune_filter_ratio=0.4, lr_epoch=1, sample_num=2, guard_threshold=1e-6,
+                                 guard_retries=1, sample_step=2, lookahead_samples=1))
+    result = compress(trained, splits, config, out_dir=tmp_path, log=lines.append, evaluate_test=False)
+    base_val = result.results["base"]["val_acc"]
+    previous = [base_val] + [r.val_acc for r in result.records[:-1]]
+    for ref, record in zip(previous, result.records):
+        if record.guard_resets == 0:  # accepted at once: no accuracy drop at all was allowed
+            assert record.val_acc_pruned >= ref
+    # removing 40% of the channels per step must hurt at least once, and each reset is logged
+    resets = sum(r.guard_resets for r in result.records)
+    assert resets >= 1
+    assert sum("resetting the pruning distribution" in line for line in lines) == resets
+    # look-ahead adds gamma * (a non-negative Q) to every candidate's own reward
+    assert all(r.reward > r.val_acc_pruned for r in result.records)
