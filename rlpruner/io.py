@@ -135,7 +135,7 @@ def save(model: nn.Module, path: PathLike, *, meta: Mapping[str, Any] | None = N
 
     path = Path(path)
     spec = _spec_for_save(model, spec, path)
-    tensors = _state_tensors(model)
+    tensors = _state_tensors(model, path)
     header = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
@@ -172,22 +172,22 @@ def _spec_for_save(model: nn.Module, spec: Mapping[str, Any] | None, path: Path)
     return json.loads(json.dumps(dict(spec)))  # a plain, detached copy
 
 
-def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+def _state_tensors(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
     """The state_dict as contiguous CPU tensors, un-sharing tied ones (safetensors refuses sharing)."""
     tensors: dict[str, torch.Tensor] = {}
-    seen: set[tuple[int, torch.device]] = set()
+    storages: set[int] = set()
     for name, value in model.state_dict().items():
         if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"cannot save {name!r}: extra state of type {type(value).__name__} "
-                                  "is not a tensor")
+            raise CheckpointError(f"cannot save {path}: {name!r} is extra state of type "
+                                  f"{type(value).__name__}, not a tensor")
         try:
             tensor = value.detach().to("cpu").contiguous()
         except Exception as exc:  # e.g. meta or otherwise unmaterialised tensors
-            raise CheckpointError(f"cannot save tensor {name!r}: {type(exc).__name__}: {exc}") from exc
-        key = (tensor.untyped_storage().data_ptr(), tensor.device)
-        if key in seen:
+            raise CheckpointError(f"cannot save {path}: tensor {name!r}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+        if tensor.untyped_storage().data_ptr() in storages:
             tensor = tensor.clone()
-        seen.add((tensor.untyped_storage().data_ptr(), tensor.device))
+        storages.add(tensor.untyped_storage().data_ptr())
         tensors[name] = tensor
     return tensors
 
@@ -240,13 +240,14 @@ def _parse_header(data: bytes, path: Path) -> dict:
     try:
         table = json.loads(data[8:8 + size])
         text = table["__metadata__"][METADATA_KEY]
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
         raise CheckpointError(f"{path}: safetensors file without an rlpruner header; "
                               "it was not written by rlpruner.save") from exc
     try:
         header = json.loads(text)
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: rlpruner header is not valid JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:  # deep nesting exhausts the parser's recursion
+        raise CheckpointError(f"{path}: rlpruner header is not valid JSON "
+                              f"({type(exc).__name__}: {exc})") from exc
     problem = _header_problem(header)
     if problem:
         raise CheckpointError(f"{path}: bad rlpruner header: {problem}")
@@ -258,7 +259,7 @@ def _header_problem(header: Any) -> str | None:
         return "not a JSON object"
     if header.get("format") != FORMAT_NAME:
         return f"format is {header.get('format')!r}, expected {FORMAT_NAME!r}"
-    if header.get("version") != FORMAT_VERSION:
+    if type(header.get("version")) is not int or header["version"] != FORMAT_VERSION:
         return (f"version {header.get('version')!r} is not supported "
                 f"(this rlpruner reads version {FORMAT_VERSION})")
     if set(header) != {"format", "version", "spec", "tensors", "meta"}:
@@ -330,6 +331,8 @@ def load_checkpoint(path: PathLike, *, allow_imports: Iterable[str] = (),
                     ) -> tuple[nn.Module, dict]:
     """Like `load`, also returning the `meta` mapping given to `save`."""
     path = Path(path)
+    if isinstance(allow_imports, str):  # one module, not a sequence of one-letter prefixes
+        allow_imports = (allow_imports,)
     data = _read_bytes(path)
     header = _parse_header(data, path)
     tensors = _read_tensors(data, header, path)

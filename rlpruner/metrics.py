@@ -64,10 +64,12 @@ def count(model: nn.Module, example_inputs: Inputs) -> Counts:
     return Counts(params=count_params(model), flops=count_flops(model, example_inputs))
 
 
-def _latency_inputs(inputs: Inputs | Sequence[int], batch_size: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """A batch of `batch_size`: the first sample of each tensor repeated, or random data of a shape (C, H, W)."""
-    if isinstance(inputs, (torch.Tensor, tuple)) and all(isinstance(t, torch.Tensor) for t in _as_tuple(inputs)):
-        return tuple(t[:1].expand(batch_size, *t.shape[1:]).contiguous().to(device) for t in _as_tuple(inputs))
+def _latency_inputs(inputs: Inputs | Sequence[int], batch_size: int,
+                    device: torch.device) -> tuple[torch.Tensor, ...]:
+    """A `batch_size` batch: each tensor's first sample repeated, or random data of a shape (C, H, W)."""
+    tensors = _as_tuple(inputs) if isinstance(inputs, (torch.Tensor, tuple)) else ()
+    if tensors and all(isinstance(t, torch.Tensor) for t in tensors):
+        return tuple(t[:1].expand(batch_size, *t.shape[1:]).contiguous().to(device) for t in tensors)
     shape = tuple(int(d) for d in inputs)
     return (torch.randn(batch_size, *shape, generator=torch.Generator().manual_seed(0)).to(device),)
 
@@ -84,8 +86,9 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
 
 
-def measure_latency(model: nn.Module, inputs: Inputs | Sequence[int], *, batch_size: int = 1, warmup: int = 10,
-                    repeats: int = 50, device: str | torch.device = "cpu", threads: int | None = None) -> Latency:
+def measure_latency(model: nn.Module, inputs: Inputs | Sequence[int], *, batch_size: int = 1,
+                    warmup: int = 10, repeats: int = 50, device: str | torch.device = "cpu",
+                    threads: int | None = None) -> Latency:
     """Wall time of one forward pass of a `batch_size` batch: warm-up runs, then `repeats` timed runs.
 
     `inputs` is an example tensor (tuple) or a per-sample shape such as (3, 32, 32). The model is run
@@ -140,7 +143,8 @@ def format_table(rows: Sequence[Mapping[str, object]]) -> str:
     numeric = [all(_is_number(row.get(col)) for row in rows if col in row) for col in columns]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+        padded = (v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric))
+        return "  ".join(padded).rstrip()
 
     return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])
 

@@ -495,14 +495,24 @@ def _reward(ctx: _Context, acc: float, params: int, flops: int, latency_ms: floa
     return q
 
 
+def _count_slices(graph: Any, slices: Mapping[str, Mapping[int, np.ndarray]]) -> tuple[int, int]:
+    """`graph.count(removals)` from slices already computed for the surgery (saves computing them twice
+    per candidate): params and FLOPs (2 x multiplier x weight size) of the shrunk shapes."""
+    shapes = dict(graph.shapes)
+    for name, dims in slices.items():
+        shapes[name] = tuple(len(dims[d]) if d in dims else n for d, n in enumerate(shapes[name]))
+    params = sum(math.prod(shapes[n]) for n in graph.parameters)
+    return params, sum(2 * mult * math.prod(shapes[w]) for w, mult in graph.costs)
+
+
 def _score(ctx: _Context, model: nn.Module, plan: _Plan, counts: np.ndarray, pd: np.ndarray) -> _Candidate:
     """Build one candidate as a structural copy and score it on the candidate validation batches."""
-    from .surgery import prune_channels
+    from .surgery import apply_slices
 
-    removals = _removals(ctx, plan, counts)
     with ctx.timer("surgery"):
-        candidate = prune_channels(model, plan.graph, removals, inplace=False)
-        params, flops = plan.graph.count(removals)
+        slices = plan.graph.slices(_removals(ctx, plan, counts))
+        candidate = apply_slices(model, slices, inplace=False)
+        params, flops = _count_slices(plan.graph, slices)
     with ctx.timer("eval"):
         acc = _accuracy(candidate, ctx.data.candidate_batches, ctx.device)
         latency = (_measure_ms(ctx.config, candidate, ctx.data.example, ctx.device)
@@ -559,22 +569,25 @@ def _choose(ctx: _Context, state: _State, plan: _Plan, step: int, bar: Any) -> t
     mass = (state.pd * (plan.capacity > 0)).sum()
     pd = policy.masked(state.pd, plan.capacity) if mass > 0 else policy.density_init(plan.sizes, plan.capacity)
     epsilon = policy.epsilon_at(step, ctx.planned_steps, rl.epsilon, rl.epsilon_schedule, rl.epsilon_decay_fraction)
+    fallback: policy.Entry | None = None
     for attempt in range(rl.guard_retries + 1):
         rng = np.random.default_rng([ctx.config.seed, step, attempt])
         buffer, pd = _explore(ctx, state.model, plan, pd, rng, bar)
         entry = policy.choose(buffer, epsilon, rng)
+        explored = entry is not buffer.best()
         collapsed = (rl.guard_threshold is not None and
                      policy.accuracy_dropped(state.acc_ref, entry.payload.acc, rl.guard_threshold))
         if not collapsed:
             break
+        fallback = max((e for e in (fallback, buffer.best()) if e is not None), key=lambda e: e.q)
         if attempt == rl.guard_retries:
-            entry = buffer.best()  # out of resets: at least take the best candidate
+            entry, explored = fallback, False  # out of resets: the best candidate of all attempts
             break
         ctx.log(f"step {step}: validation accuracy would fall from {state.acc_ref:.2%} to "
                 f"{entry.payload.acc:.2%}; resetting the pruning distribution and redoing the step")
         pd = policy.density_init(plan.sizes, plan.capacity)
         bar.reset(total=bar.total)
-    info = {"epsilon": epsilon, "explored": entry is not buffer.best(), "guard_resets": attempt}
+    info = {"epsilon": epsilon, "explored": explored, "guard_resets": attempt}
     return replace(entry.payload, q=entry.q), pd, info  # q with its look-ahead term
 
 

@@ -5,7 +5,6 @@ nothing else. `prune_channels` turns a group-level removal into such slices.
 """
 from __future__ import annotations
 
-import copy
 from typing import Callable, Mapping
 
 import numpy as np
@@ -14,6 +13,7 @@ from torch import nn
 
 from .errors import CheckpointError
 from .graph import DependencyGraph, Removals
+from .graph.twin import structural_copy
 
 Slices = Mapping[str, Mapping[int, np.ndarray]]
 
@@ -70,26 +70,6 @@ def apply_slices(model: nn.Module, slices: Slices, *, inplace: bool = True) -> n
     for module, old_shapes in touched.items():
         _fix_attributes(module, old_shapes)
     return target
-
-
-def structural_copy(model: nn.Module) -> nn.Module:
-    """A copy of the module tree whose tensors are the original ones (no data copied)."""
-    memo: dict[int, nn.Module] = {}
-
-    def clone(m: nn.Module) -> nn.Module:
-        if id(m) in memo:
-            return memo[id(m)]
-        new = copy.copy(m)
-        memo[id(m)] = new
-        new._parameters = m._parameters.copy()
-        new._buffers = m._buffers.copy()
-        new._modules = m._modules.copy()
-        for k, child in m._modules.items():
-            if child is not None:
-                new._modules[k] = clone(child)
-        return new
-
-    return clone(model)
 
 
 def _locate(model: nn.Module, name: str) -> tuple[nn.Module, str, torch.Tensor]:

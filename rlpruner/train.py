@@ -100,7 +100,8 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     """SGD; no weight decay on biases and normalisation scales (1-d tensors), as usual for CNNs."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.SGD([g for g in groups if g["params"]], lr=config.lr, momentum=config.momentum,
                            nesterov=config.nesterov and config.momentum > 0)
 
@@ -114,7 +115,8 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: floa
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_epoch: int,
-                   warmup_epochs: float = 0.0, min_lr_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+                   warmup_epochs: float = 0.0, min_lr_ratio: float = 0.0
+                   ) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-iteration schedule: call `scheduler.step()` after every optimizer step."""
     total = max(1, epochs * steps_per_epoch)
     warmup = min(total, int(round(warmup_epochs * steps_per_epoch)))

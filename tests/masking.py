@@ -86,8 +86,12 @@ def outputs(model: nn.Module, x) -> list[torch.Tensor]:
     model.eval()
     with torch.no_grad():
         out = model(x)
+    return _flatten(out)
+
+
+def _flatten(out) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, dict):
-        return list(out.values())
-    return list(out)
+        out = list(out.values())
+    return [t for o in out for t in _flatten(o)]

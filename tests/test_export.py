@@ -8,18 +8,54 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import rlpruner
 from rlpruner import io as rio
 from rlpruner.cli import main
 from rlpruner.errors import CheckpointError, ConfigError
 
-EXPORT_MODELS = ["resnet20", "mobilenetv3_small"]
+
+class ConcatUserNet(nn.Module):
+    """A user model (loaded back by import path): two branches concatenated, a depthwise conv."""
+
+    def __init__(self, num_classes: int, width: int) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(3, width, 1), nn.BatchNorm2d(width), nn.ReLU6())
+        self.dw = nn.Conv2d(2 * width, 2 * width, 3, padding=1, groups=2 * width)
+        self.head = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dw(torch.cat([self.a(x), self.b(x)], dim=1))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def concat_user_net(num_classes: int = 10, width: int = 16) -> nn.Module:
+    return ConcatUserNet(num_classes, width)
+
+
+USER_NET = f"{__name__}:concat_user_net"
 
 
 def _model(name: str = "resnet20") -> torch.nn.Module:
     torch.manual_seed(0)
     return rlpruner.create_model(name, num_classes=7).eval()
+
+
+def _pruned(name: str, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = rlpruner.create_model(name, num_classes=7, **kwargs)
+    return rlpruner.prune(model, torch.randn(1, 3, 16, 16), ratio=0.4, round_to=4).eval()
+
+
+# plain zoo model, pruned zoo models with SE gates / channel shuffle, a pruned user model
+CASES = {
+    "resnet20": lambda: _model("resnet20"),
+    "pruned-mobilenetv3_small": lambda: _pruned("mobilenetv3_small"),
+    "pruned-shufflenetv2": lambda: _pruned("shufflenetv2"),
+    "pruned-user": lambda: _pruned(USER_NET, width=16),
+}
 
 
 def _run_torchscript(path, x: torch.Tensor) -> torch.Tensor:
@@ -35,12 +71,12 @@ def _run_onnx(path, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
 
 
-@pytest.mark.parametrize("name", EXPORT_MODELS)
+@pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("fmt, runner", [("torchscript", _run_torchscript), ("onnx", _run_onnx)])
-def test_exported_artefact_matches_pytorch(tmp_path, name, fmt, runner):
-    model = _model(name)
+def test_exported_artefact_matches_pytorch(tmp_path, case, fmt, runner):
+    model = CASES[case]()
     x = torch.randn(2, 3, 32, 32)
-    path = tmp_path / f"{name}.{fmt}"
+    path = tmp_path / f"{case}.{fmt}"
     report = rlpruner.export(model, path, fmt, x, repeat=3)
     assert report.path == path and report.format == fmt
     assert report.size_bytes == path.stat().st_size > 0
@@ -53,6 +89,24 @@ def test_exported_artefact_matches_pytorch(tmp_path, name, fmt, runner):
         assert (runner(path, fresh) - model(fresh)).abs().max() <= 1e-4
     assert (runner(path, x) - expected).abs().max() <= 1e-4
     assert os.listdir(tmp_path) == [path.name]
+
+
+def test_pruned_model_exports_smaller_file_than_original(tmp_path):
+    x = torch.randn(1, 3, 16, 16)
+    full = rlpruner.export(_model("mobilenetv3_small"), tmp_path / "full.onnx", "onnx", x, repeat=1)
+    small = rlpruner.export(_pruned("mobilenetv3_small"), tmp_path / "small.onnx", "onnx", x, repeat=1)
+    assert small.size_bytes < 0.7 * full.size_bytes
+
+
+def test_saved_pruned_user_model_loads_and_exports(tmp_path):
+    """The whole deployment path: prune, save, load in a fresh model object, export, compare."""
+    pruned = _pruned(USER_NET, width=16)
+    loaded = rio.load(rio.save(pruned, tmp_path / "u.safetensors"), allow_imports=[USER_NET])
+    assert loaded.a[0].out_channels < 16 and loaded.dw.groups == loaded.dw.in_channels < 32
+    x = torch.randn(1, 3, 20, 20)
+    rlpruner.export(loaded, tmp_path / "u.pt", "torchscript", x, repeat=1)
+    with torch.no_grad():
+        assert (_run_torchscript(tmp_path / "u.pt", x) - pruned(x)).abs().max() <= 1e-4
 
 
 def test_export_restores_training_mode(tmp_path):
@@ -129,6 +183,14 @@ def test_cli_input_size_flags_override_meta_and_default_output(tmp_path, capsys)
                             "--batch-size", "3"], capsys)
     assert code == 0 and "input [3, 3, 16, 12]" in stdout
     assert (tmp_path / "m.torchscript.pt").exists()
+
+
+def test_cli_reads_input_shape_from_training_meta(tmp_path, capsys):
+    model = rlpruner.create_model("simple_cnn", num_classes=4, in_channels=1, widths=[4])
+    data = {"name": "digits", "image_size": 12, "in_channels": 1}
+    ckpt = rio.save(model, tmp_path / "m.safetensors", meta={"data": data, "epoch": 2})
+    code, stdout, _ = _cli(["export", str(ckpt), "--format", "torchscript"], capsys)
+    assert code == 0 and "input [1, 1, 12, 12]" in stdout
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -182,3 +182,77 @@ def test_guard_resets_and_lookahead(splits, trained, tmp_path):
     assert sum("resetting the pruning distribution" in line for line in lines) == resets
     # look-ahead adds gamma * (a non-negative Q) to every candidate's own reward
     assert all(r.reward > r.val_acc_pruned for r in result.records)
+
+
+def test_candidate_counts_from_slices_match_the_graph_count(trained, splits):
+    from rlpruner.graph import trace
+    from rlpruner.search import _count_slices
+
+    graph = trace(trained, splits.example_inputs(1))
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        removals = {g.name: rng.choice(g.size, rng.integers(0, g.size), replace=False)
+                    for g in graph.prunable_groups()}
+        assert _count_slices(graph, graph.slices(removals)) == graph.count(removals)
+
+
+# --------------------------------------------------------------------------------------------------
+# `rlpruner compress` on the command line
+# --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def checkpoint(trained, splits, tmp_path_factory):
+    from rlpruner.data import DataSpec
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.rlp"
+    spec = DataSpec(name="synthetic", image_size=8, in_channels=1, val_fraction=0.2,
+                    options={"num_classes": 3, "samples_per_class": 40})
+    io.save(trained, path, meta={"data": spec.to_dict()})
+    return path
+
+
+FAST_CLI = ["--prune-filter-ratio", "0.15", "--lr-epoch", "2", "--sample-num", "3", "--kd-epochs", "1",
+            "--kd-batch-size", "16", "--final-epochs", "0", "--latency-repeats", "2", "--no-progress"]
+
+
+def test_cli_compress_prints_one_line_per_step_and_resumes(checkpoint, tmp_path, capsys):
+    from rlpruner.cli import main
+
+    out = tmp_path / "run"
+    assert main(["compress", str(checkpoint), "--target-flops", "0.3", "--out", str(out), *FAST_CLI]) == 0
+    text = capsys.readouterr().out
+    steps = [line for line in text.splitlines() if line.startswith("step ")]
+    results = json.loads((out / "results.json").read_text())
+    assert len(steps) == results["steps"] >= 2
+    assert "FLOPs left" in steps[0] and "val " in steps[0] and "reward" in steps[0]
+    assert "compressed" in text and "search overhead" in text
+    assert results["final"]["flops"] <= 0.7 * results["base"]["flops"]
+    assert io.read_header(out / "model.rlp")["meta"]["data"]["name"] == "synthetic"
+    # resuming a finished run re-does only the final phase and lands on the same model
+    assert main(["compress", str(checkpoint), "--target-flops", "0.3", "--out", str(out), "--resume",
+                 *FAST_CLI]) == 0
+    assert json.loads((out / "results.json").read_text())["final"]["flops"] == results["final"]["flops"]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--target-flops", "1.5"], "target flops reduction must be in (0, 1)"),
+    (["--target-sparsity", "0.999"], "unreachable"),
+    (["--lr-epoch", "0"], "lr_epoch must be >= 1"),
+    (["--kd-temperature", "0"], "KD temperature"),
+    (["--importance", "magic"], "unknown importance"),
+    (["--resume"], "nothing to resume"),
+])
+def test_cli_compress_bad_input_is_one_line(checkpoint, tmp_path, capsys, argv, match):
+    from rlpruner.cli import main
+
+    code = main(["compress", str(checkpoint), "--out", str(tmp_path / "bad"), *FAST_CLI, *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and match in err, err
+
+
+def test_cli_compress_refuses_a_checkpoint_that_does_not_fit_the_dataset(checkpoint, tmp_path, capsys):
+    from rlpruner.cli import main
+
+    code = main(["compress", str(checkpoint), "--dataset", "digits", "--out", str(tmp_path / "x"), *FAST_CLI])
+    err = capsys.readouterr().err
+    assert code == 2 and "digits has 10 classes" in err and len(err.strip().splitlines()) == 1, err

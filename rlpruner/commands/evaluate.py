@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,18 +16,26 @@ from .train import add_data_arguments, data_spec_from_args, set_threads
 
 HELP = "measure a saved model: params, FLOPs, latency and accuracy on a data split; writes JSON"
 
+# (flag, default, smallest allowed value, help)
+NUMBER_OPTIONS = (
+    ("--batch-size", 256, 1, "evaluation batch size"),
+    ("--latency-batch", 1, 1, "batch size of the timed forward passes"),
+    ("--latency-repeats", 50, 1, "timed forward passes (the median is reported)"),
+    ("--latency-warmup", 10, 0, "untimed forward passes first"),
+)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="model file written by `rlpruner train` / `prune` / `compress`")
+    parser.add_argument("checkpoint", help="model file written by `rlpruner train` (or prune / compress)")
     add_data_arguments(parser, defaults=False)
     parser.add_argument("--split", choices=("test", "val", "train"), default="test",
                         help="which split to score (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: %(default)s)")
-    parser.add_argument("--latency-batch", type=int, default=1, help="batch size timed (default: %(default)s)")
-    parser.add_argument("--latency-repeats", type=int, default=50, help="timed runs (default: %(default)s)")
-    parser.add_argument("--latency-warmup", type=int, default=10, help="untimed runs first (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: %(default)s)")
+    for flag, default, _, text in NUMBER_OPTIONS:
+        parser.add_argument(flag, type=int, default=default, help=f"{text} (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, cuda, cuda:N, mps or auto (default: %(default)s)")
     parser.add_argument("--allow-import", action="append", default=[], metavar="MODULE",
                         help="trust this module to build a model saved by import path (repeatable)")
     parser.add_argument("--output", "-o", default=None,
@@ -34,11 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_numbers(args: argparse.Namespace) -> None:
-    for option, value, minimum in (("--batch-size", args.batch_size, 1), ("--latency-batch", args.latency_batch, 1),
-                                   ("--latency-repeats", args.latency_repeats, 1),
-                                   ("--latency-warmup", args.latency_warmup, 0)):
+    for flag, _, minimum, _ in NUMBER_OPTIONS:
+        value = getattr(args, flag[2:].replace("-", "_"))
         if value < minimum:
-            raise ConfigError(f"{option} must be >= {minimum}, got {value}")
+            raise ConfigError(f"{flag} must be >= {minimum}, got {value}")
 
 
 def check_fits(model: nn.Module, splits: Splits, device: torch.device, source: str) -> None:
@@ -55,33 +63,43 @@ def check_fits(model: nn.Module, splits: Splits, device: torch.device, source: s
                           f"{splits.num_classes} classes")
 
 
+def measure(model: nn.Module, splits: Splits, args: argparse.Namespace,
+            device: torch.device) -> dict[str, Any]:
+    """Accuracy on the chosen split, params/FLOPs of one image, latency of a `--latency-batch` batch."""
+    from ..metrics import count, measure_latency
+    from ..train import evaluate
+
+    example = splits.example_inputs(1)
+    scores = evaluate(model, DataLoader(getattr(splits, args.split), batch_size=args.batch_size), device)
+    latency = measure_latency(model, example, batch_size=args.latency_batch, warmup=args.latency_warmup,
+                              repeats=args.latency_repeats, device=device)
+    return {**count(model, example.to(device)).to_dict(), "latency": latency.to_dict(), **scores}
+
+
 def run(args: argparse.Namespace) -> int:
     check_numbers(args)
     set_threads(args.threads)
     device = resolve_device(args.device)
 
     from ..io import atomic_write_json, load_checkpoint
-    from ..metrics import count, format_table, human, measure_latency
-    from ..train import evaluate
+    from ..metrics import format_table, human
 
     checkpoint = Path(args.checkpoint)
     output = Path(args.output) if args.output else checkpoint.with_name(checkpoint.stem + ".eval.json")
     model, meta = load_checkpoint(checkpoint, allow_imports=args.allow_import, device=device)
     stored = meta.get("data")
-    spec = data_spec_from_args(args, DataSpec.from_dict(stored, f"{checkpoint}: meta.data") if stored else None)
+    base = DataSpec.from_dict(stored, f"{checkpoint}: meta.data") if stored else None
+    spec = data_spec_from_args(args, base)
     splits = spec.load()
     check_fits(model, splits, device, str(checkpoint))
-    dataset = getattr(splits, args.split)
-    scores = evaluate(model, DataLoader(dataset, batch_size=args.batch_size), device)
-    counts = count(model, splits.example_inputs(1).to(device))
-    latency = measure_latency(model, splits.example_inputs(1), batch_size=args.latency_batch,
-                              warmup=args.latency_warmup, repeats=args.latency_repeats, device=device)
+    report = measure(model, splits, args, device)
     name = getattr(model, "rlpruner_spec", {}).get("name", meta.get("model", "?"))
+    latency_column = f"latency ms (batch {args.latency_batch})"
     print(format_table([{
-        "model": name, "data": f"{spec.name}/{args.split}", "params": human(counts.params),
-        "FLOPs": human(counts.flops), f"latency ms (batch {args.latency_batch})": latency.median_ms,
-        "top-1": scores["top1"], "top-5": scores["top5"]}]))
-    atomic_write_json(output, {"checkpoint": str(checkpoint), "model": name, "data": spec.resolved(splits).to_dict(),
-                               "split": args.split, **counts.to_dict(), "latency": latency.to_dict(), **scores})
+        "model": name, "data": f"{spec.name}/{args.split}", "params": human(report["params"]),
+        "FLOPs": human(report["flops"]), latency_column: report["latency"]["median_ms"],
+        "top-1": report["top1"], "top-5": report["top5"]}]))
+    atomic_write_json(output, {"checkpoint": str(checkpoint), "model": name, "split": args.split,
+                               "data": spec.resolved(splits).to_dict(), **report})
     print(f"wrote {output}")
     return 0

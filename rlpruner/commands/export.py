@@ -19,9 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, default=None,
                         help="output file (default: the checkpoint path with .onnx / .torchscript.pt)")
     parser.add_argument("--input-size", type=int, nargs="+", metavar="N", default=None,
-                        help="input height [width] (default: the checkpoint's meta input_shape, else 32)")
+                        help="input height [width] (default: from the checkpoint's meta, else 32)")
     parser.add_argument("--channels", type=int, default=None,
-                        help="input channels (default: meta input_shape, else the model's in_channels, else 3)")
+                        help="input channels (default: from the checkpoint's meta, else the model's)")
     parser.add_argument("--batch-size", type=int, default=1, help="batch size baked into the export")
     parser.add_argument("--allow-import", action="append", default=[], metavar="MODULE",
                         help="trust this import path or module prefix to build the model (repeatable)")
@@ -49,8 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
 def input_shape(args: argparse.Namespace, meta: dict, spec: dict) -> tuple[int, int, int, int]:
     """Batch x channels x height x width from the flags, the checkpoint's meta, or the defaults."""
-    saved = meta.get("input_shape")
-    saved = saved if isinstance(saved, list) and len(saved) == 3 else None
+    saved = saved_input_shape(meta)
     channels = args.channels
     if channels is None:
         channels = saved[0] if saved else spec.get("kwargs", {}).get("in_channels", 3)
@@ -64,6 +63,17 @@ def input_shape(args: argparse.Namespace, meta: dict, spec: dict) -> tuple[int, 
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{flag} must be a positive integer, got {value}")
     return (args.batch_size, channels, height, width)
+
+
+def saved_input_shape(meta: dict) -> list | None:
+    """[C, H, W] from meta "input_shape" (demo), or meta "data" (train/compress store their DataSpec)."""
+    shape = meta.get("input_shape")
+    if isinstance(shape, list) and len(shape) == 3:
+        return shape
+    data = meta.get("data")
+    if isinstance(data, dict) and isinstance(data.get("image_size"), int):
+        return [data.get("in_channels") or 3, data["image_size"], data["image_size"]]
+    return None
 
 
 def format_report(report: ExportReport) -> str:

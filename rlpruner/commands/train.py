@@ -1,5 +1,8 @@
 """`rlpruner train`: train a zoo model (or a model from an import path) on a dataset, keep the best
-epoch on validation, save it as a checkpoint and print its measurements."""
+epoch on validation, save it as a checkpoint and print its measurements.
+
+`add_data_arguments` / `data_spec_from_args` are shared with the other commands that load data.
+"""
 from __future__ import annotations
 
 import argparse
@@ -11,22 +14,38 @@ from typing import Any
 
 import torch
 
-from ..data import DataSpec, list_datasets
+from ..data import DataSpec, Splits, list_datasets
 from ..errors import ConfigError
-from ..train import EpochStats, TrainConfig, resolve_device
+from ..train import EpochStats, TrainConfig, TrainResult, resolve_device
 
 HELP = "train a model on a dataset and save the best-on-validation checkpoint"
 
+# (flag, type, help) of the TrainConfig fields set from the command line; defaults come from TrainConfig
+TRAIN_OPTIONS = (
+    ("--epochs", int, "training epochs"),
+    ("--lr", float, "peak learning rate"),
+    ("--batch-size", int, "training batch size"),
+    ("--momentum", float, "SGD momentum (Nesterov)"),
+    ("--weight-decay", float, "on weights, not on biases/norm scales"),
+    ("--warmup-epochs", float, "linear warm-up before the cosine decay"),
+    ("--label-smoothing", float, "cross-entropy label smoothing"),
+    ("--seed", int, "model-init and training seed"),
+    ("--device", str, "cpu, cuda, cuda:N, mps or auto"),
+    ("--workers", int, "DataLoader worker processes"),
+)
+
 
 def add_data_arguments(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
-    """Dataset options shared by commands; with defaults=False every option defaults to None."""
+    """Dataset options; with defaults=False every option defaults to None (= take it from elsewhere)."""
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", default="digits" if defaults else None,
-                       help=f"dataset name: {', '.join(list_datasets())} (default: %(default)s)")
+                       help=f"{', '.join(list_datasets())} (default: %(default)s)")
     group.add_argument("--data-root", default=None,
-                       help="folder holding the CIFAR archives or the image folder (default: $RLPRUNER_DATA or ./data)")
-    group.add_argument("--image-size", type=int, default=None, help="square input size (default: the dataset's own)")
-    group.add_argument("--in-channels", type=int, default=None, help="1 or 3 (default: the dataset's own)")
+                       help="folder with the CIFAR archives or the image folder "
+                            "(default: $RLPRUNER_DATA or ./data)")
+    group.add_argument("--image-size", type=int, default=None,
+                       help="square input size (default: the dataset's)")
+    group.add_argument("--in-channels", type=int, default=None, help="1 or 3 (default: the dataset's)")
     group.add_argument("--data-seed", type=int, default=0 if defaults else None,
                        help="seed of the train/val/test split (default: %(default)s)")
     group.add_argument("--val-fraction", type=float, default=0.1 if defaults else None,
@@ -61,37 +80,6 @@ def data_spec_from_args(args: argparse.Namespace, base: DataSpec | None = None) 
     return DataSpec(**spec)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="resnet20",
-                        help="zoo model name or 'package.module:factory' "
-                             "(default: %(default)s)")
-    add_data_arguments(parser)
-    defaults = TrainConfig()
-    group = parser.add_argument_group("training")
-    group.add_argument("--epochs", type=int, default=defaults.epochs, help="default: %(default)s")
-    group.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (default: %(default)s)")
-    group.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default: %(default)s")
-    group.add_argument("--momentum", type=float, default=defaults.momentum, help="default: %(default)s")
-    group.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="default: %(default)s")
-    group.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs, help="default: %(default)s")
-    group.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing, help="default: %(default)s")
-    group.add_argument("--no-augment", action="store_true", help="train without random crops/flips")
-    group.add_argument("--seed", type=int, default=defaults.seed, help="model-init and training seed (default: %(default)s)")
-    group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: %(default)s)")
-    group.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: %(default)s)")
-    group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--output", "-o", default=None,
-                        help="checkpoint file to write (default: runs/<model>-<dataset>.safetensors); "
-                             "a <name>.train.json with the history is written next to it")
-
-
-def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                       batch_size=args.batch_size, warmup_epochs=args.warmup_epochs,
-                       label_smoothing=args.label_smoothing, augment=not args.no_augment, seed=args.seed,
-                       device=args.device, workers=args.workers)
-
-
 def set_threads(threads: int | None) -> None:
     if threads is not None:
         if threads < 1:
@@ -99,12 +87,39 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="resnet20",
+                        help="zoo model name or 'package.module:factory' (default: %(default)s)")
+    add_data_arguments(parser)
+    defaults = TrainConfig()
+    group = parser.add_argument_group("training")
+    for flag, kind, text in TRAIN_OPTIONS:
+        group.add_argument(flag, type=kind, default=getattr(defaults, _dest(flag)),
+                           help=f"{text} (default: %(default)s)")
+    group.add_argument("--no-augment", action="store_true", help="train without random crops/flips")
+    group.add_argument("--threads", type=int, default=None,
+                       help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--output", "-o", default=None,
+                        help="checkpoint to write (default: runs/<model>-<dataset>.safetensors); "
+                             "<name>.train.json with the history goes next to it")
+
+
+def _dest(flag: str) -> str:
+    return flag[2:].replace("-", "_")
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = {_dest(flag): getattr(args, _dest(flag)) for flag, _, _ in TRAIN_OPTIONS}
+    return TrainConfig(**values, augment=not args.no_augment)
+
+
 def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
-    """(checkpoint, history JSON); refuses a directory or a file name without a stem."""
+    """(checkpoint, history JSON), checked to be writable before any training time is spent."""
     stem = args.model.replace(":", "-").replace(".", "_").replace("/", "_")
     checkpoint = Path(args.output) if args.output else Path("runs") / f"{stem}-{args.dataset}.safetensors"
     if checkpoint.is_dir() or not checkpoint.stem:
-        raise ConfigError(f"--output {checkpoint}: must be a file path, e.g. {checkpoint / 'model.safetensors'}")
+        raise ConfigError(f"--output {checkpoint}: must be a file path, "
+                          f"e.g. {checkpoint / 'model.safetensors'}")
     existing = next((p for p in checkpoint.absolute().parents if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
         raise ConfigError(f"--output {checkpoint}: cannot write there ({existing} is not a writable folder)")
@@ -117,6 +132,24 @@ def log_epoch(stats: EpochStats, epochs: int) -> None:
           f"({stats.seconds:.1f}s)", flush=True)
 
 
+def describe(model_name: str, splits: Splits, params: int, flops: int, epochs: int) -> str:
+    from ..metrics import human
+
+    size = f"{splits.in_channels}x{splits.image_size}x{splits.image_size}"
+    counts = f"{len(splits.train)}/{len(splits.val)}/{len(splits.test)}"
+    return (f"training {model_name} ({human(params)} params, {human(flops)} FLOPs) on {splits.name} {size}, "
+            f"{counts} train/val/test images, {epochs} epochs")
+
+
+def summary_row(model_name: str, dataset: str, params: int, flops: int,
+                result: TrainResult) -> dict[str, Any]:
+    from ..metrics import human
+
+    return {"model": model_name, "dataset": dataset, "params": human(params), "FLOPs": human(flops),
+            "best epoch": result.best_epoch, "val top-1": result.best_val["top1"],
+            "test top-1": result.test["top1"], "test top-5": result.test["top5"], "time (s)": result.seconds}
+
+
 def run(args: argparse.Namespace) -> int:
     config = train_config_from_args(args)  # every number is checked before any work starts
     resolve_device(config.device)
@@ -127,23 +160,18 @@ def run(args: argparse.Namespace) -> int:
     spec = spec.resolved(splits)
 
     from ..io import atomic_write_json
-    from ..metrics import count, format_table, human
+    from ..metrics import count, format_table
     from ..models import create_model
     from ..train import train
 
     torch.manual_seed(config.seed)
     model = create_model(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels)
     counts = count(model, splits.example_inputs(1))
-    print(f"training {args.model} ({human(counts.params)} params, {human(counts.flops)} FLOPs) on {spec.name} "
-          f"{splits.in_channels}x{splits.image_size}x{splits.image_size}, {len(splits.train)}/{len(splits.val)}/"
-          f"{len(splits.test)} train/val/test images, {config.epochs} epochs", flush=True)
+    print(describe(args.model, splits, counts.params, counts.flops, config.epochs), flush=True)
     meta = {"model": args.model, "data": spec.to_dict(), "train": asdict(config)}
     result = train(model, splits, config, on_epoch=lambda stats: log_epoch(stats, config.epochs),
                    checkpoint_path=checkpoint, checkpoint_meta=meta)
-    atomic_write_json(history_path, {**meta, "params": counts.params, "flops": counts.flops, **result.to_dict()})
-    print(format_table([{
-        "model": args.model, "dataset": spec.name, "params": human(counts.params), "FLOPs": human(counts.flops),
-        "best epoch": result.best_epoch, "val top-1": result.best_val["top1"],
-        "test top-1": result.test["top1"], "test top-5": result.test["top5"], "time (s)": result.seconds}]))
+    atomic_write_json(history_path, {**meta, **counts.to_dict(), **result.to_dict()})
+    print(format_table([summary_row(args.model, spec.name, counts.params, counts.flops, result)]))
     print(f"saved {checkpoint} (best on validation) and {history_path}")
     return 0

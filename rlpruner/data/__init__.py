@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -27,22 +28,29 @@ from .imagefolder import load_imagefolder
 from .spec import DataSpec
 from .synthetic import load_synthetic
 
-__all__ = ["AugmentConfig", "DataSpec", "ImageDataset", "Loaders", "Splits", "augment_batch", "default_root",
-           "get_dataset", "list_datasets", "make_loaders", "stratified_split"]
+__all__ = ["DATASETS", "AugmentConfig", "DataSpec", "DatasetEntry", "ImageDataset", "Loaders", "Splits",
+           "augment_batch", "default_root", "get_dataset", "list_datasets", "make_loaders", "stratified_split"]
 
 
-# name -> (loader, needs a root folder, default image size, default channels)
-_DATASETS: dict[str, tuple[Callable[..., Splits], bool, int, int]] = {
-    "digits": (load_digits, False, 16, 1),
-    "synthetic": (load_synthetic, False, 32, 3),
-    "cifar10": (partial(load_cifar, "cifar10"), True, 32, 3),
-    "cifar100": (partial(load_cifar, "cifar100"), True, 32, 3),
-    "imagefolder": (load_imagefolder, True, 32, 3),
+@dataclass(frozen=True)
+class DatasetEntry:
+    load: Callable[..., Splits]
+    needs_root: bool     # reads files from a folder (CIFAR archives, image folders)
+    image_size: int      # defaults when the caller gives None
+    in_channels: int
+
+
+DATASETS: dict[str, DatasetEntry] = {
+    "digits": DatasetEntry(load_digits, False, 16, 1),
+    "synthetic": DatasetEntry(load_synthetic, False, 32, 3),
+    "cifar10": DatasetEntry(partial(load_cifar, "cifar10"), True, 32, 3),
+    "cifar100": DatasetEntry(partial(load_cifar, "cifar100"), True, 32, 3),
+    "imagefolder": DatasetEntry(load_imagefolder, True, 32, 3),
 }
 
 
 def list_datasets() -> list[str]:
-    return sorted(_DATASETS)
+    return sorted(DATASETS)
 
 
 def default_root() -> Path:
@@ -50,43 +58,38 @@ def default_root() -> Path:
     return Path(os.environ.get("RLPRUNER_DATA", "data"))
 
 
-def default_image_size(name: str) -> int:
-    return _lookup(name)[2]
-
-
-def _lookup(name: str) -> tuple[Callable[..., Splits], bool, int, int]:
-    if name not in _DATASETS:
-        raise UnknownNameError(f"unknown dataset '{name}'; valid: {', '.join(list_datasets())}")
-    return _DATASETS[name]
-
-
 def get_dataset(name: str, root: str | Path | None = None, *, image_size: int | None = None,
-                in_channels: int | None = None, seed: int = 0, val_fraction: float = 0.1, **options) -> Splits:
+                in_channels: int | None = None, seed: int = 0, val_fraction: float = 0.1,
+                **options: Any) -> Splits:
     """Load dataset `name` split into train / val / test. None picks the dataset's own default.
 
     `options` go to the dataset (e.g. test_fraction; synthetic: num_classes, samples_per_class,
     difficulty); an option the dataset does not take is a ConfigError naming the valid ones.
     """
-    loader, needs_root, size, channels = _lookup(name)
-    image_size = size if image_size is None else image_size
-    in_channels = channels if in_channels is None else in_channels
+    if name not in DATASETS:
+        raise UnknownNameError(f"unknown dataset '{name}'; valid: {', '.join(list_datasets())}")
+    entry = DATASETS[name]
+    image_size = entry.image_size if image_size is None else image_size
+    in_channels = entry.in_channels if in_channels is None else in_channels
     if image_size < 1 or in_channels < 1:
-        raise ConfigError(f"{name}: image_size and in_channels must be positive, got {image_size}, {in_channels}")
-    accepted = set(inspect.signature(loader).parameters)
+        raise ConfigError(f"{name}: image_size and in_channels must be positive, "
+                          f"got {image_size} and {in_channels}")
+    accepted = set(inspect.signature(entry.load).parameters)
     unknown = sorted(set(options) - accepted)
     if unknown:
         valid = ", ".join(sorted(accepted - {"root", "image_size", "in_channels", "seed", "val_fraction"}))
         raise ConfigError(f"dataset '{name}' has no option {', '.join(unknown)}; valid: {valid or '(none)'}")
-    if needs_root:
+    if entry.needs_root:
         options["root"] = default_root() if root is None else Path(root)
-    return loader(image_size=image_size, in_channels=in_channels, seed=seed, val_fraction=val_fraction, **options)
+    return entry.load(image_size=image_size, in_channels=in_channels, seed=seed, val_fraction=val_fraction,
+                      **options)
 
 
 @dataclass
 class Loaders:
     train: DataLoader
     val: DataLoader
-    test: DataLoader
+    test: DataLoader | None = None
 
 
 def make_loaders(splits: Splits, batch_size: int, *, workers: int = 0, augment: bool = True, seed: int = 0,
@@ -107,4 +110,5 @@ def make_loaders(splits: Splits, batch_size: int, *, workers: int = 0, augment: 
     def evaluation(dataset: ImageDataset) -> DataLoader:
         return DataLoader(dataset, batch_size=eval_batch_size, shuffle=False, num_workers=workers)
 
-    return Loaders(train=train, val=evaluation(splits.val), test=evaluation(splits.test))
+    test = None if splits.test is None else evaluation(splits.test)
+    return Loaders(train=train, val=evaluation(splits.val), test=test)

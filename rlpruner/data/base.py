@@ -56,7 +56,7 @@ class Splits:
     name: str
     train: ImageDataset
     val: ImageDataset
-    test: ImageDataset
+    test: ImageDataset | None  # None only for data handed in without a test split
     num_classes: int
     in_channels: int
     image_size: int

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .base import AugmentConfig, Splits, check_fractions, convert_channels, make_splits, resize, stratified_split
+from .base import (AugmentConfig, Splits, check_fractions, convert_channels, make_splits, resize,
+                   stratified_split)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,8 @@ class _ArchiveReader:
             raise DataError(f"{self.archive}: cannot read '{member}' ({exc})") from exc
 
 
-def _images_labels(batches: list[dict[str, object]], label_key: str, source: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _images_labels(batches: list[dict[str, object]], label_key: str,
+                   source: str) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         data = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
         labels = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])

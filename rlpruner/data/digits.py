@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from .base import AugmentConfig, Splits, check_fractions, convert_channels, make_splits, resize, stratified_split
+from .base import (AugmentConfig, Splits, check_fractions, convert_channels, make_splits, resize,
+                   stratified_split)
 
 
 def load_digits(*, image_size: int = 16, in_channels: int = 1, seed: int = 0, val_fraction: float = 0.1,

@@ -21,7 +21,8 @@ def find_images(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
                if f.suffix.lower() in IMAGE_SUFFIXES]
     if len(classes) < 2 or not samples:
         raise DataError(f"{root}: need at least 2 class sub-folders containing images "
-                        f"({', '.join(IMAGE_SUFFIXES)}), found {len(classes)} folders and {len(samples)} images")
+                        f"({', '.join(IMAGE_SUFFIXES)}), found {len(classes)} folders and "
+                        f"{len(samples)} images")
     return classes, samples
 
 

@@ -47,7 +47,8 @@ def load_synthetic(*, image_size: int = 32, in_channels: int = 3, num_classes: i
         raise ConfigError(f"synthetic: difficulty must be in [0, 1], got {difficulty}")
     if num_classes < 2 or samples_per_class < 3 or image_size < 4 or in_channels < 1:
         raise ConfigError(f"synthetic: need num_classes >= 2, samples_per_class >= 3, image_size >= 4, "
-                          f"in_channels >= 1; got {num_classes}, {samples_per_class}, {image_size}, {in_channels}")
+                          f"in_channels >= 1; got {num_classes}, {samples_per_class}, {image_size}, "
+                          f"{in_channels}")
     images, labels = generate(num_classes, samples_per_class, in_channels, image_size, difficulty, seed)
     val, test, train = stratified_split(labels.numpy(), [val_fraction, test_fraction], seed)
     return make_splits("synthetic", images, labels, [train, val, test], num_classes=num_classes,

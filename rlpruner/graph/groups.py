@@ -163,22 +163,30 @@ def _fact_arrays(ctx: TraceContext) -> dict[str, np.ndarray | list[str]]:
     }
 
 
+def _pair_codes(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, int]:
+    """Encode int pairs as single int64s (much faster to np.unique than 2-column rows)."""
+    base = int(b.max()) + 1 if len(b) else 1
+    return a * base + b, base
+
+
 def _merge_shared_positions(ctx: TraceContext, facts: dict) -> np.ndarray:
     """One tensor position reached by several slots (a module called twice): those slots go together."""
     if len(facts["slot"]):
-        keys = np.stack([facts["param"], facts["dim"], facts["pos"]], axis=1)
-        _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+        codes, _ = _pair_codes(facts["param"] * 16 + facts["dim"], facts["pos"])
+        _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
         first_slot = facts["slot"][first][inverse.reshape(-1)]
-        for a, b in np.unique(np.stack([first_slot, facts["slot"]], 1)[first_slot != facts["slot"]], axis=0):
-            ctx.table.union(int(a), int(b))
+        shared = first_slot != facts["slot"]
+        for a, b in set(zip(first_slot[shared].tolist(), facts["slot"][shared].tolist())):
+            ctx.table.union(a, b)
     return ctx.table.roots()
 
 
 def _group_identities(names, facts, ident, flags, unknowns) -> list[Group]:
     keys = facts["param"] * 16 + facts["dim"]  # (param, dim) in one int; dims < 16
+    codes, base = _pair_codes(ident, keys)
     signatures: dict[int, list[int]] = {}
-    for i, k in np.unique(np.stack([ident, keys], axis=1), axis=0).tolist():
-        signatures.setdefault(i, []).append(k)
+    for code in np.unique(codes).tolist():
+        signatures.setdefault(code // base, []).append(code % base)
     sig_ids: dict[tuple[int, ...], int] = {}
     for sig in sorted({tuple(v) for v in signatures.values()}):
         sig_ids[sig] = len(sig_ids)
@@ -208,8 +216,9 @@ def _make_group(names, facts, ident, keys, flags, sig, rows, used) -> Group:
     members = []
     for k in sig:
         sel = g_keys == k
-        pairs = np.unique(np.stack([g_pos[sel], g_units[sel]], axis=1), axis=0)
-        members.append(Member(names[k // 16], k % 16, pairs[:, 0].copy(), pairs[:, 1].copy()))
+        codes, base = _pair_codes(g_pos[sel], g_units[sel])
+        codes = np.unique(codes)
+        members.append(Member(names[k // 16], k % 16, codes // base, codes % base))
     frozen = bool((flags[idents] & FROZEN).any())
     exact = not bool((flags[idents] & INEXACT).any())
     reason = ""

@@ -8,6 +8,8 @@ too, so their channel semantics come out exact without any per-op index arithmet
 
 Slots that must be removed together are merged in a union-find. `NONE` marks elements with no
 channel provenance (constants, padding).
+
+Labels always live on the CPU, even when the model is traced on the meta device.
 """
 from __future__ import annotations
 
@@ -40,11 +42,11 @@ class SlotTable:
     flags: list[int] = field(default_factory=list)
     facts: list[Fact] = field(default_factory=list)
 
-    def new(self, n: int, flags: int = 0, device: torch.device | None = None) -> torch.Tensor:
+    def new(self, n: int, flags: int = 0) -> torch.Tensor:
         start = len(self.parent)
         self.parent.extend(range(start, start + n))
         self.flags.extend([flags] * n)
-        return torch.arange(start, start + n, device=device)
+        return torch.arange(start, start + n)
 
     def find(self, a: int) -> int:
         parent = self.parent
@@ -102,8 +104,9 @@ class SlotTable:
 # --- label tensor helpers (pure functions over int tensors) ---------------------------------------
 
 
-def none_like(shape: torch.Size | tuple[int, ...], device: torch.device | None = None) -> torch.Tensor:
-    return torch.full((1,) * len(shape), NONE, dtype=torch.long, device=device).expand(tuple(shape))
+def none_like(shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """Labels always live on the CPU, whatever device (or meta) the traced tensors are on."""
+    return torch.full((1,) * len(shape), NONE, dtype=torch.long).expand(tuple(shape))
 
 
 def along(slots: torch.Tensor, shape: torch.Size | tuple[int, ...], dim: int) -> torch.Tensor:

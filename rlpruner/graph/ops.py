@@ -78,7 +78,7 @@ def binary(ctx: "TraceContext", func, args, kwargs, out) -> None:
     real = [x for x in labeled if ctx.has_slots(x[0])]
     if not real:
         for o in outs:
-            ctx.set_label(o, none_like(shape, o.device))
+            ctx.set_label(o, none_like(shape))
         return
     primary = max(real, key=lambda x: len(shape) - len(x[2]))
     _, plabel, pbdims = primary
@@ -159,8 +159,12 @@ def move(ctx: "TraceContext", func, args, kwargs, out) -> None:
     source = args[0]
     if isinstance(source, (list, tuple)):  # cat / stack / concat
         labels = [ctx.label(t) for t in source]
+        dim = _arg(args, kwargs, 1, "dim", 0)
+        _concat_constraints(ctx, labels, dim, stacked=name == "stack")
+        if name in ("cat", "concat", "concatenate") and labels:
+            _cat_compact(ctx, labels, dim, out)
+            return
         label_args = (type(source)(labels),) + tuple(args[1:])
-        _concat_constraints(ctx, labels, _arg(args, kwargs, 1, "dim", 0), stacked=name == "stack")
     else:
         label_args = (ctx.label(source),) + tuple(args[1:])
     label_func = _LABEL_EQUIVALENT.get(func, func)
@@ -182,6 +186,17 @@ def move(ctx: "TraceContext", func, args, kwargs, out) -> None:
             ctx.table.mark(unique_slots(lab), FROZEN)
     for o, lab in zip(_tensors(out), outs):
         ctx.set_label(o, lab)
+
+
+def _cat_compact(ctx: "TraceContext", labels: list[torch.Tensor], dim: int, out: torch.Tensor) -> None:
+    """cat of labels that are all broadcast along some dims: concatenate without materialising them."""
+    dim = dim % labels[0].dim()
+    flat = [
+        e for e in range(labels[0].dim())
+        if e != dim and all(lab.stride(e) == 0 or lab.shape[e] == 1 for lab in labels)
+    ]
+    index = tuple(slice(0, 1) if e in flat else slice(None) for e in range(labels[0].dim()))
+    ctx.set_label(out, torch.cat([lab[index] for lab in labels], dim=dim).expand(out.shape))
 
 
 def _couple_pieces(ctx: "TraceContext", pieces: list[torch.Tensor]) -> None:
@@ -290,12 +305,12 @@ def reduce(ctx: "TraceContext", func, args, kwargs, out) -> None:
             return
         ctx.table.mark(unique_slots(label), INEXACT)
         for o in _tensors(out):
-            ctx.set_label(o, none_like(o.shape, o.device))
+            ctx.set_label(o, none_like(o.shape))
         return
     if not keepdim:
         head = head.reshape([n for d, n in enumerate(head.shape) if d not in dims])
     for o in _tensors(out):
-        ctx.set_label(o, head.expand(o.shape) if head.dim() == o.dim() else none_like(o.shape, o.device))
+        ctx.set_label(o, head.expand(o.shape) if head.dim() == o.dim() else none_like(o.shape))
 
 
 def mix(ctx: "TraceContext", func, args, kwargs, out) -> None:
@@ -324,7 +339,7 @@ def conv(ctx: "TraceContext", func, args, kwargs, out) -> None:
         return
     in_slots = per_index(ctx.table, ctx.label(x), 1)
     cout = out.shape[1]
-    out_slots = ctx.fresh(cout, out.device)
+    out_slots = ctx.fresh(cout)
     out_dim, in_dim = (1, 0) if transposed else (0, 1)
     if groups == 1:
         ctx.table.attach(wname, in_dim, in_slots)
@@ -366,7 +381,7 @@ def linear(ctx: "TraceContext", func, args, kwargs, out) -> None:
         ctx.unknown(func, args, kwargs, out, "linear layer whose weight is computed, not a parameter")
         return
     ctx.table.attach(wname, 1, per_index(ctx.table, ctx.label(x), -1))
-    out_slots = ctx.fresh(out.shape[-1], out.device)
+    out_slots = ctx.fresh(out.shape[-1])
     ctx.table.attach(wname, 0, out_slots)
     if bname is not None:
         ctx.table.attach(bname, 0, out_slots)

@@ -17,6 +17,7 @@ from torch.overrides import TorchFunctionMode
 from ..errors import UnsupportedOperation
 from .labels import FROZEN, NONE, SlotTable, along, compact, none_like, unique_slots, varies
 from .ops import Handler, _tensors, build_table
+from .twin import meta_twin
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class TraceContext:
             label = self._param_label(t, name)
             self.set_label(t, label)
             return label
-        return none_like(t.shape, t.device)
+        return none_like(t.shape)
 
     def param_name(self, t: Any) -> str | None:
         """The state_dict name of a model parameter/buffer, or None for a computed tensor."""
@@ -84,16 +85,16 @@ class TraceContext:
         """A parameter used directly in an op (layer-scale, bias add): slots along its one real dim."""
         big = [d for d, n in enumerate(t.shape) if n > 1]
         if not big:
-            return none_like(t.shape, t.device)
+            return none_like(t.shape)
         if len(big) == 1:
-            slots = self.fresh(t.shape[big[0]], t.device)
+            slots = self.fresh(t.shape[big[0]])
             self.table.attach(name, big[0], slots)
             return along(slots, t.shape, big[0])
-        slot = self.fresh(1, t.device, FROZEN)  # a full tensor parameter: structure unknown, keep it whole
+        slot = self.fresh(1, FROZEN)  # a full tensor parameter: structure unknown, keep it whole
         return slot.reshape((1,) * t.dim()).expand(t.shape)
 
-    def fresh(self, n: int, device: torch.device | None = None, flags: int = 0) -> torch.Tensor:
-        return self.table.new(n, flags, device)
+    def fresh(self, n: int, flags: int = 0) -> torch.Tensor:
+        return self.table.new(n, flags)
 
     # -- constraints -----------------------------------------------------------------------------
     def couple(self, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -138,7 +139,7 @@ class TraceContext:
         for t in _tensors(list(args) + list(kwargs.values())):
             self.table.mark(unique_slots(self.label(t)), FROZEN)
         for o in _tensors(out):
-            slot = self.fresh(1, o.device, FROZEN)
+            slot = self.fresh(1, FROZEN)
             self.set_label(o, slot.reshape((1,) * o.dim()).expand(o.shape))
 
     # -- dispatch --------------------------------------------------------------------------------
@@ -192,8 +193,35 @@ def _install_module_stack(model: nn.Module, stack: list[str]) -> list[Any]:
     return handles
 
 
-def run_trace(model: nn.Module, example_inputs: Any, strict: bool = False) -> tuple[TraceContext, Any]:
-    """Execute `model` on `example_inputs` (eval mode, no grad) recording labels; freeze ins/outs."""
+def run_trace(model: nn.Module, example_inputs: Any, strict: bool = False, on_meta: bool = True) -> TraceContext:
+    """Execute `model` once recording labels; freeze the channels of its inputs and outputs.
+
+    on_meta: run a twin of the model whose tensors live on the meta device (shapes only, no
+    arithmetic: tracing a big model at 224x224 costs milliseconds per layer). Models whose control
+    flow reads tensor values cannot run on meta; they are traced for real instead.
+    """
+    if on_meta:
+        try:
+            twin = meta_twin(model)
+            return _run(twin, _to_meta(example_inputs), strict)
+        except UnsupportedOperation:
+            raise
+        except Exception:  # noqa: BLE001 - value-dependent code: fall back to real execution
+            pass
+    return _run(model, example_inputs, strict)
+
+
+def _to_meta(example_inputs: Any) -> Any:
+    if isinstance(example_inputs, torch.Tensor):
+        return example_inputs.to("meta")
+    if isinstance(example_inputs, dict):
+        return {k: _to_meta(v) for k, v in example_inputs.items()}
+    if isinstance(example_inputs, (list, tuple)):
+        return type(example_inputs)(_to_meta(v) for v in example_inputs)
+    return example_inputs
+
+
+def _run(model: nn.Module, example_inputs: Any, strict: bool) -> TraceContext:
     ctx = TraceContext(model, strict, build_table())
     args, kwargs = _split_inputs(example_inputs)
     modes = {m: m.training for m in model.modules()}
@@ -201,7 +229,7 @@ def run_trace(model: nn.Module, example_inputs: Any, strict: bool = False) -> tu
     model.eval()
     try:
         for t in _tensors(list(args) + list(kwargs.values())):
-            slot = ctx.fresh(1, t.device, FROZEN)
+            slot = ctx.fresh(1, FROZEN)
             ctx.set_label(t, slot.reshape((1,) * t.dim()).expand(t.shape))
         with torch.no_grad(), _LabelMode(ctx):
             out = model(*args, **kwargs)
@@ -210,16 +238,16 @@ def run_trace(model: nn.Module, example_inputs: Any, strict: bool = False) -> tu
             h.remove()
         for m, training in modes.items():
             m.training = training
-    for t in _tensors(out if not isinstance(out, dict) else list(out.values())):
+    for t in _tensors(out):
         ctx.table.mark(unique_slots(ctx.label(t)), FROZEN)
     if ctx.unknowns:
         listed = "; ".join(sorted({str(u) for u in ctx.unknowns})[:8])
         warnings.warn(
             f"rlpruner: {len(ctx.unknowns)} operation(s) with unknown channel semantics; the channels they "
             f"touch are frozen (not pruned): {listed}. Use strict=True to raise instead.",
-            stacklevel=3,
+            stacklevel=4,
         )
-    return ctx, out
+    return ctx
 
 
 __all__ = ["TraceContext", "UnknownOp", "run_trace", "NONE"]
