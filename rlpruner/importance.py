@@ -22,10 +22,17 @@ class Importance(Protocol):
     def __call__(self, model: nn.Module, graph: DependencyGraph) -> Scores: ...
 
 
-def _per_position(values: torch.Tensor, dim: int) -> np.ndarray:
+def _per_position(values: torch.Tensor | np.ndarray, dim: int) -> np.ndarray:
     """Sum of `values` over every dim but `dim`: one number per position of `dim`."""
-    reduce = [d for d in range(values.dim()) if d != dim]
-    return (values.sum(dim=reduce) if reduce else values).detach().double().cpu().numpy()
+    if isinstance(values, torch.Tensor):
+        values = values.detach().double().cpu().numpy()
+    reduce = tuple(d for d in range(values.ndim) if d != dim)
+    return values.sum(axis=reduce) if reduce else values
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    # numpy on small weight tensors avoids torch's per-op threading overhead (thousands of calls)
+    return t.detach().cpu().numpy().astype(np.float64)
 
 
 def _aggregate(group: Group, per_member: Callable[[Member], np.ndarray | None]) -> np.ndarray:
@@ -51,11 +58,17 @@ class Magnitude:
 
     def __call__(self, model: nn.Module, graph: DependencyGraph) -> Scores:
         params = dict(model.named_parameters())
-        scores = {}
-        for g in graph.prunable_groups():
-            total = _aggregate(g, lambda m: _per_position(params[m.param].abs() ** self.p, m.dim) if m.param in params else None)
-            scores[g.name] = total ** (1.0 / self.p)
-        return scores
+        cache: dict[tuple[str, int], np.ndarray] = {}  # a consumer weight appears in many groups
+
+        def per_member(m: Member) -> np.ndarray | None:
+            if m.param not in params:
+                return None
+            key = (m.param, m.dim)
+            if key not in cache:
+                cache[key] = _per_position(np.abs(_numpy(params[m.param])) ** self.p, m.dim)
+            return cache[key]
+
+        return {g.name: _aggregate(g, per_member) ** (1.0 / self.p) for g in graph.prunable_groups()}
 
 
 @dataclass(frozen=True)
@@ -99,12 +112,16 @@ class Taylor:
     def __call__(self, model: nn.Module, graph: DependencyGraph) -> Scores:
         grads = _gradients(model, self.inputs, self.targets, self.loss_fn)
         params = dict(model.named_parameters())
-        scores = {}
-        for g in graph.prunable_groups():
-            scores[g.name] = _aggregate(
-                g, lambda m: _per_position((params[m.param] * grads[m.param]).abs(), m.dim) if m.param in grads else None
-            )
-        return scores
+        cache: dict[tuple[str, int], np.ndarray] = {}
+
+        def per_member(m: Member) -> np.ndarray | None:
+            if m.param not in grads:
+                return None
+            if (m.param, m.dim) not in cache:
+                cache[(m.param, m.dim)] = _per_position(np.abs(_numpy(params[m.param]) * _numpy(grads[m.param])), m.dim)
+            return cache[(m.param, m.dim)]
+
+        return {g.name: _aggregate(g, per_member) for g in graph.prunable_groups()}
 
 
 def _gradients(model: nn.Module, inputs: Any, targets: torch.Tensor, loss_fn) -> dict[str, torch.Tensor]:

@@ -4,7 +4,7 @@
 
 Per step: trace the current model, score its channels once (Taylor by default), then for `lr_epoch`
 rounds sample `sample_num` distributions around the policy's PD, turn each into per-group removal
-counts, build the candidate as a cheap structural copy (`prune_channels(..., inplace=False)`), and
+counts, build the candidate as a cheap structural copy that shares every unchanged tensor, and
 score it on the VALIDATION split (never test) with FLOPs/params from the dependency graph's
 analytic count. The policy moves towards each round's best; the step's model is chosen
 epsilon-greedily from the replay buffer, guarded against accuracy collapse, then recovered by
@@ -696,7 +696,10 @@ def _run_step(ctx: _Context, state: _State) -> _State:
     acc_ref = val if rl.eval_batches is None else _accuracy(model, ctx.data.candidate_batches, ctx.device)
     widths = plan.sizes - chosen.counts
     removed_total = ctx.total_units - int(widths.sum())
-    done = (_reaches(ctx, chosen, latency, removed_total) or int((plan.capacity - chosen.counts).sum()) == 0)
+    done = _reaches(ctx, chosen, latency, removed_total)
+    if not done and int((plan.capacity - chosen.counts).sum()) == 0:
+        ctx.log(f"step {step}: every group is down to min_keep={rl.min_keep}; stopping short of the target")
+        done = True
     times = {k: v - before.get(k, 0.0) for k, v in ctx.timer.snapshot().items()}
     times["wall_s"] = time.perf_counter() - start
     record = StepRecord(
@@ -893,6 +896,8 @@ def compress(model: nn.Module, data: Splits | Loaders, config: CompressConfig | 
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, resume, overwrite)
     ctx = _prepare(model, data, config, out_dir, log or (lambda line: None))
+    if not resume:
+        _clear_run(out_dir)  # only once the new run's options and target have been checked
     state = _resumed_state(ctx) if resume else _fresh_state(ctx)
     if resume:
         ctx.log(f"resuming {out_dir} after step {state.step}")
@@ -915,7 +920,10 @@ def _check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
     if not overwrite:
         raise ConfigError(f"{out_dir} already holds a compression run; resume it (--resume), overwrite it "
                           "(--overwrite) or choose another output directory")
-    state.unlink()
+
+
+def _clear_run(out_dir: Path) -> None:
+    (out_dir / "state.json").unlink(missing_ok=True)
     for old in (out_dir / "checkpoint").glob("*.rlp"):
         old.unlink()
 

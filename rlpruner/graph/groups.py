@@ -135,7 +135,8 @@ def build_graph(ctx: TraceContext, model: nn.Module, keep: Sequence[str] = ()) -
     np.bitwise_or.at(flags, roots, np.asarray(ctx.table.flags, dtype=np.int64))
     names = facts["names"]
     ident = roots[facts["slot"]]
-    kept = np.array([_is_kept(names[p], keep) for p in facts["param"]], dtype=bool)
+    kept_param = np.array([_is_kept(n, keep) for n in names], dtype=bool)
+    kept = kept_param[facts["param"]] if len(names) else np.zeros(0, dtype=bool)
     np.bitwise_or.at(flags, ident[kept], FROZEN)
     groups = _group_identities(names, facts, ident, flags, ctx.unknowns)
     return DependencyGraph(groups, shapes, parameters, list(ctx.costs), list(ctx.unknowns))
@@ -237,19 +238,35 @@ def _group_name(members: list[Member], used: dict[str, int]) -> str:
 
 
 def validate_forward(model: nn.Module, example_inputs) -> None:
-    """Run the pruned model once; a failure here means a structure the trace could not see."""
-    from .trace import _split_inputs
+    """Run the pruned model once; a failure means a structure the trace could not see.
 
-    args, kwargs = _split_inputs(example_inputs)
-    was = model.training
-    model.eval()
+    Runs on a meta-device twin first (shapes only, near free); only if that cannot run (code that
+    reads tensor values) does it run the real model.
+    """
+    from contextlib import nullcontext
+
+    from .trace import ShapeMode, _split_inputs, _to_meta
+    from .twin import meta_twin
+
+    def run(m: nn.Module, inputs, mode) -> None:
+        args, kwargs = _split_inputs(inputs)
+        was = m.training
+        m.eval()
+        try:
+            with torch.no_grad(), mode:
+                m(*args, **kwargs)
+        finally:
+            m.train(was)
+
     try:
-        with torch.no_grad():
-            model(*args, **kwargs)
+        run(meta_twin(model), _to_meta(example_inputs), ShapeMode())
+        return
+    except Exception:  # noqa: BLE001 - decide with a real run below
+        pass
+    try:
+        run(model, example_inputs, nullcontext())
     except Exception as exc:  # noqa: BLE001 - re-raised with context for the user
         raise PruningError(
             f"the pruned model no longer runs ({type(exc).__name__}: {exc}). The model probably hard-codes a "
             "channel count (e.g. in a view/reshape); keep the layers involved with keep=[...]"
         ) from exc
-    finally:
-        model.train(was)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -156,14 +157,22 @@ class TraceContext:
             handler(self, func, args, kwargs, out)
 
 
+# On the meta device these run through slow Python decompositions; their output is just input-shaped.
+_SHAPE_PRESERVING = (F.batch_norm, F.instance_norm, F.group_norm, F.layer_norm)
+
+
 class _LabelMode(TorchFunctionMode):
-    def __init__(self, ctx: TraceContext):
+    def __init__(self, ctx: TraceContext, on_meta: bool):
         super().__init__()
         self.ctx = ctx
+        self.on_meta = on_meta
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        if self.on_meta and func in _SHAPE_PRESERVING:
+            out = torch.empty_like(args[0])
+        else:
+            out = func(*args, **kwargs)
         self.ctx.record(func, args, kwargs, out)
         return out
 
@@ -203,12 +212,21 @@ def run_trace(model: nn.Module, example_inputs: Any, strict: bool = False, on_me
     if on_meta:
         try:
             twin = meta_twin(model)
-            return _run(twin, _to_meta(example_inputs), strict)
+            return _run(twin, _to_meta(example_inputs), strict, on_meta=True)
         except UnsupportedOperation:
             raise
         except Exception:  # noqa: BLE001 - value-dependent code: fall back to real execution
             pass
-    return _run(model, example_inputs, strict)
+    return _run(model, example_inputs, strict, on_meta=False)
+
+
+class ShapeMode(TorchFunctionMode):
+    """Runs a meta-device model with the slow shape-preserving decompositions short-circuited."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _SHAPE_PRESERVING:
+            return torch.empty_like(args[0])
+        return func(*args, **(kwargs or {}))
 
 
 def _to_meta(example_inputs: Any) -> Any:
@@ -221,7 +239,7 @@ def _to_meta(example_inputs: Any) -> Any:
     return example_inputs
 
 
-def _run(model: nn.Module, example_inputs: Any, strict: bool) -> TraceContext:
+def _run(model: nn.Module, example_inputs: Any, strict: bool, on_meta: bool) -> TraceContext:
     ctx = TraceContext(model, strict, build_table())
     args, kwargs = _split_inputs(example_inputs)
     modes = {m: m.training for m in model.modules()}
@@ -231,7 +249,7 @@ def _run(model: nn.Module, example_inputs: Any, strict: bool) -> TraceContext:
         for t in _tensors(list(args) + list(kwargs.values())):
             slot = ctx.fresh(1, FROZEN)
             ctx.set_label(t, slot.reshape((1,) * t.dim()).expand(t.shape))
-        with torch.no_grad(), _LabelMode(ctx):
+        with torch.no_grad(), _LabelMode(ctx, on_meta):
             out = model(*args, **kwargs)
     finally:
         for h in handles:
