@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from ..distill import DistillConfig
-from ..errors import ConfigError
 from ..search import STRATEGIES, CompressConfig, RLConfig, Reward, Target
 from .train import add_data_arguments, data_spec_from_args, set_threads
 
