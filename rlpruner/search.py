@@ -236,14 +236,23 @@ class _Context:
         return sum(self.original_sizes.values())
 
 
+@dataclass(frozen=True)
+class _Teacher:
+    model: nn.Module
+    step: int | None                       # the step whose student it is; None: the original model
+    val: float                             # its validation accuracy
+
+    @property
+    def label(self) -> str:
+        return "original" if self.step is None else f"step {self.step}"
+
+
 @dataclass
 class _State:
     step: int
     pd: np.ndarray
     model: nn.Module
-    teacher: nn.Module
-    teacher_step: int | None               # None: the original model teaches
-    teacher_val: float
+    teacher: _Teacher
     acc_ref: float                         # current model's accuracy on the candidate batches (guard)
     removals: list[dict[str, list[int]]]   # per step, in that step's unit numbering (for replay)
     records: list[StepRecord]
@@ -495,16 +504,6 @@ def _reward(ctx: _Context, acc: float, params: int, flops: int, latency_ms: floa
     return q
 
 
-def _count_slices(graph: Any, slices: Mapping[str, Mapping[int, np.ndarray]]) -> tuple[int, int]:
-    """`graph.count(removals)` from slices already computed for the surgery (saves computing them twice
-    per candidate): params and FLOPs (2 x multiplier x weight size) of the shrunk shapes."""
-    shapes = dict(graph.shapes)
-    for name, dims in slices.items():
-        shapes[name] = tuple(len(dims[d]) if d in dims else n for d, n in enumerate(shapes[name]))
-    params = sum(math.prod(shapes[n]) for n in graph.parameters)
-    return params, sum(2 * mult * math.prod(shapes[w]) for w, mult in graph.costs)
-
-
 def _score(ctx: _Context, model: nn.Module, plan: _Plan, counts: np.ndarray, pd: np.ndarray) -> _Candidate:
     """Build one candidate as a structural copy and score it on the candidate validation batches."""
     from .surgery import apply_slices
@@ -512,7 +511,7 @@ def _score(ctx: _Context, model: nn.Module, plan: _Plan, counts: np.ndarray, pd:
     with ctx.timer("surgery"):
         slices = plan.graph.slices(_removals(ctx, plan, counts))
         candidate = apply_slices(model, slices, inplace=False)
-        params, flops = _count_slices(plan.graph, slices)
+        params, flops = plan.graph.count(slices=slices)
     with ctx.timer("eval"):
         acc = _accuracy(candidate, ctx.data.candidate_batches, ctx.device)
         latency = (_measure_ms(ctx.config, candidate, ctx.data.example, ctx.device)
@@ -650,29 +649,27 @@ def _recovery_loaders(ctx: _Context, seed: int, batch_size: int) -> Any:
     return SimpleNamespace(train=loaders.train, val=ctx.data.val_batches)
 
 
-def _distill(ctx: _Context, model: nn.Module, teacher: nn.Module, teacher_val: float, epochs: int,
-             *keys: int) -> float:
+def _distill(ctx: _Context, model: nn.Module, teacher: _Teacher, epochs: int, *keys: int) -> float:
     """KD fine-tuning for `epochs`; returns the student's validation accuracy."""
     kd = replace(ctx.config.kd, epochs=epochs, progress=ctx.config.progress if ctx.config.kd.progress is None
                  else ctx.config.kd.progress)
     with ctx.timer("recovery"), _seeded(ctx, *keys):
         loaders = _recovery_loaders(ctx, _derived_seed(ctx.config.seed, *keys), kd.batch_size)
-        result = distill(model, teacher, loaders, kd, device=ctx.device, teacher_val=teacher_val,
+        result = distill(model, teacher.model, loaders, kd, device=ctx.device, teacher_val=teacher.val,
                          desc=f"KD {'final' if keys[-1] == _FINAL else f'step {keys[0]}'}")
     return result.student_val
 
 
-def _recover(ctx: _Context, state: _State, model: nn.Module, step: int) -> tuple[float, nn.Module, int | None, float]:
-    """(val accuracy, teacher, teacher step, teacher val) after this step's recovery, if it is due."""
+def _recover(ctx: _Context, teacher: _Teacher, model: nn.Module, step: int) -> tuple[float, _Teacher]:
+    """(validation accuracy, teacher) after this step's recovery, when one is due."""
     period, kd = ctx.config.post_train_period, ctx.config.kd
     if not period or step % period or kd.epochs == 0:
         with ctx.timer("recovery"):
-            return _accuracy(model, ctx.data.val_batches, ctx.device), state.teacher, state.teacher_step, \
-                state.teacher_val
-    val = _distill(ctx, model, state.teacher, state.teacher_val, kd.epochs, step, _KD)
-    if kd.switch_teacher and val > state.teacher_val:
-        return val, copy.deepcopy(model).eval(), step, val
-    return val, state.teacher, state.teacher_step, state.teacher_val
+            return _accuracy(model, ctx.data.val_batches, ctx.device), teacher
+    val = _distill(ctx, model, teacher, kd.epochs, step, _KD)
+    if kd.switch_teacher and val > teacher.val:
+        return val, _Teacher(copy.deepcopy(model).eval(), step, val)
+    return val, teacher
 
 
 def _run_step(ctx: _Context, state: _State) -> _State:
@@ -692,27 +689,33 @@ def _run_step(ctx: _Context, state: _State) -> _State:
     removals = _removals(ctx, plan, chosen.counts)
     with ctx.timer("surgery"):
         model = prune_channels(state.model, plan.graph, removals, inplace=True)
-    val, teacher, teacher_step, teacher_val = _recover(ctx, state, model, step)
+    val, teacher = _recover(ctx, state.teacher, model, step)
     acc_ref = val if rl.eval_batches is None else _accuracy(model, ctx.data.candidate_batches, ctx.device)
     widths = plan.sizes - chosen.counts
-    removed_total = ctx.total_units - int(widths.sum())
-    done = _reaches(ctx, chosen, latency, removed_total)
+    done = _reaches(ctx, chosen, latency, ctx.total_units - int(widths.sum()))
     if not done and int((plan.capacity - chosen.counts).sum()) == 0:
         ctx.log(f"step {step}: every group is down to min_keep={rl.min_keep}; stopping short of the target")
         done = True
     times = {k: v - before.get(k, 0.0) for k, v in ctx.timer.snapshot().items()}
     times["wall_s"] = time.perf_counter() - start
-    record = StepRecord(
+    record = _step_record(ctx, step, chosen, widths, pd, info, val=val, latency=latency, teacher=teacher,
+                          times=times)
+    return _State(step=step, pd=pd, model=model, teacher=teacher, acc_ref=acc_ref,
+                  removals=state.removals + [{n: r.tolist() for n, r in removals.items()}],
+                  records=state.records + [record], done=done)
+
+
+def _step_record(ctx: _Context, step: int, chosen: _Candidate, widths: np.ndarray, pd: np.ndarray, info: dict,
+                 *, val: float, latency: float | None, teacher: _Teacher, times: dict[str, float]) -> StepRecord:
+    removed_total = ctx.total_units - int(widths.sum())
+    return StepRecord(
         step=step, removed=int(chosen.counts.sum()), removed_total=removed_total,
         sparsity=removed_total / ctx.total_units, flops=int(chosen.flops), params=int(chosen.params),
-        flops_reduction=1.0 - chosen.flops / ctx.base["flops"], params_reduction=1.0 - chosen.params / ctx.base["params"],
-        val_acc_pruned=chosen.acc, val_acc=val, reward=chosen.q, epsilon=info["epsilon"], explored=info["explored"],
-        guard_resets=info["guard_resets"], teacher="original" if teacher_step is None else f"step {teacher_step}",
-        latency_ms=latency, widths={n: int(w) for n, w in zip(ctx.names, widths)},
+        flops_reduction=1.0 - chosen.flops / ctx.base["flops"],
+        params_reduction=1.0 - chosen.params / ctx.base["params"], val_acc_pruned=chosen.acc, val_acc=val,
+        reward=chosen.q, epsilon=info["epsilon"], explored=info["explored"], guard_resets=info["guard_resets"],
+        teacher=teacher.label, latency_ms=latency, widths={n: int(w) for n, w in zip(ctx.names, widths)},
         pd={n: float(p) for n, p in zip(ctx.names, pd)}, times=times)
-    return _State(step=step, pd=pd, model=model, teacher=teacher, teacher_step=teacher_step, teacher_val=teacher_val,
-                  acc_ref=acc_ref, removals=state.removals + [{n: r.tolist() for n, r in removals.items()}],
-                  records=state.records + [record], done=done)
 
 
 def _on_terminal() -> bool:
@@ -774,14 +777,14 @@ def _save_checkpoint(ctx: _Context, state: _State) -> None:
     weights = folder / f"step_{state.step:04d}.rlp"
     _write_weights(state.model, weights, {"step": state.step})
     teacher = None
-    if state.teacher_step is not None:
-        teacher = folder / f"teacher_step_{state.teacher_step:04d}.rlp"
+    if state.teacher.step is not None:
+        teacher = folder / f"teacher_step_{state.teacher.step:04d}.rlp"
         if not teacher.exists():
-            _write_weights(state.teacher, teacher, {"step": state.teacher_step})
+            _write_weights(state.teacher.model, teacher, {"step": state.teacher.step})
     atomic_write_json(ctx.out_dir / "state.json", {
         "format": STATE_FORMAT, "version": STATE_VERSION, "config": ctx.config.to_dict(),
         "fingerprint": ctx.fingerprint, "step": state.step, "pd": state.pd.tolist(), "done": state.done,
-        "teacher_step": state.teacher_step, "teacher_val": state.teacher_val, "acc_ref": state.acc_ref,
+        "teacher_step": state.teacher.step, "teacher_val": state.teacher.val, "acc_ref": state.acc_ref,
         "weights": weights.relative_to(ctx.out_dir).as_posix(),
         "teacher_weights": None if teacher is None else teacher.relative_to(ctx.out_dir).as_posix(),
         "removals": state.removals, "records": [r.to_dict() for r in state.records]})
@@ -853,24 +856,22 @@ def _replay(ctx: _Context, removals: list[dict[str, list[int]]], teacher_step: i
 
 
 def _resumed_state(ctx: _Context) -> _State:
-    from .report import StepRecord as Record
-
     saved = _read_state(ctx)
     model, teacher = _replay(ctx, saved["removals"], saved["teacher_step"])
     _read_weights(model, ctx.out_dir / saved["weights"])
     if saved["teacher_step"] is not None:
         _read_weights(teacher, ctx.out_dir / saved["teacher_weights"])
     return _State(step=saved["step"], pd=np.asarray(saved["pd"], dtype=np.float64), model=model,
-                  teacher=teacher.eval(), teacher_step=saved["teacher_step"], teacher_val=saved["teacher_val"],
+                  teacher=_Teacher(teacher.eval(), saved["teacher_step"], saved["teacher_val"]),
                   acc_ref=saved["acc_ref"], removals=saved["removals"],
-                  records=[Record.from_dict(r) for r in saved["records"]], done=saved["done"])
+                  records=[StepRecord.from_dict(r) for r in saved["records"]], done=saved["done"])
 
 
 def _fresh_state(ctx: _Context) -> _State:
     sizes = np.array(list(ctx.original_sizes.values()))
     capacity = policy.capacity(sizes, ctx.config.rl.min_keep, ctx.config.rl.round_to)
     return _State(step=0, pd=policy.density_init(sizes, capacity), model=copy.deepcopy(ctx.original),
-                  teacher=ctx.original, teacher_step=None, teacher_val=ctx.base["val_acc"],
+                  teacher=_Teacher(ctx.original, None, ctx.base["val_acc"]),
                   acc_ref=ctx.base["candidate_acc"], removals=[], records=[])
 
 
@@ -935,7 +936,7 @@ def _finish(ctx: _Context, state: _State, evaluate_test: bool, meta: dict[str, A
 
     model, start = state.model, time.perf_counter()
     if ctx.config.final_epochs > 0:
-        _distill(ctx, model, state.teacher, state.teacher_val, ctx.config.final_epochs, state.step, _FINAL)
+        _distill(ctx, model, state.teacher, ctx.config.final_epochs, state.step, _FINAL)
     model.eval()
     params, flops = trace(model, ctx.data.example, keep=ctx.config.keep).count()
     final = {"params": params, "flops": flops, "val_acc": _accuracy(model, ctx.data.val_batches, ctx.device),

@@ -4,18 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from rlpruner.cli import main
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train fastest on one thread, and stay fast when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 FAST = ["--model", "simple_cnn", "--dataset", "digits", "--image-size", "8", "--epochs", "2", "--batch-size", "128"]
 

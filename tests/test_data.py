@@ -16,14 +16,6 @@ from rlpruner.data.augment import random_crop
 from rlpruner.errors import ConfigError, DataError, UnknownNameError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train fastest on one thread, and stay fast when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def raw_pixels(dataset) -> torch.Tensor:
     """Undo the per-channel normalisation: images back in [0, 1]."""

@@ -132,6 +132,33 @@ def test_killed_run_resumes_bit_identically(splits, trained, tmp_path):
     assert resumed.results["final"]["test_acc"] == full.results["final"]["test_acc"]
 
 
+def test_a_kill_while_checkpointing_leaves_a_resumable_run(splits, trained, tmp_path, monkeypatch):
+    import rlpruner.search as search
+
+    config = _config(target=Target("flops", 0.45), final_epochs=0)
+    full = compress(trained, splits, config, out_dir=tmp_path / "full", evaluate_test=False)
+    real_write, calls = search._write_weights, []
+
+    def dies_on_third_write(model, path, meta):
+        calls.append(path)
+        if len(calls) == 3:  # step 2's weights (step 1 wrote model + teacher, or model only)
+            raise KeyboardInterrupt
+        real_write(model, path, meta)
+
+    monkeypatch.setattr(search, "_write_weights", dies_on_third_write)
+    with pytest.raises(KeyboardInterrupt):
+        compress(trained, splits, config, out_dir=tmp_path / "cut", evaluate_test=False)
+    monkeypatch.setattr(search, "_write_weights", real_write)
+    saved = json.loads((tmp_path / "cut" / "state.json").read_text())
+    assert 1 <= saved["step"] < len(full.records)
+    assert (tmp_path / "cut" / saved["weights"]).is_file()
+    assert not list((tmp_path / "cut").rglob("*.tmp"))
+    resumed = compress(trained, splits, config, out_dir=tmp_path / "cut", resume=True, evaluate_test=False)
+    assert _strip_times(resumed.records) == _strip_times(full.records)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_refuses_other_models_options_and_empty_dirs(splits, trained, tmp_path):
     config = _config(target=Target("flops", 0.15), final_epochs=0)
     compress(trained, splits, config, out_dir=tmp_path, evaluate_test=False)
@@ -186,14 +213,13 @@ def test_guard_resets_and_lookahead(splits, trained, tmp_path):
 
 def test_candidate_counts_from_slices_match_the_graph_count(trained, splits):
     from rlpruner.graph import trace
-    from rlpruner.search import _count_slices
 
     graph = trace(trained, splits.example_inputs(1))
     rng = np.random.default_rng(0)
     for _ in range(10):
         removals = {g.name: rng.choice(g.size, rng.integers(0, g.size), replace=False)
                     for g in graph.prunable_groups()}
-        assert _count_slices(graph, graph.slices(removals)) == graph.count(removals)
+        assert graph.count(slices=graph.slices(removals)) == graph.count(removals)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -256,3 +282,18 @@ def test_cli_compress_refuses_a_checkpoint_that_does_not_fit_the_dataset(checkpo
     code = main(["compress", str(checkpoint), "--dataset", "digits", "--out", str(tmp_path / "x"), *FAST_CLI])
     err = capsys.readouterr().err
     assert code == 2 and "digits has 10 classes" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_latency_target_and_reward_with_a_deterministic_clock(splits, trained, tmp_path, monkeypatch):
+    import rlpruner.search as search
+
+    # "latency" proportional to FLOPs, so that the test checks the logic, not this machine's timer
+    monkeypatch.setattr(search, "_measure_ms", lambda config, model, example, device:
+                        metrics.count(model, example).flops / 1e4)
+    config = _config(target=Target("latency", 0.3), reward=Reward("latency"), final_epochs=0)
+    result = compress(trained, splits, config, out_dir=tmp_path, evaluate_test=False)
+    base_ms = result.results["base"]["latency_ms"]
+    assert result.results["reached"]["latency"] >= 0.3
+    assert result.records[-2].latency_ms > 0.7 * base_ms >= result.records[-1].latency_ms
+    for r in result.records:
+        assert r.reward == pytest.approx(r.val_acc_pruned + 0.25 * (1 - r.latency_ms / base_ms))

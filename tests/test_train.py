@@ -11,14 +11,6 @@ from rlpruner.train import (TrainConfig, evaluate, lr_factor, make_optimizer, ma
                             train, train_one_epoch)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train fastest on one thread, and stay fast when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def digits():

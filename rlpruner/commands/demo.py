@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -65,7 +65,7 @@ def base_model(plan: DemoPlan, splits: Splits, path: Path, retrain: bool) -> tup
     from ..models import create_model
     from ..train import train
 
-    key = {"model": plan.model, "data": plan.data.to_dict(), "train": asdict(plan.train)}
+    key = {"model": plan.model, "data": plan.data.to_dict(), "train": asdict(replace(plan.train, progress=None))}
     if path.is_file() and not retrain:
         try:
             model, meta = load_checkpoint(path)
@@ -96,10 +96,8 @@ def run(args: argparse.Namespace) -> int:
     if args.train_epochs < 1:
         raise ConfigError(f"--train-epochs must be >= 1, got {args.train_epochs}")
     plan = DemoPlan(target_flops=args.target_flops, seed=args.seed,
-                    train=TrainConfig(**{**asdict(DemoPlan().train), "epochs": args.train_epochs,
-                                         "seed": args.seed, "progress": args.progress}))
-    config = plan.compress_config()  # validates the target before any work
-    config = CompressConfig(**{**config.__dict__, "progress": args.progress})
+                    train=replace(DemoPlan().train, epochs=args.train_epochs, seed=args.seed, progress=args.progress))
+    config = replace(plan.compress_config(), progress=args.progress)  # validates the target before any work
     out = Path(args.out)
     splits = plan.data.load()
     model, _ = base_model(plan, splits, out / "base.rlp", args.retrain)

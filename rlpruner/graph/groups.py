@@ -7,6 +7,7 @@ positions of that dim belong to which unit.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -35,7 +36,10 @@ class Member:
         return self.param.rpartition(".")[0]
 
     def positions_of(self, units: np.ndarray) -> np.ndarray:
-        return self.positions[np.isin(self.units, units)]
+        chosen = np.zeros(int(self.units.max()) + 1 if len(self.units) else 0, dtype=bool)
+        units = np.asarray(units, dtype=np.int64)
+        chosen[units[units < len(chosen)]] = True
+        return self.positions[chosen[self.units]]
 
 
 @dataclass(frozen=True)
@@ -90,20 +94,19 @@ class DependencyGraph:
             plan.setdefault(param, {})[dim] = keep
         return plan
 
-    def new_shapes(self, removals: Removals | None = None) -> dict[str, tuple[int, ...]]:
+    def new_shapes(self, removals: Removals | None = None, *, slices: Mapping | None = None) -> dict[str, tuple[int, ...]]:
+        """Every tensor's shape after `removals` (or after already computed `slices`)."""
         shapes = dict(self.shapes)
-        for param, dims in self.slices(removals or {}).items():
-            shape = list(shapes[param])
-            for dim, keep in dims.items():
-                shape[dim] = len(keep)
-            shapes[param] = tuple(shape)
+        for param, dims in (self.slices(removals or {}) if slices is None else slices).items():
+            shapes[param] = tuple(len(dims[d]) if d in dims else n for d, n in enumerate(shapes[param]))
         return shapes
 
-    def count(self, removals: Removals | None = None) -> tuple[int, int]:
-        """(params, FLOPs) after `removals`, analytically; FLOPs as torch.utils.flop_counter counts them."""
-        shapes = self.new_shapes(removals)
-        params = sum(int(np.prod(shapes[n])) for n in self.parameters)
-        flops = sum(2 * mult * int(np.prod(shapes[w])) for w, mult in self.costs)
+    def count(self, removals: Removals | None = None, *, slices: Mapping | None = None) -> tuple[int, int]:
+        """(params, FLOPs) after `removals` (or `slices`), analytically; FLOPs counted like
+        torch.utils.flop_counter (2 x MACs of every conv/linear call)."""
+        shapes = self.new_shapes(removals, slices=slices)
+        params = sum(math.prod(shapes[n]) for n in self.parameters)
+        flops = sum(2 * mult * math.prod(shapes[w]) for w, mult in self.costs)
         return params, flops
 
     def summary(self) -> str:

@@ -1,0 +1,233 @@
+"""Accuracy at equal FLOPs: RL-Pruner vs uniform vs global magnitude, with and without KD recovery.
+
+For every (model, dataset) one base model is trained once; every method then compresses that same
+model to each FLOPs target, for each seed, with the same step budget and the same knowledge-
+distillation recovery (`rlpruner.compress(..., CompressConfig(method=...))`). A second series runs
+every method with no recovery at all: the accuracy right after pruning, the direct measure of the
+pruning distribution. Rows are appended to the results file as runs finish, so an interrupted
+suite resumes where it stopped (a row is kept only while the settings are unchanged).
+"""
+from __future__ import annotations
+
+import concurrent.futures as futures
+import contextlib
+import multiprocessing
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .settings import ALLOW_IMPORTS, AccuracySettings, DatasetSpec, ModelSpec, machine
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BaseJob:
+    model: ModelSpec
+    dataset: DatasetSpec
+    settings: AccuracySettings
+    path: Path
+
+
+@dataclass(frozen=True)
+class RunJob:
+    base: BaseJob
+    method: str
+    target: float
+    seed: int
+    recovery: bool
+    out_dir: Path
+
+    @property
+    def key(self) -> tuple:
+        return run_key(self.base.model.label, self.base.dataset.label, self.method, self.target, self.seed,
+                       self.recovery)
+
+
+def run_key(model: str, dataset: str, method: str, target: float, seed: int, recovery: bool) -> tuple:
+    return model, dataset, method, round(float(target), 4), int(seed), bool(recovery)
+
+
+def row_key(row: Row) -> tuple:
+    return run_key(row["model"], row["dataset"], row["method"], row["target"], row["seed"], row["recovery"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Work done in the worker processes (one torch thread each)
+# --------------------------------------------------------------------------------------------------
+
+def train_base(job: BaseJob) -> Row:
+    """Train the base model of (model, dataset) once; reuse a checkpoint trained with the same settings."""
+    from rlpruner import io
+    from rlpruner.train import TrainConfig, train
+
+    torch.set_num_threads(1)
+    splits = job.dataset.load(job.settings.image_size)
+    wanted = _base_meta(job)
+    if job.path.exists():
+        model, meta = io.load_checkpoint(job.path, allow_imports=ALLOW_IMPORTS)
+        if meta.get("bench") == wanted:
+            return _base_row(job, model, splits, meta["train_seconds"])
+    torch.manual_seed(0)
+    model = job.model.create(splits.num_classes, splits.in_channels)
+    start = time.perf_counter()
+    train(model, splits, TrainConfig(epochs=job.settings.train_epochs, seed=0, progress=False))
+    seconds = time.perf_counter() - start
+    io.save(model.eval(), job.path, meta={"bench": wanted, "train_seconds": seconds})
+    return _base_row(job, model, splits, seconds)
+
+
+def _base_meta(job: BaseJob) -> dict[str, Any]:
+    return {"model": asdict(job.model), "dataset": asdict(job.dataset), "image_size": job.settings.image_size,
+            "epochs": job.settings.train_epochs}
+
+
+def _base_row(job: BaseJob, model: torch.nn.Module, splits: Any, seconds: float) -> Row:
+    import rlpruner
+    from rlpruner.train import evaluate
+
+    params, flops = rlpruner.trace(model, splits.example_inputs()).count()
+    return {"model": job.model.label, "dataset": job.dataset.label, "family": job.model.family,
+            "val_acc": evaluate(model, _loader(splits.val))["top1"] / 100,
+            "test_acc": evaluate(model, _loader(splits.test))["top1"] / 100,
+            "params": params, "flops": flops, "train_seconds": seconds, "checkpoint": str(job.path)}
+
+
+def _loader(dataset: Any) -> Any:
+    from torch.utils.data import DataLoader
+
+    return DataLoader(dataset, batch_size=256)
+
+
+def compress_config(settings: AccuracySettings, method: str, target: float, seed: int, recovery: bool) -> Any:
+    """The same loop and budget for every method; `recovery=False` turns all KD off."""
+    from rlpruner.distill import DistillConfig
+    from rlpruner.search import CompressConfig, RLConfig, Target
+
+    return CompressConfig(
+        method=method, target=Target("flops", target), seed=seed, progress=False,
+        rl=RLConfig(prune_filter_ratio=settings.prune_filter_ratio, lr_epoch=settings.lr_epoch,
+                    sample_num=settings.sample_num),
+        kd=DistillConfig(epochs=settings.kd_epochs), post_train_period=1 if recovery else 0,
+        final_epochs=settings.final_epochs if recovery else 0)
+
+
+def run_compress(job: RunJob) -> Row:
+    from rlpruner import io
+    from rlpruner.search import compress
+
+    torch.set_num_threads(1)
+    settings = job.base.settings
+    splits = job.base.dataset.load(settings.image_size)
+    model = io.load(job.base.path, allow_imports=ALLOW_IMPORTS)
+    config = compress_config(settings, job.method, job.target, job.seed, job.recovery)
+    start = time.perf_counter()
+    result = compress(model, splits, config, out_dir=job.out_dir, overwrite=True)
+    seconds = time.perf_counter() - start
+    r = result.results
+    kd_epochs = (r["steps"] * settings.kd_epochs + settings.final_epochs) if job.recovery else 0
+    first = result.records[0] if result.records else None
+    return {"model": job.base.model.label, "dataset": job.base.dataset.label, "method": job.method,
+            "target": job.target, "seed": job.seed, "recovery": job.recovery,
+            "test_acc": r["final"].get("test_acc"), "val_acc": r["final"]["val_acc"],
+            "base_test_acc": r["base"].get("test_acc"), "base_val_acc": r["base"]["val_acc"],
+            "flops_reduction": r["reached"]["flops"], "params_reduction": r["reached"]["params"],
+            "steps": r["steps"], "kd_epochs": kd_epochs, "seconds": seconds,
+            "first_step_pruned_val": None if first is None else first.val_acc_pruned,
+            "widths": r["widths"], "run_dir": str(job.out_dir)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Orchestration in the main process
+# --------------------------------------------------------------------------------------------------
+
+def base_jobs(settings: AccuracySettings, work: Path) -> list[BaseJob]:
+    return [BaseJob(m, d, settings, work / "base" / f"{m.label}-{d.label}.rlp")
+            for m in settings.models for d in settings.datasets]
+
+
+def run_jobs(settings: AccuracySettings, bases: list[BaseJob], work: Path) -> list[RunJob]:
+    """Recovery runs first (the headline table), then the no-recovery series; RL first within each."""
+    jobs = []
+    for recovery in (True, False) if settings.no_recovery else (True,):
+        for seed in settings.seeds:
+            for target in settings.targets:
+                for base in bases:
+                    for method in settings.methods:
+                        name = (f"{base.model.label}-{base.dataset.label}-{method}-{int(round(target * 100))}"
+                                f"-s{seed}{'' if recovery else '-norec'}")
+                        jobs.append(RunJob(base, method, target, seed, recovery, work / "runs" / name))
+    return jobs
+
+
+def run(settings: AccuracySettings, results_path: Path, work: Path, log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) the accuracy benchmark; returns the results written to `results_path`."""
+    from rlpruner.io import atomic_write_json
+
+    results = _resume(results_path, settings)
+    bases = base_jobs(settings, work)
+    with _pool(settings.workers) as pool:
+        results["base"] = _gather(pool, train_base, bases, lambda row: log(
+            f"base {row['model']:>12s} on {row['dataset']:<14s} val {row['val_acc']:.2%} test {row['test_acc']:.2%} "
+            f"({row['train_seconds']:.0f} s)"))
+        atomic_write_json(results_path, results)
+        done = {row_key(r) for r in results["runs"]}
+        todo = [j for j in run_jobs(settings, bases, work) if j.key not in done]
+        log(f"accuracy: {len(done)} runs already in {results_path.name}, {len(todo)} to go")
+        start = time.perf_counter()
+
+        def keep(row: Row) -> None:
+            results["runs"].append(row)
+            atomic_write_json(results_path, results)
+            left = len(todo) - _count(results["runs"], done)
+            eta = (time.perf_counter() - start) / max(len(todo) - left, 1) * left
+            log(f"{row['model']:>12s} {row['dataset']:<14s} {row['method']:<7s} -{row['target']:.0%} seed "
+                f"{row['seed']} {'KD' if row['recovery'] else 'no KD'}: test {row['test_acc']:.2%} at FLOPs "
+                f"-{row['flops_reduction']:.1%} ({row['seconds']:.0f} s; {left} left, ~{eta / 60:.0f} min)")
+
+        _gather(pool, run_compress, todo, keep)
+    return results
+
+
+def _count(rows: list[Row], done: set) -> int:
+    return sum(1 for r in rows if row_key(r) not in done)
+
+
+def _resume(path: Path, settings: AccuracySettings) -> dict:
+    import json
+
+    wanted = json.loads(json.dumps(asdict(settings)))
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("settings") == wanted:
+            return old
+    return {"kind": "accuracy", "machine": machine(), "settings": wanted, "base": [], "runs": []}
+
+
+def _pool(workers: int) -> Any:
+    """A process pool, or None: run in this process (workers=1: no start-up cost, easier to debug)."""
+    if workers <= 1:
+        return contextlib.nullcontext()
+    # spawn: a fresh interpreter per worker, never a fork of a process whose torch threads are running
+    return futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _gather(pool: Any, fn: Callable, jobs: list, on_result: Callable[[Row], None]) -> list[Row]:
+    """Run `fn` over `jobs`; results in job order, `on_result` called as each one finishes.
+
+    A failing run stops the suite: its error is a bug to fix, not a result to tabulate."""
+    if pool is None:
+        rows = []
+        for job in jobs:
+            rows.append(fn(job))
+            on_result(rows[-1])
+        return rows
+    pending = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
+    ordered: list[Row | None] = [None] * len(jobs)
+    for future in futures.as_completed(pending):
+        ordered[pending[future]] = future.result()
+        on_result(ordered[pending[future]])
+    return ordered  # type: ignore[return-value]

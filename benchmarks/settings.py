@@ -1,0 +1,154 @@
+"""What the benchmark suite runs, as frozen dataclasses: the `quick` (CI smoke) and `full` presets.
+
+Everything is sized for a 2-core CPU: 16x16 inputs, narrow models, one KD epoch per pruning step.
+The settings are stored in every results file, so the generated doc states exactly what ran.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+WORK = ROOT / "runs" / "bench"          # base checkpoints and compression runs (not committed)
+METHODS = ("rl", "uniform", "global")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    label: str                            # short name in tables: "resnet20", "mobilenetv3s", ...
+    name: str                             # zoo name or import path for rlpruner.models.create_model
+    options: dict[str, Any] = field(default_factory=dict)
+    family: str = ""                      # what structure it stands for (residual, depthwise + SE, concat)
+
+    def create(self, num_classes: int, in_channels: int):
+        from rlpruner.models import create_model
+
+        return create_model(self.name, num_classes=num_classes, in_channels=in_channels, **self.options)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    label: str
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def load(self, image_size: int):
+        from rlpruner.data import get_dataset
+
+        return get_dataset(self.name, image_size=image_size, **self.options)
+
+
+RESNET = ModelSpec("resnet20", "resnet20", family="residual")
+MOBILENET = ModelSpec("mobilenetv3s", "mobilenetv3_small", {"width_mult": 0.5}, family="depthwise + SE")
+DENSENET = ModelSpec("densenet", "rlpruner.models.densenet:DenseNet", {"block_sizes": [3, 3, 3], "growth": 12},
+                     family="concat")
+DIGITS = DatasetSpec("digits", "digits")
+SYNTHETIC = DatasetSpec("synthetic-hard", "synthetic", {"difficulty": 0.9, "num_classes": 20,
+                                                        "samples_per_class": 100})
+ALLOW_IMPORTS = ("rlpruner.models",)  # DenseNet is built from the zoo's class by import path
+
+
+@dataclass(frozen=True)
+class AccuracySettings:
+    models: tuple[ModelSpec, ...]
+    datasets: tuple[DatasetSpec, ...]
+    targets: tuple[float, ...]            # FLOPs reductions
+    seeds: tuple[int, ...]
+    methods: tuple[str, ...] = METHODS
+    image_size: int = 16
+    train_epochs: int = 15
+    prune_filter_ratio: float = 0.05      # step budget (the paper: 0.01; coarser to fit a CPU)
+    lr_epoch: int = 4
+    sample_num: int = 6
+    kd_epochs: int = 1                    # per step
+    final_epochs: int = 3
+    no_recovery: bool = True              # also run every method with no KD at all
+    workers: int = 2                      # parallel processes, one thread each
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    models: tuple[ModelSpec, ...]         # one-shot pruned at `size` for the round_to comparison
+    size: int = 32
+    targets: tuple[float, ...] = (0.25, 0.5, 0.75)
+    round_to: tuple[int, ...] = (1, 8)
+    batches: tuple[int, ...] = (1, 64)
+    repeats: int = 30
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class SensitivitySettings:
+    fraction: float = 0.1                 # of one group's units, pruned alone
+    importance: str = "l2"
+    target: float = 0.5                   # "after some pruning": the RL model at this FLOPs reduction
+
+
+@dataclass(frozen=True)
+class Suite:
+    mode: str
+    accuracy: AccuracySettings
+    latency: LatencySettings
+    sensitivity: SensitivitySettings
+    engine_args: tuple[str, ...]          # arguments of benchmarks/engine_speed.py
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+
+def quick() -> Suite:
+    """A couple of minutes: one model, one dataset, one seed, the 50% target."""
+    return Suite(
+        mode="quick",
+        accuracy=AccuracySettings(models=(ModelSpec("resnet8", "resnet8", family="residual"),), datasets=(DIGITS,),
+                                  targets=(0.5,), seeds=(0,), train_epochs=4, lr_epoch=2, sample_num=4,
+                                  final_epochs=1, workers=1),
+        latency=LatencySettings(models=(RESNET,), targets=(0.5,), repeats=5),
+        sensitivity=SensitivitySettings(),
+        engine_args=("--models", "resnet20", "mobilenetv2", "--sizes", "32", "--repeats", "1"))
+
+
+def full() -> Suite:
+    return Suite(
+        mode="full",
+        accuracy=AccuracySettings(models=(RESNET, MOBILENET, DENSENET), datasets=(DIGITS, SYNTHETIC),
+                                  targets=(0.5, 0.75), seeds=(0, 1, 2)),
+        latency=LatencySettings(models=(RESNET, ModelSpec("mobilenetv2", "mobilenetv2", family="depthwise"),
+                                        DENSENET)),
+        sensitivity=SensitivitySettings(),
+        engine_args=("--sizes", "32", "--repeats", "3"))
+
+
+def machine() -> dict[str, Any]:
+    """Where and when the numbers were measured."""
+    return {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "platform": platform.platform(terse=True),
+            "commit": _git_commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
