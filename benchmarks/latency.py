@@ -3,8 +3,9 @@
 Two series:
 - *compressed*: the models the accuracy benchmark produced (seed 0, with recovery), at its input
   size; the speed-up that comes with the accuracies in the tables.
-- *round_to*: larger inputs, one-shot uniform pruning (`rlpruner.prune`) to each FLOPs target, with
-  and without rounding every width to a multiple of 8 (`round_to=8`), to show what rounding buys.
+- *round_to*: larger inputs, one-shot uniform pruning (`rlpruner.baselines.prune_to_flops`) to each
+  FLOPs target, with and without removing channels in multiples of 8 (`round_to=8`, so widths stay
+  multiples of 8), to show what hardware-friendly widths buy.
 
 Base and pruned models are timed in alternating chunks, so drift in the machine's load (other
 processes, frequency scaling) falls on both alike; each number is the median over the chunks.
@@ -75,27 +76,11 @@ def compressed_series(accuracy: dict, settings: LatencySettings, log: Callable[[
     return rows
 
 
-def uniform_ratio(model: nn.Module, example: torch.Tensor, target: float, round_to: int | None) -> float:
-    """The smallest uniform ratio whose `rlpruner.prune` (with `round_to`) cuts FLOPs by `target`."""
-    import rlpruner
-    from rlpruner.pruner import removal_counts
-
-    graph = rlpruner.trace(model, example)
-    flops = graph.count()[1]
-
-    def reduction(ratio: float) -> float:
-        counts = removal_counts(graph, ratio, round_to)
-        return 1.0 - graph.count({n: range(c) for n, c in counts.items() if c > 0})[1] / flops
-
-    lo, hi = 0.0, 0.99
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if reduction(mid) >= target else (mid, hi)
-    return hi
-
-
 def round_to_series(settings: LatencySettings, log: Callable[[str], None]) -> list[dict]:
+    """Uniform one-shot pruning to each FLOPs target; `round_to` removes channels in multiples of it, so
+    widths that were multiples of 8 stay so (the same option as `rlpruner compress --round-to`)."""
     import rlpruner
+    from rlpruner.baselines import prune_to_flops
 
     rows = []
     for spec in settings.models:
@@ -105,11 +90,9 @@ def round_to_series(settings: LatencySettings, log: Callable[[str], None]) -> li
         flops = rlpruner.count(base, example).flops
         for target in settings.targets:
             for multiple in settings.round_to:
-                ratio = uniform_ratio(base, example, target, multiple if multiple > 1 else None)
-                pruned = rlpruner.prune(_copy(base), example, ratio, importance="l2",
-                                        round_to=multiple if multiple > 1 else None)
+                pruned = prune_to_flops(_copy(base), example, target, method="uniform", round_to=multiple)
                 rows.append({"model": spec.label, "size": settings.size, "target": target, "round_to": multiple,
-                             "ratio": ratio, "flops_reduction": 1.0 - rlpruner.count(pruned, example).flops / flops,
+                             "flops_reduction": 1.0 - rlpruner.count(pruned, example).flops / flops,
                              "batch": _timings(base, pruned, example, settings)})
                 log(_line(rows[-1]))
     return rows

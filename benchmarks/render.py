@@ -232,3 +232,278 @@ def engine_table(engine: Mapping[str, Any]) -> list[str]:
     from benchmarks.engine_speed import table
 
     return table(engine)
+
+
+# --------------------------------------------------------------------------------------------------
+# Plots (matplotlib, Agg)
+# --------------------------------------------------------------------------------------------------
+
+COLORS = {"rl": "tab:red", "uniform": "tab:blue", "global": "tab:green"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy(accuracy: Mapping[str, Any], path: Path, recovery: bool) -> Path | None:
+    """Test top-1 vs FLOPs reduction per (dataset, model), one line per method from the base model."""
+    keys = settings_keys(accuracy)
+    models = list(dict.fromkeys(k[0] for k in keys))
+    datasets = list(dict.fromkeys(k[1] for k in keys))
+    if not accuracy.get("runs"):
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(datasets), len(models), figsize=(4 * len(models), 3.2 * len(datasets)),
+                             squeeze=False)
+    for (i, dataset), (j, model) in ((a, b) for a in enumerate(datasets) for b in enumerate(models)):
+        ax = axes[i][j]
+        base = base_acc(accuracy, model, dataset)
+        for method in METHODS:
+            points = [(cell(accuracy, k, method, recovery, "flops_reduction"), cell(accuracy, k, method, recovery))
+                      for k in keys if k[:2] == (model, dataset)]
+            points = [(x[0], y) for x, y in points if x is not None and y is not None]
+            if not points:
+                continue
+            xs = [0.0] + [100 * x for x, _ in points] if base is not None else [100 * x for x, _ in points]
+            ys = ([100 * base] if base is not None else []) + [100 * y[0] for _, y in points]
+            errs = ([0.0] if base is not None else []) + [100 * y[1] for _, y in points]
+            ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, color=COLORS[method], label=METHOD_NAMES[method])
+        ax.set_title(f"{model} · {dataset}", fontsize=10)
+        ax.set_xlabel("FLOPs reduction (%)")
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("accuracy vs FLOPs reduction " + ("after KD recovery" if recovery else "right after pruning (no recovery)"))
+    return _save(fig, path)
+
+
+def plot_latency(latency: Mapping[str, Any], path: Path) -> Path | None:
+    series = [("models of the accuracy benchmark", latency.get("compressed", []), "method"),
+              ("one-shot uniform, with / without round_to=8", latency.get("round_to", []), "round_to")]
+    series = [s for s in series if s[1]]
+    if not series:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(series), figsize=(6 * len(series), 4.5), squeeze=False)
+    for ax, (title, rows, by) in zip(axes[0], series):
+        for b, marker in (("1", "o"), ("64", "s")):
+            for value in dict.fromkeys(r[by] for r in rows):
+                picked = [r for r in rows if r[by] == value and b in r["batch"]]
+                label = METHOD_NAMES.get(value, value) if by == "method" else f"round_to={value}" if value > 1 else "no rounding"
+                ax.scatter([100 * r["flops_reduction"] for r in picked],
+                           [100 * r["batch"][b]["reduction"] for r in picked], marker=marker,
+                           color=COLORS.get(value) if by == "method" else ("tab:purple" if value > 1 else "tab:gray"),
+                           facecolors="none" if b == "1" else None, label=f"{label}, batch {b}")
+        ax.plot([0, 100], [0, 100], "k--", lw=0.8, label="latency = FLOPs")
+        ax.plot([0, 100], [0, 100 * LATENCY_GOAL], "k:", lw=0.8, label=f"{LATENCY_GOAL} × FLOPs (target)")
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("FLOPs reduction (%)")
+        ax.set_ylabel("latency reduction (%)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_sensitivity(sensitivity: Mapping[str, Any], path: Path) -> Path | None:
+    panels = sensitivity.get("panels", [])
+    pairs = list(dict.fromkeys((p["model"], p["dataset"]) for p in panels))
+    if not pairs:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(pairs), 1, figsize=(10, 2.6 * len(pairs)), squeeze=False)
+    for ax, pair in zip(axes[:, 0], pairs):
+        stages = [p for p in panels if (p["model"], p["dataset"]) == pair]
+        names = list(dict.fromkeys(g["group"] for p in stages for g in p["groups"]))
+        width = 0.8 / len(stages)
+        for k, p in enumerate(stages):
+            drops = {g["group"]: 100 * g["drop"] for g in p["groups"]}
+            label = "dense" if p["stage"] == "dense" else f"after pruning (FLOPs -{100 * p['flops_reduction']:.0f}%)"
+            ax.bar(np.arange(len(names)) + k * width, [drops.get(n, np.nan) for n in names], width, label=label)
+        ax.set_title(f"{pair[0]} · {pair[1]}: accuracy drop when 10% of one group is pruned", fontsize=10)
+        ax.set_ylabel("drop (points)")
+        ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2)
+        ax.set_xticklabels(names, rotation=90, fontsize=6)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import io
+
+    from rlpruner.io import atomic_write_bytes
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    _pyplot().close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# The document
+# --------------------------------------------------------------------------------------------------
+
+PARTS = ("suite", "accuracy", "latency", "sensitivity", "engine_speed")
+READING = Path(__file__).resolve().parent / "reading.md"
+
+
+def load_results(results_dir: Path) -> dict[str, dict | None]:
+    import json
+
+    out: dict[str, dict | None] = {}
+    for part in PARTS:
+        path = results_dir / f"{part}.json"
+        out[part] = json.loads(path.read_text()) if path.exists() else None
+    return out
+
+
+def verdict_lines(accuracy: Mapping[str, Any] | None, latency: Mapping[str, Any] | None) -> list[str]:
+    """The issue's targets, checked against the results, one bullet each."""
+    lines = []
+    for recovery, what in ((True, "after KD recovery"), (False, "right after pruning, no recovery")):
+        if accuracy is None or not any(bool(r["recovery"]) == recovery for r in accuracy.get("runs", [])):
+            continue
+        for other, v in verdicts(accuracy, recovery).items():
+            status = "met" if v["wins"] == v["total"] else "**missed**"
+            text = (f"- RL-Pruner ≥ {METHOD_NAMES[other]} ({what}): {v['wins']}/{v['total']} settings — target "
+                    f"{status}.")
+            if v["losses"]:
+                text += " Behind in: " + "; ".join(
+                    f"{l['model']} · {l['dataset']} -{l['target']:.0%} ({100 * l['gap']:+.1f} points"
+                    f"{', within the seed spread' if l['within_spread'] else ''})" for l in v["losses"]) + "."
+            lines.append(text)
+    for series, title in (("compressed", "models of the accuracy benchmark"), ("round_to", "one-shot, larger inputs")):
+        rows = [] if latency is None else [r for r in latency.get(series, []) if latency_ratio(r, "64") is not None]
+        if rows:
+            ratios = [latency_ratio(r, "64") for r in rows]
+            ok = sum(x >= LATENCY_GOAL for x in ratios)
+            status = "met" if ok == len(rows) else "**missed**"
+            lines.append(f"- Latency reduction ≥ {LATENCY_GOAL} × FLOPs reduction at batch 64 ({title}): "
+                         f"{ok}/{len(rows)} models (median ratio {float(np.median(ratios)):.2f}) — target {status}.")
+    return lines or ["- No results yet."]
+
+
+def setup_lines(results: Mapping[str, Any]) -> list[str]:
+    accuracy, suite = results.get("accuracy"), results.get("suite") or {}
+    machine = (accuracy or results.get("latency") or results.get("sensitivity") or {}).get("machine", {})
+    lines = [f"- Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores; Python {machine.get('python', '?')}, "
+             f"torch {machine.get('torch', '?')}; commit {machine.get('commit') or '?'}; {machine.get('date', '?')}."]
+    if suite:
+        parts = ", ".join(f"{k} {v / 60:.1f} min" for k, v in suite.get("wall_seconds", {}).items())
+        lines.append(f"- Mode `{suite.get('mode')}`, wall time: {parts}.")
+    if accuracy:
+        s = accuracy["settings"]
+        models = ", ".join(f"{m['label']} ({m['family']}: `{m['name']}` {m['options'] or ''})".replace(" )", ")")
+                           for m in s["models"])
+        datasets = ", ".join(f"{d['label']} (`{d['name']}` {d['options'] or ''})".replace(" )", ")") for d in s["datasets"])
+        lines += [f"- Models: {models}. Inputs {s['image_size']}×{s['image_size']}.",
+                  f"- Datasets: {datasets}; fixed train/val/test splits. Candidates and model choices use validation; "
+                  "the tables report the test split.",
+                  f"- Base models: trained once per (model, dataset) for {s['train_epochs']} epochs (SGD, cosine); every "
+                  "method and seed starts from that same model.",
+                  f"- Same loop and budget for every method: {s['prune_filter_ratio']:.0%} of the prunable channels per "
+                  f"step until the FLOPs target (the last step trimmed to it), {s['kd_epochs']} KD epoch(s) after each "
+                  f"step and {s['final_epochs']} final KD epochs (teacher: the base model). RL-Pruner samples "
+                  f"{s['lr_epoch']} rounds × {s['sample_num']} candidates per step (the paper: 10 × 10 at 1% per step).",
+                  f"- Seeds {', '.join(map(str, s['seeds']))} (pruning search and KD shuffling; the base model is fixed). "
+                  "Cells are mean ± sample standard deviation over seeds."]
+    return lines
+
+
+def render_doc(results: Mapping[str, Any], doc_path: Path, plots_dir: Path) -> str:
+    """The whole markdown page; writes the plots it references into `plots_dir`."""
+    accuracy, latency = results.get("accuracy"), results.get("latency")
+    sensitivity, engine = results.get("sensitivity"), results.get("engine_speed")
+    rel = lambda p: os.path.relpath(p, doc_path.parent).replace(os.sep, "/")  # noqa: E731
+    out = ["# Benchmarks: RL-Pruner vs uniform vs global magnitude", "",
+           "> Generated by `benchmarks/render.py` from `benchmarks/results/*.json` — do not edit by hand. "
+           "Every number below comes from those files.", "",
+           "## How to reproduce", "", "```bash",
+           "make bench                              # = python benchmarks/run_all.py --quick: CI smoke run, a few minutes",
+           "python benchmarks/run_all.py --full     # the runs behind this page (resumable: rerun to continue)",
+           "python benchmarks/render.py             # regenerate this page from benchmarks/results/", "```", "",
+           "## Setup", "", *setup_lines(results), "",
+           "## Verdict against the targets", "", *verdict_lines(accuracy, latency), ""]
+    out += _accuracy_section(accuracy, plots_dir, rel)
+    out += _latency_section(latency, plots_dir, rel)
+    out += ["## Engine speed: trace + prune vs Torch-Pruning", ""]
+    out += (["50% of the channels of every prunable layer by L2 magnitude, classifier excluded "
+             f"({engine['threads']} threads, median of {engine['repeats']} run(s)).", "", *engine_table(engine), ""]
+            if engine else ["Not run (no engine_speed.json).", ""])
+    out += _sensitivity_section(sensitivity, plots_dir, rel)
+    if READING.exists() and (results.get("suite") or {}).get("mode") == "full":
+        out += ["## Reading", "", READING.read_text().strip(), ""]
+    return "\n".join(out) + "\n"
+
+
+def _figure(path: Path | None, rel: Any, caption: str) -> list[str]:
+    return [f"![{caption}]({rel(path)})", ""] if path else []
+
+
+def _accuracy_section(accuracy: Mapping[str, Any] | None, plots_dir: Path, rel: Any) -> list[str]:
+    if not accuracy:
+        return ["## Accuracy at equal FLOPs", "", "Not run (no accuracy.json).", ""]
+    return ["## Accuracy at equal FLOPs (after KD recovery)", "",
+            "Test top-1 (%); the best mean of each row in bold; *RL − best baseline* in points.", "",
+            *accuracy_table(accuracy, True), "",
+            *_figure(plot_accuracy(accuracy, plots_dir / "accuracy_kd.png", True), rel, "accuracy after recovery"),
+            "## Accuracy right after pruning (no recovery)", "",
+            "The same loop with every KD epoch removed: the direct measure of each pruning distribution.", "",
+            *accuracy_table(accuracy, False), "",
+            *_figure(plot_accuracy(accuracy, plots_dir / "accuracy_no_kd.png", False), rel, "accuracy before recovery")]
+
+
+def _latency_section(latency: Mapping[str, Any] | None, plots_dir: Path, rel: Any) -> list[str]:
+    if not latency:
+        return ["## Real speed-up (CPU latency)", "", "Not run (no latency.json).", ""]
+    s = latency["settings"]
+    return ["## Real speed-up (CPU latency)", "",
+            f"Median forward time, {s['threads']} thread(s), base and pruned timed in alternating chunks; "
+            f"✗ marks a latency reduction below {LATENCY_GOAL} × the FLOPs reduction at batch 64.", "",
+            "Models of the accuracy benchmark (seed 0, after recovery):", "", *compressed_latency_table(latency), "",
+            f"One-shot uniform pruning (`rlpruner.baselines.prune_to_flops`, L2) of freshly initialised models at {s['size']}×{s['size']}, "
+            "without and with `round_to=8`:", "", *round_to_table(latency), "",
+            *_figure(plot_latency(latency, plots_dir / "latency.png"), rel, "latency vs FLOPs")]
+
+
+def _sensitivity_section(sensitivity: Mapping[str, Any] | None, plots_dir: Path, rel: Any) -> list[str]:
+    title = "## Layer sensitivity (the paper's Figure 1)"
+    if not sensitivity:
+        return [title, "", "Not run (no sensitivity.json).", ""]
+    s = sensitivity["settings"]
+    return [title, "",
+            f"Test-accuracy drop when {s['fraction']:.0%} of ONE group's channels ({s['importance']} ranking) is "
+            "pruned, no recovery, for every group in turn: at the dense model and at the RL-Pruner model with "
+            f"FLOPs -{s['target']:.0%} (seed 0). ρ: Spearman correlation of the per-group drops with the dense "
+            "model's — how much the sensitivity ranking moves as pruning goes on.", "",
+            *sensitivity_table(sensitivity), "",
+            *_figure(plot_sensitivity(sensitivity, plots_dir / "sensitivity.png"), rel, "sensitivity")]
+
+
+def write_doc(results_dir: Path, doc_path: Path) -> Path:
+    from rlpruner.io import atomic_write_text
+
+    text = render_doc(load_results(results_dir), doc_path, results_dir / "plots")
+    atomic_write_text(doc_path, text)
+    return doc_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the results files")
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md", help="page to write")
+    args = parser.parse_args(argv)
+    print(f"wrote {write_doc(args.results, args.doc)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

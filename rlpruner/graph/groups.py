@@ -90,8 +90,10 @@ class DependencyGraph:
                 removed.setdefault((m.param, m.dim), []).append(m.positions_of(units))
         plan: dict[str, dict[int, np.ndarray]] = {}
         for (param, dim), parts in removed.items():
-            keep = np.setdiff1d(np.arange(self.shapes[param][dim]), np.concatenate(parts))
-            plan.setdefault(param, {})[dim] = keep
+            keep = np.ones(self.shapes[param][dim], dtype=bool)
+            for part in parts:
+                keep[part] = False
+            plan.setdefault(param, {})[dim] = np.flatnonzero(keep)
         return plan
 
     def new_shapes(self, removals: Removals | None = None, *, slices: Mapping | None = None) -> dict[str, tuple[int, ...]]:

@@ -1,0 +1,96 @@
+"""The benchmark suite in one command: run every part, write its JSON results, generate the doc.
+
+    python benchmarks/run_all.py --quick     # CI smoke run (a few minutes): runs/bench-quick/
+    python benchmarks/run_all.py --full      # the real tables: benchmarks/results/ and docs/benchmarks.md
+    python benchmarks/run_all.py --full --only latency sensitivity     # rerun some parts
+
+Parts, in order: accuracy (trains the base models, then compresses them with every method), latency,
+sensitivity (both read the accuracy runs), engine (benchmarks/engine_speed.py), then the doc. The
+accuracy part resumes: rerunning skips the runs already in accuracy.json (same settings).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import settings as presets  # noqa: E402
+
+PARTS = ("accuracy", "latency", "sensitivity", "engine")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--quick", action="store_const", dest="mode", const="quick", help="CI smoke run")
+    mode.add_argument("--full", action="store_const", dest="mode", const="full", help="the real tables")
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="parts to run (default: all)")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="results folder (default: benchmarks/results for --full, runs/bench-quick/results for --quick)")
+    parser.add_argument("--doc", type=Path, default=None,
+                        help="page to generate (default: docs/benchmarks.md for --full, next to the results for --quick)")
+    parser.add_argument("--workers", type=int, default=None, help="parallel accuracy runs (default: the preset's)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dataclasses import replace
+
+    from benchmarks import accuracy, latency, render, sensitivity
+    from rlpruner.io import atomic_write_json
+
+    args = parse_args(argv)
+    suite = presets.full() if args.mode == "full" else presets.quick()
+    if args.workers is not None:
+        suite = replace(suite, accuracy=replace(suite.accuracy, workers=args.workers))
+    quick_dir = presets.ROOT / "runs" / "bench-quick"
+    results_dir = args.results or (presets.RESULTS if args.mode == "full" else quick_dir / "results")
+    doc = args.doc or (presets.ROOT / "docs" / "benchmarks.md" if args.mode == "full" else quick_dir / "benchmarks.md")
+    work = presets.WORK / args.mode
+    results_dir.mkdir(parents=True, exist_ok=True)
+    suite_path = results_dir / "suite.json"
+    record = _suite_record(suite_path, suite, argv)
+
+    def timed(part: str, fn):
+        start = time.perf_counter()
+        print(f"== {part}", flush=True)
+        value = fn()
+        record["wall_seconds"][part] = time.perf_counter() - start
+        atomic_write_json(suite_path, record)
+        return value
+
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    acc_path = results_dir / "accuracy.json"
+    if "accuracy" in args.only:
+        timed("accuracy", lambda: accuracy.run(suite.accuracy, acc_path, work, log))
+    runs = json.loads(acc_path.read_text()) if acc_path.exists() else {}
+    if "latency" in args.only:
+        timed("latency", lambda: latency.run(suite.latency, runs, results_dir / "latency.json", log))
+    if "sensitivity" in args.only:
+        timed("sensitivity", lambda: sensitivity.run(suite.sensitivity, runs, suite.accuracy.datasets,
+                                                     suite.accuracy.image_size, results_dir / "sensitivity.json", log))
+    if "engine" in args.only:
+        from benchmarks import engine_speed
+
+        timed("engine", lambda: engine_speed.main([*suite.engine_args, "--out", str(results_dir / "engine_speed.json")]))
+    print(f"wrote {render.write_doc(results_dir, doc)} from {results_dir}")
+    return 0
+
+
+def _suite_record(path: Path, suite: presets.Suite, argv: list[str] | None) -> dict:
+    """What ran and how long each part took; kept across partial reruns of the same mode."""
+    old = json.loads(path.read_text()) if path.exists() else {}
+    record = {"mode": suite.mode, "command": "python benchmarks/run_all.py " + " ".join(argv or sys.argv[1:]),
+              "settings": suite.to_dict(), "wall_seconds": {}}
+    if old.get("mode") == suite.mode:
+        record["wall_seconds"] = old.get("wall_seconds", {})
+    return record
+
+
+if __name__ == "__main__":
+    sys.exit(main())
