@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from .settings import ALLOW_IMPORTS, AccuracySettings, DatasetSpec, ModelSpec, machine
+from .settings import ALLOW_IMPORTS, AccuracySettings, DatasetSpec, ModelSpec, machine, portable
 
 Row = dict[str, Any]
 
@@ -93,7 +93,7 @@ def _base_row(job: BaseJob, model: torch.nn.Module, splits: Any, seconds: float)
     return {"model": job.model.label, "dataset": job.dataset.label, "family": job.model.family,
             "val_acc": evaluate(model, _loader(splits.val))["top1"] / 100,
             "test_acc": evaluate(model, _loader(splits.test))["top1"] / 100,
-            "params": params, "flops": flops, "train_seconds": seconds, "checkpoint": str(job.path)}
+            "params": params, "flops": flops, "train_seconds": seconds, "checkpoint": portable(job.path)}
 
 
 def _loader(dataset: Any) -> Any:
@@ -111,7 +111,7 @@ def compress_config(settings: AccuracySettings, method: str, target: float, seed
         method=method, target=Target("flops", target), seed=seed, progress=False,
         rl=RLConfig(prune_filter_ratio=settings.prune_filter_ratio, lr_epoch=settings.lr_epoch,
                     sample_num=settings.sample_num),
-        kd=DistillConfig(epochs=settings.kd_epochs), post_train_period=1 if recovery else 0,
+        kd=DistillConfig(epochs=settings.kd_epochs, lr=settings.kd_lr), post_train_period=1 if recovery else 0,
         final_epochs=settings.final_epochs if recovery else 0)
 
 
@@ -137,7 +137,7 @@ def run_compress(job: RunJob) -> Row:
             "flops_reduction": r["reached"]["flops"], "params_reduction": r["reached"]["params"],
             "steps": r["steps"], "kd_epochs": kd_epochs, "seconds": seconds,
             "first_step_pruned_val": None if first is None else first.val_acc_pruned,
-            "widths": r["widths"], "run_dir": str(job.out_dir)}
+            "widths": r["widths"], "run_dir": portable(job.out_dir)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -150,10 +150,11 @@ def base_jobs(settings: AccuracySettings, work: Path) -> list[BaseJob]:
 
 
 def run_jobs(settings: AccuracySettings, bases: list[BaseJob], work: Path) -> list[RunJob]:
-    """Recovery runs first (the headline table), then the no-recovery series; RL first within each."""
+    """Seed by seed (a suite stopped early still has whole tables, with fewer seeds); within a seed the
+    recovery runs (the headline table) first, then the no-recovery series."""
     jobs = []
-    for recovery in (True, False) if settings.no_recovery else (True,):
-        for seed in settings.seeds:
+    for seed in settings.seeds:
+        for recovery in (True, False) if settings.no_recovery else (True,):
             for target in settings.targets:
                 for base in bases:
                     for method in settings.methods:
@@ -197,14 +198,23 @@ def _count(rows: list[Row], done: set) -> int:
 
 
 def _resume(path: Path, settings: AccuracySettings) -> dict:
+    """The results so far when they were made with the same settings (the seeds and the number of
+    workers aside: more seeds add rows, fewer skip some), else a fresh results record."""
     import json
 
     wanted = json.loads(json.dumps(asdict(settings)))
     if path.exists():
         old = json.loads(path.read_text())
-        if old.get("settings") == wanted:
+        if _comparable(old.get("settings", {})) == _comparable(wanted):
+            old["settings"]["seeds"] = sorted(set(old["settings"]["seeds"]) | set(wanted["seeds"]))
+            for row in old["runs"]:  # files written before paths were stored relative to the repository
+                row["run_dir"] = portable(row["run_dir"])
             return old
     return {"kind": "accuracy", "machine": machine(), "settings": wanted, "base": [], "runs": []}
+
+
+def _comparable(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k not in ("seeds", "workers")}
 
 
 def _pool(workers: int) -> Any:

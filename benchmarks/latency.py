@@ -8,11 +8,10 @@ Two series:
   multiples of 8), to show what hardware-friendly widths buy.
 
 Base and pruned models are timed in alternating chunks, so drift in the machine's load (other
-processes, frequency scaling) falls on both alike; each number is the median over the chunks.
+processes, frequency scaling) falls on both alike; each number is the best of the chunk medians.
 """
 from __future__ import annotations
 
-import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -20,14 +19,15 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .settings import ALLOW_IMPORTS, LatencySettings, machine
+from .settings import ALLOW_IMPORTS, LatencySettings, machine, resolve
 
 CHUNKS = 5
 
 
 def paired_latency(base: nn.Module, pruned: nn.Module, example: torch.Tensor, batch: int, repeats: int,
                    threads: int) -> tuple[float, float]:
-    """(base ms, pruned ms): median per-forward time, measured in alternating chunks."""
+    """(base ms, pruned ms), timed in alternating chunks: the best chunk median of each. On a shared
+    machine a burst of outside load slows whole chunks; the best chunk is the model's own cost."""
     from rlpruner.metrics import measure_latency
 
     per_chunk = max(1, repeats // CHUNKS)
@@ -36,7 +36,7 @@ def paired_latency(base: nn.Module, pruned: nn.Module, example: torch.Tensor, ba
         for model, out in ((base, times[0]), (pruned, times[1])):
             out.append(measure_latency(model, example, batch_size=batch, warmup=1, repeats=per_chunk,
                                        threads=threads).median_ms)
-    return statistics.median(times[0]), statistics.median(times[1])
+    return min(times[0]), min(times[1])
 
 
 def repeats_for(batch: int, settings: LatencySettings) -> int:
@@ -62,11 +62,11 @@ def compressed_series(accuracy: dict, settings: LatencySettings, log: Callable[[
     for run in accuracy.get("runs", []):
         if run["seed"] != min(r["seed"] for r in accuracy["runs"]) or not run["recovery"]:
             continue
-        base_row, model_path = bases.get((run["model"], run["dataset"])), Path(run["run_dir"]) / "model.rlp"
+        base_row, model_path = bases.get((run["model"], run["dataset"])), resolve(run["run_dir"]) / "model.rlp"
         if base_row is None or not model_path.exists():
             log(f"latency: skipping {run['model']} {run['dataset']} {run['method']} (no saved model)")
             continue
-        base = io.load(base_row["checkpoint"], allow_imports=ALLOW_IMPORTS)
+        base = io.load(resolve(base_row["checkpoint"]), allow_imports=ALLOW_IMPORTS)
         pruned, meta = io.load_checkpoint(model_path, allow_imports=ALLOW_IMPORTS)
         example = torch.rand(1, *meta["input_shape"])
         rows.append({"model": run["model"], "dataset": run["dataset"], "method": run["method"],

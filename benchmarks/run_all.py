@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--doc", type=Path, default=None,
                         help="page to generate (default: docs/benchmarks.md for --full, next to the results for --quick)")
     parser.add_argument("--workers", type=int, default=None, help="parallel accuracy runs (default: the preset's)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="accuracy seeds to run (default: the preset's); runs of other seeds already in the "
+                             "results are kept")
     return parser.parse_args(argv)
 
 
@@ -48,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     suite = presets.full() if args.mode == "full" else presets.quick()
     if args.workers is not None:
         suite = replace(suite, accuracy=replace(suite.accuracy, workers=args.workers))
+    if args.seeds:
+        suite = replace(suite, accuracy=replace(suite.accuracy, seeds=tuple(args.seeds)))
     quick_dir = presets.ROOT / "runs" / "bench-quick"
     results_dir = args.results or (presets.RESULTS if args.mode == "full" else quick_dir / "results")
     doc = args.doc or (presets.ROOT / "docs" / "benchmarks.md" if args.mode == "full" else quick_dir / "benchmarks.md")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .settings import ALLOW_IMPORTS, DatasetSpec, SensitivitySettings, machine
+from .settings import ALLOW_IMPORTS, DatasetSpec, SensitivitySettings, machine, resolve
 
 
 def group_drops(model: nn.Module, batches: list, example: torch.Tensor, settings: SensitivitySettings
@@ -54,10 +54,10 @@ def run(settings: SensitivitySettings, accuracy: dict, datasets: tuple[DatasetSp
         splits = specs[base["dataset"]].load(image_size)
         batches = list(torch.utils.data.DataLoader(splits.test, batch_size=256))
         example = splits.example_inputs()
-        stages = [("dense", base["checkpoint"], 0.0)]
+        stages = [("dense", resolve(base["checkpoint"]), 0.0)]
         run_row = rl_runs.get((base["model"], base["dataset"]))
-        if run_row is not None and (Path(run_row["run_dir"]) / "model.rlp").exists():
-            stages.append(("pruned", str(Path(run_row["run_dir"]) / "model.rlp"), run_row["flops_reduction"]))
+        if run_row is not None and (resolve(run_row["run_dir"]) / "model.rlp").exists():
+            stages.append(("pruned", resolve(run_row["run_dir"]) / "model.rlp", run_row["flops_reduction"]))
         for stage, path, reduction in stages:
             model = io.load(path, allow_imports=ALLOW_IMPORTS)
             acc, rows = group_drops(model, batches, example, settings)

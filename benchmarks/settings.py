@@ -68,8 +68,9 @@ class AccuracySettings:
     train_epochs: int = 15
     prune_filter_ratio: float = 0.05      # step budget (the paper: 0.01; coarser to fit a CPU)
     lr_epoch: int = 4
-    sample_num: int = 6
+    sample_num: int = 5
     kd_epochs: int = 1                    # per step
+    kd_lr: float = 0.01                   # the library default 1e-3 barely moves in ~20 SGD steps per epoch
     final_epochs: int = 3
     no_recovery: bool = True              # also run every method with no KD at all
     workers: int = 2                      # parallel processes, one thread each
@@ -126,6 +127,19 @@ def full() -> Suite:
                                         DENSENET)),
         sensitivity=SensitivitySettings(),
         engine_args=("--sizes", "32", "--repeats", "3"))
+
+
+def portable(path: str | Path) -> str:
+    """A path as stored in results files: relative to the repository when inside it."""
+    try:
+        return Path(path).resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def resolve(path: str | Path) -> Path:
+    """The inverse of `portable`."""
+    return Path(path) if Path(path).is_absolute() else ROOT / path
 
 
 def machine() -> dict[str, Any]:

@@ -5,6 +5,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import NoReturn
 
 from .errors import RLPrunerError
 
@@ -12,8 +13,15 @@ from .errors import RLPrunerError
 COMMANDS = ("train", "evaluate", "prune", "compress", "demo", "export")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one line on stderr and exit status 2, like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlpruner", description="Structured pruning for PyTorch CNNs.")
+    parser = _Parser(prog="rlpruner", description="Structured pruning for PyTorch CNNs.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:

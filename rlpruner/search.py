@@ -13,6 +13,9 @@ and ends exactly where an uninterrupted run with the same seed ends.
 
 All randomness of step k is drawn from generators seeded by (seed, k, ...), so a resumed run needs
 no saved generator state to replay bit for bit.
+
+`CompressConfig.method` swaps the learned distribution for a baseline rule (rlpruner.baselines:
+"uniform" or "global" magnitude) inside the same loop: same step budget, trimming and recovery.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import policy
+from . import baselines, policy
 from .data import Loaders, Splits, make_loaders
 from .distill import DistillConfig, distill
 from .errors import ConfigError, DataError, PruningError
@@ -151,8 +154,10 @@ class CompressConfig:
     seed: int = 0
     device: str = "cpu"
     progress: bool | None = None         # tqdm bars; None: only on a terminal
+    method: str = "rl"                   # "rl": the learned distribution; "uniform" / "global": baselines
 
     def __post_init__(self) -> None:
+        baselines.check_method(self.method)
         for option, value, minimum in (("post_train_period", self.post_train_period, 0),
                                        ("final_epochs", self.final_epochs, 0),
                                        ("eval_batch_size", self.eval_batch_size, 1),
@@ -608,9 +613,11 @@ def _reaches(ctx: _Context, candidate: _Candidate, latency_ms: float | None, rem
     return value <= goal
 
 
-def _trim(ctx: _Context, model: nn.Module, plan: _Plan, chosen: _Candidate) -> tuple[_Candidate, float | None]:
+def _trim(ctx: _Context, model: nn.Module, plan: _Plan, chosen: _Candidate,
+          counts_at: Callable[[int], np.ndarray]) -> tuple[_Candidate, float | None]:
     """When the chosen candidate passes the FLOPs/params/latency goal, remove only as many units as
-    needed (bisection over the step budget with the candidate's own distribution)."""
+    needed (bisection over the step budget; `counts_at(budget)` allocates a smaller budget the way
+    the candidate was allocated)."""
     latency = _latency_if_needed(ctx, model, plan, chosen)
     removed_before = ctx.total_units - int(plan.sizes.sum())
     if ctx.config.target.kind == "sparsity" or not _reaches(ctx, chosen, latency, 0):
@@ -619,7 +626,7 @@ def _trim(ctx: _Context, model: nn.Module, plan: _Plan, chosen: _Candidate) -> t
     lo, hi, best = 0, plan.budget // multiple, (chosen, latency)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        counts = policy.allocate(chosen.pd, mid * multiple, plan.capacity, multiple)
+        counts = counts_at(mid * multiple)
         with ctx.timer("surgery"):
             params, flops = plan.graph.count(_removals(ctx, plan, counts))
         probe = replace(chosen, counts=counts, params=params, flops=flops, latency_ms=None)
@@ -672,20 +679,55 @@ def _recover(ctx: _Context, teacher: _Teacher, model: nn.Module, step: int) -> t
     return val, teacher
 
 
-def _run_step(ctx: _Context, state: _State) -> _State:
+def _rl_step(ctx: _Context, state: _State, plan: _Plan, step: int
+             ) -> tuple[_Candidate, np.ndarray, dict, float | None]:
+    """Explore and choose with the learned distribution, then trim to the target along it."""
     from tqdm import tqdm
 
+    rl, progress = ctx.config.rl, ctx.config.progress
+    with tqdm(total=rl.lr_epoch * rl.sample_num, desc=f"step {step}", leave=False, dynamic_ncols=True,
+              disable=not (_on_terminal() if progress is None else progress)) as bar:
+        chosen, pd, info = _choose(ctx, state, plan, step, bar)
+    along = chosen.pd
+    chosen, latency = _trim(ctx, state.model, plan, chosen,
+                            lambda budget: policy.allocate(along, budget, plan.capacity, rl.round_to))
+    return chosen, pd, info, latency
+
+
+def _baseline_step(ctx: _Context, state: _State, plan: _Plan) -> tuple[_Plan, _Candidate, float | None]:
+    """A step allocated by a fixed rule (rlpruner.baselines) instead of the learned distribution:
+    the same budget, trimming and recovery, one candidate. 'global' also picks units by its score."""
+    multiple = ctx.config.rl.round_to
+    if ctx.config.method == "global":
+        with ctx.timer("importance"):
+            scores = baselines.global_scores(state.model, plan.graph, list(plan.order))
+        plan = replace(plan, order={n: np.argsort(s, kind="stable") for n, s in scores.items()})
+        per_group = [scores.get(n, np.zeros(0)) for n in ctx.names]
+
+        def counts_at(budget: int) -> np.ndarray:
+            return baselines.global_counts(per_group, plan.capacity, budget, multiple)
+    else:
+        def counts_at(budget: int) -> np.ndarray:
+            return baselines.uniform_counts(plan.sizes, plan.capacity, budget, multiple)
+    with ctx.timer("policy"):
+        counts = counts_at(plan.budget)
+    chosen = _score(ctx, state.model, plan, counts, counts / max(int(counts.sum()), 1))
+    chosen, latency = _trim(ctx, state.model, plan, chosen, counts_at)
+    return plan, chosen, latency
+
+
+def _run_step(ctx: _Context, state: _State) -> _State:
     from .surgery import prune_channels
 
     step, before = state.step + 1, ctx.timer.snapshot()
     start = time.perf_counter()
     plan = _plan_step(ctx, state, step)
     rl = ctx.config.rl
-    progress = ctx.config.progress
-    with tqdm(total=rl.lr_epoch * rl.sample_num, desc=f"step {step}", leave=False, dynamic_ncols=True,
-              disable=not (_on_terminal() if progress is None else progress)) as bar:
-        chosen, pd, info = _choose(ctx, state, plan, step, bar)
-    chosen, latency = _trim(ctx, state.model, plan, chosen)
+    if ctx.config.method == "rl":
+        chosen, pd, info, latency = _rl_step(ctx, state, plan, step)
+    else:
+        plan, chosen, latency = _baseline_step(ctx, state, plan)
+        pd, info = chosen.pd, {"epsilon": 0.0, "explored": False, "guard_resets": 0}
     removals = _removals(ctx, plan, chosen.counts)
     with ctx.timer("surgery"):
         model = prune_channels(state.model, plan.graph, removals, inplace=True)
@@ -974,6 +1016,7 @@ def _results(ctx: _Context, state: _State, base: dict, final: dict, model_path: 
     spec = getattr(ctx.original, "rlpruner_spec", None) or {}
     return {
         "model": spec.get("name", type(ctx.original).__name__), "dataset": ctx.data.splits.name,
+        "method": ctx.config.method,
         "target": {"kind": ctx.config.target.kind, "value": ctx.config.target.value},
         "reached": {"sparsity": state.records[-1].sparsity if state.records else 0.0,
                     "flops": 1.0 - final["flops"] / base["flops"], "params": 1.0 - final["params"] / base["params"],

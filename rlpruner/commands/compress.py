@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..baselines import METHODS
 from ..distill import DistillConfig
 from ..search import STRATEGIES, CompressConfig, RLConfig, Reward, Target
 from .train import add_data_arguments, data_spec_from_args, set_threads
@@ -24,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a finished or killed run in --out")
     parser.add_argument("--allow-import", action="append", default=[], metavar="MODULE",
                         help="trust this module to build a checkpoint saved by import path (repeatable)")
+    parser.add_argument("--method", choices=METHODS, default="rl",
+                        help="per-layer allocation: rl (the learned distribution), uniform (the same fraction of "
+                             "every layer) or global (global L2-magnitude ranking); the baselines run in the same "
+                             "loop with the same recovery budget (default: %(default)s)")
     add_data_arguments(parser, defaults=False)
     _add_target_arguments(parser)
     _add_rl_arguments(parser)
@@ -139,7 +144,7 @@ def config_from_args(args: argparse.Namespace) -> CompressConfig:
                           keep=tuple(args.keep), eval_batch_size=args.eval_batch_size,
                           latency_batch=args.latency_batch, latency_repeats=args.latency_repeats,
                           latency_threads=args.latency_threads, seed=args.seed, device=args.device,
-                          progress=args.progress)
+                          progress=args.progress, method=args.method)
 
 
 def is_checkpoint(source: str) -> bool:
@@ -194,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     check_fits(model, splits, torch.device("cpu"), args.model)
     out = Path(args.out) if args.out else Path("runs") / f"compress-{Path(args.model).stem.replace(':', '-')}"
     print(f"compressing {args.model} on {spec.name}: target {config.target.kind} -{config.target.value:.0%}, "
-          f"strategy {config.reward.strategy}, run directory {out}", flush=True)
+          f"method {config.method}, strategy {config.reward.strategy}, run directory {out}", flush=True)
     result = compress(model, splits, config, out_dir=out, resume=args.resume, overwrite=args.overwrite,
                       log=lambda line: print(line, flush=True), evaluate_test=args.test,
                       meta={"data": spec.resolved(splits).to_dict()})

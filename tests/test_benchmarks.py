@@ -1,0 +1,168 @@
+"""The benchmark generator: results files -> tables, verdicts, plots and the doc (no benchmark is run)."""
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `benchmarks` lives at the repo root
+
+from benchmarks import render  # noqa: E402
+from benchmarks.accuracy import row_key, run_jobs, base_jobs  # noqa: E402
+from benchmarks import settings as presets  # noqa: E402
+
+
+def _run(model, dataset, method, target, seed, acc, recovery=True, reached=None):
+    return {"model": model, "dataset": dataset, "method": method, "target": target, "seed": seed,
+            "recovery": recovery, "test_acc": acc, "val_acc": acc, "flops_reduction": reached or target,
+            "params_reduction": 0.4, "steps": 5, "kd_epochs": 8, "seconds": 1.0, "run_dir": "/nonexistent"}
+
+
+@pytest.fixture
+def accuracy():
+    runs = [
+        # resnet · digits · 50%: RL 0.90/0.92/0.94 (mean 0.92, sd 0.02), uniform 0.91 (one seed), global missing
+        _run("resnet", "digits", "rl", 0.5, 0, 0.90), _run("resnet", "digits", "rl", 0.5, 1, 0.92),
+        _run("resnet", "digits", "rl", 0.5, 2, 0.94), _run("resnet", "digits", "uniform", 0.5, 0, 0.91),
+        # resnet · digits · 75%: RL loses to global by 5 points
+        _run("resnet", "digits", "rl", 0.75, 0, 0.80), _run("resnet", "digits", "global", 0.75, 0, 0.85),
+        _run("resnet", "digits", "uniform", 0.75, 0, 0.70),
+        # no-recovery series
+        _run("resnet", "digits", "rl", 0.5, 0, 0.40, recovery=False),
+        _run("resnet", "digits", "uniform", 0.5, 0, 0.20, recovery=False),
+    ]
+    settings = presets.AccuracySettings(models=(presets.ModelSpec("resnet", "resnet8", family="residual"),),
+                                        datasets=(presets.DatasetSpec("digits", "digits"),), targets=(0.5, 0.75),
+                                        seeds=(0, 1, 2))
+    return {"settings": json.loads(json.dumps(dataclasses.asdict(settings))),
+            "base": [{"model": "resnet", "dataset": "digits", "test_acc": 0.95, "checkpoint": "x"}], "runs": runs}
+
+
+def test_mean_spread_is_mean_and_sample_standard_deviation():
+    mean, spread, n = render.mean_spread([0.90, 0.92, 0.94])
+    assert n == 3 and mean == pytest.approx(0.92) and spread == pytest.approx(0.02)
+    assert render.mean_spread([0.5]) == (0.5, 0.0, 1)
+    assert render.mean_spread([None, float("nan")]) is None
+    assert render.mean_spread([0.2, None, 0.4])[:2] == pytest.approx((0.3, math.sqrt(0.02)))
+
+
+def test_fmt_stat_shows_percent_and_hides_the_spread_of_one_seed():
+    assert render.fmt_stat((0.92, 0.02, 3)) == "92.0 ± 2.0"
+    assert render.fmt_stat((0.91, 0.0, 1)) == "91.0"
+    assert render.fmt_stat(None) == render.MISSING
+
+
+def test_accuracy_table_holds_the_right_numbers(accuracy):
+    table = render.accuracy_table(accuracy, recovery=True)
+    header, rows = table[0], table[2:]
+    assert "RL-Pruner" in header and "uniform" in header and "global magnitude" in header
+    fifty = next(r for r in rows if "-50%" in r)
+    cells = [c.strip() for c in fifty.strip("|").split("|")]
+    assert cells[:4] == ["resnet", "digits", "-50%", "95.0"]
+    assert cells[4] == "**92.0 ± 2.0**"          # RL: best mean of the row, in bold
+    assert cells[5] == "91.0"                    # uniform: one seed
+    assert cells[6] == render.MISSING            # global: no run
+    assert cells[7] == "+1.0"                    # RL - best baseline
+    seventy_five = [c.strip() for c in next(r for r in rows if "-75%" in r).strip("|").split("|")]
+    assert seventy_five[6] == "**85.0**" and seventy_five[7] == "-5.0"
+
+
+def test_no_recovery_table_uses_only_the_no_recovery_runs(accuracy):
+    rows = render.accuracy_table(accuracy, recovery=False)[2:]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[4] == "**40.0**" and cells[5] == "20.0" and cells[7] == "+20.0"
+
+
+def test_verdicts_count_wins_and_name_the_losses(accuracy):
+    v = render.verdicts(accuracy, recovery=True)
+    assert v["uniform"]["wins"] == 2 and v["uniform"]["total"] == 2 and not v["uniform"]["losses"]
+    assert v["global"]["total"] == 1 and v["global"]["wins"] == 0
+    loss = v["global"]["losses"][0]
+    assert loss["target"] == 0.75 and loss["gap"] == pytest.approx(-0.05)
+    lines = render.verdict_lines(accuracy, None)
+    assert any("global magnitude" in line and "0/1" in line and "**missed**" in line for line in lines)
+    assert any("uniform (after KD recovery): 2/2" in line and "met" in line for line in lines)
+
+
+def test_latency_ratio_and_its_verdict():
+    ok = {"model": "m", "dataset": "d", "method": "rl", "flops_reduction": 0.5,
+          "batch": {"1": {"base_ms": 1.0, "pruned_ms": 0.9, "reduction": 0.1},
+                    "64": {"base_ms": 10.0, "pruned_ms": 5.5, "reduction": 0.45}}}
+    slow = dict(ok, batch={"64": {"base_ms": 10.0, "pruned_ms": 8.0, "reduction": 0.2}})
+    assert render.latency_ratio(ok, "64") == pytest.approx(0.9)
+    assert render.latency_ratio(ok, "32") is None
+    table = render.compressed_latency_table({"compressed": [ok, slow]})
+    assert "10.00 → 5.50 (-45%)" in table[2] and "0.90" in table[2]
+    assert "**0.40** ✗" in table[3] and render.MISSING in table[3]  # batch 1 not measured for `slow`
+    lines = render.verdict_lines(None, {"compressed": [ok, slow]})
+    assert lines == [line for line in lines if "1/2 models" in line and "**missed**" in line]
+
+
+def test_spearman_ranks_with_ties():
+    assert render.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert render.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert render.spearman([1, 1, 1], [1, 2, 3]) is None
+    assert render.spearman([1, 2], [1, 2]) is None
+
+
+def test_sensitivity_table_summarises_drops_and_rank_change():
+    groups = lambda drops: [{"group": f"g{i}", "drop": d} for i, d in enumerate(drops)]  # noqa: E731
+    sens = {"panels": [
+        {"model": "m", "dataset": "d", "stage": "dense", "flops_reduction": 0.0, "acc": 0.9,
+         "groups": groups([0.01, 0.02, 0.10])},
+        {"model": "m", "dataset": "d", "stage": "pruned", "flops_reduction": 0.5, "acc": 0.85,
+         "groups": groups([0.10, 0.02, 0.01])}]}
+    rows = render.sensitivity_table(sens)[2:]
+    assert "1.0 / 2.0 / 10.0" in rows[0] and "90.0" in rows[0]
+    assert "FLOPs -50%" in rows[1] and "-1.00" in rows[1]
+
+
+def test_doc_renders_from_files_and_says_what_is_missing(tmp_path, accuracy):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "accuracy.json").write_text(json.dumps(accuracy))
+    doc = render.write_doc(results, tmp_path / "docs" / "benchmarks.md").read_text()
+    assert "| resnet | digits | -50% | 95.0 | **92.0 ± 2.0** | 91.0 | — | +1.0 |" in doc
+    assert "Not run (no latency.json)." in doc and "Not run (no engine_speed.json)." in doc
+    assert (results / "plots" / "accuracy_kd.png").read_bytes()[:4] == b"\x89PNG"
+    assert "](../results/plots/accuracy_kd.png)" in doc
+
+
+def test_an_empty_results_folder_still_renders(tmp_path):
+    doc = render.render_doc(render.load_results(tmp_path), tmp_path / "b.md", tmp_path / "plots")
+    assert "No results yet." in doc and "Not run (no accuracy.json)." in doc
+
+
+def test_job_keys_match_row_keys_so_a_rerun_skips_finished_runs(tmp_path):
+    settings = presets.quick().accuracy
+    jobs = run_jobs(settings, base_jobs(settings, tmp_path), tmp_path)
+    expected = len(settings.models) * len(settings.datasets) * len(settings.targets) * len(settings.seeds) \
+        * len(settings.methods) * (2 if settings.no_recovery else 1)
+    assert len(jobs) == expected == len({j.key for j in jobs})
+    job = jobs[0]
+    row = _run(job.base.model.label, job.base.dataset.label, job.method, job.target, job.seed, 0.5, job.recovery)
+    assert row_key(row) == job.key
+
+
+def test_resume_keeps_rows_across_seed_changes_but_not_across_other_settings(tmp_path, accuracy):
+    from benchmarks.accuracy import _resume
+
+    path = tmp_path / "accuracy.json"
+    settings = presets.quick().accuracy
+    first = _resume(path, settings)
+    first["runs"] = accuracy["runs"]
+    path.write_text(json.dumps(first))
+    more_seeds = dataclasses.replace(settings, seeds=(0, 1), workers=4)
+    kept = _resume(path, more_seeds)
+    assert kept["runs"] == accuracy["runs"] and kept["settings"]["seeds"] == [0, 1]
+    assert _resume(path, dataclasses.replace(settings, kd_lr=0.5))["runs"] == []
+
+
+def test_paths_in_results_are_stored_relative_to_the_repository():
+    inside = presets.ROOT / "runs" / "bench" / "x"
+    assert presets.portable(inside) == "runs/bench/x"
+    assert presets.resolve("runs/bench/x") == inside
+    assert presets.resolve("/elsewhere/y") == Path("/elsewhere/y")
