@@ -157,6 +157,28 @@ def test_conv1d_transposed_conv3d_and_flatten_linear():
     assert {"a", "up", "v"} <= set(removals)
 
 
+class Tokens(nn.Module):
+    """Feature maps as token sequences: flatten(2).mT, a Linear over channels, then back."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.mlp, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        y = F.relu(self.c1(x))
+        tokens = self.mlp(y.flatten(2).mT)  # (n, hw, c)
+        y = y + tokens.mT.reshape(y.shape)
+        return self.fc(y.mean((2, 3)))
+
+
+def test_property_reads_like_mT_are_data_movement():
+    model, x = Tokens().double().eval(), torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing unknown
+        graph, removals = _check_equivalent(model, x)
+    assert "c1" in removals and graph.group("c1").exact
+
+
 def test_keep_freezes_layers_and_unknown_keep_is_an_error():
     model, x = DictOut().eval(), torch.randn(1, 3, 12, 12)
     graph = rlpruner.trace(model, x, keep=["c2"])

@@ -528,4 +528,6 @@ def build_table() -> dict[Any, Handler]:
                 func = getattr(ns, name, None)
                 if func is not None and func not in table:
                     table[func] = handler
+    for prop, handler in (("T", move), ("mT", move), ("H", move), ("mH", move), ("data", same)):
+        table[getattr(torch.Tensor, prop).__get__] = handler  # x.T, x.data ... are property reads
     return table
