@@ -125,6 +125,18 @@ def compact(label: torch.Tensor) -> torch.Tensor:
     return label[index]
 
 
+def recompact(label: torch.Tensor) -> torch.Tensor:
+    """Re-express a materialised label tensor as an expanded view along every dim it is constant on
+    (after a channel shuffle, say), so later ops work on channels, not on every spatial position."""
+    if label.numel() <= 1 or any(st == 0 for st, n in zip(label.stride(), label.shape) if n > 1):
+        return label
+    small = label
+    for d in range(label.dim()):
+        if small.shape[d] > 1 and bool((small == small.narrow(d, 0, 1)).all()):
+            small = small.narrow(d, 0, 1)
+    return small.expand(label.shape) if small.numel() < label.numel() else label
+
+
 def varies(label: torch.Tensor, dim: int) -> bool:
     """Whether raw slot ids differ along `dim` (NONE counts as a value)."""
     if label.shape[dim] <= 1 or label.stride(dim) == 0:

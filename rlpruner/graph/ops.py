@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .labels import FROZEN, INEXACT, NONE, along, compact, none_like, per_index, unique_slots, varies
+from .labels import FROZEN, INEXACT, NONE, along, compact, none_like, per_index, recompact, unique_slots, varies
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trace import TraceContext
@@ -185,7 +185,7 @@ def move(ctx: "TraceContext", func, args, kwargs, out) -> None:
         for lab in outs:
             ctx.table.mark(unique_slots(lab), FROZEN)
     for o, lab in zip(_tensors(out), outs):
-        ctx.set_label(o, lab)
+        ctx.set_label(o, recompact(lab))
 
 
 def _cat_compact(ctx: "TraceContext", labels: list[torch.Tensor], dim: int, out: torch.Tensor) -> None:
