@@ -190,15 +190,13 @@ def _merge_shared_positions(ctx: TraceContext, facts: dict) -> np.ndarray:
 def _group_identities(names, facts, ident, flags, unknowns) -> list[Group]:
     keys = facts["param"] * 16 + facts["dim"]  # (param, dim) in one int; dims < 16
     codes, base = _pair_codes(ident, keys)
-    signatures: dict[int, list[int]] = {}
-    for code in np.unique(codes).tolist():
-        signatures.setdefault(code // base, []).append(code % base)
-    sig_ids: dict[tuple[int, ...], int] = {}
-    for sig in sorted({tuple(v) for v in signatures.values()}):
-        sig_ids[sig] = len(sig_ids)
+    codes = np.unique(codes)  # sorted by identity, then key
+    owners, starts = np.unique(codes // base, return_index=True)
+    key_lists = np.split(codes % base, starts[1:])
+    signatures = [tuple(k.tolist()) for k in key_lists]
+    sig_ids = {sig: i for i, sig in enumerate(sorted(set(signatures)))}
     gid_of = np.full(len(flags), -1, dtype=np.int64)
-    for i, sig in signatures.items():
-        gid_of[i] = sig_ids[tuple(sig)]
+    gid_of[owners] = [sig_ids[sig] for sig in signatures]
     row_gid = gid_of[ident]
     order = np.argsort(row_gid, kind="stable")
     bounds = np.searchsorted(row_gid[order], np.arange(len(sig_ids) + 1))
