@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from .settings import ALLOW_IMPORTS, AccuracySettings, DatasetSpec, ModelSpec, machine, portable
+from .settings import ALLOW_IMPORTS, AccuracySettings, DatasetSpec, ModelSpec, machine, portable, resolve
 
 Row = dict[str, Any]
 
@@ -115,6 +115,11 @@ def compress_config(settings: AccuracySettings, method: str, target: float, seed
         final_epochs=settings.final_epochs if recovery else 0)
 
 
+def trajectory(records: list) -> list[list[float]]:
+    """Per step: [FLOPs reduction, val top-1 right after the step's pruning, val top-1 after its recovery]."""
+    return [[r.flops_reduction, r.val_acc_pruned, r.val_acc] for r in records]
+
+
 def run_compress(job: RunJob) -> Row:
     from rlpruner import io
     from rlpruner.search import compress
@@ -129,14 +134,13 @@ def run_compress(job: RunJob) -> Row:
     seconds = time.perf_counter() - start
     r = result.results
     kd_epochs = (r["steps"] * settings.kd_epochs + settings.final_epochs) if job.recovery else 0
-    first = result.records[0] if result.records else None
     return {"model": job.base.model.label, "dataset": job.base.dataset.label, "method": job.method,
             "target": job.target, "seed": job.seed, "recovery": job.recovery,
             "test_acc": r["final"].get("test_acc"), "val_acc": r["final"]["val_acc"],
             "base_test_acc": r["base"].get("test_acc"), "base_val_acc": r["base"]["val_acc"],
             "flops_reduction": r["reached"]["flops"], "params_reduction": r["reached"]["params"],
             "steps": r["steps"], "kd_epochs": kd_epochs, "seconds": seconds,
-            "first_step_pruned_val": None if first is None else first.val_acc_pruned,
+            "trajectory": trajectory(result.records),
             "widths": r["widths"], "run_dir": portable(job.out_dir)}
 
 
@@ -207,10 +211,20 @@ def _resume(path: Path, settings: AccuracySettings) -> dict:
         old = json.loads(path.read_text())
         if _comparable(old.get("settings", {})) == _comparable(wanted):
             old["settings"]["seeds"] = sorted(set(old["settings"]["seeds"]) | set(wanted["seeds"]))
-            for row in old["runs"]:  # files written before paths were stored relative to the repository
+            for row in old["runs"]:  # rows written by an earlier version of this script
                 row["run_dir"] = portable(row["run_dir"])
+                row.pop("first_step_pruned_val", None)
+                if "trajectory" not in row:
+                    row["trajectory"] = _logged_trajectory(resolve(row["run_dir"]))
             return old
     return {"kind": "accuracy", "machine": machine(), "settings": wanted, "base": [], "runs": []}
+
+
+def _logged_trajectory(run_dir: Path) -> list[list[float]] | None:
+    from rlpruner.report import read_logs
+
+    records = read_logs(run_dir)
+    return trajectory(records) if records else None
 
 
 def _comparable(settings: dict) -> dict:

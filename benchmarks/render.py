@@ -88,11 +88,23 @@ def settings_keys(accuracy: Mapping[str, Any]) -> list[tuple[str, str, float]]:
 
 
 def cell(accuracy: Mapping[str, Any], key: tuple[str, str, float], method: str, recovery: bool,
-         field: str = "test_acc") -> tuple[float, float, int] | None:
+         field: str | Any = "test_acc") -> tuple[float, float, int] | None:
+    """Mean ± spread over seeds of `field` (a row key, or a function of the row)."""
     model, dataset, target = key
-    return mean_spread(r.get(field) for r in accuracy.get("runs", [])
+    value = field if callable(field) else (lambda row: row.get(field))
+    return mean_spread(value(r) for r in accuracy.get("runs", [])
                        if r["model"] == model and r["dataset"] == dataset and abs(r["target"] - target) < 1e-9
                        and r["method"] == method and bool(r["recovery"]) == recovery)
+
+
+def step_cost(row: Mapping[str, Any]) -> float | None:
+    """Mean validation accuracy lost by a pruning step before its recovery: over the steps of a run,
+    (accuracy after the previous step's recovery, or the base model's) - (accuracy right after pruning)."""
+    steps = row.get("trajectory")
+    if not steps:
+        return None
+    before = [row["base_val_acc"]] + [s[2] for s in steps[:-1]]
+    return float(np.mean([b - s[1] for b, s in zip(before, steps)]))
 
 
 def base_acc(accuracy: Mapping[str, Any], model: str, dataset: str) -> float | None:
@@ -120,10 +132,22 @@ def accuracy_table(accuracy: Mapping[str, Any], recovery: bool) -> list[str]:
     return lines
 
 
-def _bold_best(stats: Mapping[str, Any], method: str) -> str:
+def _bold_best(stats: Mapping[str, Any], method: str, best: Any = max) -> str:
     text = fmt_stat(stats[method])
     present = [s[0] for s in stats.values() if s is not None]
-    return f"**{text}**" if stats[method] is not None and stats[method][0] == max(present) else text
+    return f"**{text}**" if stats[method] is not None and stats[method][0] == best(present) else text
+
+
+def step_cost_table(accuracy: Mapping[str, Any]) -> list[str]:
+    """Per (model, dataset, target): each method's mean accuracy cost of one pruning step (points)."""
+    methods = [m for m in METHODS if any(r["method"] == m for r in accuracy.get("runs", []))]
+    lines = [_row(["model", "dataset", "FLOPs target", *[METHOD_NAMES[m] for m in methods]]),
+             _row(["---"] * 3 + ["---:"] * len(methods))]
+    for key in settings_keys(accuracy):
+        stats = {m: cell(accuracy, key, m, True, step_cost) for m in methods}
+        if any(s is not None for s in stats.values()):
+            lines.append(_row([key[0], key[1], f"-{key[2]:.0%}", *(_bold_best(stats, m, min) for m in methods)]))
+    return lines
 
 
 def _margin(stats: Mapping[str, Any]) -> str:
@@ -391,14 +415,26 @@ def verdict_lines(accuracy: Mapping[str, Any] | None, latency: Mapping[str, Any]
     return lines or ["- No results yet."]
 
 
+def time_summary(accuracy: Mapping[str, Any] | None, suite: Mapping[str, Any]) -> str:
+    """Accuracy: the summed run times (runs go in parallel and a suite may be resumed); the other
+    parts: wall time of their last run."""
+    parts = []
+    if accuracy and accuracy.get("runs"):
+        runs = sum(r["seconds"] for r in accuracy["runs"]) + sum(b.get("train_seconds", 0) for b in accuracy["base"])
+        workers = accuracy.get("settings", {}).get("workers", 1)
+        parts.append(f"accuracy {len(accuracy['runs'])} runs, {runs / 60:.0f} min of run time "
+                     f"({workers} worker process{'es' if workers > 1 else ''})")
+    parts += [f"{k} {v / 60:.1f} min" for k, v in suite.get("wall_seconds", {}).items() if k != "accuracy"]
+    return "; ".join(parts) or "not recorded"
+
+
 def setup_lines(results: Mapping[str, Any]) -> list[str]:
     accuracy, suite = results.get("accuracy"), results.get("suite") or {}
     machine = (accuracy or results.get("latency") or results.get("sensitivity") or {}).get("machine", {})
     lines = [f"- Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores; Python {machine.get('python', '?')}, "
              f"torch {machine.get('torch', '?')}; commit {machine.get('commit') or '?'}; {machine.get('date', '?')}."]
-    if suite:
-        parts = ", ".join(f"{k} {v / 60:.1f} min" for k, v in suite.get("wall_seconds", {}).items())
-        lines.append(f"- Mode `{suite.get('mode')}`, wall time: {parts}.")
+    if suite or accuracy:
+        lines.append(f"- Mode `{suite.get('mode', '?')}`. Time: {time_summary(accuracy, suite)}.")
     if accuracy:
         s = accuracy["settings"]
         models = ", ".join(f"{m['label']} ({m['family']}: `{m['name']}` {m['options'] or ''})".replace(" )", ")")
@@ -423,10 +459,28 @@ def seeds_run(accuracy: Mapping[str, Any]) -> list[int]:
     return sorted({int(r["seed"]) for r in accuracy.get("runs", [])})
 
 
+def complete_seeds(accuracy: Mapping[str, Any]) -> tuple[dict[str, Any], list[int]]:
+    """The results restricted to the seeds that have every run (so each cell averages the same seeds),
+    and the seeds left out. A suite stopped part-way through a seed leaves such a partial seed."""
+    runs = accuracy.get("runs", [])
+    configurations = {(r["model"], r["dataset"], r["method"], round(r["target"], 4), bool(r["recovery"])) for r in runs}
+    by_seed: dict[int, set] = {}
+    for r in runs:
+        by_seed.setdefault(int(r["seed"]), set()).add((r["model"], r["dataset"], r["method"], round(r["target"], 4),
+                                                       bool(r["recovery"])))
+    partial = sorted(s for s, have in by_seed.items() if have != configurations)
+    kept = [r for r in runs if int(r["seed"]) not in partial] if len(partial) < len(by_seed) else runs
+    return {**accuracy, "runs": kept}, partial if kept is not runs else []
+
+
 def render_doc(results: Mapping[str, Any], doc_path: Path, plots_dir: Path) -> str:
     """The whole markdown page; writes the plots it references into `plots_dir` (next to the results)."""
     accuracy, latency = results.get("accuracy"), results.get("latency")
     sensitivity, engine = results.get("sensitivity"), results.get("engine_speed")
+    partial: list[int] = []
+    if accuracy:
+        accuracy, partial = complete_seeds(accuracy)
+        results = {**results, "accuracy": accuracy}
     rel = lambda p: os.path.relpath(p, doc_path.parent).replace(os.sep, "/")  # noqa: E731
     source = _display_path(plots_dir.parent)
     out = ["# Benchmarks: RL-Pruner vs uniform vs global magnitude", "",
@@ -436,7 +490,8 @@ def render_doc(results: Mapping[str, Any], doc_path: Path, plots_dir: Path) -> s
            "make bench                              # = python benchmarks/run_all.py --quick: CI smoke run, a few minutes",
            "python benchmarks/run_all.py --full     # the runs behind this page (resumable: rerun to continue)",
            "python benchmarks/render.py             # regenerate this page from benchmarks/results/", "```", "",
-           "## Setup", "", *setup_lines(results), "",
+           "## Setup", "", *setup_lines(results),
+           *([f"- Seed(s) {', '.join(map(str, partial))} left out: not every run finished."] if partial else []), "",
            "## Verdict against the targets", "", *verdict_lines(accuracy, latency), ""]
     out += _accuracy_section(accuracy, plots_dir, rel)
     out += _latency_section(latency, plots_dir, rel)
@@ -468,10 +523,17 @@ def _accuracy_section(accuracy: Mapping[str, Any] | None, plots_dir: Path, rel: 
             "Test top-1 (%); the best mean of each row in bold; *RL − best baseline* in points.", "",
             *accuracy_table(accuracy, True), "",
             *_figure(plot_accuracy(accuracy, plots_dir / "accuracy_kd.png", True), rel, "accuracy after recovery"),
-            "## Accuracy right after pruning (no recovery)", "",
-            "The same loop with every KD epoch removed: the direct measure of each pruning distribution.", "",
+            "## Accuracy right after pruning (before recovery)", "",
+            "The same loop with every KD epoch removed (test top-1, %): the direct measure of each pruning "
+            "distribution over the whole way down. Near chance level (10% digits, 5% synthetic-hard), this mostly "
+            "says that none of the distributions survives that much pruning without recovery.", "",
             *accuracy_table(accuracy, False), "",
-            *_figure(plot_accuracy(accuracy, plots_dir / "accuracy_no_kd.png", False), rel, "accuracy before recovery")]
+            *_figure(plot_accuracy(accuracy, plots_dir / "accuracy_no_kd.png", False), rel, "accuracy before recovery"),
+            "Accuracy cost of ONE pruning step before its recovery, in the KD runs above: validation points lost "
+            "between the recovered model of the previous step and the pruned model of this step, averaged over the "
+            "steps (every step removes the same number of channels; lower is better). RL-Pruner chooses its step "
+            "on this same validation split, so its numbers here are optimistic; the test columns above are not.", "",
+            *step_cost_table(accuracy), ""]
 
 
 def _latency_section(latency: Mapping[str, Any] | None, plots_dir: Path, rel: Any) -> list[str]:

@@ -126,7 +126,7 @@ def full() -> Suite:
         latency=LatencySettings(models=(RESNET, ModelSpec("mobilenetv2", "mobilenetv2", family="depthwise"),
                                         DENSENET)),
         sensitivity=SensitivitySettings(),
-        engine_args=("--sizes", "32", "--repeats", "3"))
+        engine_args=())  # engine_speed.py's own defaults: every zoo model at 32x32 and 224x224
 
 
 def portable(path: str | Path) -> str:
@@ -160,9 +160,14 @@ def _cpu_name() -> str:
 
 
 def _git_commit() -> str | None:
+    """The short commit, with '+changes' when the working tree differs from it."""
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False)
+        return out.stdout.strip()
+
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=10, check=False)
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return (commit + ("+changes" if changed else "")) or None

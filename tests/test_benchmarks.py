@@ -125,7 +125,9 @@ def test_doc_renders_from_files_and_says_what_is_missing(tmp_path, accuracy):
     results.mkdir()
     (results / "accuracy.json").write_text(json.dumps(accuracy))
     doc = render.write_doc(results, tmp_path / "docs" / "benchmarks.md").read_text()
-    assert "| resnet | digits | -50% | 95.0 | **92.0 ± 2.0** | 91.0 | — | +1.0 |" in doc
+    # seeds 1 and 2 only have RL at 50%: left out, so that every cell averages the same seeds
+    assert "| resnet | digits | -50% | 95.0 | 90.0 | **91.0** | — | -1.0 |" in doc
+    assert "Seed(s) 1, 2 left out" in doc
     assert "Not run (no latency.json)." in doc and "Not run (no engine_speed.json)." in doc
     assert (results / "plots" / "accuracy_kd.png").read_bytes()[:4] == b"\x89PNG"
     assert "](../results/plots/accuracy_kd.png)" in doc
@@ -157,7 +159,8 @@ def test_resume_keeps_rows_across_seed_changes_but_not_across_other_settings(tmp
     path.write_text(json.dumps(first))
     more_seeds = dataclasses.replace(settings, seeds=(0, 1), workers=4)
     kept = _resume(path, more_seeds)
-    assert kept["runs"] == accuracy["runs"] and kept["settings"]["seeds"] == [0, 1]
+    assert [row_key(r) for r in kept["runs"]] == [row_key(r) for r in accuracy["runs"]]
+    assert kept["settings"]["seeds"] == [0, 1]
     assert _resume(path, dataclasses.replace(settings, kd_lr=0.5))["runs"] == []
 
 
@@ -166,3 +169,22 @@ def test_paths_in_results_are_stored_relative_to_the_repository():
     assert presets.portable(inside) == "runs/bench/x"
     assert presets.resolve("runs/bench/x") == inside
     assert presets.resolve("/elsewhere/y") == Path("/elsewhere/y")
+
+
+def test_step_cost_averages_the_drop_of_each_step_before_its_recovery(accuracy):
+    row = dict(accuracy["runs"][0], base_val_acc=0.9,
+               trajectory=[[0.1, 0.8, 0.88], [0.2, 0.84, 0.87], [0.3, 0.77, 0.86]])
+    # drops: 0.9 - 0.8, 0.88 - 0.84, 0.87 - 0.77
+    assert render.step_cost(row) == pytest.approx((0.10 + 0.04 + 0.10) / 3)
+    assert render.step_cost(dict(row, trajectory=None)) is None
+    table = render.step_cost_table({**accuracy, "runs": [row, dict(row, method="uniform", trajectory=[[0.2, 0.5, 0.9]])]})
+    assert "| resnet | digits | -50% | **8.0** | 40.0 |" in table
+
+
+def test_a_partial_seed_is_left_out_so_every_cell_averages_the_same_seeds(accuracy):
+    runs = [_run("m", "d", method, 0.5, seed, 0.9) for seed in (0, 1) for method in ("rl", "uniform")]
+    runs.append(_run("m", "d", "rl", 0.5, 2, 0.1))  # seed 2 stopped after one run
+    kept, partial = render.complete_seeds({**accuracy, "runs": runs})
+    assert partial == [2] and {r["seed"] for r in kept["runs"]} == {0, 1}
+    whole, none_left_out = render.complete_seeds({**accuracy, "runs": runs[:4]})
+    assert none_left_out == [] and whole["runs"] == runs[:4]
