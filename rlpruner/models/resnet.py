@@ -40,14 +40,17 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (grouped for ResNeXt) -> 1x1 to `expansion` x width, plus the shortcut."""
+
     expansion = 4
 
-    def __init__(self, in_channels: int, width: int, stride: int = 1) -> None:
+    def __init__(self, in_channels: int, width: int, stride: int = 1, groups: int = 1,
+                 expansion: int | None = None) -> None:
         super().__init__()
-        out_channels = width * self.expansion
+        out_channels = width * (expansion or self.expansion)
         self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, padding=1, groups=groups, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)

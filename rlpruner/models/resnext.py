@@ -8,27 +8,7 @@ from torch import nn
 
 from rlpruner.models.layers import ConvBNAct, check_positive_int, init_weights
 from rlpruner.models.registry import register_model
-from rlpruner.models.resnet import shortcut
-
-
-class ResNeXtBlock(nn.Module):
-    def __init__(self, in_channels: int, group_width: int, cardinality: int, stride: int) -> None:
-        super().__init__()
-        out_channels = 2 * group_width
-        self.conv1 = nn.Conv2d(in_channels, group_width, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(group_width)
-        self.conv2 = nn.Conv2d(group_width, group_width, 3, stride, padding=1, groups=cardinality,
-                               bias=False)
-        self.bn2 = nn.BatchNorm2d(group_width)
-        self.conv3 = nn.Conv2d(group_width, out_channels, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
-        self.shortcut = shortcut(in_channels, out_channels, stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return F.relu(out + self.shortcut(x))
+from rlpruner.models.resnet import Bottleneck
 
 
 class ResNeXt29(nn.Module):
@@ -43,7 +23,7 @@ class ResNeXt29(nn.Module):
             blocks = []
             for position in range(3):
                 stride = 2 if index > 0 and position == 0 else 1
-                blocks.append(ResNeXtBlock(channels, group_width, cardinality, stride))
+                blocks.append(Bottleneck(channels, group_width, stride, groups=cardinality, expansion=2))
                 channels = 2 * group_width
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
