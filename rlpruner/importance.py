@@ -44,12 +44,6 @@ def _aggregate(group: Group, per_member: Callable[[Member], np.ndarray | None]) 
     return score
 
 
-def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    out = dict(model.named_parameters())
-    out.update(model.named_buffers())
-    return out
-
-
 @dataclass(frozen=True)
 class Magnitude:
     """Group L_p norm of every weight slice of a unit (producer rows, consumer columns, norm params)."""

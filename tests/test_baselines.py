@@ -10,13 +10,6 @@ from rlpruner.models import create_model
 from rlpruner.search import RLConfig, Target
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _widths(model, example):
     return {g.name: g.size for g in rlpruner.trace(model, example).prunable_groups()}

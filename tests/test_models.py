@@ -23,14 +23,6 @@ EXPECTED_MODELS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Batches of 2 run fastest on one thread, and stay fast when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -15,14 +15,6 @@ from rlpruner.search import CompressConfig, RLConfig, Reward, Target, compress
 from rlpruner.train import TrainConfig, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models run fastest, and most repeatably, on one thread (especially on a busy machine).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def splits():
