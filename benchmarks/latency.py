@@ -3,7 +3,7 @@
 Two series:
 - *compressed*: the models the accuracy benchmark produced (seed 0, with recovery), at its input
   size; the speed-up that comes with the accuracies in the tables.
-- *round_to*: larger inputs, one-shot uniform pruning (`rlpruner.baselines.prune_to_flops`) to each
+- *round_to*: larger inputs, one-shot uniform pruning (`rlpruner.pruner.prune_to_flops`) to each
   FLOPs target, with and without removing channels in multiples of 8 (`round_to=8`, so widths stay
   multiples of 8), to show what hardware-friendly widths buy.
 
@@ -80,7 +80,7 @@ def round_to_series(settings: LatencySettings, log: Callable[[str], None]) -> li
     """Uniform one-shot pruning to each FLOPs target; `round_to` removes channels in multiples of it, so
     widths that were multiples of 8 stay so (the same option as `rlpruner compress --round-to`)."""
     import rlpruner
-    from rlpruner.baselines import prune_to_flops
+    from rlpruner.pruner import prune_to_flops
 
     rows = []
     for spec in settings.models:

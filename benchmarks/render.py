@@ -544,7 +544,7 @@ def _latency_section(latency: Mapping[str, Any] | None, plots_dir: Path, rel: An
             f"Forward time, {s['threads']} thread(s): base and pruned timed in alternating chunks, best chunk median; "
             f"✗ marks a latency reduction below {LATENCY_GOAL} × the FLOPs reduction at batch 64.", "",
             "Models of the accuracy benchmark (seed 0, after recovery):", "", *compressed_latency_table(latency), "",
-            f"One-shot uniform pruning (`rlpruner.baselines.prune_to_flops`, L2) of freshly initialised models at {s['size']}×{s['size']}, "
+            f"One-shot uniform pruning (`rlpruner.pruner.prune_to_flops`, L2) of freshly initialised models at {s['size']}×{s['size']}, "
             "without and with `round_to=8`:", "", *round_to_table(latency), "",
             *_figure(plot_latency(latency, plots_dir / "latency.png"), rel, "latency vs FLOPs")]
 

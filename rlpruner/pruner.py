@@ -1,6 +1,9 @@
-"""One-shot structured pruning: `prune(model, example_inputs, ratio)` in one call.
+"""One-shot structured pruning, in one call:
 
-The RL search (search.py) uses the same pieces, but chooses per-group counts itself.
+    prune(model, example_inputs, ratio=0.5)                  # the same ratio (or a ratio per group)
+    prune_to_flops(model, example_inputs, 0.5, "global")     # a fixed allocation rule to a FLOPs target
+
+The RL search (rlpruner.search) uses the same pieces, but chooses per-group counts step by step.
 """
 from __future__ import annotations
 
@@ -9,7 +12,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from torch import nn
 
-from .errors import ConfigError
+from .allocation import fixed
+from .allocation.budget import smallest_budget
+from .allocation.policy import capacity
+from .errors import ConfigError, PruningError
 from .graph import DependencyGraph, trace, validate_forward
 from .importance import Importance, get, lowest
 from .surgery import prune_channels
@@ -73,3 +79,60 @@ def _count(size: int, ratio: float, round_to: int | None) -> int:
         keep = max(round_to, int(np.ceil(keep / round_to)) * round_to)  # round up: never prune more than asked
         remove = max(size - min(keep, size), 0)
     return remove
+
+
+ONE_SHOT_METHODS = ("uniform", "global")
+
+
+def plan_to_flops(graph: DependencyGraph, target: float, method: str, *,
+                  scores: Mapping[str, np.ndarray] | None = None, round_to: int = 1,
+                  min_keep: int = 1) -> dict[str, int]:
+    """Per-group removal counts that cut the FLOPs of `graph`'s model by at least `target` (a fraction),
+    with as few units as the method allows. `scores` (normalised, per group) is needed by 'global'."""
+    if method not in ONE_SHOT_METHODS:
+        raise ConfigError(f"one-shot planning supports {', '.join(ONE_SHOT_METHODS)}, not {method!r}")
+    if not 0.0 < target < 1.0:
+        raise ConfigError(f"FLOPs reduction target must be in (0, 1), got {target}")
+    if method == "global" and scores is None:
+        raise ConfigError("method 'global' needs per-group scores (see rlpruner.allocation.fixed.global_scores)")
+    groups = graph.prunable_groups()
+    names = [g.name for g in groups]
+    sizes = np.array([g.size for g in groups], dtype=np.int64)
+    room = capacity(sizes, min_keep, round_to)
+
+    def counts_at(budget: int) -> np.ndarray:
+        if method == "uniform":
+            return fixed.uniform_counts(sizes, room, budget, round_to)
+        return fixed.global_counts([scores[n] for n in names], room, budget, round_to)
+
+    goal = (1.0 - target) * graph.count()[1]
+
+    def meets(counts: np.ndarray) -> bool:
+        return graph.count({n: range(c) for n, c in zip(names, counts) if c > 0})[1] <= goal
+
+    counts = smallest_budget(counts_at, meets, int(room.sum()), round_to)
+    if counts is None:
+        raise PruningError(f"a FLOPs reduction of {target:.1%} is unreachable: pruning every group down to "
+                           f"min_keep={min_keep} unit(s) is not enough")
+    return {n: int(c) for n, c in zip(names, counts) if c > 0}
+
+
+def prune_to_flops(model: nn.Module, example_inputs: Any, target: float, *, method: str = "uniform",
+                   importance: str = "l2", round_to: int = 1, keep: Sequence[str] = (),
+                   data: tuple[Any, Any] | None = None) -> nn.Module:
+    """One-shot: prune `model` in place until its FLOPs drop by `target`, allocating with `method`.
+
+    'uniform' picks units within each group by `importance`; 'global' ranks and picks by normalised
+    L2 magnitude. `round_to` removes units in multiples of it (widths that are multiples of it stay so).
+    """
+    graph = trace(model, example_inputs, keep=keep)
+    names = [g.name for g in graph.prunable_groups()]
+    if method == "global":
+        scores = fixed.global_scores(model, graph, names)
+    else:
+        scores = get(importance, data=data)(model, graph)
+    counts = plan_to_flops(graph, target, method, scores=scores if method == "global" else None,
+                           round_to=round_to)
+    prune_channels(model, graph, {n: lowest(scores[n], c) for n, c in counts.items()}, inplace=True)
+    validate_forward(model, example_inputs)
+    return model

@@ -1,10 +1,11 @@
-"""Baseline distributions: uniform and global magnitude meet FLOPs targets and allocate as they claim."""
+"""Baseline allocations: uniform and global magnitude meet FLOPs targets and allocate as they claim."""
 import numpy as np
 import pytest
 import torch
 
 import rlpruner
-from rlpruner import baselines
+from rlpruner import pruner
+from rlpruner.allocation import ALLOCATORS, budget, fixed
 from rlpruner.errors import ConfigError, PruningError
 from rlpruner.models import create_model
 from rlpruner.search import RLConfig, Target
@@ -19,7 +20,7 @@ def _widths(model, example):
 
 def test_uniform_counts_take_the_same_fraction_of_every_group():
     sizes = np.array([16, 32, 64, 8])
-    counts = baselines.uniform_counts(sizes, sizes - 1, budget=30)
+    counts = fixed.uniform_counts(sizes, sizes - 1, budget=30)
     assert counts.sum() == 30
     assert np.all(np.abs(counts - 30 * sizes / sizes.sum()) < 1)  # up to rounding to whole units
 
@@ -27,45 +28,45 @@ def test_uniform_counts_take_the_same_fraction_of_every_group():
 def test_uniform_counts_respect_capacity_and_multiples():
     sizes = np.array([16, 32, 64])
     capacity = np.array([0, 24, 56])  # the first group is closed
-    counts = baselines.uniform_counts(sizes, capacity, budget=48, multiple=8)
+    counts = fixed.uniform_counts(sizes, capacity, budget=48, multiple=8)
     assert counts[0] == 0 and counts.sum() == 48
     assert np.all(counts % 8 == 0) and np.all(counts <= capacity)
 
 
 def test_global_counts_remove_the_lowest_scores_first():
     scores = [np.array([0.1, 5.0, 0.2]), np.array([0.3, 0.05, 9.0, 9.0])]
-    counts = baselines.global_counts(scores, capacity=[2, 3], budget=3)
+    counts = fixed.global_counts(scores, capacity=[2, 3], budget=3)
     # the three lowest scores overall: 0.05 (group 1), 0.1 and 0.2 (group 0)
     assert counts.tolist() == [2, 1]
-    assert baselines.global_counts(scores, capacity=[2, 3], budget=4).tolist() == [2, 2]
+    assert fixed.global_counts(scores, capacity=[2, 3], budget=4).tolist() == [2, 2]
 
 
 def test_global_counts_never_exceed_capacity_and_move_in_chunks():
     scores = [np.zeros(16), np.linspace(1, 2, 16)]
-    assert baselines.global_counts(scores, capacity=[8, 15], budget=12).tolist() == [8, 4]
-    chunked = baselines.global_counts(scores, capacity=[8, 8], budget=16, multiple=8)
+    assert fixed.global_counts(scores, capacity=[8, 15], budget=12).tolist() == [8, 4]
+    chunked = fixed.global_counts(scores, capacity=[8, 8], budget=16, multiple=8)
     assert chunked.tolist() == [8, 8]
     with pytest.raises(PruningError):
-        baselines.global_counts(scores, capacity=[8, 8], budget=24, multiple=8)
+        fixed.global_counts(scores, capacity=[8, 8], budget=24, multiple=8)
     with pytest.raises(PruningError, match="multiple"):
-        baselines.global_counts(scores, capacity=[8, 8], budget=5, multiple=8)
+        fixed.global_counts(scores, capacity=[8, 8], budget=5, multiple=8)
 
 
 def test_normalise_divides_by_the_group_mean():
-    assert baselines.normalise(np.array([1.0, 3.0])).tolist() == [0.5, 1.5]
-    assert baselines.normalise(np.zeros(3)).tolist() == [0.0, 0.0, 0.0]
+    assert fixed.normalise(np.array([1.0, 3.0])).tolist() == [0.5, 1.5]
+    assert fixed.normalise(np.zeros(3)).tolist() == [0.0, 0.0, 0.0]
 
 
 def test_smallest_budget_finds_the_fewest_units_that_meet_the_goal():
     counts_at = lambda budget: np.array([budget])  # noqa: E731
-    assert baselines.smallest_budget(counts_at, lambda c: c[0] >= 37, 100).tolist() == [37]
-    assert baselines.smallest_budget(counts_at, lambda c: c[0] >= 37, 100, multiple=8).tolist() == [40]
-    assert baselines.smallest_budget(counts_at, lambda c: c[0] >= 101, 100) is None
+    assert budget.smallest_budget(counts_at, lambda c: c[0] >= 37, 100).tolist() == [37]
+    assert budget.smallest_budget(counts_at, lambda c: c[0] >= 37, 100, multiple=8).tolist() == [40]
+    assert budget.smallest_budget(counts_at, lambda c: c[0] >= 101, 100) is None
 
 
 def test_unknown_method_is_a_config_error():
     with pytest.raises(ConfigError, match="uniform"):
-        baselines.check_method("random")
+        ALLOCATORS.get("random")
 
 
 # --- one-shot on real models ---------------------------------------------------------------------
@@ -77,7 +78,7 @@ def test_prune_to_flops_meets_the_target_closely(name, method):
     kwargs = {"width_mult": 0.5} if name == "mobilenetv3_small" else {}
     model, example = create_model(name, **kwargs).eval(), torch.randn(1, 3, 16, 16)
     before = rlpruner.count(model, example).flops
-    baselines.prune_to_flops(model, example, 0.5, method=method)
+    pruner.prune_to_flops(model, example, 0.5, method=method)
     reduction = 1 - rlpruner.count(model, example).flops / before
     assert 0.5 <= reduction < 0.53
 
@@ -86,7 +87,7 @@ def test_uniform_one_shot_prunes_every_group_by_the_same_fraction():
     torch.manual_seed(0)
     model, example = create_model("resnet20").eval(), torch.randn(1, 3, 16, 16)
     before = _widths(model, example)
-    baselines.prune_to_flops(model, example, 0.4, method="uniform")
+    pruner.prune_to_flops(model, example, 0.4, method="uniform")
     after = _widths(model, example)
     fractions = np.array([1 - after[n] / before[n] for n in before])
     assert fractions.max() - fractions.min() <= 1 / 16 + 1e-9  # one unit of the narrowest (16) group
@@ -97,8 +98,8 @@ def test_global_one_shot_removes_the_globally_lowest_units():
     model, example = create_model("resnet8").eval(), torch.randn(1, 3, 16, 16)
     graph = rlpruner.trace(model, example)
     names = [g.name for g in graph.prunable_groups()]
-    scores = baselines.global_scores(model, graph, names)
-    counts = baselines.plan_to_flops(graph, 0.5, "global", scores=scores)
+    scores = fixed.global_scores(model, graph, names)
+    counts = pruner.plan_to_flops(graph, 0.5, "global", scores=scores)
     removed = np.concatenate([np.sort(scores[n])[:counts.get(n, 0)] for n in names])
     kept = np.concatenate([np.sort(scores[n])[counts.get(n, 0):] for n in names])
     assert removed.max() <= kept.min()
@@ -108,7 +109,7 @@ def test_global_one_shot_removes_the_globally_lowest_units():
 def test_round_to_keeps_widths_multiples_of_eight():
     torch.manual_seed(0)
     model, example = create_model("resnet20").eval(), torch.randn(1, 3, 16, 16)
-    baselines.prune_to_flops(model, example, 0.5, method="uniform", round_to=8)
+    pruner.prune_to_flops(model, example, 0.5, method="uniform", round_to=8)
     assert all(w % 8 == 0 for w in _widths(model, example).values())
 
 
@@ -116,9 +117,9 @@ def test_unreachable_target_is_reported():
     model, example = create_model("resnet8").eval(), torch.randn(1, 3, 16, 16)
     graph = rlpruner.trace(model, example)
     with pytest.raises(PruningError, match="unreachable"):
-        baselines.plan_to_flops(graph, 0.999, "uniform")
+        pruner.plan_to_flops(graph, 0.999, "uniform")
     with pytest.raises(ConfigError):
-        baselines.plan_to_flops(graph, 0.5, "rl")
+        pruner.plan_to_flops(graph, 0.5, "rl")
 
 
 # --- inside the search loop (rlpruner compress --method) ------------------------------------------
@@ -174,8 +175,8 @@ def test_global_method_in_one_step_equals_the_one_shot_plan(tiny, tmp_path):
     model, splits = tiny
     graph = rlpruner.trace(model.eval(), splits.example_inputs())
     names = [g.name for g in graph.prunable_groups()]
-    scores = baselines.global_scores(model, graph, names)
-    planned = baselines.plan_to_flops(graph, 0.3, "global", scores=scores)
+    scores = fixed.global_scores(model, graph, names)
+    planned = pruner.plan_to_flops(graph, 0.3, "global", scores=scores)
     removed = json.loads((tmp_path / "global" / "state.json").read_text())["removals"][0]
     assert {n: sorted(u) for n, u in removed.items()} == {n: lowest(scores[n], c).tolist() for n, c in planned.items()}
 

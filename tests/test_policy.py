@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from rlpruner import policy
+from rlpruner.allocation import policy
 from rlpruner.errors import ConfigError, PruningError
 
 

@@ -125,11 +125,11 @@ def test_killed_run_resumes_bit_identically(splits, trained, tmp_path):
 
 
 def test_a_kill_while_checkpointing_leaves_a_resumable_run(splits, trained, tmp_path, monkeypatch):
-    import rlpruner.search as search
+    from rlpruner.search import checkpoint
 
     config = _config(target=Target("flops", 0.45), final_epochs=0)
     full = compress(trained, splits, config, out_dir=tmp_path / "full", evaluate_test=False)
-    real_write, calls = search._write_weights, []
+    real_write, calls = checkpoint.write_weights, []
 
     def dies_on_third_write(model, path, meta):
         calls.append(path)
@@ -137,10 +137,10 @@ def test_a_kill_while_checkpointing_leaves_a_resumable_run(splits, trained, tmp_
             raise KeyboardInterrupt
         real_write(model, path, meta)
 
-    monkeypatch.setattr(search, "_write_weights", dies_on_third_write)
+    monkeypatch.setattr(checkpoint, "write_weights", dies_on_third_write)
     with pytest.raises(KeyboardInterrupt):
         compress(trained, splits, config, out_dir=tmp_path / "cut", evaluate_test=False)
-    monkeypatch.setattr(search, "_write_weights", real_write)
+    monkeypatch.setattr(checkpoint, "write_weights", real_write)
     saved = json.loads((tmp_path / "cut" / "state.json").read_text())
     assert 1 <= saved["step"] < len(full.records)
     assert (tmp_path / "cut" / saved["weights"]).is_file()
@@ -277,11 +277,11 @@ def test_cli_compress_refuses_a_checkpoint_that_does_not_fit_the_dataset(checkpo
 
 
 def test_latency_target_and_reward_with_a_deterministic_clock(splits, trained, tmp_path, monkeypatch):
-    import rlpruner.search as search
+    from types import SimpleNamespace
 
     # "latency" proportional to FLOPs, so that the test checks the logic, not this machine's timer
-    monkeypatch.setattr(search, "_measure_ms", lambda config, model, example, device:
-                        metrics.count(model, example).flops / 1e4)
+    monkeypatch.setattr(metrics, "measure_latency", lambda model, example, **options:
+                        SimpleNamespace(median_ms=metrics.count(model, example).flops / 1e4))
     config = _config(target=Target("latency", 0.3), reward=Reward("latency"), final_epochs=0)
     result = compress(trained, splits, config, out_dir=tmp_path, evaluate_test=False)
     base_ms = result.results["base"]["latency_ms"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..baselines import METHODS
+from ..allocation import ALLOCATORS
 from ..distill import DistillConfig
 from ..search import STRATEGIES, CompressConfig, RLConfig, Reward, Target
 from .train import add_data_arguments, data_spec_from_args, set_threads
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a finished or killed run in --out")
     parser.add_argument("--allow-import", action="append", default=[], metavar="MODULE",
                         help="trust this module to build a checkpoint saved by import path (repeatable)")
-    parser.add_argument("--method", choices=METHODS, default="rl",
+    parser.add_argument("--method", choices=ALLOCATORS.names(), default="rl",
                         help="per-layer allocation: rl (the learned distribution), uniform (the same fraction of "
                              "every layer) or global (global L2-magnitude ranking); the baselines run in the same "
                              "loop with the same recovery budget (default: %(default)s)")

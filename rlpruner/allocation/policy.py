@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, PruningError
+from ..errors import ConfigError, PruningError
 
 MIN_PROB = 1e-5  # floor of every shrinkable entry, so a group is never ruled out for good
 EPSILON_SCHEDULES = ("cosine", "linear", "constant")

@@ -1,0 +1,77 @@
+"""The types an allocator works with: the step's plan, a scored candidate, the task and the answer."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from torch import nn
+
+
+@dataclass
+class Plan:
+    """What one step may do to the current model."""
+
+    graph: Any                             # rlpruner.graph.DependencyGraph of the current model
+    sizes: np.ndarray                      # current width of every group of the original, in run order
+    capacity: np.ndarray                   # units each group may still lose this step
+    budget: int                            # units the step removes
+    order: dict[str, np.ndarray]           # per open group: units from least to most important
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One evaluated allocation: removal counts per group and what the pruned model measured."""
+
+    counts: np.ndarray
+    pd: np.ndarray
+    acc: float
+    params: int
+    flops: int
+    latency_ms: float | None
+    q: float
+
+
+Scorer = Callable[[np.ndarray, np.ndarray, Plan], Candidate]  # (counts, pd, plan) -> scored candidate
+
+
+def _no_timer(key: str) -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()
+
+
+@dataclass
+class StepTask:
+    """Everything an allocator may use to choose one step's removals."""
+
+    step: int                              # 1-based
+    model: nn.Module                       # the current model (not to be modified)
+    plan: Plan
+    names: tuple[str, ...]                 # group names, in the order of every array
+    pd: np.ndarray                         # the distribution carried from the previous step
+    acc_ref: float                         # the current model's score on the candidate batches
+    score: Scorer
+    seed: int
+    planned_steps: int
+    log: Callable[[str], None] = lambda line: None
+    timer: Callable[[str], contextlib.AbstractContextManager[None]] = _no_timer
+    progress: bool = False
+
+
+@dataclass
+class Proposal:
+    """An allocator's answer: the chosen candidate and how to allocate a smaller budget the same way
+    (the search trims the step to the exact target with `counts_at`)."""
+
+    chosen: Candidate
+    pd: np.ndarray                         # the distribution to carry into the next step
+    counts_at: Callable[[int], np.ndarray]
+    plan: Plan                             # the task's plan, or one with the allocator's own unit order
+    info: dict[str, Any] = field(default_factory=lambda: {"epsilon": 0.0, "explored": False, "guard_resets": 0})
+
+
+class Allocator(Protocol):
+    learned: bool                          # True when `Proposal.pd` carries learned state across steps
+
+    def propose(self, task: StepTask) -> Proposal: ...

@@ -1,0 +1,117 @@
+"""Fixed allocation rules, the peers RL-Pruner's learned distribution is measured against.
+
+- ``uniform``  the same fraction of every prunable group (counts proportional to current widths,
+               largest-remainder rounding). Units are chosen by the run's importance criterion.
+- ``global``   global magnitude: every unit of every group scored by its L2 magnitude divided by its
+               group's mean score (so layers of different fan-in compare), the globally lowest
+               units removed first.
+
+The count rules are pure functions of sizes, capacities and scores; the two allocators run them
+inside the search loop (same step budget, trimming and recovery as the learned distribution).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from ..errors import PruningError
+from . import policy
+from .base import Proposal, StepTask
+
+GLOBAL_IMPORTANCE = "l2"  # the "magnitude" of global magnitude pruning
+
+
+def uniform_counts(sizes: Sequence[int], capacity: Sequence[int], budget: int, multiple: int = 1) -> np.ndarray:
+    """`budget` removals shared in proportion to the current widths: every open group loses the same
+    fraction (up to rounding to whole units, or to `multiple`s of them)."""
+    return policy.allocate(policy.density_init(sizes, capacity), budget, np.asarray(capacity), multiple)
+
+
+def normalise(scores: np.ndarray) -> np.ndarray:
+    """A group's scores divided by their mean (Torch-Pruning's default normaliser); all-zero stays zero."""
+    scores = np.asarray(scores, dtype=np.float64)
+    mean = float(scores.mean()) if scores.size else 0.0
+    return scores / mean if mean > 0 else np.zeros_like(scores)
+
+
+def global_counts(scores: Sequence[np.ndarray], capacity: Sequence[int], budget: int,
+                  multiple: int = 1) -> np.ndarray:
+    """Removals per group when the `budget` globally lowest-scored units go first.
+
+    `scores[i]` holds one (normalised) score per unit of group i. Units leave in chunks of `multiple`
+    (a chunk scores as its highest unit, so a chunk goes only once all its units would), and group i
+    loses at most `capacity[i]`. Ties go to the earlier group, then the lower chunk.
+    """
+    capacity = np.asarray(capacity, dtype=np.int64)
+    if budget < 0 or budget % multiple:
+        raise PruningError(f"budget {budget} must be a non-negative multiple of round_to={multiple}")
+    chunk_scores, owners = [], []
+    for i, (group_scores, room) in enumerate(zip(scores, capacity)):
+        chunks = int(room) // multiple
+        if chunks <= 0:
+            continue
+        ascending = np.sort(np.asarray(group_scores, dtype=np.float64))
+        chunk_scores.append(ascending[np.arange(1, chunks + 1) * multiple - 1])
+        owners.append(np.full(chunks, i))
+    wanted = budget // multiple
+    total = sum(len(c) for c in chunk_scores)
+    if wanted > total:
+        raise PruningError(f"cannot remove {budget} units: only {total * multiple} can go without "
+                           "emptying a group")
+    counts = np.zeros(len(capacity), dtype=np.int64)
+    if wanted == 0:
+        return counts
+    values, groups = np.concatenate(chunk_scores), np.concatenate(owners)
+    ranks = np.concatenate([np.arange(len(c)) for c in chunk_scores])
+    chosen = np.lexsort((ranks, groups, values))[:wanted]  # lexsort: the last key is the primary one
+    np.add.at(counts, groups[chosen], multiple)
+    return counts
+
+
+def global_scores(model: nn.Module, graph: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Normalised L2 magnitude of every unit of the named prunable groups of `graph`."""
+    from ..importance import get  # importance pulls in torch.func machinery; only global needs it
+
+    raw = get(GLOBAL_IMPORTANCE)(model, graph)
+    return {n: normalise(raw[n]) for n in names if n in raw}
+
+
+def _propose(task: StepTask, plan: Any, counts_at: Any) -> Proposal:
+    """One candidate at the full step budget: a fixed rule has nothing to explore."""
+    with task.timer("policy"):
+        counts = counts_at(plan.budget)
+    chosen = task.score(counts, counts / max(int(counts.sum()), 1), plan)
+    return Proposal(chosen=chosen, pd=chosen.pd, counts_at=counts_at, plan=plan)
+
+
+class UniformAllocator:
+    """Every open group loses the same fraction of its current width."""
+
+    learned = False
+
+    def __init__(self, options: Any) -> None:
+        self.multiple = options.round_to
+
+    def propose(self, task: StepTask) -> Proposal:
+        plan = task.plan
+        return _propose(task, plan, lambda budget: uniform_counts(plan.sizes, plan.capacity, budget, self.multiple))
+
+
+class GlobalAllocator:
+    """The globally lowest normalised-L2 units go first; units are picked by that score too."""
+
+    learned = False
+
+    def __init__(self, options: Any) -> None:
+        self.multiple = options.round_to
+
+    def propose(self, task: StepTask) -> Proposal:
+        with task.timer("importance"):
+            scores = global_scores(task.model, task.plan.graph, list(task.plan.order))
+        plan = replace(task.plan, order={n: np.argsort(s, kind="stable") for n, s in scores.items()})
+        per_group = [scores.get(n, np.zeros(0)) for n in task.names]
+        return _propose(task, plan, lambda budget: global_counts(per_group, plan.capacity, budget, self.multiple))

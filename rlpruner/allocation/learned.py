@@ -1,0 +1,122 @@
+"""RL-Pruner's learned allocation: sample distributions around the PD, score them, move the PD
+towards each round's best, pick the step's model epsilon-greedily, and guard against collapse.
+
+All randomness of step k, attempt a is drawn from `default_rng([seed, k, a])`, so a resumed run
+replays bit for bit without saved generator state.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import policy
+from .base import Candidate, Plan, Proposal, StepTask
+
+
+class LearnedOptions(Protocol):
+    """The fields of `rlpruner.search.RLConfig` this allocator reads."""
+
+    lr_epoch: int
+    sample_num: int
+    noise: float
+    step_length: float
+    clip: float | None
+    epsilon: float
+    epsilon_schedule: str
+    epsilon_decay_fraction: float
+    sample_step: int
+    lookahead_samples: int
+    gamma: float
+    guard_threshold: float | None
+    guard_retries: int
+    round_to: int
+
+
+class LearnedAllocator:
+    learned = True
+
+    def __init__(self, options: LearnedOptions) -> None:
+        self.rl = options
+
+    def propose(self, task: StepTask) -> Proposal:
+        from tqdm import tqdm  # tqdm is only needed once a step runs
+
+        rl, plan = self.rl, task.plan
+        with tqdm(total=rl.lr_epoch * rl.sample_num, desc=f"step {task.step}", leave=False, dynamic_ncols=True,
+                  disable=not task.progress) as bar:
+            chosen, pd, info = self._choose(task, bar)
+        along = chosen.pd
+        return Proposal(chosen=chosen, pd=pd, plan=plan, info=info,
+                        counts_at=lambda budget: policy.allocate(along, budget, plan.capacity, rl.round_to))
+
+    def _choose(self, task: StepTask, bar: Any) -> tuple[Candidate, np.ndarray, dict]:
+        """Explore, then pick epsilon-greedily; on an accuracy collapse reset the policy and redo the step."""
+        rl, plan = self.rl, task.plan
+        mass = (task.pd * (plan.capacity > 0)).sum()
+        pd = policy.masked(task.pd, plan.capacity) if mass > 0 else policy.density_init(plan.sizes, plan.capacity)
+        epsilon = policy.epsilon_at(task.step, task.planned_steps, rl.epsilon, rl.epsilon_schedule,
+                                    rl.epsilon_decay_fraction)
+        fallback: policy.Entry | None = None
+        for attempt in range(rl.guard_retries + 1):
+            rng = np.random.default_rng([task.seed, task.step, attempt])
+            buffer, pd = self._explore(task, pd, rng, bar)
+            entry = policy.choose(buffer, epsilon, rng)
+            explored = entry is not buffer.best()
+            collapsed = (rl.guard_threshold is not None and
+                         policy.accuracy_dropped(task.acc_ref, entry.payload.acc, rl.guard_threshold))
+            if not collapsed:
+                break
+            fallback = max((e for e in (fallback, buffer.best()) if e is not None), key=lambda e: e.q)
+            if attempt == rl.guard_retries:
+                entry, explored = fallback, False  # out of resets: the best candidate of all attempts
+                break
+            task.log(f"step {task.step}: validation accuracy would fall from {task.acc_ref:.2%} to "
+                     f"{entry.payload.acc:.2%}; resetting the pruning distribution and redoing the step")
+            pd = policy.density_init(plan.sizes, plan.capacity)
+            bar.reset(total=bar.total)
+        info = {"epsilon": epsilon, "explored": explored, "guard_resets": attempt}
+        return replace(entry.payload, q=entry.q), pd, info  # q with its look-ahead term
+
+    def _explore(self, task: StepTask, pd: np.ndarray, rng: np.random.Generator,
+                 bar: Any) -> tuple[policy.ReplayBuffer, np.ndarray]:
+        """`lr_epoch` rounds of `sample_num` candidates; the policy moves when a round beats the step's best."""
+        rl, plan = self.rl, task.plan
+        buffer, step_best = policy.ReplayBuffer(rl.sample_num), -math.inf
+        for _ in range(rl.lr_epoch):
+            round_best: policy.Entry | None = None
+            for _ in range(rl.sample_num):
+                with task.timer("policy"):
+                    sampled = policy.sample(pd, rl.noise, rng, plan.capacity)
+                    counts = policy.allocate(sampled, plan.budget, plan.capacity, rl.round_to)
+                candidate = task.score(counts, sampled, plan)
+                deeper = self._lookahead(task, plan, candidate, rl.sample_step - 1, rng) if rl.sample_step > 1 else []
+                entry = policy.Entry(policy.lookahead_q(candidate.q, deeper, rl.gamma), sampled, candidate)
+                buffer = buffer.add(entry)
+                round_best = entry if round_best is None or entry.q > round_best.q else round_best
+                bar.update(1)
+            if round_best.q > step_best:
+                with task.timer("policy"):
+                    pd = policy.update(pd, round_best.pd, rl.step_length, rl.clip, plan.capacity)
+                step_best = round_best.q
+        return buffer, pd
+
+    def _lookahead(self, task: StepTask, plan: Plan, parent: Candidate, depth: int,
+                   rng: np.random.Generator) -> list[float]:
+        """Q of `lookahead_samples` candidates one more budget deeper than `parent` (recursively)."""
+        rl = self.rl
+        room = plan.capacity - parent.counts
+        budget = min(plan.budget, int(room.sum()))
+        if budget <= 0:
+            return []
+        qs = []
+        for _ in range(rl.lookahead_samples):
+            with task.timer("policy"):
+                pd = policy.sample(parent.pd, rl.noise, rng, room)
+                counts = parent.counts + policy.allocate(pd, budget, room, rl.round_to)
+            child = task.score(counts, pd, plan)
+            deeper = self._lookahead(task, plan, child, depth - 1, rng) if depth > 1 else []
+            qs.append(policy.lookahead_q(child.q, deeper, rl.gamma))
+        return qs

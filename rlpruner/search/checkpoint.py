@@ -1,0 +1,172 @@
+"""Checkpoints: what a run's state is, how it is saved after every step, and how a run resumes.
+
+`state.json` holds the options, the original model's fingerprint, the learned distribution, and
+every step's removals; weights are saved per step (named by step, so state.json always points at
+complete files). A resume rebuilds each step's architecture by replaying its removals on the
+original model, then loads the weights; the random generators need no saving (every draw of step
+k is seeded by (seed, k, ...)).
+"""
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from .. import io
+from ..allocation import policy
+from ..errors import CheckpointError, RLPrunerError
+from ..graph import trace
+from ..models.registry import SPEC_ATTR
+from ..report import StepRecord, write_logs
+from ..surgery import prune_channels
+from .config import CompressConfig
+from .context import Context
+
+
+@dataclass(frozen=True)
+class Teacher:
+    model: nn.Module
+    step: int | None                       # the step whose student it is; None: the original model
+    val: float                             # its validation accuracy
+
+    @property
+    def label(self) -> str:
+        return "original" if self.step is None else f"step {self.step}"
+
+
+@dataclass
+class State:
+    step: int
+    pd: np.ndarray
+    model: nn.Module
+    teacher: Teacher
+    acc_ref: float                         # current model's accuracy on the candidate batches (guard)
+    removals: list[dict[str, list[int]]]   # per step, in that step's unit numbering (for replay)
+    records: list[StepRecord]
+    done: bool = False
+
+
+STATE_FORMAT, STATE_VERSION = "rlpruner.compress-state", 1
+
+
+def write_weights(model: nn.Module, path: Path, meta: Mapping[str, Any]) -> None:
+    """`rlpruner.io.save` when the model knows how to rebuild itself, else plain safetensors."""
+    if getattr(model, SPEC_ATTR, None) is not None:
+        io.save(model, path, meta=meta)
+        return
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    io.atomic_write_bytes(path, safetensors_bytes(tensors))
+
+
+def read_weights(model: nn.Module, path: Path) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; the run directory is incomplete")
+    try:
+        tensors = safetensors_load(path.read_bytes())
+        model.load_state_dict(tensors, strict=True)
+    except Exception as exc:  # safetensors' own errors and load_state_dict's RuntimeError alike
+        raise CheckpointError(f"{path}: does not fit the model rebuilt from the run's removals: "
+                              f"{str(exc).splitlines()[0]}") from exc
+
+
+def save_checkpoint(ctx: Context, state: State) -> None:
+    folder = ctx.out_dir / "checkpoint"
+    weights = folder / f"step_{state.step:04d}.rlp"
+    write_weights(state.model, weights, {"step": state.step})
+    teacher = None
+    if state.teacher.step is not None:
+        teacher = folder / f"teacher_step_{state.teacher.step:04d}.rlp"
+        if not teacher.exists():
+            write_weights(state.teacher.model, teacher, {"step": state.teacher.step})
+    io.atomic_write_json(ctx.out_dir / "state.json", {
+        "format": STATE_FORMAT, "version": STATE_VERSION, "config": ctx.config.to_dict(),
+        "fingerprint": ctx.fingerprint, "step": state.step, "pd": state.pd.tolist(), "done": state.done,
+        "teacher_step": state.teacher.step, "teacher_val": state.teacher.val, "acc_ref": state.acc_ref,
+        "weights": weights.relative_to(ctx.out_dir).as_posix(),
+        "teacher_weights": None if teacher is None else teacher.relative_to(ctx.out_dir).as_posix(),
+        "removals": state.removals, "records": [r.to_dict() for r in state.records]})
+    write_logs(ctx.out_dir, state.records)
+    for stale in folder.glob("*.rlp"):  # only after state.json points at the new files
+        if stale not in (weights, teacher):
+            stale.unlink(missing_ok=True)
+
+
+def _read_state(ctx: Context) -> dict[str, Any]:
+    path = ctx.out_dir / "state.json"
+    if not path.is_file():
+        raise CheckpointError(f"{ctx.out_dir}: nothing to resume (no state.json); run without --resume")
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT or saved.get("version") != STATE_VERSION:
+        raise CheckpointError(f"{path}: not a {STATE_FORMAT} v{STATE_VERSION} file")
+    if saved["fingerprint"] != ctx.fingerprint:
+        raise CheckpointError(f"{path}: the run was started from a different model (weights or architecture "
+                              "differ); resume with the same model or use a new output directory")
+    _check_same_config(ctx.config, saved["config"], path)
+    return saved
+
+
+def _check_same_config(config: CompressConfig, saved: Mapping[str, Any], path: Path) -> None:
+    """A resumed run must use the options it started with (progress bars excepted)."""
+
+    def flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        out = {}
+        for key, value in data.items():
+            if isinstance(value, Mapping):
+                out.update(flat(value, f"{prefix}{key}."))
+            elif not key.endswith("progress"):
+                out[prefix + key] = value
+        return out
+
+    now, then = flat(config.to_dict()), flat(saved)
+    changed = [f"{k} (run: {then.get(k)!r}, now: {now.get(k)!r})" for k in sorted(set(now) | set(then))
+               if now.get(k) != then.get(k)]
+    if changed:
+        raise CheckpointError(f"{path}: cannot resume with different options: {'; '.join(changed[:5])}")
+
+
+def _replay(ctx: Context, removals: list[dict[str, list[int]]], teacher_step: int | None
+            ) -> tuple[nn.Module, nn.Module]:
+    """Rebuild the architecture of every step by re-applying its removals to the original model."""
+
+    model, teacher = copy.deepcopy(ctx.original), ctx.original
+    for step, step_removals in enumerate(removals, start=1):
+        try:
+            graph = trace(model, ctx.data.example, keep=ctx.config.keep)
+            model = prune_channels(model, graph, {n: np.asarray(u, dtype=np.int64) for n, u in step_removals.items()})
+        except RLPrunerError as exc:
+            raise CheckpointError(f"{ctx.out_dir}: step {step} of the saved run does not apply to this model: "
+                                  f"{exc}") from exc
+        if step == teacher_step:
+            teacher = copy.deepcopy(model)
+    return model, teacher
+
+
+def resumed_state(ctx: Context) -> State:
+    saved = _read_state(ctx)
+    model, teacher = _replay(ctx, saved["removals"], saved["teacher_step"])
+    read_weights(model, ctx.out_dir / saved["weights"])
+    if saved["teacher_step"] is not None:
+        read_weights(teacher, ctx.out_dir / saved["teacher_weights"])
+    return State(step=saved["step"], pd=np.asarray(saved["pd"], dtype=np.float64), model=model,
+                  teacher=Teacher(teacher.eval(), saved["teacher_step"], saved["teacher_val"]),
+                  acc_ref=saved["acc_ref"], removals=saved["removals"],
+                  records=[StepRecord.from_dict(r) for r in saved["records"]], done=saved["done"])
+
+
+def fresh_state(ctx: Context) -> State:
+    sizes = np.array(list(ctx.original_sizes.values()))
+    capacity = policy.capacity(sizes, ctx.config.rl.min_keep, ctx.config.rl.round_to)
+    return State(step=0, pd=policy.density_init(sizes, capacity), model=copy.deepcopy(ctx.original),
+                  teacher=Teacher(ctx.original, None, ctx.base["val_acc"]),
+                  acc_ref=ctx.base["candidate_acc"], removals=[], records=[])

@@ -1,0 +1,170 @@
+"""The typed configuration of a compression run: what to reach (`Target`), how candidates are
+rewarded (`Reward`), the RL-Pruner knobs (`RLConfig`) and the run as a whole (`CompressConfig`).
+
+All are frozen dataclasses validated on construction; `CompressConfig.to_dict`/`from_dict` is the
+form saved in a run's state.json (a resumed run must use the same options).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..allocation import ALLOCATORS, policy
+from ..distill import DistillConfig
+from ..errors import ConfigError, UnknownNameError
+from ..registry import unknown_name_message
+from .targets import TARGETS, TargetKind
+
+TARGET_KINDS = tuple(TARGETS.names())
+STRATEGIES = ("accuracy", "flops", "params", "latency")
+DEFAULT_REWARD_WEIGHT = 0.25  # the paper's alpha/beta for its FLOPs- and params-aware rewards
+
+
+@dataclass(frozen=True)
+class Target:
+    """Stop when this fraction of the original is removed: channel sparsity (of prunable channels),
+    FLOPs, parameters, or measured latency."""
+
+    kind: str = "flops"
+    value: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.kind not in TARGETS:
+            raise UnknownNameError(unknown_name_message("target kind", self.kind, TARGETS.names()))
+        if not 0.0 < self.value < 1.0:
+            raise ConfigError(f"target {self.kind} reduction must be in (0, 1), got {self.value}")
+
+    @classmethod
+    def parse(cls, text: str) -> "Target":
+        """The short form 'kind:fraction', e.g. 'flops:0.5'."""
+        kind, sep, value = str(text).partition(":")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not sep or number is None:
+            raise ConfigError(f"target {text!r} must look like 'flops:0.5' (kind:fraction removed)")
+        return cls(kind.strip(), number)
+
+    @property
+    def rule(self) -> TargetKind:
+        return TARGETS.get(self.kind)
+
+
+@dataclass(frozen=True)
+class Reward:
+    """Q = val_top1 + alpha·FLOPs_reduction + beta·params_reduction + lambda·latency_reduction.
+
+    A weight left at None takes 0.25 when it matches `strategy`, else 0."""
+
+    strategy: str = "accuracy"
+    flops_weight: float | None = None
+    params_weight: float | None = None
+    latency_weight: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"reward strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
+
+    def weights(self) -> tuple[float, float, float]:
+        def pick(value: float | None, kind: str) -> float:
+            if value is not None:
+                return value
+            return DEFAULT_REWARD_WEIGHT if self.strategy == kind else 0.0
+
+        return (pick(self.flops_weight, "flops"), pick(self.params_weight, "params"),
+                pick(self.latency_weight, "latency"))
+
+    @property
+    def needs_latency(self) -> bool:
+        return self.weights()[2] != 0.0
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    prune_filter_ratio: float = 0.01     # step budget: this share of the original prunable channels
+    lr_epoch: int = 10                   # sampling rounds per step
+    sample_num: int = 10                 # candidates per round = replay buffer size
+    noise: float = 0.04
+    step_length: float = 0.1             # lambda of the policy update
+    clip: float | None = 0.2             # PPO-style ratio clip delta; None: no clip
+    epsilon: float = 0.4
+    epsilon_schedule: str = "cosine"
+    epsilon_decay_fraction: float = 0.1  # epsilon reaches 0 after this share of the planned steps
+    sample_step: int = 1                 # look-ahead depth; > 1 adds gamma·max Q of deeper candidates
+    lookahead_samples: int = 2           # candidates drawn per look-ahead level
+    gamma: float = 0.9
+    guard_threshold: float | None = 0.1  # relative val-accuracy drop that resets the policy; None: off
+    guard_retries: int = 2               # resets per step before the step is accepted anyway
+    importance: str = "taylor"
+    calibration_samples: int = 128       # training images for data-driven importance criteria
+    eval_batches: int | None = None      # validation batches per candidate; None: the whole split
+    min_keep: int = 1                    # units every group keeps at least
+    round_to: int = 1                    # removals per group in multiples of this
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("prune_filter_ratio", 0 < self.prune_filter_ratio <= 1, "in (0, 1]"),
+            ("lr_epoch", self.lr_epoch >= 1, ">= 1"), ("sample_num", self.sample_num >= 1, ">= 1"),
+            ("noise", self.noise >= 0, ">= 0"), ("step_length", 0 <= self.step_length <= 1, "in [0, 1]"),
+            ("clip", self.clip is None or 0 < self.clip < 1, "in (0, 1) or None"),
+            ("epsilon", 0 <= self.epsilon <= 1, "in [0, 1]"),
+            ("epsilon_schedule", self.epsilon_schedule in policy.EPSILON_SCHEDULES,
+             f"one of {', '.join(policy.EPSILON_SCHEDULES)}"),
+            ("epsilon_decay_fraction", 0 <= self.epsilon_decay_fraction <= 1, "in [0, 1]"),
+            ("sample_step", self.sample_step >= 1, ">= 1"),
+            ("lookahead_samples", self.lookahead_samples >= 1, ">= 1"), ("gamma", 0 <= self.gamma <= 1, "in [0, 1]"),
+            ("guard_threshold", self.guard_threshold is None or 0 < self.guard_threshold < 1, "in (0, 1) or None"),
+            ("guard_retries", self.guard_retries >= 0, ">= 0"),
+            ("calibration_samples", self.calibration_samples >= 1, ">= 1"),
+            ("eval_batches", self.eval_batches is None or self.eval_batches >= 1, ">= 1 or None"),
+            ("min_keep", self.min_keep >= 1, ">= 1"), ("round_to", self.round_to >= 1, ">= 1"),
+        ]
+        for option, ok, requirement in checks:
+            if not ok:
+                raise ConfigError(f"{option} must be {requirement}, got {getattr(self, option)!r}")
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    target: Target = field(default_factory=Target)
+    reward: Reward = field(default_factory=Reward)
+    rl: RLConfig = field(default_factory=RLConfig)
+    kd: DistillConfig = field(default_factory=DistillConfig)
+    post_train_period: int = 1           # KD recovery after every this many steps; 0: none while searching
+    final_epochs: int = 3                # KD fine-tune of the final model
+    keep: tuple[str, ...] = ()           # module paths never pruned
+    eval_batch_size: int = 256
+    latency_batch: int = 1
+    latency_repeats: int = 20
+    latency_warmup: int = 3
+    latency_threads: int | None = 1      # single-threaded timing is stable on a busy machine; None: torch's
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool | None = None         # tqdm bars; None: only on a terminal
+    method: str = "rl"                   # an allocator registered in rlpruner.allocation.ALLOCATORS
+
+    def __post_init__(self) -> None:
+        if self.method not in ALLOCATORS:
+            raise UnknownNameError(unknown_name_message("pruning method", self.method, ALLOCATORS.names()))
+        for option, value, minimum in (("post_train_period", self.post_train_period, 0),
+                                       ("final_epochs", self.final_epochs, 0),
+                                       ("eval_batch_size", self.eval_batch_size, 1),
+                                       ("latency_batch", self.latency_batch, 1),
+                                       ("latency_repeats", self.latency_repeats, 1),
+                                       ("latency_warmup", self.latency_warmup, 0),
+                                       ("latency_threads", self.latency_threads or 1, 1)):
+            if value < minimum:
+                raise ConfigError(f"{option} must be >= {minimum}, got {value}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["keep"] = list(self.keep)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "CompressConfig":
+        return cls(target=Target(**data["target"]), reward=Reward(**data["reward"]), rl=RLConfig(**data["rl"]),
+                   kd=DistillConfig(**data["kd"]), keep=tuple(data["keep"]),
+                   **{k: v for k, v in data.items() if k not in ("target", "reward", "rl", "kd", "keep")})

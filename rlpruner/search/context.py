@@ -1,0 +1,255 @@
+"""Run preparation: everything fixed for a whole compression run, built complete in one place.
+
+`prepare` checks the data, traces the original model, measures it (the base), turns the target into
+an absolute goal (refusing an unreachable one before any work), sizes the step budget, estimates the
+number of steps (for the epsilon schedule) and picks the allocator. The result, a `Context`, never
+changes during the run.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import metrics
+from ..allocation import Allocator, get_allocator, policy
+from ..allocation.budget import smallest_passing
+from ..data import Loaders, Splits
+from ..errors import ConfigError, DataError, PruningError
+from ..train import evaluate, resolve_device
+from .config import CompressConfig
+from .targets import Measure, TargetKind
+
+IMPORTANCE, KD, FINAL = 1, 2, 3  # purposes mixed into derived seeds
+OVERHEAD_KEYS = ("trace", "importance", "policy", "surgery")  # the search's work besides evaluation
+
+
+@dataclass
+class Timer:
+    """Wall seconds per activity. 'eval': candidate forward passes (and latency measurements); the
+    search overhead: 'trace', 'importance', 'policy' (sampling, allocation, updates), 'surgery'
+    (structural copies and analytic counts); then 'recovery' and 'checkpoint'."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def __call__(self, key: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
+
+    def snapshot(self) -> dict[str, float]:
+        return dict(self.seconds)
+
+
+@dataclass(frozen=True)
+class Data:
+    splits: Splits
+    example: torch.Tensor                            # one validation image: tracing and latency
+    calibration: tuple[torch.Tensor, torch.Tensor]   # fixed training batch for data-driven importance
+    val_batches: list[tuple[torch.Tensor, torch.Tensor]]
+    candidate_batches: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Context:
+    config: CompressConfig
+    device: torch.device
+    data: Data
+    original: nn.Module
+    fingerprint: str
+    names: tuple[str, ...]                 # prunable groups of the original model, in model order
+    original_sizes: dict[str, int]
+    base: dict[str, Any]                   # params, flops, val_acc, candidate_acc, latency_ms
+    target: TargetKind
+    goal: float                            # the most the final model may keep, in the target's unit
+    step_budget: int
+    planned_steps: int
+    allocator: Allocator
+    out_dir: Path
+    timer: Timer
+    log: Callable[[str], None]
+
+    @property
+    def total_units(self) -> int:
+        return sum(self.original_sizes.values())
+
+    @property
+    def progress(self) -> bool:
+        return sys.stderr.isatty() if self.config.progress is None else self.config.progress
+
+
+def derived_seed(seed: int, *keys: int) -> int:
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
+
+
+@contextlib.contextmanager
+def seeded(ctx: Context, *keys: int) -> Iterator[None]:
+    """Torch's global generator seeded from (seed, keys) inside, the caller's state restored after."""
+    devices = [ctx.device.index or 0] if ctx.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(derived_seed(ctx.config.seed, *keys))
+        yield
+
+
+def accuracy(model: nn.Module, batches: Any, device: torch.device) -> float:
+    return evaluate(model, batches, device)["top1"] / 100.0
+
+
+def measure_ms(config: CompressConfig, model: nn.Module, example: torch.Tensor, device: torch.device) -> float:
+    return metrics.measure_latency(model, example, batch_size=config.latency_batch, warmup=config.latency_warmup,
+                           repeats=config.latency_repeats, device=device, threads=config.latency_threads).median_ms
+
+
+def first_units(names: tuple[str, ...], counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Any `counts` units per group: enough for counting params/FLOPs, which depend on counts only."""
+    return {n: np.arange(c) for n, c in zip(names, counts) if c > 0}
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+
+def as_splits(data: Splits | Loaders) -> Splits:
+    """Datasets are what the search needs: it builds its own seeded loaders for every recovery."""
+    if isinstance(data, Splits):
+        return data
+    if isinstance(data, Loaders) or (hasattr(data, "train") and hasattr(data.train, "dataset")):
+        from ..data import AugmentConfig
+
+        test = getattr(data, "test", None)
+        return Splits(name="loaders", train=data.train.dataset, val=data.val.dataset,
+                      test=None if test is None else test.dataset, num_classes=0, in_channels=0, image_size=0,
+                      augment=getattr(data.train.collate_fn, "config", AugmentConfig()))
+    raise ConfigError(f"compress: data must be rlpruner.data.Splits or Loaders, not {type(data).__name__}")
+
+
+def prepare_data(splits: Splits, config: CompressConfig, device: torch.device) -> Data:
+    from torch.utils.data import DataLoader
+
+    if splits.val is None or len(splits.val) == 0:
+        raise DataError(f"{splits.name}: the validation split is empty; RL-Pruner scores candidates on "
+                        "validation (never on test), so use val_fraction > 0")
+    if len(splits.train) == 0:
+        raise DataError(f"{splits.name}: the training split is empty")
+    batches = [(x.to(device), y.to(device)) for x, y in DataLoader(splits.val, batch_size=config.eval_batch_size)]
+    limit = config.rl.eval_batches
+    n = min(config.rl.calibration_samples, len(splits.train))
+    samples = [splits.train[i] for i in range(n)]
+    calibration = (torch.stack([s[0] for s in samples]).to(device),
+                   torch.as_tensor([int(s[1]) for s in samples], device=device))
+    return Data(splits=splits, example=splits.val[0][0].unsqueeze(0).to(device), calibration=calibration,
+                val_batches=batches, candidate_batches=batches if limit is None else batches[:limit])
+
+
+def fingerprint(model: nn.Module) -> str:
+    """Names, shapes and values of the original weights: a resumed run must start from the same model."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes() if tensor.dtype != torch.bfloat16
+                      else tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# The context
+# --------------------------------------------------------------------------------------------------
+
+def prepare(model: nn.Module, data: Splits | Loaders, config: CompressConfig, out_dir: Path,
+            log: Callable[[str], None]) -> Context:
+    from .. import importance
+    from ..graph import trace
+
+    device = resolve_device(config.device)
+    prepared = prepare_data(as_splits(data), config, device)
+    importance.get(config.rl.importance, data=prepared.calibration)  # an unknown criterion fails here
+    allocator = get_allocator(config.method, config.rl)
+    original = copy.deepcopy(model).to(device).eval()
+    graph = trace(original, prepared.example, keep=config.keep)
+    groups = graph.prunable_groups()
+    if not groups:
+        raise PruningError(f"{type(model).__name__} has no prunable channel group (all frozen or kept)")
+    sizes = {g.name: g.size for g in groups}
+    base = _base_measurements(config, original, graph, prepared, device)
+    names, total = tuple(sizes), sum(sizes.values())
+    step_budget = _initial_budget(config, total)
+    target = config.target.rule
+    base_measure = Measure(units=total, params=base["params"], flops=base["flops"], latency_ms=base["latency_ms"])
+    _check_reachable(config, target, graph, original, prepared, device, names, sizes, base_measure)
+    units = _planned_units(config, target, graph, names, sizes, base_measure)
+    return Context(config=config, device=device, data=prepared, original=original, fingerprint=fingerprint(original),
+                   names=names, original_sizes=sizes, base=base, target=target,
+                   goal=target.goal(config.target.value, base_measure), step_budget=step_budget,
+                   planned_steps=max(1, math.ceil(units / step_budget)), allocator=allocator, out_dir=out_dir,
+                   timer=Timer(), log=log)
+
+
+def _base_measurements(config: CompressConfig, original: nn.Module, graph: Any, data: Data,
+                       device: torch.device) -> dict[str, Any]:
+    params, flops = graph.count()
+    val_acc = accuracy(original, data.val_batches, device)
+    needs_latency = config.reward.needs_latency or config.target.rule.needs_latency
+    return {"params": params, "flops": flops, "val_acc": val_acc,
+            "candidate_acc": val_acc if config.rl.eval_batches is None else
+            accuracy(original, data.candidate_batches, device),
+            "latency_ms": measure_ms(config, original, data.example, device) if needs_latency else None}
+
+
+def _initial_budget(config: CompressConfig, total_units: int) -> int:
+    multiple = config.rl.round_to
+    chunks = round(config.rl.prune_filter_ratio * total_units / multiple)
+    return max(1, chunks) * multiple
+
+
+def _capacity(config: CompressConfig, sizes: dict[str, int]) -> np.ndarray:
+    return policy.capacity(np.array(list(sizes.values())), config.rl.min_keep, config.rl.round_to)
+
+
+def _check_reachable(config: CompressConfig, target: TargetKind, graph: Any, original: nn.Module, data: Data,
+                     device: torch.device, names: tuple[str, ...], sizes: dict[str, int], base: Measure) -> None:
+    """ConfigError when even pruning every group down to min_keep misses the target."""
+    capacity = _capacity(config, sizes)
+    everything = first_units(names, capacity)
+    params, flops = graph.count(everything)
+    latency = None
+    if target.needs_latency:
+        from ..surgery import prune_channels
+
+        smallest_model = prune_channels(original, graph, everything, inplace=False)
+        latency = measure_ms(config, smallest_model, data.example, device)
+    smallest = Measure(units=base.units - int(capacity.sum()), params=params, flops=flops, latency_ms=latency)
+    problem = target.unreachable(config.target.value, base, smallest,
+                                 f"pruning every group down to min_keep={config.rl.min_keep} unit(s)")
+    if problem:
+        raise ConfigError(problem)
+
+
+def _planned_units(config: CompressConfig, target: TargetKind, graph: Any, names: tuple[str, ...],
+                   sizes: dict[str, int], base: Measure) -> int:
+    """Units the density-proportional distribution must remove to reach the target, judged by the
+    target's analytic proxy: sets the planned number of steps, which only the epsilon schedule uses."""
+    proxy, multiple = target.proxy, config.rl.round_to
+    capacity = _capacity(config, sizes)
+    pd = policy.density_init(np.array(list(sizes.values())), capacity)
+    goal = proxy.goal(config.target.value, base)
+
+    def passes(chunks: int) -> bool:
+        counts = policy.allocate(pd, chunks * multiple, capacity, multiple)
+        params, flops = graph.count(first_units(names, counts))
+        return proxy.reached(Measure(base.units - int(counts.sum()), params, flops), goal)
+
+    return smallest_passing(int(capacity.sum()) // multiple, passes) * multiple

@@ -1,0 +1,139 @@
+"""`compress`: the RL-Pruner loop from start to finish.
+
+    prepare (context.py) -> fresh or resumed state (checkpoint.py) -> steps until the target is
+    reached (step.py), each checkpointed -> final fine-tune, final measurements, saved model, report.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data import Loaders, Splits
+from ..errors import ConfigError
+from ..graph import trace
+from ..models.registry import SPEC_ATTR
+from ..report import StepRecord, write_report
+from .checkpoint import State, fresh_state, resumed_state, save_checkpoint, write_weights
+from .config import CompressConfig
+from .context import FINAL, OVERHEAD_KEYS, Context, accuracy, measure_ms, prepare
+from .step import distill_for, run_step, step_line
+
+
+@dataclass
+class CompressResult:
+    model: nn.Module                       # the compressed, recovered model (eval mode)
+    results: dict[str, Any]                # what results.json holds
+    records: list[StepRecord]
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def compress(model: nn.Module, data: Splits | Loaders, config: CompressConfig | None = None, *,
+             out_dir: str | Path, resume: bool = False, overwrite: bool = False,
+             log: Callable[[str], None] | None = None, on_step: Callable[[StepRecord], None] | None = None,
+             evaluate_test: bool = True, meta: Mapping[str, Any] | None = None) -> CompressResult:
+    """Compress `model` with RL-Pruner until `config.target` is met; returns the recovered model.
+
+    `data`: `Splits` (or `Loaders`, whose datasets are used). Candidates are scored on `data.val`;
+    `data.test`, when present and `evaluate_test`, is evaluated ONCE, on the final model, for the
+    report. `out_dir` receives the checkpoint (after every step), logs, plots, results.json,
+    summary.md and the final model (model.rlp). `resume=True` continues the run saved in `out_dir`;
+    a fresh run refuses a directory holding another run unless `overwrite`. `log` receives one line
+    per step; `on_step` is called with each step's record after its checkpoint is written. `meta`
+    is added to the saved model's metadata (e.g. the data spec). The input model is not modified.
+    """
+    config = config or CompressConfig()
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, resume, overwrite)
+    ctx = prepare(model, data, config, out_dir, log or (lambda line: None))
+    if not resume:
+        _clear_run(out_dir)  # only once the new run's options and target have been checked
+    state = resumed_state(ctx) if resume else fresh_state(ctx)
+    if resume:
+        ctx.log(f"resuming {out_dir} after step {state.step}")
+    while not state.done:
+        state = run_step(ctx, state)
+        with ctx.timer("checkpoint"):
+            save_checkpoint(ctx, state)
+        ctx.log(step_line(state.records[-1]))
+        if on_step is not None:
+            on_step(state.records[-1])
+    return _finish(ctx, state, evaluate_test, dict(meta or {}))
+
+
+def _check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"output directory {out_dir} is a file")
+    state = out_dir / "state.json"
+    if resume or not state.exists():
+        return
+    if not overwrite:
+        raise ConfigError(f"{out_dir} already holds a compression run; resume it (--resume), overwrite it "
+                          "(--overwrite) or choose another output directory")
+
+
+def _clear_run(out_dir: Path) -> None:
+    (out_dir / "state.json").unlink(missing_ok=True)
+    for old in (out_dir / "checkpoint").glob("*.rlp"):
+        old.unlink()
+
+
+def _finish(ctx: Context, state: State, evaluate_test: bool, meta: dict[str, Any]) -> CompressResult:
+    """Final fine-tune, final measurements (test split once, here), the saved model and the report."""
+    model, start = state.model, time.perf_counter()
+    if ctx.config.final_epochs > 0:
+        distill_for(ctx, model, state.teacher, ctx.config.final_epochs, state.step, FINAL)
+    model.eval()
+    params, flops = trace(model, ctx.data.example, keep=ctx.config.keep).count()
+    final = {"params": params, "flops": flops, "val_acc": accuracy(model, ctx.data.val_batches, ctx.device),
+             "latency_ms": measure_ms(ctx.config, model, ctx.data.example, ctx.device)}
+    base = {k: ctx.base[k] for k in ("params", "flops", "val_acc")}
+    base["latency_ms"] = measure_ms(ctx.config, ctx.original, ctx.data.example, ctx.device)
+    test = ctx.data.splits.test
+    if evaluate_test and test is not None and len(test) > 0:
+        loader = DataLoader(test, batch_size=ctx.config.eval_batch_size)
+        base["test_acc"] = accuracy(ctx.original, loader, ctx.device)
+        final["test_acc"] = accuracy(model, loader, ctx.device)
+    model_path = ctx.out_dir / ("model.rlp" if getattr(model, SPEC_ATTR, None) else "model.safetensors")
+    meta.update(input_shape=list(ctx.data.example.shape[1:]),
+                compress={"target": ctx.config.to_dict()["target"], "steps": state.step})
+    write_weights(model, model_path, meta)
+    results = _results(ctx, state, base, final, model_path, time.perf_counter() - start)
+    paths = write_report(ctx.out_dir, results, state.records, ctx.original_sizes)
+    paths["model"] = model_path
+    ctx.log(f"done: {state.step} steps; FLOPs {base['flops']:,} -> {flops:,}, params {base['params']:,} -> "
+            f"{params:,}, val {base['val_acc']:.2%} -> {final['val_acc']:.2%}; wrote {ctx.out_dir}")
+    return CompressResult(model=model, results=results, records=state.records, paths=paths)
+
+
+def _results(ctx: Context, state: State, base: dict, final: dict, model_path: Path,
+             final_s: float) -> dict[str, Any]:
+    timing: dict[str, float] = {}
+    for record in state.records:  # per-step times survive a resume; this session's final phase is added
+        for key, value in record.times.items():
+            timing[key] = timing.get(key, 0.0) + value
+    eval_s = timing.get("eval", 0.0)
+    search_s = sum(timing.get(k, 0.0) for k in OVERHEAD_KEYS)
+    checkpoint_s = ctx.timer.seconds.get("checkpoint", 0.0)  # this session's: not part of the step records
+    spec = getattr(ctx.original, SPEC_ATTR, None) or {}
+    return {
+        "model": spec.get("name", type(ctx.original).__name__), "dataset": ctx.data.splits.name,
+        "method": ctx.config.method,
+        "target": {"kind": ctx.config.target.kind, "value": ctx.config.target.value},
+        "reached": {"sparsity": state.records[-1].sparsity if state.records else 0.0,
+                    "flops": 1.0 - final["flops"] / base["flops"], "params": 1.0 - final["params"] / base["params"],
+                    "latency": 1.0 - final["latency_ms"] / base["latency_ms"]},
+        "steps": state.step, "time_s": timing.get("wall_s", 0.0) + final_s + checkpoint_s,
+        "base": base, "final": final, "model_path": model_path.name,
+        "timing": {"eval_s": eval_s, "search_s": search_s, "overhead": search_s / eval_s if eval_s else None,
+                   **{f"{k}_s": timing.get(k, 0.0) for k in OVERHEAD_KEYS},
+                   "recovery_s": timing.get("recovery", 0.0), "final_s": final_s, "checkpoint_s": checkpoint_s},
+        "widths": {n: [ctx.original_sizes[n], state.records[-1].widths[n] if state.records else ctx.original_sizes[n]]
+                   for n in ctx.names},
+        "config": ctx.config.to_dict(),
+    }

@@ -1,0 +1,232 @@
+"""One pruning step: plan, allocate, trim to the target, cut, recover, record.
+
+1. **Plan**: trace the current model; every group's size and how much it may still lose; the step
+   budget; the importance order of every group's units (scored once per step).
+2. **Allocate**: the run's allocator (`rlpruner.allocation`) proposes the step's removal counts,
+   scoring candidates through `score` (a structural copy that shares every unchanged tensor,
+   evaluated on the candidate validation batches; FLOPs/params from the graph's analytic count).
+3. **Trim**: when the proposal passes the target's goal, remove only as many units as needed.
+4. **Cut and recover**: physical surgery, then knowledge distillation when one is due.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from ..allocation import Candidate, Plan, StepTask, policy
+from ..allocation.budget import smallest_passing
+from ..data import make_loaders
+from ..distill import distill
+from ..errors import PruningError
+from ..graph import trace
+from ..importance import get as get_importance
+from ..report import StepRecord
+from ..surgery import apply_slices, prune_channels
+from .checkpoint import State, Teacher
+from .context import FINAL, IMPORTANCE, KD, Context, accuracy, derived_seed, measure_ms, seeded
+from .targets import Measure
+
+
+def run_step(ctx: Context, state: State) -> State:
+    step, before = state.step + 1, ctx.timer.snapshot()
+    start = time.perf_counter()
+    plan = plan_step(ctx, state, step)
+    task = StepTask(step=step, model=state.model, plan=plan, names=ctx.names, pd=state.pd, acc_ref=state.acc_ref,
+                    score=lambda counts, pd, plan: score(ctx, state.model, plan, counts, pd),
+                    seed=ctx.config.seed, planned_steps=ctx.planned_steps, log=ctx.log, timer=ctx.timer,
+                    progress=ctx.progress)
+    proposal = ctx.allocator.propose(task)
+    plan = proposal.plan
+    chosen, latency = trim(ctx, state.model, plan, proposal.chosen, proposal.counts_at)
+    removals = _removals(ctx, plan, chosen.counts)
+    with ctx.timer("surgery"):
+        model = prune_channels(state.model, plan.graph, removals, inplace=True)
+    val, teacher = _recover(ctx, state.teacher, model, step)
+    acc_ref = val if ctx.config.rl.eval_batches is None else accuracy(model, ctx.data.candidate_batches, ctx.device)
+    widths = plan.sizes - chosen.counts
+    done = ctx.target.reached(_measure(ctx, chosen, latency, int(widths.sum())), ctx.goal)
+    if not done and int((plan.capacity - chosen.counts).sum()) == 0:
+        ctx.log(f"step {step}: every group is down to min_keep={ctx.config.rl.min_keep}; stopping short of the target")
+        done = True
+    times = {k: v - before.get(k, 0.0) for k, v in ctx.timer.snapshot().items()}
+    times["wall_s"] = time.perf_counter() - start
+    record = _step_record(ctx, step, chosen, widths, proposal.pd, proposal.info, val=val, latency=latency,
+                          teacher=teacher, times=times)
+    return State(step=step, pd=proposal.pd, model=model, teacher=teacher, acc_ref=acc_ref,
+                 removals=state.removals + [{n: r.tolist() for n, r in removals.items()}],
+                 records=state.records + [record], done=done)
+
+
+# --------------------------------------------------------------------------------------------------
+# Plan
+# --------------------------------------------------------------------------------------------------
+
+def plan_step(ctx: Context, state: State, step: int) -> Plan:
+    with ctx.timer("trace"):
+        graph = trace(state.model, ctx.data.example, keep=ctx.config.keep)
+    with ctx.timer("policy"):
+        sizes, capacity = _group_table(ctx, graph)
+        budget = min(ctx.step_budget, int(capacity.sum()))
+        cap = ctx.target.budget_cap(Measure(int(sizes.sum()), 0, 0), ctx.goal, ctx.config.rl.round_to)
+        if cap is not None:
+            budget = min(budget, cap)
+        if budget <= 0:
+            raise PruningError(f"step {step}: no channel can be removed any more (every group is at "
+                               f"min_keep={ctx.config.rl.min_keep}) and the target is not reached")
+    with ctx.timer("importance"):
+        order = _importance_order(ctx, state.model, graph, capacity, step)
+    return Plan(graph, sizes, capacity, budget, order)
+
+
+def _group_table(ctx: Context, graph: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Current size and removable capacity of every group of the original model, in `ctx.names` order."""
+    groups = {g.name: g for g in graph.groups}
+    sizes = np.array([groups[n].size if n in groups else 0 for n in ctx.names], dtype=np.int64)
+    open_ = np.array([n in groups and groups[n].prunable for n in ctx.names])
+    rl = ctx.config.rl
+    return sizes, np.where(open_, policy.capacity(sizes, rl.min_keep, rl.round_to), 0)
+
+
+def _importance_order(ctx: Context, model: nn.Module, graph: Any, capacity: np.ndarray,
+                      step: int) -> dict[str, np.ndarray]:
+    """Units of each open group from least to most important, scored once per step."""
+    criterion = get_importance(ctx.config.rl.importance, data=ctx.data.calibration,
+                               seed=derived_seed(ctx.config.seed, step, IMPORTANCE))
+    with seeded(ctx, step, IMPORTANCE):
+        scores = criterion(model, graph)
+    return {n: np.argsort(np.asarray(scores[n]), kind="stable") for n, c in zip(ctx.names, capacity) if c > 0}
+
+
+def _removals(ctx: Context, plan: Plan, counts: np.ndarray) -> dict[str, np.ndarray]:
+    return {n: plan.order[n][:c] for n, c in zip(ctx.names, counts) if c > 0}
+
+
+# --------------------------------------------------------------------------------------------------
+# Score and trim
+# --------------------------------------------------------------------------------------------------
+
+def _reward(ctx: Context, acc: float, params: int, flops: int, latency_ms: float | None) -> float:
+    alpha, beta, lam = ctx.config.reward.weights()
+    q = acc + alpha * (1.0 - flops / ctx.base["flops"]) + beta * (1.0 - params / ctx.base["params"])
+    if lam and latency_ms is not None:
+        q += lam * (1.0 - latency_ms / ctx.base["latency_ms"])
+    return q
+
+
+def score(ctx: Context, model: nn.Module, plan: Plan, counts: np.ndarray, pd: np.ndarray) -> Candidate:
+    """Build one candidate as a structural copy and score it on the candidate validation batches."""
+    with ctx.timer("surgery"):
+        slices = plan.graph.slices(_removals(ctx, plan, counts))
+        candidate = apply_slices(model, slices, inplace=False)
+        params, flops = plan.graph.count(slices=slices)
+    with ctx.timer("eval"):
+        acc = accuracy(candidate, ctx.data.candidate_batches, ctx.device)
+        latency = (measure_ms(ctx.config, candidate, ctx.data.example, ctx.device)
+                   if ctx.config.reward.needs_latency else None)
+    return Candidate(counts, pd, acc, params, flops, latency, _reward(ctx, acc, params, flops, latency))
+
+
+def _measure(ctx: Context, candidate: Candidate, latency_ms: float | None, units_left: int) -> Measure:
+    return Measure(units=units_left, params=candidate.params, flops=candidate.flops, latency_ms=latency_ms)
+
+
+def _latency_if_needed(ctx: Context, model: nn.Module, plan: Plan, candidate: Candidate) -> float | None:
+    if candidate.latency_ms is not None or not ctx.target.needs_latency:
+        return candidate.latency_ms
+    pruned = prune_channels(model, plan.graph, _removals(ctx, plan, candidate.counts), inplace=False)
+    with ctx.timer("eval"):
+        return measure_ms(ctx.config, pruned, ctx.data.example, ctx.device)
+
+
+def trim(ctx: Context, model: nn.Module, plan: Plan, chosen: Candidate,
+         counts_at: Callable[[int], np.ndarray]) -> tuple[Candidate, float | None]:
+    """When the chosen candidate passes the goal, remove only as many units as needed (bisection over
+    the step budget; `counts_at(budget)` allocates a smaller budget the way the candidate was)."""
+    latency = _latency_if_needed(ctx, model, plan, chosen)
+    units_before = int(plan.sizes.sum())
+    if not ctx.target.trims or not ctx.target.reached(_measure(ctx, chosen, latency, units_before), ctx.goal):
+        return chosen, latency
+    multiple = ctx.config.rl.round_to
+    probes: dict[int, tuple[Candidate, float | None]] = {}
+
+    def passes(chunks: int) -> bool:
+        counts = counts_at(chunks * multiple)
+        with ctx.timer("surgery"):
+            params, flops = plan.graph.count(_removals(ctx, plan, counts))
+        probe = replace(chosen, counts=counts, params=params, flops=flops, latency_ms=None)
+        probe_latency = _latency_if_needed(ctx, model, plan, probe)
+        probes[chunks] = (probe, probe_latency)
+        return ctx.target.reached(_measure(ctx, probe, probe_latency, units_before - int(counts.sum())), ctx.goal)
+
+    chunks = smallest_passing(plan.budget // multiple, passes)
+    if chunks not in probes:  # the full budget: the chosen candidate itself
+        return chosen, latency
+    probe, probe_latency = probes[chunks]
+    rescored = score(ctx, model, plan, probe.counts, chosen.pd)
+    return rescored, probe_latency if rescored.latency_ms is None else rescored.latency_ms
+
+
+# --------------------------------------------------------------------------------------------------
+# Recovery and the step's record
+# --------------------------------------------------------------------------------------------------
+
+def _recovery_loaders(ctx: Context, seed: int, batch_size: int) -> Any:
+    """A freshly seeded training loader per recovery (so a resumed run shuffles identically)."""
+    splits = ctx.data.splits
+    if splits.test is None:  # make_loaders builds a test loader too; it is never iterated here
+        splits = replace(splits, test=splits.val)
+    loaders = make_loaders(splits, batch_size, augment=ctx.config.kd.augment, seed=seed)
+    return SimpleNamespace(train=loaders.train, val=ctx.data.val_batches)
+
+
+def distill_for(ctx: Context, model: nn.Module, teacher: Teacher, epochs: int, *keys: int) -> float:
+    """KD fine-tuning for `epochs`; returns the student's validation accuracy."""
+    kd = replace(ctx.config.kd, epochs=epochs, progress=ctx.config.progress if ctx.config.kd.progress is None
+                 else ctx.config.kd.progress)
+    with ctx.timer("recovery"), seeded(ctx, *keys):
+        loaders = _recovery_loaders(ctx, derived_seed(ctx.config.seed, *keys), kd.batch_size)
+        result = distill(model, teacher.model, loaders, kd, device=ctx.device, teacher_val=teacher.val,
+                         desc=f"KD {'final' if keys[-1] == FINAL else f'step {keys[0]}'}")
+    return result.student_val
+
+
+def _recover(ctx: Context, teacher: Teacher, model: nn.Module, step: int) -> tuple[float, Teacher]:
+    """(validation accuracy, teacher) after this step's recovery, when one is due."""
+    period, kd = ctx.config.post_train_period, ctx.config.kd
+    if not period or step % period or kd.epochs == 0:
+        with ctx.timer("recovery"):
+            return accuracy(model, ctx.data.val_batches, ctx.device), teacher
+    val = distill_for(ctx, model, teacher, kd.epochs, step, KD)
+    if kd.switch_teacher and val > teacher.val:
+        return val, Teacher(copy.deepcopy(model).eval(), step, val)
+    return val, teacher
+
+
+def _step_record(ctx: Context, step: int, chosen: Candidate, widths: np.ndarray, pd: np.ndarray, info: dict,
+                 *, val: float, latency: float | None, teacher: Teacher, times: dict[str, float]) -> StepRecord:
+    removed_total = ctx.total_units - int(widths.sum())
+    return StepRecord(
+        step=step, removed=int(chosen.counts.sum()), removed_total=removed_total,
+        sparsity=removed_total / ctx.total_units, flops=int(chosen.flops), params=int(chosen.params),
+        flops_reduction=1.0 - chosen.flops / ctx.base["flops"],
+        params_reduction=1.0 - chosen.params / ctx.base["params"], val_acc_pruned=chosen.acc, val_acc=val,
+        reward=chosen.q, epsilon=info["epsilon"], explored=info["explored"], guard_resets=info["guard_resets"],
+        teacher=teacher.label, latency_ms=latency, widths={n: int(w) for n, w in zip(ctx.names, widths)},
+        pd={n: float(p) for n, p in zip(ctx.names, pd)}, times=times)
+
+
+def step_line(record: StepRecord) -> str:
+    """The one-line log of a step, as the CLI prints it."""
+    latency = "" if record.latency_ms is None else f"  latency {record.latency_ms:.3f} ms"
+    guard = f"  guard resets {record.guard_resets}" if record.guard_resets else ""
+    return (f"step {record.step:3d}  removed {record.removed:4d} (total {record.removed_total}, "
+            f"sparsity {record.sparsity:.1%})  FLOPs left {1 - record.flops_reduction:.1%}  "
+            f"params left {1 - record.params_reduction:.1%}  val {record.val_acc:.2%} "
+            f"(pruned {record.val_acc_pruned:.2%})  reward {record.reward:.4f}{latency}{guard}")
