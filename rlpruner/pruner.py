@@ -14,7 +14,7 @@ from torch import nn
 
 from .allocation import fixed
 from .allocation.budget import smallest_budget
-from .allocation.policy import capacity
+from .allocation.policy import capacity, max_budget
 from .errors import ConfigError, PruningError
 from .graph import DependencyGraph, trace, validate_forward
 from .importance import Importance, get, lowest
@@ -110,7 +110,7 @@ def plan_to_flops(graph: DependencyGraph, target: float, method: str, *,
     def meets(counts: np.ndarray) -> bool:
         return graph.count({n: range(c) for n, c in zip(names, counts) if c > 0})[1] <= goal
 
-    counts = smallest_budget(counts_at, meets, int(room.sum()), round_to)
+    counts = smallest_budget(counts_at, meets, max_budget(room, round_to), round_to)
     if counts is None:
         raise PruningError(f"a FLOPs reduction of {target:.1%} is unreachable: pruning every group down to "
                            f"min_keep={min_keep} unit(s) is not enough")
@@ -123,7 +123,7 @@ def prune_to_flops(model: nn.Module, example_inputs: Any, target: float, *, meth
     """One-shot: prune `model` in place until its FLOPs drop by `target`, allocating with `method`.
 
     'uniform' picks units within each group by `importance`; 'global' ranks and picks by normalised
-    L2 magnitude. `round_to` removes units in multiples of it (widths that are multiples of it stay so).
+    L2 magnitude. `round_to`: every group keeps a width that is a multiple of it (as in `prune`).
     """
     graph = trace(model, example_inputs, keep=keep)
     names = [g.name for g in graph.prunable_groups()]

@@ -192,9 +192,10 @@ def test_guard_resets_and_lookahead(splits, trained, tmp_path):
     result = compress(trained, splits, config, out_dir=tmp_path, log=lines.append, evaluate_test=False)
     base_val = result.results["base"]["val_acc"]
     previous = [base_val] + [r.val_acc for r in result.records[:-1]]
-    for ref, record in zip(previous, result.records):
-        if record.guard_resets == 0:  # accepted at once: no accuracy drop at all was allowed
-            assert record.val_acc_pruned >= ref
+    # a step is accepted at once only without any accuracy drop; otherwise it was redone (at most
+    # guard_retries=1 times), so every record is one or the other
+    assert all(r.guard_resets >= 1 or r.val_acc_pruned >= ref for ref, r in zip(previous, result.records))
+    assert all(r.guard_resets <= 1 for r in result.records)
     # removing 40% of the channels per step must hurt at least once, and each reset is logged
     resets = sum(r.guard_resets for r in result.records)
     assert resets >= 1

@@ -43,33 +43,35 @@ def global_counts(scores: Sequence[np.ndarray], capacity: Sequence[int], budget:
     """Removals per group when the `budget` globally lowest-scored units go first.
 
     `scores[i]` holds one (normalised) score per unit of group i. Units leave in chunks of `multiple`
-    (a chunk scores as its highest unit, so a chunk goes only once all its units would), and group i
-    loses at most `capacity[i]`. Ties go to the earlier group, then the lower chunk.
+    (a chunk scores as its highest unit, so a chunk goes only once all its units would; a group whose
+    capacity is not a multiple gives its remainder first, as in `policy.allocate`), and group i loses
+    at most `capacity[i]`. Ties go to the earlier group, then the lower chunk.
     """
     capacity = np.asarray(capacity, dtype=np.int64)
     if budget < 0 or budget % multiple:
         raise PruningError(f"budget {budget} must be a non-negative multiple of round_to={multiple}")
     chunk_scores, owners = [], []
     for i, (group_scores, room) in enumerate(zip(scores, capacity)):
-        chunks = int(room) // multiple
-        if chunks <= 0:
+        n_chunks = int(policy.chunks(room, multiple))
+        if n_chunks <= 0:
             continue
         ascending = np.sort(np.asarray(group_scores, dtype=np.float64))
-        chunk_scores.append(ascending[np.arange(1, chunks + 1) * multiple - 1])
-        owners.append(np.full(chunks, i))
+        ends = policy.chunk_counts(np.arange(1, n_chunks + 1), np.full(n_chunks, room), multiple)
+        chunk_scores.append(ascending[ends - 1])
+        owners.append(np.full(n_chunks, i))
     wanted = budget // multiple
     total = sum(len(c) for c in chunk_scores)
     if wanted > total:
-        raise PruningError(f"cannot remove {budget} units: only {total * multiple} can go without "
+        raise PruningError(f"cannot remove {budget} units: only {int(capacity.sum())} can go without "
                            "emptying a group")
-    counts = np.zeros(len(capacity), dtype=np.int64)
+    taken = np.zeros(len(capacity), dtype=np.int64)
     if wanted == 0:
-        return counts
+        return taken
     values, groups = np.concatenate(chunk_scores), np.concatenate(owners)
     ranks = np.concatenate([np.arange(len(c)) for c in chunk_scores])
     chosen = np.lexsort((ranks, groups, values))[:wanted]  # lexsort: the last key is the primary one
-    np.add.at(counts, groups[chosen], multiple)
-    return counts
+    np.add.at(taken, groups[chosen], 1)
+    return policy.chunk_counts(taken, capacity, multiple)
 
 
 def global_scores(model: nn.Module, graph: Any, names: Sequence[str]) -> dict[str, np.ndarray]:

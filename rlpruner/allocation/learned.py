@@ -108,7 +108,7 @@ class LearnedAllocator:
         """Q of `lookahead_samples` candidates one more budget deeper than `parent` (recursively)."""
         rl = self.rl
         room = plan.capacity - parent.counts
-        budget = min(plan.budget, int(room.sum()))
+        budget = min(plan.budget, policy.max_budget(room, rl.round_to))
         if budget <= 0:
             return []
         qs = []

@@ -26,14 +26,33 @@ EPSILON_SCHEDULES = ("cosine", "linear", "constant")
 
 
 def capacity(sizes: Sequence[int], min_keep: int = 1, multiple: int = 1) -> np.ndarray:
-    """Most units each group may still lose: never below `min_keep` (>= 1), in steps of `multiple`."""
+    """Most units each group may still lose, keeping at least `min_keep` (>= 1) units and a width that
+    is a multiple of `multiple` (`round_to`): the width a group keeps is at least `min_keep` rounded up
+    to a multiple. A group whose width is not a multiple has that remainder as its first chunk."""
     if min_keep < 1:
         raise ConfigError(f"min_keep must be >= 1 so that no group is emptied, got {min_keep}")
     if multiple < 1:
         raise ConfigError(f"round_to multiple must be >= 1, got {multiple}")
     sizes = np.asarray(sizes, dtype=np.int64)
-    room = np.maximum(sizes - max(min_keep, 1), 0)
-    return room - room % multiple
+    keep = -(-max(min_keep, 1) // multiple) * multiple
+    return np.maximum(sizes - keep, 0)
+
+
+def chunks(capacity_: np.ndarray, multiple: int) -> np.ndarray:
+    """Removal chunks each group can give: whole `multiple`s, plus one partial chunk (the width's
+    remainder) where the width is not a multiple."""
+    return -(-np.asarray(capacity_, dtype=np.int64) // multiple)
+
+
+def max_budget(capacity_: np.ndarray, multiple: int = 1) -> int:
+    """The largest budget `allocate` accepts: every chunk of every group, counted as whole multiples."""
+    return int(chunks(capacity_, multiple).sum()) * multiple
+
+
+def chunk_counts(chunk_numbers: np.ndarray, capacity_: np.ndarray, multiple: int) -> np.ndarray:
+    """Units removed by taking `chunk_numbers` chunks per group (a partial chunk comes first)."""
+    short = (-np.asarray(capacity_, dtype=np.int64)) % multiple
+    return chunk_numbers * multiple - np.where(chunk_numbers > 0, short, 0)
 
 
 def normalise(values: np.ndarray) -> np.ndarray:
@@ -70,20 +89,23 @@ def allocate(pd: np.ndarray, budget: int, capacity_: np.ndarray, multiple: int =
 
     Largest-remainder rounding of budget·PD; a group whose share exceeds its capacity is filled to
     capacity and the overflow is shared among the others in proportion to their PD (or, when they
-    all have PD 0, their capacity). With `multiple` > 1 every count is a multiple of it.
+    all have PD 0, their capacity). With `multiple` > 1 units go in chunks of `multiple`, so every
+    group keeps a width that is a multiple of it; a group whose capacity is not a multiple gives its
+    remainder as its first chunk, and the counts then fall short of `budget` by what those partial
+    chunks lack of a whole one.
     """
     capacity_ = np.asarray(capacity_, dtype=np.int64)
     if budget < 0 or budget % multiple:
         raise PruningError(f"step budget {budget} must be a non-negative multiple of round_to={multiple}")
-    chunks_cap = capacity_ // multiple
-    chunks = budget // multiple
-    if chunks > chunks_cap.sum():
+    chunks_cap = chunks(capacity_, multiple)
+    wanted = budget // multiple
+    if wanted > chunks_cap.sum():
         raise PruningError(
-            f"cannot remove {budget} units in one step: only {int(chunks_cap.sum() * multiple)} can go "
+            f"cannot remove {budget} units in one step: only {int(capacity_.sum())} can go "
             "without emptying a group")
     counts = np.zeros(len(capacity_), dtype=np.int64)
     free = chunks_cap > 0
-    remaining = chunks
+    remaining = wanted
     weights = np.where(free, np.asarray(pd, dtype=np.float64), 0.0)
     while remaining > 0:
         w = weights * free
@@ -97,7 +119,7 @@ def allocate(pd: np.ndarray, budget: int, capacity_: np.ndarray, multiple: int =
         counts[full] = chunks_cap[full]
         remaining -= int(chunks_cap[full].sum())
         free &= ~full
-    return counts * multiple
+    return chunk_counts(counts, capacity_, multiple)
 
 
 def _largest_remainder(quota: np.ndarray, total: int, weights: np.ndarray) -> np.ndarray:

@@ -101,7 +101,7 @@ class RLConfig:
     calibration_samples: int = 128       # training images for data-driven importance criteria
     eval_batches: int | None = None      # validation batches per candidate; None: the whole split
     min_keep: int = 1                    # units every group keeps at least
-    round_to: int = 1                    # removals per group in multiples of this
+    round_to: int = 1                    # every group keeps a width that is a multiple of this
 
     def __post_init__(self) -> None:
         checks = [

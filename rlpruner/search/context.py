@@ -252,4 +252,4 @@ def _planned_units(config: CompressConfig, target: TargetKind, graph: Any, names
         params, flops = graph.count(first_units(names, counts))
         return proxy.reached(Measure(base.units - int(counts.sum()), params, flops), goal)
 
-    return smallest_passing(int(capacity.sum()) // multiple, passes) * multiple
+    return smallest_passing(policy.max_budget(capacity, multiple) // multiple, passes) * multiple

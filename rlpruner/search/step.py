@@ -73,7 +73,7 @@ def plan_step(ctx: Context, state: State, step: int) -> Plan:
         graph = trace(state.model, ctx.data.example, keep=ctx.config.keep)
     with ctx.timer("policy"):
         sizes, capacity = _group_table(ctx, graph)
-        budget = min(ctx.step_budget, int(capacity.sum()))
+        budget = min(ctx.step_budget, policy.max_budget(capacity, ctx.config.rl.round_to))
         cap = ctx.target.budget_cap(Measure(int(sizes.sum()), 0, 0), ctx.goal, ctx.config.rl.round_to)
         if cap is not None:
             budget = min(budget, cap)
