@@ -203,10 +203,10 @@ def _is_better(val: dict[str, float], best: dict[str, float] | None) -> bool:
 
 
 def _save_best(model: nn.Module, path: str | Path, meta: dict[str, Any]) -> None:
-    from .io import save_checkpoint  # only needed when a checkpoint is asked for
+    from .io import save  # only needed when a checkpoint is asked for
 
     try:
-        save_checkpoint(model, path, meta)
+        save(model, path, meta=meta)
     except OSError as exc:
         raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
 

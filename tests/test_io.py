@@ -254,7 +254,7 @@ def test_failing_save_leaves_old_file_and_no_partial_file(tmp_path, monkeypatch)
     def failing_fsync(fd):  # the data is written, the file is not yet renamed into place
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(rio.os, "fsync", failing_fsync)
+    monkeypatch.setattr(os, "fsync", failing_fsync)
     with pytest.raises(OSError, match="No space"):
         rio.save(_make("simple_cnn", widths=[4, 4]), path)
     assert path.read_bytes() == good
