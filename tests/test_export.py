@@ -167,7 +167,7 @@ def test_cli_export_prints_table_and_writes_file(tmp_path, capsys, fmt):
     model = rlpruner.create_model("simple_cnn", num_classes=4, in_channels=1, widths=[8, 8])
     ckpt = rio.save(model, tmp_path / "m.safetensors", meta={"input_shape": [1, 20, 24]})
     out = tmp_path / "exported"
-    code, stdout, stderr = _cli(["export", str(ckpt), "--format", fmt, "--output", str(out)], capsys)
+    code, stdout, stderr = _cli(["export", str(ckpt), "--format", fmt, "-o", str(out)], capsys)
     assert code == 0, stderr
     assert "input [1, 1, 20, 24]" in stdout
     for row in ("format", "size", "max |diff| vs PyTorch", "latency (exported)", "latency (PyTorch)"):
