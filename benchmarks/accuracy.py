@@ -91,8 +91,8 @@ def _base_row(job: BaseJob, model: torch.nn.Module, splits: Any, seconds: float)
 
     params, flops = rlpruner.trace(model, splits.example_inputs()).count()
     return {"model": job.model.label, "dataset": job.dataset.label, "family": job.model.family,
-            "val_acc": evaluate(model, _loader(splits.val))["top1"] / 100,
-            "test_acc": evaluate(model, _loader(splits.test))["top1"] / 100,
+            "val_acc": evaluate(model, _loader(splits.val))["top1"],
+            "test_acc": evaluate(model, _loader(splits.test))["top1"],
             "params": params, "flops": flops, "train_seconds": seconds, "checkpoint": portable(job.path)}
 
 

@@ -27,14 +27,14 @@ def group_drops(model: nn.Module, batches: list, example: torch.Tensor, settings
     from rlpruner.train import evaluate
 
     model = model.eval()
-    accuracy = evaluate(model, batches)["top1"] / 100
+    accuracy = evaluate(model, batches)["top1"]
     graph = rlpruner.trace(model, example)
     scores = get(settings.importance)(model, graph)
     rows = []
     for group in graph.prunable_groups():
         count = max(1, int(round(settings.fraction * group.size)))
         pruned = rlpruner.prune_channels(model, graph, {group.name: lowest(scores[group.name], count)}, inplace=False)
-        acc = evaluate(pruned, batches)["top1"] / 100
+        acc = evaluate(pruned, batches)["top1"]
         rows.append({"group": group.name, "size": group.size, "removed": count, "acc": acc, "drop": accuracy - acc})
     return accuracy, rows
 

@@ -24,12 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rlpruner", description="Structured pruning for PyTorch CNNs.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"rlpruner.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"rlpruner.commands.{name}":
-                continue  # command not built yet
-            raise
+        module = importlib.import_module(f"rlpruner.commands.{name}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)

@@ -74,10 +74,6 @@ class DistillResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
 
-    @property
-    def student_is_better(self) -> bool:
-        return self.student_val > self.teacher_val
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -103,7 +99,7 @@ def distillation_loss(teacher: nn.Module, temperature: float, ce_weight: float) 
 
 def top1(model: nn.Module, loader: DataLoader, device: str | torch.device) -> float:
     """Validation top-1 as a fraction."""
-    return evaluate(model, loader, device)["top1"] / 100.0
+    return evaluate(model, loader, device)["top1"]
 
 
 def distill(student: nn.Module, teacher: nn.Module, loaders: TrainValLoaders, config: DistillConfig, *,

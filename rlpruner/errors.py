@@ -24,6 +24,10 @@ class CheckpointError(RLPrunerError):
     """A checkpoint or saved model is missing, corrupt, hostile or does not match the model."""
 
 
+class ExportError(RLPrunerError):
+    """An ONNX/TorchScript export failed, or the exported file does not compute what the model does."""
+
+
 class UnsupportedOperation(RLPrunerError):
     """An operation whose channel semantics are unknown, raised in strict tracing mode."""
 

@@ -1,7 +1,8 @@
 """Importance criteria: one score per unit of every group, aggregated over all of the group's members.
 
 An importance is any callable `(model, graph) -> {group name: np.ndarray of shape (group.size,)}`;
-higher means more important. Build the built-in ones with `get(name, ...)`.
+higher means more important. Build a registered one with `get(name, ...)`; register your own with
+``CRITERIA.add(name, builder)`` where ``builder(data=, seed=, loss_fn=)`` returns the callable.
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError, UnknownNameError
+from .errors import ConfigError
 from .graph import DependencyGraph, Group, Member
+from .registry import Registry
 
 Scores = dict[str, np.ndarray]
 
@@ -174,29 +176,39 @@ def _channel_means(model: nn.Module, inputs: Any, layers: dict[str, nn.Module]) 
     return means
 
 
-NAMES = ("l1", "l2", "taylor", "activation", "bn_scale", "random")
+# name -> builder(data=, seed=, loss_fn=) -> Importance; a builder uses the options its criterion needs.
+CRITERIA: Registry[Callable[..., Importance]] = Registry("importance criterion")
+CRITERIA.add("l1", lambda **options: Magnitude(1))
+CRITERIA.add("l2", lambda **options: Magnitude(2))
+CRITERIA.add("bn_scale", lambda **options: BNScale())
+CRITERIA.add("random", lambda *, seed, **options: Random(seed))
+
+
+@CRITERIA.register("taylor")
+def _taylor(*, data: tuple[Any, torch.Tensor] | None, loss_fn: Callable | None, **options: Any) -> Importance:
+    inputs, targets = _calibration("taylor", data)
+    return Taylor(inputs, targets, loss_fn or nn.functional.cross_entropy)
+
+
+@CRITERIA.register("activation")
+def _activation(*, data: tuple[Any, torch.Tensor] | None, **options: Any) -> Importance:
+    return Activation(_calibration("activation", data)[0])
+
+
+def _calibration(name: str, data: tuple[Any, torch.Tensor] | None) -> tuple[Any, torch.Tensor]:
+    if data is None:
+        raise ConfigError(f"importance {name!r} needs a calibration batch: pass data=(inputs, targets)")
+    return data
+
+
+NAMES = tuple(CRITERIA.names())  # the built-in criteria
 
 
 def get(name: str | Importance, *, data: tuple[Any, torch.Tensor] | None = None, seed: int = 0, loss_fn=None) -> Importance:
-    """A built-in criterion by name (or pass a callable through). `data` = (inputs, targets) batch."""
+    """A registered criterion by name (or pass a callable through). `data` = (inputs, targets) batch."""
     if callable(name):
         return name
-    needs_data = {"taylor", "activation"}
-    if name in needs_data and data is None:
-        raise ConfigError(f"importance {name!r} needs a calibration batch: pass data=(inputs, targets)")
-    if name == "l1":
-        return Magnitude(1)
-    if name == "l2":
-        return Magnitude(2)
-    if name == "bn_scale":
-        return BNScale()
-    if name == "random":
-        return Random(seed)
-    if name == "taylor":
-        return Taylor(data[0], data[1], loss_fn or nn.functional.cross_entropy)
-    if name == "activation":
-        return Activation(data[0])
-    raise UnknownNameError(f"unknown importance {name!r}; choose one of: {', '.join(NAMES)}")
+    return CRITERIA.get(name)(data=data, seed=seed, loss_fn=loss_fn)
 
 
 def lowest(scores: np.ndarray, count: int) -> np.ndarray:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -86,6 +86,25 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
 
 
+def time_calls(call: Callable[[], object], *, warmup: int, repeats: int,
+               device: str | torch.device = "cpu") -> list[float]:
+    """Wall times in ms, sorted, of `repeats` calls of `call` after `warmup` untimed ones.
+
+    The one timing loop of rlpruner (model latency, exported artefacts); on CUDA each timed call is
+    bracketed by synchronisations so that the time covers the kernels, not just their launch.
+    """
+    device = torch.device(device)
+    times: list[float] = []
+    for i in range(warmup + repeats):
+        _synchronize(device)
+        start = time.perf_counter()
+        call()
+        _synchronize(device)
+        if i >= warmup:
+            times.append(1000.0 * (time.perf_counter() - start))
+    return sorted(times)
+
+
 def measure_latency(model: nn.Module, inputs: Inputs | Sequence[int], *, batch_size: int = 1,
                     warmup: int = 10, repeats: int = 50, device: str | torch.device = "cpu",
                     threads: int | None = None) -> Latency:
@@ -104,22 +123,14 @@ def measure_latency(model: nn.Module, inputs: Inputs | Sequence[int], *, batch_s
     original_device = next(model.parameters(), torch.empty(0)).device
     was_training, old_threads = model.training, torch.get_num_threads()
     batch = _latency_inputs(inputs, batch_size, device)
-    times: list[float] = []
     try:
         torch.set_num_threads(threads or old_threads)
         model.to(device).eval()
         with torch.inference_mode():
-            for i in range(warmup + repeats):
-                _synchronize(device)
-                start = time.perf_counter()
-                model(*batch)
-                _synchronize(device)
-                if i >= warmup:
-                    times.append(1000.0 * (time.perf_counter() - start))
+            times = time_calls(lambda: model(*batch), warmup=warmup, repeats=repeats, device=device)
     finally:
         torch.set_num_threads(old_threads)
         model.to(original_device).train(was_training)
-    times.sort()
     return Latency(median_ms=statistics.median(times), p10_ms=_percentile(times, 0.1),
                    p90_ms=_percentile(times, 0.9), batch_size=batch_size, repeats=repeats,
                    device=str(device), threads=threads or old_threads)

@@ -44,8 +44,12 @@ class Registry(Generic[T]):
         if name in self._entries:
             raise ConfigError(f"{self.kind} name {name!r} is already registered "
                               f"(by {_qualname(self._entries[name])})")
+        self.check(name, entry)
         self._entries[name] = entry
         return entry
+
+    def check(self, name: str, entry: T) -> None:
+        """Refuse an entry unfit for this registry (ConfigError); subclasses override it."""
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator form of `add`; returns the entry unchanged."""

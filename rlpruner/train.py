@@ -6,6 +6,9 @@ The pieces are public so that distillation reuses them with its own loss:
     scheduler = make_scheduler(optimizer, epochs=..., steps_per_epoch=..., warmup_epochs=...)
     stats = train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device)
     metrics = evaluate(model, loader, device)   # {"top1", "top5", "loss", "samples"}
+
+Accuracies are fractions in [0, 1] everywhere (returned dicts, EpochStats, JSON files); only printed
+tables show percent.
 """
 from __future__ import annotations
 
@@ -67,6 +70,8 @@ class TrainConfig:
 
 @dataclass
 class EpochStats:
+    """One training epoch; accuracies are fractions."""
+
     epoch: int
     lr: float
     train_loss: float
@@ -132,7 +137,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None, loss_fn: LossFn,
                     device: str | torch.device, *, progress: bool | None = None,
                     desc: str = "train") -> dict[str, float]:
-    """One pass over `loader`; returns the mean loss and top-1 (%) on the (augmented) training batches."""
+    """One pass over `loader`; returns the mean loss and top-1 (fraction) on the (augmented) training batches."""
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not _progress_enabled(progress), dynamic_ncols=True)
@@ -150,15 +155,15 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         total_loss += loss.item() * len(targets)
         correct += (outputs.detach().argmax(1) == targets).sum().item()
         seen += len(targets)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", top1=f"{100 * correct / seen:.1f}")
-    return {"loss": total_loss / max(1, seen), "top1": 100.0 * correct / max(1, seen)}
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", top1=f"{correct / seen:.1%}")
+    return {"loss": total_loss / max(1, seen), "top1": correct / max(1, seen)}
 
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = "cpu") -> dict[str, float]:
-    """Top-1 / top-5 accuracy (%) and mean cross-entropy over `loader`, in eval mode.
+    """Top-1 / top-5 accuracy (fractions in [0, 1]) and mean cross-entropy over `loader`, in eval mode.
 
-    With fewer than 5 classes, top-5 is top-k over all classes (100%). The model's train/eval mode
+    With fewer than 5 classes, top-5 is top-k over all classes (1.0). The model's train/eval mode
     is restored afterwards.
     """
     was_training = model.training
@@ -177,7 +182,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = 
     finally:
         model.train(was_training)
     n = max(1, seen)
-    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "loss": total_loss / n, "samples": seen}
+    return {"top1": top1 / n, "top5": top5 / n, "loss": total_loss / n, "samples": seen}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -203,10 +208,10 @@ def _is_better(val: dict[str, float], best: dict[str, float] | None) -> bool:
 
 
 def _save_best(model: nn.Module, path: str | Path, meta: dict[str, Any]) -> None:
-    from .io import save_checkpoint  # only needed when a checkpoint is asked for
+    from .io import save  # only needed when a checkpoint is asked for
 
     try:
-        save_checkpoint(model, path, meta)
+        save(model, path, meta=meta)
     except OSError as exc:
         raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
 

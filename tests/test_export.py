@@ -12,8 +12,9 @@ from torch import nn
 
 import rlpruner
 from rlpruner import io as rio
+from rlpruner.io import exporting
 from rlpruner.cli import main
-from rlpruner.errors import CheckpointError, ConfigError
+from rlpruner.errors import ConfigError, ExportError
 
 
 class ConcatUserNet(nn.Module):
@@ -116,14 +117,14 @@ def test_export_restores_training_mode(tmp_path):
 
 
 def test_mismatching_artefact_is_refused_and_not_written(tmp_path, monkeypatch):
-    real = rio._torchscript_runner
+    real = exporting._torchscript_runner
 
     def off_by_a_bit(data):
         run = real(data)
         return lambda inputs: [t + 1e-2 for t in run(inputs)]
 
-    monkeypatch.setattr(rio, "_torchscript_runner", off_by_a_bit)
-    with pytest.raises(CheckpointError, match="differ from PyTorch.*nothing was written"):
+    monkeypatch.setattr(exporting, "_torchscript_runner", off_by_a_bit)
+    with pytest.raises(ExportError, match="differ from PyTorch.*nothing was written"):
         rlpruner.export(_model(), tmp_path / "m.pt", "torchscript", torch.randn(1, 3, 16, 16))
     assert os.listdir(tmp_path) == []
 
@@ -166,7 +167,7 @@ def test_cli_export_prints_table_and_writes_file(tmp_path, capsys, fmt):
     model = rlpruner.create_model("simple_cnn", num_classes=4, in_channels=1, widths=[8, 8])
     ckpt = rio.save(model, tmp_path / "m.safetensors", meta={"input_shape": [1, 20, 24]})
     out = tmp_path / "exported"
-    code, stdout, stderr = _cli(["export", str(ckpt), "--format", fmt, "--output", str(out)], capsys)
+    code, stdout, stderr = _cli(["export", str(ckpt), "--format", fmt, "-o", str(out)], capsys)
     assert code == 0, stderr
     assert "input [1, 1, 20, 24]" in stdout
     for row in ("format", "size", "max |diff| vs PyTorch", "latency (exported)", "latency (PyTorch)"):

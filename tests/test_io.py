@@ -18,6 +18,7 @@ from torch import nn
 import rlpruner
 from rlpruner import io as rio
 from rlpruner.errors import CheckpointError
+from rlpruner.models import SPEC_ATTR
 
 # plain round trips on a varied handful; every zoo model round-trips after pruning further down
 PLAIN_MODELS = ["simple_cnn", "resnet20", "vgg11_bn", "mobilenetv3_small", "shufflenetv2",
@@ -131,7 +132,7 @@ def test_plain_round_trip_is_bit_exact(tmp_path, name):
     loaded, meta = rio.load_checkpoint(path)
     assert meta == {"epoch": 3, "acc": 0.5}
     assert type(loaded) is type(model) and not loaded.training
-    assert loaded.rlpruner_spec == model.rlpruner_spec
+    assert getattr(loaded, SPEC_ATTR) == getattr(model, SPEC_ATTR)
     _assert_identical(model, loaded, torch.randn(2, 3, 32, 32))
 
 
@@ -235,7 +236,7 @@ def test_import_allowed_matches_whole_dotted_prefixes():
 
 
 def test_save_without_spec_is_refused_and_writes_nothing(tmp_path):
-    with pytest.raises(CheckpointError, match="rlpruner_spec"):
+    with pytest.raises(CheckpointError, match=SPEC_ATTR):
         rio.save(nn.Linear(2, 2), tmp_path / "x.safetensors")
     with pytest.raises(CheckpointError, match="meta is not JSON"):
         rio.save(_make("simple_cnn"), tmp_path / "x.safetensors", meta={"bad": object()})
@@ -254,7 +255,7 @@ def test_failing_save_leaves_old_file_and_no_partial_file(tmp_path, monkeypatch)
     def failing_fsync(fd):  # the data is written, the file is not yet renamed into place
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(rio.os, "fsync", failing_fsync)
+    monkeypatch.setattr(os, "fsync", failing_fsync)
     with pytest.raises(OSError, match="No space"):
         rio.save(_make("simple_cnn", widths=[4, 4]), path)
     assert path.read_bytes() == good

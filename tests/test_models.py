@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlpruner.errors import CheckpointError, ConfigError, UnknownNameError
-from rlpruner.models import (ModelRegistry, create_model, list_models, model_from_spec, model_spec)
+from rlpruner.models import SPEC_ATTR, ModelRegistry, create_model, list_models, model_from_spec, model_spec
 from rlpruner.models.shufflenet import channel_shuffle
 
 # The architectures issue 2 asks for, plus the two small demo models.
@@ -82,11 +82,11 @@ def test_other_input_sizes(name, size):
 def test_spec_round_trips(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=5).eval()
-    spec = json.loads(json.dumps(model.rlpruner_spec))
+    spec = json.loads(json.dumps(getattr(model, SPEC_ATTR)))
     assert spec == {"source": "zoo", "name": name, "kwargs": {"num_classes": 5, "in_channels": 3}}
     rebuilt = model_from_spec(spec).eval()
     assert type(rebuilt) is type(model)
-    assert rebuilt.rlpruner_spec == spec
+    assert getattr(rebuilt, SPEC_ATTR) == spec
     rebuilt.load_state_dict(model.state_dict())
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
@@ -95,9 +95,9 @@ def test_spec_round_trips(name):
 
 def test_options_are_recorded_and_rebuilt():
     small = create_model("mobilenetv2", num_classes=4, width_mult=0.5)
-    assert small.rlpruner_spec["kwargs"] == {"num_classes": 4, "in_channels": 3, "width_mult": 0.5}
+    assert getattr(small, SPEC_ATTR)["kwargs"] == {"num_classes": 4, "in_channels": 3, "width_mult": 0.5}
     assert n_params(small) < n_params(create_model("mobilenetv2", num_classes=4))
-    assert n_params(model_from_spec(small.rlpruner_spec)) == n_params(small)
+    assert n_params(model_from_spec(getattr(small, SPEC_ATTR))) == n_params(small)
     cnn = create_model("simple_cnn", widths=(4, 8))
     assert model_spec(cnn)["kwargs"]["widths"] == [4, 8]  # as it reads back from JSON
     assert model_spec(nn.Linear(2, 2)) is None
@@ -261,7 +261,7 @@ def test_import_path_passes_accepted_arguments(user_module):
     path = f"{user_module}:full"
     model = create_model(path, num_classes=3, in_channels=1, hidden=6)
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 3)
-    spec = model.rlpruner_spec
+    spec = getattr(model, SPEC_ATTR)
     assert spec == {"source": "import", "name": path,
                     "kwargs": {"num_classes": 3, "in_channels": 1, "hidden": 6}}
     assert n_params(model_from_spec(json.loads(json.dumps(spec)))) == n_params(model)

@@ -5,12 +5,12 @@ import argparse
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from ..allocation import ALLOCATORS
 from ..distill import DistillConfig
 from ..search import STRATEGIES, CompressConfig, RLConfig, Reward, Target
-from .train import add_data_arguments, data_spec_from_args, set_threads
+from .common import (add_allow_import_argument, add_data_arguments, add_out_argument, add_threads_argument,
+                     check_fits, load_model_and_data, print_compress_summary, set_threads)
 
 HELP = "compress a model with RL-Pruner (learned per-layer pruning, KD recovery) to a FLOPs/params/sparsity/latency target"
 
@@ -20,11 +20,10 @@ _BOOL = argparse.BooleanOptionalAction
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a checkpoint (.rlp from `rlpruner train`), a zoo model name, "
                                       "or an import path 'package.module:factory'")
-    parser.add_argument("--out", "-o", default=None, help="run directory (default: runs/compress-<model>)")
+    add_out_argument(parser, "run directory (default: runs/compress-<model>)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished or killed run in --out")
-    parser.add_argument("--allow-import", action="append", default=[], metavar="MODULE",
-                        help="trust this module to build a checkpoint saved by import path (repeatable)")
+    add_allow_import_argument(parser)
     parser.add_argument("--method", choices=ALLOCATORS.names(), default="rl",
                         help="per-layer allocation: rl (the learned distribution), uniform (the same fraction of "
                              "every layer) or global (global L2-magnitude ranking); the baselines run in the same "
@@ -111,7 +110,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run")
     group.add_argument("--seed", type=int, default=c.seed, help="default: %(default)s")
     group.add_argument("--device", default=c.device, help="cpu, cuda, cuda:N, mps or auto (default: %(default)s)")
-    group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_argument(group)
     group.add_argument("--eval-batch-size", type=int, default=c.eval_batch_size, help="default: %(default)s")
     group.add_argument("--latency-batch", type=int, default=c.latency_batch, help="default: %(default)s")
     group.add_argument("--latency-repeats", type=int, default=c.latency_repeats, help="default: %(default)s")
@@ -147,53 +146,14 @@ def config_from_args(args: argparse.Namespace) -> CompressConfig:
                           progress=args.progress, method=args.method)
 
 
-def is_checkpoint(source: str) -> bool:
-    path = Path(source)
-    return path.suffix in (".rlp", ".safetensors") or path.is_file()
-
-
-def load_model(source: str, allow_imports: list[str], splits=None) -> tuple[nn.Module, dict]:
-    """(model, checkpoint meta) from a checkpoint path, or a fresh zoo / import-path model sized for `splits`."""
-    from ..io import load_checkpoint
-    from ..models import create_model
-
-    if is_checkpoint(source):
-        return load_checkpoint(Path(source), allow_imports=allow_imports)
-    return create_model(source, num_classes=splits.num_classes, in_channels=splits.in_channels), {}
-
-
-def print_summary(results: dict) -> None:
-    from ..metrics import format_table, human
-
-    rows = []
-    for label, key in (("original", "base"), ("compressed", "final")):
-        row = results[key]
-        rows.append({"model": label, "params": human(row["params"]), "FLOPs": human(row["flops"]),
-                     "latency ms": row["latency_ms"], "val top-1": 100 * row["val_acc"]})
-        if row.get("test_acc") is not None:
-            rows[-1]["test top-1"] = 100 * row["test_acc"]
-    print(format_table(rows))
-    reached, timing = results["reached"], results["timing"]
-    print(f"reduction: FLOPs {reached['flops']:.1%}, params {reached['params']:.1%}, latency "
-          f"{reached['latency']:.1%}, channels {reached['sparsity']:.1%}; {results['steps']} steps in "
-          f"{results['time_s']:.0f} s; search overhead {timing['search_s']:.1f} s vs {timing['eval_s']:.1f} s "
-          f"of candidate evaluation ({(timing['overhead'] or 0):.1%})")
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..data import DataSpec
     from ..search import compress
-    from .evaluate import check_fits
 
     config = config_from_args(args)
     set_threads(args.threads)
-    model, meta = load_model(args.model, args.allow_import) if is_checkpoint(args.model) else (None, {})
-    stored = meta.get("data")
-    spec = data_spec_from_args(args, DataSpec.from_dict(stored, f"{args.model}: meta.data") if stored else None)
-    splits = spec.load()
-    if model is None:
-        torch.manual_seed(config.seed)
-        model, _ = load_model(args.model, args.allow_import, splits)
+    loaded = load_model_and_data(args, seed=config.seed)
+    model, spec, splits = loaded.model, loaded.spec, loaded.splits
+    if loaded.fresh:
         print(f"note: {args.model} is freshly initialised (no trained weights); compress a checkpoint from "
               "`rlpruner train` for meaningful accuracy", flush=True)
     check_fits(model, splits, torch.device("cpu"), args.model)
@@ -203,6 +163,6 @@ def run(args: argparse.Namespace) -> int:
     result = compress(model, splits, config, out_dir=out, resume=args.resume, overwrite=args.overwrite,
                       log=lambda line: print(line, flush=True), evaluate_test=args.test,
                       meta={"data": spec.resolved(splits).to_dict()})
-    print_summary(result.results)
+    print_compress_summary(result.results)
     print(f"wrote {result.paths['model']}, {result.paths['summary']} and plots in {out / 'plots'}")
     return 0

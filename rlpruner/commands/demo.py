@@ -19,6 +19,7 @@ from ..distill import DistillConfig
 from ..errors import CheckpointError, ConfigError
 from ..search import CompressConfig, RLConfig, Target
 from ..train import TrainConfig
+from .common import add_out_argument, add_threads_argument, print_compress_summary, set_threads
 
 HELP = "train a small model on the bundled digits and compress it with RL-Pruner (a few minutes on a CPU)"
 
@@ -45,16 +46,16 @@ class DemoPlan:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     plan = DemoPlan()
-    parser.add_argument("--out", "-o", default="runs/demo", help="output directory (default: %(default)s)")
+    add_out_argument(parser, "output directory (default: %(default)s)", default="runs/demo")
     parser.add_argument("--target-flops", type=float, default=plan.target_flops,
                         help="fraction of FLOPs to remove (default: %(default)s)")
     parser.add_argument("--train-epochs", type=int, default=plan.train.epochs,
                         help="epochs of the base model (default: %(default)s)")
     parser.add_argument("--retrain", action="store_true", help="train the base model even if one is cached")
     parser.add_argument("--seed", type=int, default=plan.seed, help="default: %(default)s")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads; one is fastest for a model this small, and immune to other "
-                             "jobs competing for the cores (default: %(default)s)")
+    add_threads_argument(parser, default=1,
+                         help="torch CPU threads; one is fastest for a model this small, and immune to other "
+                              "jobs competing for the cores (default: %(default)s)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bars (default: on a terminal)")
 
@@ -81,14 +82,12 @@ def base_model(plan: DemoPlan, splits: Splits, path: Path, retrain: bool) -> tup
     result = train(model, splits, plan.train, checkpoint_path=path,
                    checkpoint_meta={"demo": key, "model": plan.model, "data": plan.data.to_dict(),
                                     "input_shape": list(splits.input_shape())})
-    print(f"base model: val top-1 {result.best_val['top1']:.2f}% (epoch {result.best_epoch}), "
+    print(f"base model: val top-1 {result.best_val['top1']:.2%} (epoch {result.best_epoch}), "
           f"{result.seconds:.0f} s", flush=True)
     return model, result.seconds
 
 
 def run(args: argparse.Namespace) -> int:
-    from .compress import print_summary
-    from .train import set_threads
     from ..search import compress
 
     start = time.perf_counter()
@@ -105,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
           f"({config.rl.lr_epoch}x{config.rl.sample_num} candidates per step, KD after every step)...", flush=True)
     result = compress(model, splits, config, out_dir=out / "compress", overwrite=True,
                       log=lambda line: print(line, flush=True), meta={"data": plan.data.to_dict()})
-    print_summary(result.results)
+    print_compress_summary(result.results)
     print(batched_latency(model, result.model, splits.example_inputs(1), config))
     print(f"total {time.perf_counter() - start:.0f} s; compressed model {result.paths['model']}, "
           f"report {result.paths['summary']}, plots in {out / 'compress' / 'plots'}")

@@ -9,10 +9,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data import DataSpec, Splits
+from ..data import Splits
 from ..errors import ConfigError
+from ..models import SPEC_ATTR
 from ..train import resolve_device
-from .train import add_data_arguments, data_spec_from_args, set_threads
+from .common import (add_allow_import_argument, add_data_arguments, add_out_argument, add_threads_argument,
+                     check_fits, data_from_args, set_threads)
 
 HELP = "measure a saved model: params, FLOPs, latency and accuracy on a data split; writes JSON"
 
@@ -32,14 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which split to score (default: %(default)s)")
     for flag, default, _, text in NUMBER_OPTIONS:
         parser.add_argument(flag, type=int, default=default, help=f"{text} (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice)")
+    add_threads_argument(parser)
     parser.add_argument("--device", default="cpu",
                         help="cpu, cuda, cuda:N, mps or auto (default: %(default)s)")
-    parser.add_argument("--allow-import", action="append", default=[], metavar="MODULE",
-                        help="trust this module to build a model saved by import path (repeatable)")
-    parser.add_argument("--output", "-o", default=None,
-                        help="JSON file to write (default: <checkpoint name>.eval.json next to it)")
+    add_allow_import_argument(parser)
+    add_out_argument(parser, "JSON file to write (default: <checkpoint name>.eval.json next to it)")
 
 
 def check_numbers(args: argparse.Namespace) -> None:
@@ -47,20 +46,6 @@ def check_numbers(args: argparse.Namespace) -> None:
         value = getattr(args, flag[2:].replace("-", "_"))
         if value < minimum:
             raise ConfigError(f"{flag} must be >= {minimum}, got {value}")
-
-
-def check_fits(model: nn.Module, splits: Splits, device: torch.device, source: str) -> None:
-    """One forward pass on real inputs, so a model/dataset mismatch is one clear line, not a traceback."""
-    inputs = splits.example_inputs(1).to(device)
-    try:
-        with torch.inference_mode():
-            outputs = model(inputs)
-    except RuntimeError as exc:
-        raise ConfigError(f"{source} does not accept {splits.name} inputs of shape {tuple(inputs.shape)}: "
-                          f"{str(exc).splitlines()[0]}") from exc
-    if outputs.ndim != 2 or outputs.shape[1] != splits.num_classes:
-        raise ConfigError(f"{source} outputs shape {tuple(outputs.shape)}, but {splits.name} has "
-                          f"{splits.num_classes} classes")
 
 
 def measure(model: nn.Module, splits: Splits, args: argparse.Namespace,
@@ -85,20 +70,17 @@ def run(args: argparse.Namespace) -> int:
     from ..metrics import format_table, human
 
     checkpoint = Path(args.checkpoint)
-    output = Path(args.output) if args.output else checkpoint.with_name(checkpoint.stem + ".eval.json")
+    output = Path(args.out) if args.out else checkpoint.with_name(checkpoint.stem + ".eval.json")
     model, meta = load_checkpoint(checkpoint, allow_imports=args.allow_import, device=device)
-    stored = meta.get("data")
-    base = DataSpec.from_dict(stored, f"{checkpoint}: meta.data") if stored else None
-    spec = data_spec_from_args(args, base)
-    splits = spec.load()
+    spec, splits = data_from_args(args, meta, str(checkpoint))
     check_fits(model, splits, device, str(checkpoint))
     report = measure(model, splits, args, device)
-    name = getattr(model, "rlpruner_spec", {}).get("name", meta.get("model", "?"))
+    name = (getattr(model, SPEC_ATTR, None) or {}).get("name", meta.get("model", "?"))
     latency_column = f"latency ms (batch {args.latency_batch})"
     print(format_table([{
         "model": name, "data": f"{spec.name}/{args.split}", "params": human(report["params"]),
         "FLOPs": human(report["flops"]), latency_column: report["latency"]["median_ms"],
-        "top-1": report["top1"], "top-5": report["top5"]}]))
+        "top-1": 100 * report["top1"], "top-5": 100 * report["top5"]}]))
     atomic_write_json(output, {"checkpoint": str(checkpoint), "model": name, "split": args.split,
                                "data": spec.resolved(splits).to_dict(), **report})
     print(f"wrote {output}")

@@ -8,6 +8,8 @@ import torch
 
 from ..errors import ConfigError
 from ..io import EXPORT_FORMATS, ONNX_EXPORTERS, ExportReport, export, load_checkpoint
+from ..models import SPEC_ATTR
+from .common import add_allow_import_argument, add_out_argument
 
 HELP = "export a saved (pruned) model to ONNX or TorchScript and check it against PyTorch"
 _SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -16,15 +18,14 @@ _SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="a model written by rlpruner.save / train / compress")
     parser.add_argument("--format", choices=EXPORT_FORMATS, default="onnx")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="output file (default: the checkpoint path with .onnx / .torchscript.pt)")
+    add_out_argument(parser, "output file (default: the checkpoint path with .onnx / .torchscript.pt)",
+                     type=Path)
     parser.add_argument("--input-size", type=int, nargs="+", metavar="N", default=None,
                         help="input height [width] (default: from the checkpoint's meta, else 32)")
     parser.add_argument("--channels", type=int, default=None,
                         help="input channels (default: from the checkpoint's meta, else the model's)")
     parser.add_argument("--batch-size", type=int, default=1, help="batch size baked into the export")
-    parser.add_argument("--allow-import", action="append", default=[], metavar="MODULE",
-                        help="trust this import path or module prefix to build the model (repeatable)")
+    add_allow_import_argument(parser)
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--exporter", choices=ONNX_EXPORTERS, default="auto",
                         help="ONNX exporter: dynamo needs onnxscript; auto uses it when installed")
@@ -35,10 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     model, meta = load_checkpoint(args.checkpoint, allow_imports=args.allow_import)
-    shape = input_shape(args, meta, getattr(model, "rlpruner_spec", {}))
+    shape = input_shape(args, meta, getattr(model, SPEC_ATTR, None) or {})
     torch.manual_seed(args.seed)
     inputs = torch.randn(shape)
-    output = args.output or args.checkpoint.with_suffix(_SUFFIX[args.format])
+    output = args.out or args.checkpoint.with_suffix(_SUFFIX[args.format])
     print(f"exporting {args.checkpoint} ({type(model).__name__}, input {list(shape)}) "
           f"to {args.format}...", flush=True)
     report = export(model, output, args.format, inputs, verify=args.verify, opset=args.opset,

@@ -9,13 +9,12 @@ import torch
 
 from ..errors import ConfigError
 from ..importance import NAMES as IMPORTANCE_NAMES
+from .common import add_allow_import_argument, add_data_arguments, add_out_argument, load_model_and_data
 
 HELP = "one-shot pruning: trace the model, remove the least important channels, save the smaller model"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .train import add_data_arguments
-
     parser.add_argument("model", help="checkpoint file, zoo model name, or package.module:factory")
     parser.add_argument("--ratio", type=float, default=None,
                         help="fraction of the units of every prunable group to remove, in [0, 1)")
@@ -32,26 +31,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true",
                         help="fail on an operation with unknown channel semantics instead of freezing it")
     parser.add_argument("--show-groups", action="store_true", help="print the coupled channel groups and exit")
-    parser.add_argument("--allow-import", action="append", default=[], metavar="MODULE",
-                        help="trust this module to build a model saved by import path (repeatable)")
-    parser.add_argument("--output", "-o", default=None, help="where to save the pruned model")
+    add_allow_import_argument(parser)
+    add_out_argument(parser, "where to save the pruned model (default: <model>-pruned.safetensors)")
     add_data_arguments(parser, defaults=False)
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import io, prune, trace
-    from ..data import DataSpec
     from ..metrics import count, format_table, human
-    from .compress import is_checkpoint, load_model
-    from .train import data_spec_from_args
 
     ratio = _ratio(args)
-    model, meta = load_model(args.model, args.allow_import) if is_checkpoint(args.model) else (None, {})
-    stored = meta.get("data")
-    spec = data_spec_from_args(args, DataSpec.from_dict(stored, f"{args.model}: meta.data") if stored else None)
-    splits = spec.load()
-    if model is None:
-        model, _ = load_model(args.model, args.allow_import, splits)
+    loaded = load_model_and_data(args)
+    model, meta, spec, splits = loaded.model, loaded.meta, loaded.spec, loaded.splits
     example = splits.example_inputs(1)
     if args.show_groups:
         print(trace(model, example, keep=args.keep, strict=args.strict).summary())
@@ -63,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     prune(model, example, ratio, importance=args.importance, keep=args.keep, round_to=args.round_to,
           data=data, strict=args.strict)
     after = count(model, example)
-    output = Path(args.output) if args.output else Path(f"{Path(args.model).stem.replace(':', '-')}-pruned.safetensors")
+    output = Path(args.out) if args.out else Path(f"{Path(args.model).stem.replace(':', '-')}-pruned.safetensors")
     io.save(model, output, meta={**meta, "data": spec.resolved(splits).to_dict(),
                                  "pruning": {"ratio": ratio, "importance": args.importance}})
     rows = [{"model": label, "params": human(c.params), "FLOPs": human(c.flops)}

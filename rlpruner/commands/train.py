@@ -1,12 +1,9 @@
 """`rlpruner train`: train a zoo model (or a model from an import path) on a dataset, keep the best
 epoch on validation, save it as a checkpoint and print its measurements.
-
-`add_data_arguments` / `data_spec_from_args` are shared with the other commands that load data.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -14,9 +11,10 @@ from typing import Any
 
 import torch
 
-from ..data import DataSpec, Splits, list_datasets
+from ..data import Splits
 from ..errors import ConfigError
 from ..train import EpochStats, TrainConfig, TrainResult, resolve_device
+from .common import add_data_arguments, add_out_argument, add_threads_argument, data_spec_from_args, set_threads
 
 HELP = "train a model on a dataset and save the best-on-validation checkpoint"
 
@@ -35,58 +33,6 @@ TRAIN_OPTIONS = (
 )
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
-    """Dataset options; with defaults=False every option defaults to None (= take it from elsewhere)."""
-    group = parser.add_argument_group("data")
-    group.add_argument("--dataset", default="digits" if defaults else None,
-                       help=f"{', '.join(list_datasets())} (default: %(default)s)")
-    group.add_argument("--data-root", default=None,
-                       help="folder with the CIFAR archives or the image folder "
-                            "(default: $RLPRUNER_DATA or ./data)")
-    group.add_argument("--image-size", type=int, default=None,
-                       help="square input size (default: the dataset's)")
-    group.add_argument("--in-channels", type=int, default=None, help="1 or 3 (default: the dataset's)")
-    group.add_argument("--data-seed", type=int, default=0 if defaults else None,
-                       help="seed of the train/val/test split (default: %(default)s)")
-    group.add_argument("--val-fraction", type=float, default=0.1 if defaults else None,
-                       help="share of the training data held out for validation (default: %(default)s)")
-    group.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
-                       help="dataset-specific option, e.g. difficulty=0.8 for synthetic (repeatable)")
-
-
-def parse_options(items: list[str], option: str) -> dict[str, Any]:
-    """KEY=VALUE strings to a dict; values are read as JSON when they parse (numbers, booleans)."""
-    options: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{option}: expected KEY=VALUE, got '{item}'")
-        try:
-            options[key] = json.loads(value)
-        except ValueError:
-            options[key] = value
-    return options
-
-
-def data_spec_from_args(args: argparse.Namespace, base: DataSpec | None = None) -> DataSpec:
-    """The DataSpec the arguments describe; options not given on the command line come from `base`."""
-    spec = (base or DataSpec()).to_dict()
-    if args.dataset is not None and args.dataset != spec["name"]:
-        spec.update(name=args.dataset, root=None, options={})  # root and options belong to the old dataset
-    given = {"root": args.data_root, "image_size": args.image_size, "in_channels": args.in_channels,
-             "seed": args.data_seed, "val_fraction": args.val_fraction}
-    spec.update({key: value for key, value in given.items() if value is not None})
-    spec["options"] = {**spec["options"], **parse_options(args.data_option, "--data-option")}
-    return DataSpec(**spec)
-
-
-def set_threads(threads: int | None) -> None:
-    if threads is not None:
-        if threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="resnet20",
                         help="zoo model name or 'package.module:factory' (default: %(default)s)")
@@ -97,10 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         group.add_argument(flag, type=kind, default=getattr(defaults, _dest(flag)),
                            help=f"{text} (default: %(default)s)")
     group.add_argument("--no-augment", action="store_true", help="train without random crops/flips")
-    group.add_argument("--threads", type=int, default=None,
-                       help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--output", "-o", default=None,
-                        help="checkpoint to write (default: runs/<model>-<dataset>.safetensors); "
+    add_threads_argument(group)
+    add_out_argument(parser, "checkpoint to write (default: runs/<model>-<dataset>.safetensors); "
                              "<name>.train.json with the history goes next to it")
 
 
@@ -116,19 +60,20 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     """(checkpoint, history JSON), checked to be writable before any training time is spent."""
     stem = args.model.replace(":", "-").replace(".", "_").replace("/", "_")
-    checkpoint = Path(args.output) if args.output else Path("runs") / f"{stem}-{args.dataset}.safetensors"
+    checkpoint = Path(args.out) if args.out else Path("runs") / f"{stem}-{args.dataset}.safetensors"
     if checkpoint.is_dir() or not checkpoint.stem:
-        raise ConfigError(f"--output {checkpoint}: must be a file path, "
+        raise ConfigError(f"--out {checkpoint}: must be a file path, "
                           f"e.g. {checkpoint / 'model.safetensors'}")
     existing = next((p for p in checkpoint.absolute().parents if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise ConfigError(f"--output {checkpoint}: cannot write there ({existing} is not a writable folder)")
+        raise ConfigError(f"--out {checkpoint}: cannot write there ({existing} is not a writable folder)")
     return checkpoint, checkpoint.with_name(checkpoint.stem + ".train.json")
 
 
 def log_epoch(stats: EpochStats, epochs: int) -> None:
+    """One line per epoch; accuracies are fractions, shown in percent."""
     print(f"epoch {stats.epoch:>3}/{epochs}  lr {stats.lr:.4f}  train loss {stats.train_loss:.3f} "
-          f"top1 {stats.train_top1:5.1f}  val loss {stats.val_loss:.3f} top1 {stats.val_top1:5.1f}  "
+          f"top1 {100 * stats.train_top1:5.1f}  val loss {stats.val_loss:.3f} top1 {100 * stats.val_top1:5.1f}  "
           f"({stats.seconds:.1f}s)", flush=True)
 
 
@@ -146,8 +91,9 @@ def summary_row(model_name: str, dataset: str, params: int, flops: int,
     from ..metrics import human
 
     return {"model": model_name, "dataset": dataset, "params": human(params), "FLOPs": human(flops),
-            "best epoch": result.best_epoch, "val top-1": result.best_val["top1"],
-            "test top-1": result.test["top1"], "test top-5": result.test["top5"], "time (s)": result.seconds}
+            "best epoch": result.best_epoch, "val top-1": 100 * result.best_val["top1"],
+            "test top-1": 100 * result.test["top1"], "test top-5": 100 * result.test["top5"],
+            "time (s)": result.seconds}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from ..errors import ConfigError, UnknownNameError
+from ..errors import ConfigError
+from ..registry import Registry
 from .augment import AugmentingCollate, augment_batch
 from .base import AugmentConfig, ImageDataset, Splits, stratified_split
 from .cifar import load_cifar
@@ -40,17 +41,16 @@ class DatasetEntry:
     in_channels: int
 
 
-DATASETS: dict[str, DatasetEntry] = {
-    "digits": DatasetEntry(load_digits, False, 16, 1),
-    "synthetic": DatasetEntry(load_synthetic, False, 32, 3),
-    "cifar10": DatasetEntry(partial(load_cifar, "cifar10"), True, 32, 3),
-    "cifar100": DatasetEntry(partial(load_cifar, "cifar100"), True, 32, 3),
-    "imagefolder": DatasetEntry(load_imagefolder, True, 32, 3),
-}
+DATASETS: Registry[DatasetEntry] = Registry("dataset")
+DATASETS.add("digits", DatasetEntry(load_digits, False, 16, 1))
+DATASETS.add("synthetic", DatasetEntry(load_synthetic, False, 32, 3))
+DATASETS.add("cifar10", DatasetEntry(partial(load_cifar, "cifar10"), True, 32, 3))
+DATASETS.add("cifar100", DatasetEntry(partial(load_cifar, "cifar100"), True, 32, 3))
+DATASETS.add("imagefolder", DatasetEntry(load_imagefolder, True, 32, 3))
 
 
 def list_datasets() -> list[str]:
-    return sorted(DATASETS)
+    return DATASETS.names()
 
 
 def default_root() -> Path:
@@ -66,9 +66,7 @@ def get_dataset(name: str, root: str | Path | None = None, *, image_size: int | 
     `options` go to the dataset (e.g. test_fraction; synthetic: num_classes, samples_per_class,
     difficulty); an option the dataset does not take is a ConfigError naming the valid ones.
     """
-    if name not in DATASETS:
-        raise UnknownNameError(f"unknown dataset '{name}'; valid: {', '.join(list_datasets())}")
-    entry = DATASETS[name]
+    entry = DATASETS.get(name)
     image_size = entry.image_size if image_size is None else image_size
     in_channels = entry.in_channels if in_channels is None else in_channels
     if image_size < 1 or in_channels < 1:

@@ -7,8 +7,8 @@
 Each model module registers its factories with `@register_model(name)` when imported below.
 """
 from rlpruner.models.registry import (MODELS, SPEC_ATTR, ModelRegistry, create_model, list_models,
-                                      model_from_spec, model_spec, register_model, spec_problem,
-                                      unknown_name_message)
+                                      model_from_spec, model_spec, register_model, spec_problem)
+from rlpruner.registry import unknown_name_message
 from rlpruner.models import (convnext, densenet, efficientnet, googlenet, mobilenet,  # noqa: F401
                              resnet, resnext, shufflenet, simple, squeezenet, vgg)
 

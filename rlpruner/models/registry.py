@@ -5,7 +5,6 @@ original architecture; `model_from_spec` is its inverse (used when loading saved
 """
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 import json
@@ -15,7 +14,8 @@ from typing import Any
 
 from torch import nn
 
-from rlpruner.errors import CheckpointError, ConfigError, UnknownNameError
+from rlpruner.errors import CheckpointError, ConfigError
+from rlpruner.registry import Registry
 
 Factory = Callable[..., nn.Module]
 SPEC_ATTR = "rlpruner_spec"
@@ -23,42 +23,21 @@ SPEC_SOURCES = ("zoo", "import")
 _REQUIRED_OPTIONS = ("num_classes", "in_channels")
 
 
-class ModelRegistry:
+class ModelRegistry(Registry[Factory]):
     """Maps a model name to ``factory(num_classes=, in_channels=, **options) -> nn.Module``."""
 
     def __init__(self) -> None:
-        self._factories: dict[str, Factory] = {}
+        super().__init__("model", hint="; or give an import path 'package.module:factory'")
 
-    def register(self, name: str) -> Callable[[Factory], Factory]:
-        """Decorator form of `add`; returns the factory unchanged."""
-
-        def decorator(factory: Factory) -> Factory:
-            self.add(name, factory)
-            return factory
-
-        return decorator
-
-    def add(self, name: str, factory: Factory) -> None:
-        if not isinstance(name, str) or not name or ":" in name:
-            # ':' marks an import path, so a registered name must never contain one
-            raise ConfigError(f"invalid model name {name!r}: use a non-empty name without ':'")
-        if name in self._factories:
-            raise ConfigError(f"model name {name!r} is already registered "
-                              f"(by {_qualname(self._factories[name])})")
+    def check(self, name: str, factory: Factory) -> None:
         missing = [p for p in _REQUIRED_OPTIONS if not _accepts(factory, p)]
         if missing:
             raise ConfigError(f"model factory {_qualname(factory)} registered as {name!r} must accept "
                               f"the keyword arguments {', '.join(missing)}")
-        self._factories[name] = factory
-
-    def names(self) -> list[str]:
-        return sorted(self._factories)
 
     def factory(self, name: str) -> Factory:
-        if name not in self._factories:
-            raise UnknownNameError(unknown_name_message("model", name, self.names()) +
-                                   "; or give an import path 'package.module:factory'")
-        return self._factories[name]
+        """The factory registered as `name` (`get`); UnknownNameError lists the closest names."""
+        return self.get(name)
 
 
 # The zoo: filled once at import time by the @register_model decorators of rlpruner.models.*
@@ -69,13 +48,6 @@ register_model = MODELS.register
 def list_models() -> list[str]:
     """Names of the registered models, sorted."""
     return MODELS.names()
-
-
-def unknown_name_message(kind: str, name: object, valid: list[str]) -> str:
-    """``unknown <kind> 'x'; valid names (closest first): ...`` with difflib's close matches first."""
-    close = difflib.get_close_matches(str(name), valid, n=5, cutoff=0.4)
-    ordered = close + [v for v in valid if v not in close]
-    return f"unknown {kind} {name!r}; valid names (closest first): {', '.join(ordered)}"
 
 
 def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs: Any) -> nn.Module:
@@ -90,7 +62,7 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwarg
     in_channels = _positive_int("in_channels", in_channels)
     options = _json_options(name, kwargs)
     source = "import" if ":" in name else "zoo"
-    factory = _resolve_import_path(name) if source == "import" else MODELS.factory(name)
+    factory = _resolve_import_path(name) if source == "import" else MODELS.get(name)
     model = _call_factory(name, factory, num_classes, in_channels, kwargs)
     spec = {"source": source, "name": name,
             "kwargs": {"num_classes": num_classes, "in_channels": in_channels, **options}}

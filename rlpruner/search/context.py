@@ -106,7 +106,7 @@ def seeded(ctx: Context, *keys: int) -> Iterator[None]:
 
 
 def accuracy(model: nn.Module, batches: Any, device: torch.device) -> float:
-    return evaluate(model, batches, device)["top1"] / 100.0
+    return evaluate(model, batches, device)["top1"]
 
 
 def measure_ms(config: CompressConfig, model: nn.Module, example: torch.Tensor, device: torch.device) -> float:

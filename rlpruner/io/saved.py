@@ -1,4 +1,4 @@
-"""Files: atomic writes, saved models (safetensors + a JSON header, never pickle) and export.
+"""Saved models: one safetensors file with a JSON header, never pickle.
 
 A saved model is ONE safetensors file. Its tensors are the model's state_dict; its safetensors
 metadata holds one key, ``"rlpruner"``, whose value is a JSON document (the *header*)::
@@ -11,31 +11,23 @@ metadata holds one key, ``"rlpruner"``, whose value is a JSON document (the *hea
 ``spec`` says how to build the *original* architecture (`rlpruner.models.model_from_spec`);
 ``tensors`` lists the shape and dtype of every parameter and buffer (non-persistent buffers too), so a
 pruned model is rebuilt by building the original and shrinking the tensors that differ
-(`rlpruner.surgery.reshape_to`). Plain checkpoints use the same format: nothing differs, nothing is
-shrunk. See docs/saving.md for the security rules.
+(`rlpruner.surgery.reshape_to`). Training checkpoints use the same format: nothing differs, nothing
+is shrunk. See docs/saving.md for the security rules.
 """
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import io
 import json
-import logging
-import os
-import secrets
-import statistics
 import struct
-import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ConfigError, RLPrunerError
+from ..errors import CheckpointError, RLPrunerError
+from ..models.registry import SPEC_ATTR, model_from_spec, spec_problem
+from .atomic import PathLike, atomic_write_bytes, json_default
 
 FORMAT_NAME = "rlpruner.model"
 FORMAT_VERSION = 1
@@ -50,75 +42,6 @@ _DTYPES = {
     )
 }
 
-PathLike = str | os.PathLike
-
-
-# --------------------------------------------------------------------------------------------------
-# Atomic writes
-# --------------------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def atomic_write(path: PathLike, mode: str = "wb", *, encoding: str | None = None) -> Iterator[IO]:
-    """Open a temporary file next to `path`; on success fsync it and rename it over `path`.
-
-    On any error (or interrupt) inside the block the temporary file is removed and `path` is left
-    exactly as it was. Parent directories are created.
-    """
-    if mode not in ("w", "wb"):
-        raise ValueError(f"atomic_write: mode must be 'w' or 'wb', not {mode!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    # os.open with 0o666 lets the umask decide permissions, like a plain open() would.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        if mode == "w" and encoding is None:
-            encoding = "utf-8"
-        with os.fdopen(fd, mode, encoding=encoding) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform/filesystem, hence best effort.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    with atomic_write(path, "wb") as handle:
-        handle.write(data)
-
-
-def atomic_write_text(path: PathLike, text: str) -> None:
-    with atomic_write(path, "w") as handle:
-        handle.write(text)
-
-
-def atomic_write_json(path: PathLike, obj: Any, *, indent: int | None = 2) -> None:
-    """Write `obj` as JSON (numpy scalars/arrays and paths are converted)."""
-    text = json.dumps(obj, indent=indent, default=_json_default, allow_nan=True)
-    atomic_write_text(path, text + "\n")
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):  # numpy scalars and arrays, torch tensors
-        return obj.tolist()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
 
 # --------------------------------------------------------------------------------------------------
 # Saving
@@ -128,7 +51,7 @@ def save(model: nn.Module, path: PathLike, *, meta: Mapping[str, Any] | None = N
          spec: Mapping[str, Any] | None = None) -> Path:
     """Save `model` (pruned or not) as one safetensors file with a JSON header; returns the path.
 
-    `spec` defaults to ``model.rlpruner_spec`` (set by `rlpruner.create_model`). `meta` is any
+    `spec` defaults to the model's `SPEC_ATTR` attribute (set by `rlpruner.create_model`). `meta` is any
     JSON-serialisable mapping (epoch, accuracy, input size...) returned by `load_checkpoint`.
     """
     from safetensors.torch import save as safetensors_bytes
@@ -144,7 +67,7 @@ def save(model: nn.Module, path: PathLike, *, meta: Mapping[str, Any] | None = N
         "meta": dict(meta or {}),
     }
     try:
-        header_text = json.dumps(header, default=_json_default, allow_nan=True)
+        header_text = json.dumps(header, default=json_default, allow_nan=True)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"cannot save {path}: meta is not JSON-serialisable ({exc})") from exc
     data = safetensors_bytes(tensors, metadata={METADATA_KEY: header_text})
@@ -152,20 +75,13 @@ def save(model: nn.Module, path: PathLike, *, meta: Mapping[str, Any] | None = N
     return path
 
 
-def save_checkpoint(model: nn.Module, path: PathLike, meta: Mapping[str, Any] | None = None) -> Path:
-    """A training checkpoint is a saved model with metadata; same format as `save`."""
-    return save(model, path, meta=meta)
-
-
 def _spec_for_save(model: nn.Module, spec: Mapping[str, Any] | None, path: Path) -> dict:
-    spec = spec if spec is not None else getattr(model, "rlpruner_spec", None)
+    spec = spec if spec is not None else getattr(model, SPEC_ATTR, None)
     if spec is None:
         raise CheckpointError(
-            f"cannot save {path}: {type(model).__name__} has no rlpruner_spec; build it with "
+            f"cannot save {path}: {type(model).__name__} has no {SPEC_ATTR}; build it with "
             "rlpruner.create_model(...) or pass spec={'source': 'import', 'name': 'pkg.module:factory', "
             "'kwargs': {...}}")
-    from .models.registry import spec_problem
-
     problem = spec_problem(spec)
     if problem:
         raise CheckpointError(f"cannot save {path}: invalid spec: {problem}")
@@ -266,8 +182,6 @@ def _header_problem(header: Any) -> str | None:
         return f"unexpected keys {sorted(header)}"
     if not isinstance(header["meta"], dict):
         return "meta is not an object"
-    from .models.registry import spec_problem
-
     problem = spec_problem(header["spec"])
     if problem:
         return f"spec: {problem}"
@@ -342,7 +256,7 @@ def load_checkpoint(path: PathLike, *, allow_imports: Iterable[str] = (),
     model = _build(spec, path)
     _match_architecture(model, header["tensors"], path)
     _load_weights(model, tensors, path)
-    model.rlpruner_spec = spec
+    setattr(model, SPEC_ATTR, spec)
     model = model.to(device).eval()
     if example_inputs is not None:
         _check_runs(model, example_inputs, path)
@@ -380,8 +294,6 @@ def _check_allowed(spec: dict, allow_imports: tuple[str, ...], path: Path) -> No
 
 
 def _build(spec: dict, path: Path) -> nn.Module:
-    from .models import model_from_spec
-
     try:
         model = model_from_spec(spec)
     except RLPrunerError as exc:
@@ -403,7 +315,7 @@ def _match_architecture(model: nn.Module, records: dict, path: Path) -> None:
                               f"missing {_few(missing)}, unexpected {_few(extra)}")
     shapes = _shrunk_shapes(built, records, path)
     if shapes:
-        from .surgery import reshape_to
+        from ..surgery import reshape_to
 
         try:
             reshape_to(model, shapes)
@@ -464,197 +376,3 @@ def _few(names: list[str], limit: int = 5) -> str:
         return "none"
     shown = ", ".join(names[:limit])
     return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
-
-
-# --------------------------------------------------------------------------------------------------
-# Export: TorchScript and ONNX, verified against PyTorch before the file is written
-# --------------------------------------------------------------------------------------------------
-
-EXPORT_FORMATS = ("onnx", "torchscript")
-ONNX_EXPORTERS = ("auto", "dynamo", "legacy")
-
-
-@dataclass(frozen=True)
-class ExportReport:
-    """What `export` wrote and how the artefact compares with the PyTorch model."""
-
-    path: Path
-    format: str
-    size_bytes: int
-    max_abs_diff: float | None      # None when verify=False
-    latency_ms: float | None        # median of the exported artefact on the example inputs
-    torch_latency_ms: float | None  # median of the PyTorch model on the same inputs
-    exporter: str                   # "torch.jit.trace", "torch.jit.script", "onnx-dynamo", "onnx-legacy"
-
-
-def export(model: nn.Module, path: PathLike, format: str = "onnx", example_inputs: Any = None, *,
-           verify: bool = True, opset: int | None = None, tolerance: float = 1e-4,
-           exporter: str = "auto", repeat: int = 20) -> ExportReport:
-    """Export `model` (eval mode) to ONNX or TorchScript; verify the artefact, then write it.
-
-    Verification runs the exported artefact (onnxruntime / torch.jit.load) on `example_inputs` and
-    requires ``max|exported - torch| <= tolerance * max(1, max|torch|)``; on failure nothing is
-    written. The artefact has the static input shape of `example_inputs`.
-    """
-    path = Path(path)
-    if format not in EXPORT_FORMATS:
-        raise ConfigError(f"export format must be one of {EXPORT_FORMATS}, not {format!r}")
-    if exporter not in ONNX_EXPORTERS:
-        raise ConfigError(f"ONNX exporter must be one of {ONNX_EXPORTERS}, not {exporter!r}")
-    if example_inputs is None:
-        raise ConfigError("export needs example_inputs (a tensor or a tuple of tensors)")
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    if format == "onnx" and verify:
-        _require_onnxruntime()
-    was_training = model.training
-    model.eval()
-    try:
-        data, used = (_onnx_bytes(model, inputs, opset, exporter, path) if format == "onnx"
-                      else _torchscript_bytes(model, inputs, path))
-        diff = latency = torch_latency = None
-        if verify:
-            run = _onnx_runner(data) if format == "onnx" else _torchscript_runner(data)
-            diff = _check_outputs(model, run, inputs, tolerance, path)
-            latency = _median_ms(lambda: run(inputs), repeat)
-            torch_latency = _median_ms(lambda: _torch_outputs(model, inputs), repeat)
-    finally:
-        model.train(was_training)
-    atomic_write_bytes(path, data)
-    return ExportReport(path, format, len(data), diff, latency, torch_latency, used)
-
-
-def _require_onnxruntime() -> None:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        raise ConfigError("verifying an ONNX export needs onnxruntime: pip install 'rlpruner[onnx]', "
-                          "or skip verification with verify=False (CLI: --no-verify)") from exc
-
-
-def _torch_outputs(model: nn.Module, inputs: tuple) -> list[torch.Tensor]:
-    with torch.no_grad():
-        return _flatten_outputs(model(*inputs))
-
-
-def _flatten_outputs(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (tuple, list)):
-        return [t for item in out for t in _flatten_outputs(item)]
-    if isinstance(out, Mapping):
-        return [t for item in out.values() for t in _flatten_outputs(item)]
-    raise ConfigError(f"cannot export a model returning {type(out).__name__}; "
-                      "return a tensor or a tuple/list/dict of tensors")
-
-
-def _torchscript_bytes(model: nn.Module, inputs: tuple, path: Path) -> tuple[bytes, str]:
-    """Trace first (works for any model without data-dependent control flow), else script."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated but asked for
-        try:
-            scripted, used = torch.jit.trace(model, inputs, check_trace=False), "torch.jit.trace"
-        except Exception as trace_exc:  # tracing fails in many model-specific ways
-            try:
-                scripted, used = torch.jit.script(model), "torch.jit.script"
-            except Exception as script_exc:
-                raise CheckpointError(f"cannot export {path} as TorchScript: trace failed "
-                                      f"({trace_exc}); script failed ({script_exc})") from script_exc
-        buffer = io.BytesIO()
-        torch.jit.save(scripted, buffer)
-    return buffer.getvalue(), used
-
-
-def _torchscript_runner(data: bytes) -> Callable[[tuple], list[torch.Tensor]]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        loaded = torch.jit.load(io.BytesIO(data), map_location="cpu")
-
-    def run(inputs: tuple) -> list[torch.Tensor]:
-        with torch.no_grad():
-            return _flatten_outputs(loaded(*inputs))
-    return run
-
-
-def _onnx_bytes(model: nn.Module, inputs: tuple, opset: int | None, exporter: str, path: Path
-                ) -> tuple[bytes, str]:
-    """The torch.export-based exporter needs onnxscript; the legacy one ships with torch."""
-    dynamo = exporter == "dynamo" or (exporter == "auto" and _has_module("onnxscript"))
-    names = {"input_names": _io_names("input", len(inputs))}
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet("torch.onnx"):
-            warnings.simplefilter("ignore")  # deprecation and tracer warnings, not the user's concern
-            if dynamo:
-                program = torch.onnx.export(model, inputs, None, dynamo=True, opset_version=opset,
-                                            verbose=False, **names)
-                return program.model_proto.SerializeToString(), "onnx-dynamo"
-            buffer = io.BytesIO()
-            torch.onnx.export(model, inputs, buffer, dynamo=False, opset_version=opset, **names)
-            return buffer.getvalue(), "onnx-legacy"
-    except Exception as exc:  # exporters raise many unrelated types
-        raise CheckpointError(f"cannot export {path} as ONNX ({'dynamo' if dynamo else 'legacy'} "
-                              f"exporter): {type(exc).__name__}: {exc}") from exc
-
-
-@contextlib.contextmanager
-def _quiet(logger_name: str) -> Iterator[None]:
-    """Silence a library logger for the duration (the dynamo exporter logs progress at WARNING)."""
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _has_module(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
-
-
-def _io_names(stem: str, count: int) -> list[str]:
-    return [stem] if count == 1 else [f"{stem}_{i}" for i in range(count)]
-
-
-def _onnx_runner(data: bytes) -> Callable[[tuple], list[torch.Tensor]]:
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-
-    def run(inputs: tuple) -> list[torch.Tensor]:
-        feed = {name: t.detach().cpu().numpy() for name, t in zip(names, inputs)}
-        return [torch.from_numpy(out) for out in session.run(None, feed)]
-    return run
-
-
-def _check_outputs(model: nn.Module, run: Callable[[tuple], list[torch.Tensor]], inputs: tuple,
-                   tolerance: float, path: Path) -> float:
-    expected, got = _torch_outputs(model, inputs), run(inputs)
-    if len(expected) != len(got):
-        raise CheckpointError(f"export {path}: artefact returns {len(got)} outputs, "
-                              f"PyTorch returns {len(expected)}")
-    diff, scale = 0.0, 1.0
-    for want, have in zip(expected, got):
-        if tuple(want.shape) != tuple(have.shape):
-            raise CheckpointError(f"export {path}: output shape {list(have.shape)} differs from "
-                                  f"PyTorch's {list(want.shape)}")
-        want, have = want.double(), have.double()
-        diff = max(diff, (want - have).abs().max().item() if want.numel() else 0.0)
-        scale = max(scale, want.abs().max().item() if want.numel() else 0.0)
-    if not diff <= tolerance * scale:  # `not <=` also catches NaN
-        raise CheckpointError(f"export {path}: exported outputs differ from PyTorch by {diff:.3g} "
-                              f"(tolerance {tolerance * scale:.3g}); nothing was written")
-    return diff
-
-
-def _median_ms(call: Callable[[], Any], repeat: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(max(1, repeat)):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)

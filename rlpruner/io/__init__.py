@@ -1,0 +1,18 @@
+"""Files: atomic writes, saved models (safetensors + a JSON header, never pickle) and export.
+
+    atomic.py     atomic_write(path) and its bytes/text/JSON forms: a file is complete or absent
+    saved.py      save / load / load_checkpoint / read_header: the saved-model format
+    exporting.py  export(model, path, "onnx" | "torchscript", example_inputs), verified before writing
+
+    from rlpruner.io import save, load
+    save(pruned, "small.safetensors", meta={"epoch": 3})
+    model = load("small.safetensors")
+"""
+from .atomic import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text
+from .exporting import EXPORT_FORMATS, ONNX_EXPORTERS, ExportReport, export
+from .saved import (FORMAT_NAME, FORMAT_VERSION, METADATA_KEY, import_allowed, load, load_checkpoint,
+                    read_header, save)
+
+__all__ = ["EXPORT_FORMATS", "FORMAT_NAME", "FORMAT_VERSION", "METADATA_KEY", "ONNX_EXPORTERS",
+           "ExportReport", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
+           "export", "import_allowed", "load", "load_checkpoint", "read_header", "save"]
