@@ -9,6 +9,8 @@ a label with `ctx.set_label`. What `ctx` offers:
 
 - `ctx.label(t)`: the label tensor of `t` (same shape, one slot id per element, NONE = no channel)
 - `ctx.set_label(out, label)`, `ctx.has_slots(t)`
+- `ctx.channels(t, dim=1)`: one slot per index of `dim` (what channel i of `t` depends on);
+  `ctx.set_channels(out, slots, dim=1)`: label `out` with `slots` along `dim`
 - `ctx.fresh(n)`: n new slots (a layer that produces n channels)
 - `ctx.couple(a, b)`: slots at equal positions of two labels must be removed together
 - `ctx.attach(param, dim, slots)`: dim `dim` of model tensor `param` follows `slots` (per-channel
@@ -26,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedOperation
-from .labels import FROZEN, SlotTable, along, compact, none_like, unique_slots, varies
+from .labels import FROZEN, SlotTable, along, compact, none_like, per_index, unique_slots, varies
 
 Handler = Callable[["TraceContext", Any, tuple, dict, Any], None]
 MetaShortcut = Callable[[Any, tuple, dict], "torch.Tensor | None"]
@@ -111,6 +113,14 @@ class TraceContext:
             self.set_label(t, label)
             return label
         return none_like(t.shape)
+
+    def channels(self, t: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """One slot per index of `dim` of `t`, merging the slots found in each index's slice."""
+        return per_index(self.table, self.label(t), dim)
+
+    def set_channels(self, t: torch.Tensor, slots: torch.Tensor, dim: int = 1) -> None:
+        """Label `t` with `slots` laid along `dim` (broadcast over every other dim)."""
+        self.set_label(t, along(slots, t.shape, dim))
 
     def param_name(self, t: Any) -> str | None:
         """The state_dict name of a model parameter/buffer, or None for a computed tensor."""
