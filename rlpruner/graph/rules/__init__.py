@@ -19,7 +19,7 @@ or for the whole process (`register_rule`, `register_fixup`: the RL search sees 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F

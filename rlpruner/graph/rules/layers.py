@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..context import TraceContext, arg, tensors
+from ..context import TraceContext, arg
 from ..labels import FROZEN, INEXACT, along, per_index, unique_slots, varies
 from .elementwise import same
 
