@@ -34,3 +34,8 @@ class UnsupportedOperation(RLPrunerError):
 
 class PruningError(RLPrunerError):
     """A pruning request that cannot be carried out (e.g. it would empty a group)."""
+
+
+class SurgeryError(PruningError):
+    """Surgery cannot apply the requested slices or shapes to this model (callers such as io may
+    wrap it in their own error type)."""

@@ -17,8 +17,9 @@ from .allocation.budget import smallest_budget
 from .allocation.policy import capacity, max_budget
 from .errors import ConfigError, PruningError
 from .graph import DependencyGraph, trace, validate_forward
+from .graph.rules import RuleLike
 from .importance import Importance, get, lowest
-from .surgery import prune_channels
+from .surgery import Fixups, prune_channels
 
 Ratio = float | Mapping[str, float]
 
@@ -34,18 +35,22 @@ def prune(
     data: tuple[Any, Any] | None = None,
     strict: bool = False,
     verify: bool = True,
+    rules: Mapping[Any, RuleLike] | None = None,
+    fixups: Fixups | None = None,
 ) -> nn.Module:
     """Remove the least important `ratio` of the units of every prunable group, physically, in place.
 
     ratio: one fraction in [0, 1) for every prunable group, or {group name: fraction}.
     round_to: keep a multiple of this many units per group (hardware-friendly widths).
     data: (inputs, targets) calibration batch for the 'taylor' and 'activation' criteria.
+    rules, fixups: channel rules and surgery fix-ups for custom ops/modules, for this call
+    (see rlpruner.graph.register_rule and docs/custom-ops.md).
     """
-    graph = trace(model, example_inputs, keep=keep, strict=strict)
+    graph = trace(model, example_inputs, keep=keep, strict=strict, rules=rules)
     counts = removal_counts(graph, ratio, round_to)
     scores = get(importance, data=data)(model, graph) if counts else {}
     removals = {name: lowest(scores[name], n) for name, n in counts.items() if n > 0}
-    prune_channels(model, graph, removals, inplace=True)
+    prune_channels(model, graph, removals, inplace=True, fixups=fixups)
     if verify:
         validate_forward(model, example_inputs)
     return model

@@ -60,6 +60,11 @@ class Registry(Generic[T]):
             raise UnknownNameError(unknown_name_message(self.kind, name, self.names()) + self._hint)
         return self._entries[name]
 
+    def remove(self, name: str) -> T:
+        """Take an entry out again (e.g. a user registration scoped to a test)."""
+        self.get(name)  # the unknown-name message if it is not there
+        return self._entries.pop(name)
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 

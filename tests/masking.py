@@ -4,8 +4,9 @@ A pruned model must compute exactly what the original computes with the removed 
 out. "Masked out" is implemented here independently of surgery: on a copy of the original, every
 *producer-side* slice of a removed unit (conv/linear output rows, biases, norm affine parameters,
 layer-scale entries) is set to zero, so the channel is zero wherever it flows. Consumers keep
-their input columns: if the pruned model still agrees, the removed channels truly carried nothing
-the rest of the network used.
+their input columns (which dims those are comes from the package's layer rules,
+`rlpruner.graph.rules.input_dims`): if the pruned model still agrees, the removed channels truly
+carried nothing the rest of the network used.
 """
 from __future__ import annotations
 
@@ -16,16 +17,7 @@ import torch
 from torch import nn
 
 from rlpruner.graph import DependencyGraph
-
-
-def _is_consumer_input(module: nn.Module, param: str, dim: int) -> bool:
-    if not param.endswith("weight"):
-        return False
-    if isinstance(module, nn.modules.conv._ConvNd):
-        if module.transposed:
-            return dim == 0 and module.groups == 1
-        return dim == 1
-    return isinstance(module, nn.Linear) and dim == 1
+from rlpruner.graph.rules import input_dims
 
 
 def masked_reference(model: nn.Module, graph: DependencyGraph, removals: dict) -> nn.Module:
@@ -38,8 +30,8 @@ def masked_reference(model: nn.Module, graph: DependencyGraph, removals: dict) -
             group = graph.group(name)
             for m in group.members:
                 owner = modules.get(m.module)
-                if owner is not None and _is_consumer_input(owner, m.param, m.dim):
-                    continue
+                if owner is not None and (m.param.rpartition(".")[2], m.dim) in input_dims(owner):
+                    continue  # the consumer side (conv/linear input columns, per the layer rules)
                 if m.param.endswith("running_var") or m.param.endswith("running_mean"):
                     continue  # statistics do not matter once gamma and beta are zero
                 pos = torch.as_tensor(m.positions_of(np.asarray(units)), dtype=torch.long)

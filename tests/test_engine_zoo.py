@@ -72,12 +72,17 @@ def test_ratio_zero_is_bit_identical(traced):
 def test_pruned_model_is_an_ordinary_module(traced):
     name, model, x, graph = traced
     pruned = copy.deepcopy(prune_channels(model, graph, random_removals(graph, seed=5), inplace=False))
-    # it trains
+    # it trains: a few SGD steps on a fixed batch lower the loss
     pruned.train()
     opt = torch.optim.SGD(pruned.parameters(), lr=0.01)
-    loss = pruned(x).logsumexp(dim=1).mean()
-    loss.backward()
-    opt.step()
+    losses = []
+    for _ in range(3):
+        opt.zero_grad()
+        loss = pruned(x).logsumexp(dim=1).mean()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0], f"{name}: loss did not fall when training the pruned model: {losses}"
     pruned.eval()
     # it traces with TorchScript and gives the same outputs
     scripted = torch.jit.trace(pruned, x, check_trace=False)

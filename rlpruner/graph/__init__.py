@@ -1,16 +1,28 @@
-"""Tracing and coupled channel groups: `trace(model, example_inputs) -> DependencyGraph`."""
+"""Tracing and coupled channel groups: `trace(model, example_inputs) -> DependencyGraph`.
+
+Extension point for ops and modules the tracer does not know: `register_rule` / `rules=` (channel
+rules, see graph/rules and docs/custom-ops.md) and `register_fixup` (surgery attribute updates).
+"""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from torch import nn
 
+from .context import Rule, TraceContext, UnknownOp
 from .groups import DependencyGraph, Group, Member, Removals, validate_forward
-from .trace import UnknownOp, run_trace
+from .rules import RuleLike, register_fixup, register_rule, unregister_fixup, unregister_rule
+from .trace import run_trace
 
 
 def trace(
-    model: nn.Module, example_inputs: Any, *, keep: Sequence[str] = (), strict: bool = False, on_meta: bool = True
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    keep: Sequence[str] = (),
+    strict: bool = False,
+    on_meta: bool = True,
+    rules: Mapping[Any, RuleLike] | None = None,
 ) -> DependencyGraph:
     """Find which output channels of which layers are coupled, by running `model` once.
 
@@ -19,6 +31,8 @@ def trace(
     strict: raise UnsupportedOperation on an operation with unknown channel semantics instead of
     freezing the channels it touches (the default, with a warning).
     on_meta: trace a shapes-only twin of the model (fast); falls back to real execution by itself.
+    rules: {torch function or nn.Module type: rule} for this call, on top of the built-in and
+    registered rules (an nn.Module type is traced as one operation; see docs/custom-ops.md).
     """
     from .groups import build_graph
 
@@ -28,8 +42,11 @@ def trace(
         from ..errors import ConfigError
 
         raise ConfigError(f"keep: no module named {', '.join(map(repr, missing))} in {type(model).__name__}")
-    ctx = run_trace(model, example_inputs, strict=strict, on_meta=on_meta)
+    ctx = run_trace(model, example_inputs, strict=strict, on_meta=on_meta, rules=rules)
     return build_graph(ctx, model, keep)
 
 
-__all__ = ["trace", "DependencyGraph", "Group", "Member", "Removals", "UnknownOp", "validate_forward"]
+__all__ = [
+    "trace", "DependencyGraph", "Group", "Member", "Removals", "UnknownOp", "validate_forward",
+    "Rule", "TraceContext", "register_rule", "unregister_rule", "register_fixup", "unregister_fixup",
+]

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, PruningError
+from .context import TraceContext, UnknownOp
 from .labels import FROZEN, INEXACT
-from .trace import TraceContext, UnknownOp
 
 Removals = Mapping[str, Sequence[int]]
 

@@ -1,0 +1,224 @@
+"""What a channel rule sees of a running trace: `TraceContext`, and the types of rules.
+
+This module imports no rules, so the rule files (graph/rules/) and the tracer (graph/trace.py) both
+depend on it and not on each other.
+
+A rule is `rule(ctx, func, args, kwargs, out) -> None`, called after `func(*args, **kwargs)` ran and
+returned `out` (for a leaf module, `func` is the module instance). It must give every output tensor
+a label with `ctx.set_label`. What `ctx` offers:
+
+- `ctx.label(t)`: the label tensor of `t` (same shape, one slot id per element, NONE = no channel)
+- `ctx.set_label(out, label)`, `ctx.has_slots(t)`
+- `ctx.channels(t, dim=1)`: one slot per index of `dim` (what channel i of `t` depends on);
+  `ctx.set_channels(out, slots, dim=1)`: label `out` with `slots` along `dim`
+- `ctx.fresh(n)`: n new slots (a layer that produces n channels)
+- `ctx.couple(a, b)`: slots at equal positions of two labels must be removed together
+- `ctx.attach(param, dim, slots)`: dim `dim` of model tensor `param` follows `slots` (per-channel
+  weights); returns False when `param` is computed rather than a parameter/buffer of the model
+- `ctx.table.mark(slots, FROZEN | INEXACT)`: never remove / removal changes other channels' values
+- `ctx.unknown(func, args, kwargs, out, reason)`: give up: freeze everything touched (strict mode
+  raises UnsupportedOperation instead)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedOperation
+from .labels import FROZEN, SlotTable, along, compact, none_like, per_index, unique_slots, varies
+
+Handler = Callable[["TraceContext", Any, tuple, dict, Any], None]
+MetaShortcut = Callable[[Any, tuple, dict], "torch.Tensor | None"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One entry of the rule table.
+
+    handler: sets the output labels (see the module docstring).
+    meta: optional; on the meta device, builds the output from the inputs' shapes alone (or returns
+    None to run the op), skipping slow reference decompositions. Only for ops whose output is
+    determined by shapes.
+    """
+
+    handler: Handler
+    meta: MetaShortcut | None = None
+
+
+@dataclass(frozen=True)
+class UnknownOp:
+    op: str
+    module: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.op} in {self.module or '<model>'} ({self.reason})"
+
+
+def tensors(obj: Any) -> list[torch.Tensor]:
+    """Every tensor in a (nested) tuple/list/dict, in order."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in tensors(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in tensors(o)]
+    return []
+
+
+def arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
+    """Argument `name`, passed by keyword or at position `index`."""
+    if name in kwargs:
+        return kwargs[name]
+    return args[index] if len(args) > index else default
+
+
+def op_name(func: Any) -> str:
+    if isinstance(func, nn.Module):
+        return type(func).__name__
+    name = getattr(func, "__name__", repr(func))
+    if name == "__get__":
+        name = getattr(getattr(func, "__self__", None), "__name__", name)
+    owner = getattr(func, "__module__", None) or ""
+    return f"aten.{name}" if not owner.startswith("torch.nn") else f"F.{name}"
+
+
+class TraceContext:
+    """Everything one trace accumulates; rules talk to the trace only through it."""
+
+    def __init__(self, model: nn.Module, strict: bool, rules: dict[Any, Rule]):
+        self.table = SlotTable()
+        self.strict = strict
+        self.rules = rules
+        self.labels: dict[int, tuple[torch.Tensor, torch.Tensor, bool]] = {}
+        self.names: dict[int, str] = {}
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            self.names.setdefault(id(t), name)
+        self.costs: list[tuple[str, int]] = []
+        self.unknowns: list[UnknownOp] = []
+        self.module_stack: list[str] = []
+        self.leaf_depth = 0  # > 0 inside a module traced as one op: its inner ops are not recorded
+
+    # -- labels ----------------------------------------------------------------------------------
+    def label(self, t: torch.Tensor) -> torch.Tensor:
+        entry = self.labels.get(id(t))
+        if entry is not None and entry[0] is t:
+            return entry[1]
+        name = self.names.get(id(t))
+        if name is not None:
+            label = self._param_label(t, name)
+            self.set_label(t, label)
+            return label
+        return none_like(t.shape)
+
+    def channels(self, t: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """One slot per index of `dim` of `t`, merging the slots found in each index's slice."""
+        return per_index(self.table, self.label(t), dim)
+
+    def set_channels(self, t: torch.Tensor, slots: torch.Tensor, dim: int = 1) -> None:
+        """Label `t` with `slots` laid along `dim` (broadcast over every other dim)."""
+        self.set_label(t, along(slots, t.shape, dim))
+
+    def param_name(self, t: Any) -> str | None:
+        """The state_dict name of a model parameter/buffer, or None for a computed tensor."""
+        return self.names.get(id(t)) if isinstance(t, torch.Tensor) else None
+
+    def attach(self, t: Any, dim: int, slots: torch.Tensor) -> bool:
+        """Dim `dim` of model tensor `t` follows `slots`; False if `t` is not a parameter/buffer."""
+        name = self.param_name(t)
+        if name is None:
+            return False
+        self.table.attach(name, dim, slots)
+        return True
+
+    def set_label(self, t: torch.Tensor, label: torch.Tensor) -> None:
+        if tuple(label.shape) != tuple(t.shape):
+            raise RuntimeError(f"internal: label shape {tuple(label.shape)} != tensor shape {tuple(t.shape)}")
+        c = compact(label)
+        self.labels[id(t)] = (t, label, bool(c.numel() and int(c.max()) >= 0))
+
+    def has_slots(self, t: torch.Tensor) -> bool:
+        entry = self.labels.get(id(t))
+        if entry is not None and entry[0] is t:
+            return entry[2]
+        return id(t) in self.names
+
+    def _param_label(self, t: torch.Tensor, name: str) -> torch.Tensor:
+        """A parameter used directly in an op (layer-scale, bias add): slots along its one real dim."""
+        big = [d for d, n in enumerate(t.shape) if n > 1]
+        if not big:
+            return none_like(t.shape)
+        if len(big) == 1:
+            slots = self.fresh(t.shape[big[0]])
+            self.table.attach(name, big[0], slots)
+            return along(slots, t.shape, big[0])
+        slot = self.fresh(1, FROZEN)  # a full tensor parameter: structure unknown, keep it whole
+        return slot.reshape((1,) * t.dim()).expand(t.shape)
+
+    def fresh(self, n: int, flags: int = 0) -> torch.Tensor:
+        return self.table.new(n, flags)
+
+    # -- constraints -----------------------------------------------------------------------------
+    def couple(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Element-wise: slots at equal positions go together; a slot facing only constants is frozen."""
+        a, b = torch.broadcast_tensors(a, b)
+        index = tuple(
+            slice(0, 1) if (a.stride(d) == 0 and b.stride(d) == 0 and a.shape[d] > 1) else slice(None)
+            for d in range(a.dim())
+        )
+        pairs = torch.stack([a[index].reshape(-1), b[index].reshape(-1)], dim=1)
+        pairs = torch.unique(pairs, dim=0)
+        both = (pairs >= 0).all(dim=1)
+        self.table.union_pairs(pairs[both])
+        partnered = set(pairs[both].reshape(-1).tolist())
+        lonely = pairs[~both].reshape(-1)
+        lonely = [s for s in lonely.tolist() if s >= 0 and s not in partnered]
+        if lonely:
+            self.table.mark(torch.tensor(lonely), FROZEN)
+
+    def uniform_head(self, label: torch.Tensor, dims: list[int]) -> torch.Tensor | None:
+        """Labels with `dims` reduced to size 1 if every reduced slice is one slot (NONE ignored)."""
+        c = compact(label)
+        if not dims:
+            return label
+        head = c.amax(dim=dims, keepdim=True)
+        if not any(varies(c, d) for d in dims):
+            return head.expand([1 if d in dims else n for d, n in enumerate(label.shape)])
+        roots = self.table.roots_of(c)
+        head_roots = self.table.roots_of(head).expand(c.shape)
+        if bool(((roots == head_roots) | (roots < 0)).all()):
+            return head.expand([1 if d in dims else n for d, n in enumerate(label.shape)])
+        return None
+
+    def add_cost(self, weight_name: str, multiplier: int) -> None:
+        self.costs.append((weight_name, int(multiplier)))
+
+    def unknown(self, func: Any, args: tuple, kwargs: dict, out: Any, reason: str) -> None:
+        op = UnknownOp(op_name(func), ".".join(p for p in self.module_stack[-1:] if p), reason)
+        if self.strict:
+            raise UnsupportedOperation(f"{op}: its channel semantics are unknown (strict mode)")
+        self.unknowns.append(op)
+        for t in tensors(list(args) + list(kwargs.values())):
+            self.table.mark(unique_slots(self.label(t)), FROZEN)
+        for o in tensors(out):
+            slot = self.fresh(1, FROZEN)
+            self.set_label(o, slot.reshape((1,) * o.dim()).expand(o.shape))
+
+    # -- dispatch --------------------------------------------------------------------------------
+    def record(self, func: Any, args: tuple, kwargs: dict, out: Any, rule: Rule | None = None) -> None:
+        """Apply the rule of `func` (or `rule`, for a leaf module) to one call that returned `out`."""
+        if self.leaf_depth:
+            return
+        inputs = tensors(list(args) + list(kwargs.values()))
+        if not tensors(out) and func is not torch.Tensor.__setitem__:
+            return
+        if not any(self.has_slots(t) for t in inputs):
+            return  # constants: outputs carry no channel provenance (NONE)
+        rule = rule or self.rules.get(func)
+        if rule is None:
+            self.unknown(func, args, kwargs, out, "operation not in the channel-rule table")
+        else:
+            rule.handler(self, func, args, kwargs, out)

@@ -1,0 +1,195 @@
+"""Data-movement rules: the op itself is applied to the label tensor (view, permute, cat, split,
+channel shuffle, slicing...), plus the constraints reshapes and concatenations impose.
+
+- move:    replay on labels; hard-coded sizes or indices that cut through channels freeze them
+- channel: per-channel op on dim 1 that may change spatial extent (pooling, interpolation, pad)
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..context import TraceContext, arg, tensors
+from ..labels import FROZEN, NONE, along, per_index, recompact, unique_slots, varies
+from .elementwise import same
+
+_LABEL_EQUIVALENT = {torch.Tensor.view: torch.Tensor.reshape}
+_RESHAPES = {"view", "reshape", "flatten", "unflatten", "view_as", "reshape_as"}
+
+# Pieces proportional to the dim (chunk) scale with pruning when equal indices go together;
+# fixed sizes/indices (split sizes, slicing bounds, shifts) do not, so the channels they touch freeze.
+_PROPORTIONAL = {"chunk"}
+_FIXED_SIZES = {"split", "split_with_sizes", "hsplit", "vsplit", "dsplit", "unbind", "roll"}
+_SELECTIONS = {"__getitem__", "narrow", "select", "masked_select", "diagonal", "tensor_split", "unfold"}
+_INDEXED = {"index_select", "gather", "take_along_dim"}  # hard-coded index tensors along a dim
+
+
+def _reshape_groups(src: list[int], dst: list[int]) -> list[tuple[list[int], list[int]]]:
+    """Pair up runs of source and destination dims with equal products (size-1 dims ignored)."""
+    s = [i for i, n in enumerate(src) if n != 1]
+    d = [j for j, n in enumerate(dst) if n != 1]
+    groups, i, j = [], 0, 0
+    while i < len(s) and j < len(d):
+        gs, gd = [s[i]], [d[j]]
+        ps, pd = src[s[i]], dst[d[j]]
+        i, j = i + 1, j + 1
+        while ps != pd:
+            if ps < pd and i < len(s):
+                gs.append(s[i]); ps *= src[s[i]]; i += 1
+            elif pd < ps and j < len(d):
+                gd.append(d[j]); pd *= dst[d[j]]; j += 1
+            else:
+                break
+        groups.append((gs, gd))
+    return groups
+
+
+def _reshape_constraints(ctx: TraceContext, label_in: torch.Tensor, label_out: torch.Tensor) -> bool:
+    """Splitting a channel dim into (outer, inner) keeps the outer factor fixed (groups, heads):
+    slots sharing an inner index must then go together. Returns False if the reshape is too
+    irregular to reason about (caller freezes)."""
+    for gs, gd in _reshape_groups(list(label_in.shape), list(label_out.shape)):
+        if len(gd) <= 1 or not any(varies(label_in, dim) for dim in gs):
+            continue
+        if len(gs) > 1:
+            return False
+        outer = gd[0]
+        first = label_out.narrow(outer, 0, 1)
+        for k in range(1, label_out.shape[outer]):
+            ctx.couple(first, label_out.narrow(outer, k, 1))
+    return True
+
+
+def _freeze_indexed(ctx: TraceContext, func, args, kwargs, label_in: torch.Tensor, outs) -> None:
+    dim = arg(args, kwargs, 1, "dim")
+    if dim is None or varies(label_in, dim % label_in.dim()):
+        for lab in outs:
+            ctx.table.mark(unique_slots(lab), FROZEN)
+
+
+def move(ctx: TraceContext, func, args, kwargs, out) -> None:
+    name = getattr(func, "__name__", "")
+    source = args[0]
+    if isinstance(source, (list, tuple)):  # cat / stack / concat
+        labels = [ctx.label(t) for t in source]
+        dim = arg(args, kwargs, 1, "dim", 0)
+        _concat_constraints(ctx, labels, dim, stacked=name == "stack")
+        if name in ("cat", "concat", "concatenate") and labels:
+            _cat_compact(ctx, labels, dim, out)
+            return
+        label_args = (type(source)(labels),) + tuple(args[1:])
+    else:
+        label_args = (ctx.label(source),) + tuple(args[1:])
+    label_func = _LABEL_EQUIVALENT.get(func, func)
+    try:
+        label_out = label_func(*label_args, **kwargs)
+    except (RuntimeError, TypeError, NotImplementedError) as exc:  # e.g. not defined for int tensors
+        ctx.unknown(func, args, kwargs, out, f"data movement that cannot be replayed on labels ({exc})")
+        return
+    if name in _RESHAPES and not _reshape_constraints(ctx, label_args[0], label_out):
+        ctx.unknown(func, args, kwargs, out, "reshape that regroups several channel dims")
+        return
+    outs = tensors(label_out)
+    if name in _PROPORTIONAL:
+        _couple_pieces(ctx, outs)
+    elif name in _INDEXED and any(varies(label_args[0], d) for d in range(label_args[0].dim())):
+        _freeze_indexed(ctx, func, args, kwargs, label_args[0], outs)
+    elif name in _FIXED_SIZES | _SELECTIONS and _changes_channels(label_args[0], outs, name in _FIXED_SIZES):
+        for lab in outs:
+            ctx.table.mark(unique_slots(lab), FROZEN)
+    for o, lab in zip(tensors(out), outs):
+        ctx.set_label(o, recompact(lab))
+
+
+def _cat_compact(ctx: TraceContext, labels: list[torch.Tensor], dim: int, out: torch.Tensor) -> None:
+    """cat of labels that are all broadcast along some dims: concatenate without materialising them."""
+    dim = dim % labels[0].dim()
+    flat = [
+        e for e in range(labels[0].dim())
+        if e != dim and all(lab.stride(e) == 0 or lab.shape[e] == 1 for lab in labels)
+    ]
+    index = tuple(slice(0, 1) if e in flat else slice(None) for e in range(labels[0].dim()))
+    ctx.set_label(out, torch.cat([lab[index] for lab in labels], dim=dim).expand(out.shape))
+
+
+def _couple_pieces(ctx: TraceContext, pieces: list[torch.Tensor]) -> None:
+    if len({tuple(p.shape) for p in pieces}) > 1:  # uneven pieces cannot stay proportional
+        for p in pieces:
+            ctx.table.mark(unique_slots(p), FROZEN)
+        return
+    for p in pieces[1:]:
+        ctx.couple(pieces[0], p)
+
+
+def _changes_channels(label_in: torch.Tensor, outs: list[torch.Tensor], fixed_sizes: bool) -> bool:
+    """Whether a selection/split with hard-coded indices cuts through dims that carry channels."""
+    carries = [d for d in range(label_in.dim()) if varies(label_in, d)]
+    if not carries:
+        return False
+    if fixed_sizes:
+        return len(outs) > 1 or any(o.shape != label_in.shape for o in outs)
+    before = set(unique_slots(label_in).tolist())
+    after = set().union(*(set(unique_slots(o).tolist()) for o in outs)) if outs else set()
+    return before != after
+
+
+def _concat_constraints(ctx: TraceContext, labels: list[torch.Tensor], dim: int, stacked: bool) -> None:
+    """All dims but the concatenation dim must match: equal indices there are coupled."""
+    if len(labels) < 2:
+        return
+    nd = labels[0].dim()
+    dim = dim % (nd + 1 if stacked else nd)
+    others = [d for d in range(nd) if stacked or d != dim]
+    fixed = [d for d in others if any(varies(lab, d) for lab in labels)]
+    if not fixed:
+        return
+    probes = []
+    for lab in labels:
+        index = [slice(None) if d in fixed else slice(0, 1) for d in range(nd)]
+        probes.append(lab[tuple(index)])
+    for p in probes[1:]:
+        ctx.couple(probes[0], p)
+
+
+def channel(ctx: TraceContext, func, args, kwargs, out) -> None:
+    x = args[0]
+    name = getattr(func, "__name__", "")
+    if name == "pad":
+        pad = arg(args, kwargs, 1, "pad")
+        if len(pad) > 2 * (x.dim() - 2):  # pads the channel dim with a fixed number of constants
+            move_pad(ctx, func, args, kwargs, out)
+            return
+    if x.dim() < 2:
+        same(ctx, func, args, kwargs, out)
+        return
+    slots = per_index(ctx.table, ctx.label(x), 1)
+    for o in tensors(out):
+        ctx.set_label(o, along(slots, o.shape, 1))
+
+
+def move_pad(ctx: TraceContext, func, args, kwargs, out) -> None:
+    pad = arg(args, kwargs, 1, "pad")
+    label = F.pad(ctx.label(args[0]).contiguous(), pad, mode="constant", value=NONE)
+    ctx.set_label(out, label)
+
+
+NAMES = {
+    move: (
+        "view", "reshape", "flatten", "unflatten", "view_as", "reshape_as", "permute", "transpose", "transpose_",
+        "t", "swapaxes", "swapdims", "movedim", "moveaxis", "squeeze", "squeeze_", "unsqueeze", "unsqueeze_",
+        "expand", "expand_as", "broadcast_to", "repeat", "tile", "repeat_interleave", "cat", "concat",
+        "concatenate", "stack", "split", "chunk", "tensor_split", "unbind", "narrow", "select", "__getitem__",
+        "index_select", "gather", "take_along_dim", "flip", "fliplr", "flipud", "roll", "rot90", "pixel_shuffle",
+        "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle", "unfold", "split_with_sizes", "hsplit",
+        "vsplit", "dsplit", "hstack", "vstack", "masked_select", "diagonal",
+    ),
+    channel: (
+        "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+        "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+        "adaptive_max_pool3d", "lp_pool1d", "lp_pool2d", "fractional_max_pool2d", "interpolate", "upsample",
+        "upsample_nearest", "upsample_bilinear", "pad", "max_pool1d_with_indices", "max_pool2d_with_indices",
+        "grid_sample",
+    ),
+}
+
+PROPERTIES = {"T": move, "mT": move, "H": move, "mH": move}  # x.T ... are property reads
