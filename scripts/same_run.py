@@ -1,15 +1,17 @@
 """Compare two compression run directories, ignoring wall-clock timings and measured latency.
 
-    python scripts/same_run.py RUN_A RUN_B      # exit 0 when the runs are the same, 1 with the differences
+    python scripts/same_run.py RUN_A RUN_B [--rel 1e-15]   # exit 0 when the runs are the same, 1 if not
 
-Used to show that a refactor changes no result: the saved model bytes, results.json and every
-per-step record must match.
+Used to show that a refactor changes no result: the saved model bytes must be identical, and
+results.json and every per-step record must match, numbers exactly or, with --rel, within that
+relative difference (for a change in how a number is computed, e.g. c/n instead of (100·c/n)/100).
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import json
-import sys
+import math
 from pathlib import Path
 
 TIMED = ("time", "timing", "latency")  # measured on a clock: differs run to run
@@ -28,22 +30,41 @@ def _steps(path: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if not k.startswith(TIMED)} for row in csv.DictReader(path.open())]
 
 
-def differences(a: Path, b: Path) -> list[str]:
+def _same(x, y, rel: float) -> bool:
+    if isinstance(x, dict) and isinstance(y, dict):
+        return x.keys() == y.keys() and all(_same(x[k], y[k], rel) for k in x)
+    if isinstance(x, list) and isinstance(y, list):
+        return len(x) == len(y) and all(_same(u, v, rel) for u, v in zip(x, y))
+    try:
+        u, v = float(x), float(y)
+    except (TypeError, ValueError):
+        return x == y
+    return x == y or math.isclose(u, v, rel_tol=rel, abs_tol=0.0)
+
+
+def differences(a: Path, b: Path, rel: float = 0.0) -> list[str]:
     found = []
     for name in ("model.rlp", "model.safetensors"):
         if (a / name).exists() or (b / name).exists():
             if not ((a / name).exists() and (b / name).exists()) or (a / name).read_bytes() != (b / name).read_bytes():
                 found.append(f"{name} differs")
-    if _results(a / "results.json") != _results(b / "results.json"):
+    if not _same(_results(a / "results.json"), _results(b / "results.json"), rel):
         found.append("results.json differs (beyond timings)")
     steps_a, steps_b = _steps(a / "steps.csv"), _steps(b / "steps.csv")
     if len(steps_a) != len(steps_b):
         found.append(f"{len(steps_a)} vs {len(steps_b)} steps")
-    found += [f"step {x['step']}: {k} {x[k]} vs {y.get(k)}" for x, y in zip(steps_a, steps_b) for k in x if x[k] != y.get(k)]
+    found += [f"step {x['step']}: {k} {x[k]} vs {y.get(k)}" for x, y in zip(steps_a, steps_b) for k in x
+              if not _same(x[k], y.get(k), rel)]
     return found
 
 
 if __name__ == "__main__":
-    diffs = differences(Path(sys.argv[1]), Path(sys.argv[2]))
-    print("\n".join(diffs[:20]) if diffs else "same run (timings aside)")
-    sys.exit(1 if diffs else 0)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_a", type=Path)
+    parser.add_argument("run_b", type=Path)
+    parser.add_argument("--rel", type=float, default=0.0, help="relative tolerance for numbers (default: exact)")
+    args = parser.parse_args()
+    diffs = differences(args.run_a, args.run_b, args.rel)
+    exact = "" if args.rel == 0 else f", numbers within {args.rel:g} relative"
+    print("\n".join(diffs[:20]) if diffs else f"same run (identical model bytes{exact}; timings aside)")
+    raise SystemExit(1 if diffs else 0)

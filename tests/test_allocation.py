@@ -96,13 +96,19 @@ class _LargestFirst:
         return Proposal(chosen=chosen, pd=chosen.pd, counts_at=counts_at, plan=plan)
 
 
-def test_a_registered_allocator_runs_in_the_loop(tmp_path, monkeypatch):
+@pytest.fixture
+def largest_first():
+    ALLOCATORS.add("largest-first", _LargestFirst)
+    yield
+    ALLOCATORS.remove("largest-first")
+
+
+def test_a_registered_allocator_runs_in_the_loop(tmp_path, largest_first):
     splits = get_dataset("synthetic", image_size=8, in_channels=1, num_classes=3, samples_per_class=30,
                          val_fraction=0.2)
     torch.manual_seed(0)
     model = create_model("simple_cnn", num_classes=3, in_channels=1, widths=[8, 16])
     train(model, splits, TrainConfig(epochs=2, lr=0.05, batch_size=16))
-    monkeypatch.setitem(ALLOCATORS._entries, "largest-first", _LargestFirst)
     config = CompressConfig(target=Target("flops", 0.3), method="largest-first",
                             rl=RLConfig(prune_filter_ratio=0.1), kd=DistillConfig(epochs=0), final_epochs=0,
                             latency_repeats=1, latency_warmup=0, progress=False)

@@ -1,4 +1,5 @@
-"""The engine's modules import each other in one direction only (no import cycles)."""
+"""rlpruner's modules import each other in one direction only (no import cycles), and the layout
+keeps modules small enough to read."""
 from __future__ import annotations
 
 import ast
@@ -10,6 +11,7 @@ import rlpruner
 
 ROOT = Path(rlpruner.__file__).parent
 ENGINE = sorted([*ROOT.joinpath("graph").rglob("*.py"), ROOT / "surgery.py"])
+EVERYTHING = sorted(ROOT.rglob("*.py"))
 
 
 def _module_name(path: Path) -> str:
@@ -17,8 +19,10 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path) -> set[str]:
-    """Every rlpruner module `path` imports, at any level (function-local imports included)."""
+def _imports(path: Path, modules: frozenset[str] = frozenset()) -> set[str]:
+    """Every rlpruner module `path` imports, at any level (function-local imports included).
+    `from package import name` counts as importing the submodule `package.name` when that is one
+    of `modules` (a child importing its sibling is not a cycle through the package)."""
     name = _module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
@@ -29,9 +33,32 @@ def _imports(path: Path) -> set[str]:
             base = package.split(".")
             base = base[: len(base) - node.level + 1] if node.level else []
             target = ".".join(base + ([node.module] if node.module else []))
-            found.add(target)
-            found |= {f"{target}.{a.name}" for a in node.names}  # `from . import rules`
+            submodules = {f"{target}.{a.name}" for a in node.names}
+            if modules and submodules <= modules:
+                found |= submodules
+            else:
+                found.add(target)
+                found |= submodules  # `from . import rules`
     return {m for m in found if m.startswith("rlpruner")}
+
+
+def _cycle(modules: dict[str, Path], edges: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> list[str] | None:
+        state[m] = 1
+        for n in sorted(edges[m]):
+            if state.get(n) == 1:
+                return path + [m, n]
+            if n not in state and (found := visit(n, path + [m])):
+                return found
+        state[m] = 2
+        return None
+
+    for m in sorted(modules):
+        if m not in state and (found := visit(m, [])):
+            return found
+    return None
 
 
 def test_no_import_cycles_in_the_graph_package_and_surgery():
@@ -62,3 +89,22 @@ def test_each_engine_module_imports_first_in_a_fresh_interpreter():
         script = "; ".join(f"import {n}" for n in [first, *(n for n in names if n != first)])
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_no_import_cycles_anywhere_in_the_package():
+    modules = {_module_name(p): p for p in EVERYTHING}
+    known = frozenset(modules)
+
+    def owner(name: str) -> str:  # `from x.y import function` -> the module x.y
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    edges = {m: {owner(i) for i in _imports(p, known)} - {m, ""} for m, p in modules.items()}
+    cycle = _cycle(modules, edges)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_module_is_longer_than_an_afternoon_read():
+    long = {str(p.relative_to(ROOT)): n for p in EVERYTHING if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, f"modules over 400 lines: {long}"

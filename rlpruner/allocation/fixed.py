@@ -19,6 +19,7 @@ import numpy as np
 from torch import nn
 
 from ..errors import PruningError
+from ..importance import get as get_importance
 from . import policy
 from .base import Proposal, StepTask
 
@@ -76,9 +77,7 @@ def global_counts(scores: Sequence[np.ndarray], capacity: Sequence[int], budget:
 
 def global_scores(model: nn.Module, graph: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
     """Normalised L2 magnitude of every unit of the named prunable groups of `graph`."""
-    from ..importance import get  # importance pulls in torch.func machinery; only global needs it
-
-    raw = get(GLOBAL_IMPORTANCE)(model, graph)
+    raw = get_importance(GLOBAL_IMPORTANCE)(model, graph)
     return {n: normalise(raw[n]) for n in names if n in raw}
 
 

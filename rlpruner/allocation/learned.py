@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 import numpy as np
+from tqdm import tqdm
 
 from . import policy
 from .base import Candidate, Plan, Proposal, StepTask
@@ -42,8 +43,6 @@ class LearnedAllocator:
         self.rl = options
 
     def propose(self, task: StepTask) -> Proposal:
-        from tqdm import tqdm  # tqdm is only needed once a step runs
-
         rl, plan = self.rl, task.plan
         with tqdm(total=rl.lr_epoch * rl.sample_num, desc=f"step {task.step}", leave=False, dynamic_ncols=True,
                   disable=not task.progress) as bar:

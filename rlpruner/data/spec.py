@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..errors import ConfigError
+from .base import Splits
+from .registry import get_dataset
 
 
 @dataclass(frozen=True)
@@ -24,9 +26,7 @@ class DataSpec:
     val_fraction: float = 0.1
     options: Mapping[str, Any] = field(default_factory=dict)
 
-    def load(self):  # -> Splits (imported lazily: rlpruner.data imports this module)
-        from . import get_dataset
-
+    def load(self) -> Splits:
         return get_dataset(self.name, self.root, image_size=self.image_size, in_channels=self.in_channels,
                            seed=self.seed, val_fraction=self.val_fraction, **dict(self.options))
 

@@ -21,12 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
-from .. import metrics
+from .. import importance, metrics
 from ..allocation import Allocator, get_allocator, policy
 from ..allocation.budget import smallest_passing
-from ..data import Loaders, Splits
+from ..data import AugmentConfig, Loaders, Splits
 from ..errors import ConfigError, DataError, PruningError
+from ..graph import trace
+from ..surgery import prune_channels
 from ..train import evaluate, resolve_device
 from .config import CompressConfig
 from .targets import Measure, TargetKind
@@ -128,8 +131,6 @@ def as_splits(data: Splits | Loaders) -> Splits:
     if isinstance(data, Splits):
         return data
     if isinstance(data, Loaders) or (hasattr(data, "train") and hasattr(data.train, "dataset")):
-        from ..data import AugmentConfig
-
         test = getattr(data, "test", None)
         return Splits(name="loaders", train=data.train.dataset, val=data.val.dataset,
                       test=None if test is None else test.dataset, num_classes=0, in_channels=0, image_size=0,
@@ -138,8 +139,6 @@ def as_splits(data: Splits | Loaders) -> Splits:
 
 
 def prepare_data(splits: Splits, config: CompressConfig, device: torch.device) -> Data:
-    from torch.utils.data import DataLoader
-
     if splits.val is None or len(splits.val) == 0:
         raise DataError(f"{splits.name}: the validation split is empty; RL-Pruner scores candidates on "
                         "validation (never on test), so use val_fraction > 0")
@@ -171,9 +170,6 @@ def fingerprint(model: nn.Module) -> str:
 
 def prepare(model: nn.Module, data: Splits | Loaders, config: CompressConfig, out_dir: Path,
             log: Callable[[str], None]) -> Context:
-    from .. import importance
-    from ..graph import trace
-
     device = resolve_device(config.device)
     prepared = prepare_data(as_splits(data), config, device)
     importance.get(config.rl.importance, data=prepared.calibration)  # an unknown criterion fails here
@@ -227,8 +223,6 @@ def _check_reachable(config: CompressConfig, target: TargetKind, graph: Any, ori
     params, flops = graph.count(everything)
     latency = None
     if target.needs_latency:
-        from ..surgery import prune_channels
-
         smallest_model = prune_channels(original, graph, everything, inplace=False)
         latency = measure_ms(config, smallest_model, data.example, device)
     smallest = Measure(units=base.units - int(capacity.sum()), params=params, flops=flops, latency_ms=latency)
