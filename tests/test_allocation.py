@@ -125,3 +125,20 @@ def test_config_round_trips_through_its_saved_form():
     config = CompressConfig(target=Target.parse("params:0.4"), method="global", keep=("fc",))
     assert CompressConfig.from_dict(config.to_dict()) == config
     assert dataclasses.asdict(config)["target"] == {"kind": "params", "value": 0.4}
+
+
+@pytest.mark.parametrize("method", ["rl", "uniform", "global"])
+def test_round_to_keeps_every_width_a_multiple_in_the_search(tmp_path, method):
+    splits = get_dataset("synthetic", image_size=8, in_channels=1, num_classes=3, samples_per_class=20,
+                         val_fraction=0.2)
+    torch.manual_seed(0)
+    model = create_model("simple_cnn", num_classes=3, in_channels=1, widths=[10, 18])  # neither a multiple of 4
+    config = CompressConfig(target=Target("flops", 0.4), method=method,
+                            rl=RLConfig(prune_filter_ratio=0.15, lr_epoch=1, sample_num=2, round_to=4),
+                            kd=DistillConfig(epochs=0), final_epochs=0, latency_repeats=1, latency_warmup=0,
+                            progress=False)
+    result = compress(model, splits, config, out_dir=tmp_path, evaluate_test=False)
+    assert result.results["reached"]["flops"] >= 0.4
+    for name, (before, after) in result.results["widths"].items():
+        assert after == before or after % 4 == 0, (name, before, after)
+    assert any(after != before for before, after in result.results["widths"].values())

@@ -80,7 +80,7 @@ def _add_rl_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--eval-batches", type=int, default=d.eval_batches,
                        help="validation batches per candidate (default: the whole validation split)")
     group.add_argument("--min-keep", type=int, default=d.min_keep, help="channels every group keeps (default: %(default)s)")
-    group.add_argument("--round-to", type=int, default=d.round_to, help="remove channels in multiples of N (default: %(default)s)")
+    group.add_argument("--round-to", type=int, default=d.round_to, help="keep every layer's width a multiple of N (default: %(default)s)")
     group.add_argument("--keep", action="append", default=[], metavar="MODULE", help="never prune this module (repeatable)")
 
 
