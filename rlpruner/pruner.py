@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from torch import nn
 
-from .allocation import fixed
+from .allocation.fixed import FIXED
 from .allocation.budget import smallest_budget
 from .allocation.policy import capacity, max_budget
 from .errors import ConfigError, PruningError
@@ -86,30 +86,20 @@ def _count(size: int, ratio: float, round_to: int | None) -> int:
     return remove
 
 
-ONE_SHOT_METHODS = ("uniform", "global")
-
-
 def plan_to_flops(graph: DependencyGraph, target: float, method: str, *,
                   scores: Mapping[str, np.ndarray] | None = None, round_to: int = 1,
                   min_keep: int = 1) -> dict[str, int]:
     """Per-group removal counts that cut the FLOPs of `graph`'s model by at least `target` (a fraction),
-    with as few units as the method allows. `scores` (normalised, per group) is needed by 'global'."""
-    if method not in ONE_SHOT_METHODS:
-        raise ConfigError(f"one-shot planning supports {', '.join(ONE_SHOT_METHODS)}, not {method!r}")
+    with as few units as the fixed allocation `method` (rlpruner.allocation.FIXED: 'uniform',
+    'global') allows. `scores` (normalised, per group) is needed by 'global'."""
+    allocator = FIXED.get(method)
     if not 0.0 < target < 1.0:
         raise ConfigError(f"FLOPs reduction target must be in (0, 1), got {target}")
-    if method == "global" and scores is None:
-        raise ConfigError("method 'global' needs per-group scores (see rlpruner.allocation.fixed.global_scores)")
     groups = graph.prunable_groups()
     names = [g.name for g in groups]
     sizes = np.array([g.size for g in groups], dtype=np.int64)
     room = capacity(sizes, min_keep, round_to)
-
-    def counts_at(budget: int) -> np.ndarray:
-        if method == "uniform":
-            return fixed.uniform_counts(sizes, room, budget, round_to)
-        return fixed.global_counts([scores[n] for n in names], room, budget, round_to)
-
+    counts_at = allocator.rule(sizes, room, round_to, None if scores is None else [scores[n] for n in names])
     goal = (1.0 - target) * graph.count()[1]
 
     def meets(counts: np.ndarray) -> bool:
@@ -130,14 +120,11 @@ def prune_to_flops(model: nn.Module, example_inputs: Any, target: float, *, meth
     'uniform' picks units within each group by `importance`; 'global' ranks and picks by normalised
     L2 magnitude. `round_to`: every group keeps a width that is a multiple of it (as in `prune`).
     """
+    allocator = FIXED.get(method)
     graph = trace(model, example_inputs, keep=keep)
     names = [g.name for g in graph.prunable_groups()]
-    if method == "global":
-        scores = fixed.global_scores(model, graph, names)
-    else:
-        scores = get(importance, data=data)(model, graph)
-    counts = plan_to_flops(graph, target, method, scores=scores if method == "global" else None,
-                           round_to=round_to)
+    scores = allocator.unit_scores(model, graph, names, importance, data)
+    counts = plan_to_flops(graph, target, method, scores=scores, round_to=round_to)
     prune_channels(model, graph, {n: lowest(scores[n], c) for n, c in counts.items()}, inplace=True)
     validate_forward(model, example_inputs)
     return model

@@ -23,16 +23,16 @@ from typing import Any
 
 from ..registry import Registry
 from .base import Allocator, Candidate, Plan, Proposal, Scorer, StepTask
-from .fixed import GlobalAllocator, UniformAllocator
+from .fixed import FIXED, GlobalAllocator, UniformAllocator
 from .learned import LearnedAllocator
 
-__all__ = ["ALLOCATORS", "Allocator", "Candidate", "GlobalAllocator", "LearnedAllocator", "Plan", "Proposal",
+__all__ = ["ALLOCATORS", "FIXED", "Allocator", "Candidate", "GlobalAllocator", "LearnedAllocator", "Plan", "Proposal",
            "Scorer", "StepTask", "UniformAllocator", "get_allocator"]
 
 ALLOCATORS: Registry[Callable[[Any], Allocator]] = Registry("allocation method")
 ALLOCATORS.add("rl", LearnedAllocator)
-ALLOCATORS.add("uniform", UniformAllocator)
-ALLOCATORS.add("global", GlobalAllocator)
+for _name in FIXED.names():
+    ALLOCATORS.add(_name, FIXED.get(_name))
 
 
 def get_allocator(name: str, options: Any) -> Allocator:

@@ -11,19 +11,21 @@ inside the search loop (same step budget, trimming and recovery as the learned d
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from torch import nn
 
-from ..errors import PruningError
+from ..errors import ConfigError, PruningError
 from ..importance import get as get_importance
+from ..registry import Registry
 from . import policy
-from .base import Proposal, StepTask
+from .base import Plan, Proposal, StepTask
 
 GLOBAL_IMPORTANCE = "l2"  # the "magnitude" of global magnitude pruning
+CountsAt = Callable[[int], np.ndarray]  # step budget -> removals per group
 
 
 def uniform_counts(sizes: Sequence[int], capacity: Sequence[int], budget: int, multiple: int = 1) -> np.ndarray:
@@ -81,7 +83,7 @@ def global_scores(model: nn.Module, graph: Any, names: Sequence[str]) -> dict[st
     return {n: normalise(raw[n]) for n in names if n in raw}
 
 
-def _propose(task: StepTask, plan: Any, counts_at: Any) -> Proposal:
+def _propose(task: StepTask, plan: Plan, counts_at: CountsAt) -> Proposal:
     """One candidate at the full step budget: a fixed rule has nothing to explore."""
     with task.timer("policy"):
         counts = counts_at(plan.budget)
@@ -90,16 +92,27 @@ def _propose(task: StepTask, plan: Any, counts_at: Any) -> Proposal:
 
 
 class UniformAllocator:
-    """Every open group loses the same fraction of its current width."""
+    """Every open group loses the same fraction of its current width; units by the run's criterion."""
 
     learned = False
 
     def __init__(self, options: Any) -> None:
         self.multiple = options.round_to
 
+    @staticmethod
+    def rule(sizes: np.ndarray, capacity: np.ndarray, multiple: int,
+             scores: Sequence[np.ndarray] | None = None) -> CountsAt:
+        return lambda budget: uniform_counts(sizes, capacity, budget, multiple)
+
+    @staticmethod
+    def unit_scores(model: nn.Module, graph: Any, names: Sequence[str], importance: Any = "l2",
+                    data: Any = None) -> dict[str, np.ndarray]:
+        """How units are ranked within a group: the run's importance criterion."""
+        return get_importance(importance, data=data)(model, graph)
+
     def propose(self, task: StepTask) -> Proposal:
         plan = task.plan
-        return _propose(task, plan, lambda budget: uniform_counts(plan.sizes, plan.capacity, budget, self.multiple))
+        return _propose(task, plan, self.rule(plan.sizes, plan.capacity, self.multiple))
 
 
 class GlobalAllocator:
@@ -110,9 +123,27 @@ class GlobalAllocator:
     def __init__(self, options: Any) -> None:
         self.multiple = options.round_to
 
+    @staticmethod
+    def rule(sizes: np.ndarray, capacity: np.ndarray, multiple: int,
+             scores: Sequence[np.ndarray] | None = None) -> CountsAt:
+        if scores is None:
+            raise ConfigError("global allocation needs per-group scores (see rlpruner.allocation.fixed.global_scores)")
+        return lambda budget: global_counts(scores, capacity, budget, multiple)
+
+    @staticmethod
+    def unit_scores(model: nn.Module, graph: Any, names: Sequence[str], importance: Any = "l2",
+                    data: Any = None) -> dict[str, np.ndarray]:
+        """How units are ranked: by the same normalised magnitude that allocates them (not `importance`)."""
+        return global_scores(model, graph, names)
+
     def propose(self, task: StepTask) -> Proposal:
         with task.timer("importance"):
             scores = global_scores(task.model, task.plan.graph, list(task.plan.order))
         plan = replace(task.plan, order={n: np.argsort(s, kind="stable") for n, s in scores.items()})
         per_group = [scores.get(n, np.zeros(0)) for n in task.names]
-        return _propose(task, plan, lambda budget: global_counts(per_group, plan.capacity, budget, self.multiple))
+        return _propose(task, plan, self.rule(plan.sizes, plan.capacity, self.multiple, per_group))
+
+
+FIXED: Registry[type] = Registry("fixed allocation method")  # the rules one-shot pruning can use too
+FIXED.add("uniform", UniformAllocator)
+FIXED.add("global", GlobalAllocator)
