@@ -83,21 +83,34 @@ def global_scores(model: nn.Module, graph: Any, names: Sequence[str]) -> dict[st
     return {n: normalise(raw[n]) for n in names if n in raw}
 
 
-def _propose(task: StepTask, plan: Plan, counts_at: CountsAt) -> Proposal:
-    """One candidate at the full step budget: a fixed rule has nothing to explore."""
-    with task.timer("policy"):
-        counts = counts_at(plan.budget)
-    chosen = task.score(counts, counts / max(int(counts.sum()), 1), plan)
-    return Proposal(chosen=chosen, pd=chosen.pd, counts_at=counts_at, plan=plan)
-
-
-class UniformAllocator:
-    """Every open group loses the same fraction of its current width; units by the run's criterion."""
+class _FixedAllocator:
+    """A fixed rule inside the loop: one candidate at the full step budget, nothing to explore."""
 
     learned = False
 
     def __init__(self, options: Any) -> None:
         self.multiple = options.round_to
+
+    def propose(self, task: StepTask) -> Proposal:
+        plan, scores = self._ranked(task)
+        counts_at = self.rule(plan.sizes, plan.capacity, self.multiple, scores)
+        with task.timer("policy"):
+            counts = counts_at(plan.budget)
+        chosen = task.score(counts, counts / max(int(counts.sum()), 1), plan)
+        return Proposal(chosen=chosen, pd=chosen.pd, counts_at=counts_at, plan=plan)
+
+    def _ranked(self, task: StepTask) -> tuple[Plan, list[np.ndarray] | None]:
+        """The plan whose unit order the step uses, and the per-group scores the rule needs."""
+        return task.plan, None
+
+    @staticmethod
+    def rule(sizes: np.ndarray, capacity: np.ndarray, multiple: int,
+             scores: Sequence[np.ndarray] | None = None) -> CountsAt:
+        raise NotImplementedError
+
+
+class UniformAllocator(_FixedAllocator):
+    """Every open group loses the same fraction of its current width; units by the run's criterion."""
 
     @staticmethod
     def rule(sizes: np.ndarray, capacity: np.ndarray, multiple: int,
@@ -110,18 +123,9 @@ class UniformAllocator:
         """How units are ranked within a group: the run's importance criterion."""
         return get_importance(importance, data=data)(model, graph)
 
-    def propose(self, task: StepTask) -> Proposal:
-        plan = task.plan
-        return _propose(task, plan, self.rule(plan.sizes, plan.capacity, self.multiple))
 
-
-class GlobalAllocator:
+class GlobalAllocator(_FixedAllocator):
     """The globally lowest normalised-L2 units go first; units are picked by that score too."""
-
-    learned = False
-
-    def __init__(self, options: Any) -> None:
-        self.multiple = options.round_to
 
     @staticmethod
     def rule(sizes: np.ndarray, capacity: np.ndarray, multiple: int,
@@ -136,12 +140,11 @@ class GlobalAllocator:
         """How units are ranked: by the same normalised magnitude that allocates them (not `importance`)."""
         return global_scores(model, graph, names)
 
-    def propose(self, task: StepTask) -> Proposal:
+    def _ranked(self, task: StepTask) -> tuple[Plan, list[np.ndarray] | None]:
         with task.timer("importance"):
             scores = global_scores(task.model, task.plan.graph, list(task.plan.order))
         plan = replace(task.plan, order={n: np.argsort(s, kind="stable") for n, s in scores.items()})
-        per_group = [scores.get(n, np.zeros(0)) for n in task.names]
-        return _propose(task, plan, self.rule(plan.sizes, plan.capacity, self.multiple, per_group))
+        return plan, [scores.get(n, np.zeros(0)) for n in task.names]
 
 
 FIXED: Registry[type] = Registry("fixed allocation method")  # the rules one-shot pruning can use too
