@@ -37,6 +37,7 @@ class DistillConfig:
     batch_size: int = 64
     augment: bool = True
     switch_teacher: bool = True      # the student becomes the teacher once it beats it on validation
+    switch_margin: float = 0.005     # ... by more than this (accuracy, a fraction): noise does not switch
     progress: bool | None = None
 
     def __post_init__(self) -> None:
@@ -50,6 +51,7 @@ class DistillConfig:
             ("temperature", self.temperature > 0, "> 0"),
             ("ce_weight", 0 <= self.ce_weight <= 1, "in [0, 1]"),
             ("batch_size", self.batch_size >= 1, "an integer >= 1"),
+            ("switch_margin", 0 <= self.switch_margin < 1, "in [0, 1)"),
         ]
         for option, ok, requirement in checks:
             if not ok:

@@ -33,7 +33,7 @@ class StepRecord:
     params: int
     flops_reduction: float
     params_reduction: float
-    val_acc_pruned: float          # chosen candidate, before recovery (candidate evaluation batches)
+    val_acc_pruned: float          # chosen candidate, before recovery (BN recalibrated; the scoring subset)
     val_acc: float                 # after recovery, whole validation split
     reward: float
     epsilon: float
@@ -41,6 +41,10 @@ class StepRecord:
     guard_resets: int              # times the accuracy guard reset the distribution in this step
     teacher: str                   # "original" or "step N"
     latency_ms: float | None = None
+    guard_reason: str = ""         # why the guard reset the distribution (empty: it did not)
+    judge: str = ""                # what scored the candidates (rlpruner.search.judges), on how many images
+    score_samples: int = 0
+    bn_samples: int = 0            # training images that re-estimated BatchNorm statistics of each candidate
     widths: dict[str, int] = field(default_factory=dict)
     pd: dict[str, float] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)  # eval_s, search_s, recovery_s, checkpoint_s
@@ -55,7 +59,7 @@ class StepRecord:
 
 _SCALARS = ("step", "removed", "removed_total", "sparsity", "flops", "params", "flops_reduction",
             "params_reduction", "latency_ms", "val_acc_pruned", "val_acc", "reward", "epsilon",
-            "explored", "guard_resets", "teacher")
+            "explored", "guard_resets", "teacher", "guard_reason", "judge", "score_samples", "bn_samples")
 
 
 def write_logs(out_dir: str | Path, records: Sequence[StepRecord]) -> tuple[Path, Path]:

@@ -160,10 +160,10 @@ def test_choose_is_greedy_at_zero_and_explores_at_one():
 @pytest.mark.parametrize("schedule, step, expected", [
     ("cosine", 0, 0.4), ("cosine", 5, 0.2), ("cosine", 10, 0.0), ("cosine", 11, 0.0),
     ("linear", 0, 0.4), ("linear", 5, 0.2), ("linear", 8, 0.08), ("linear", 10, 0.0),
-    ("constant", 1, 0.4), ("constant", 10, 0.4), ("constant", 11, 0.0),
+    ("constant", 1, 0.4), ("constant", 9, 0.4), ("constant", 10, 0.0),
 ])
 def test_epsilon_schedule_values(schedule, step, expected):
-    # 100 steps: decay over the first 10
+    # 100 steps: decay over the first 10 (`step` counts the steps done before: 0 is the first step)
     assert policy.epsilon_at(step, 100, 0.4, schedule) == pytest.approx(expected, abs=1e-12)
 
 

@@ -35,6 +35,7 @@ class Candidate:
 
 
 Scorer = Callable[[np.ndarray, np.ndarray, Plan], Candidate]  # (counts, pd, plan) -> scored candidate
+CountsAt = Callable[[int], np.ndarray]                          # channel budget -> removals per group
 
 
 def _no_timer(key: str) -> contextlib.AbstractContextManager[None]:
@@ -52,6 +53,8 @@ class StepTask:
     pd: np.ndarray                         # the distribution carried from the previous step
     acc_ref: float                         # the current model's score on the candidate batches
     score: Scorer
+    budget_for: Callable[[CountsAt], int]  # the channel budget at which an allocation rule removes the
+                                           # step's cost (the same for every candidate of the step)
     seed: int
     planned_steps: int
     log: Callable[[str], None] = lambda line: None
@@ -66,9 +69,10 @@ class Proposal:
 
     chosen: Candidate
     pd: np.ndarray                         # the distribution to carry into the next step
-    counts_at: Callable[[int], np.ndarray]
+    counts_at: CountsAt
     plan: Plan                             # the task's plan, or one with the allocator's own unit order
-    info: dict[str, Any] = field(default_factory=lambda: {"epsilon": 0.0, "explored": False, "guard_resets": 0})
+    info: dict[str, Any] = field(default_factory=lambda: {"epsilon": 0.0, "explored": False, "guard_resets": 0,
+                                                          "guard_reason": ""})
 
 
 class Allocator(Protocol):

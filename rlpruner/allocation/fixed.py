@@ -11,7 +11,7 @@ inside the search loop (same step budget, trimming and recovery as the learned d
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -22,10 +22,9 @@ from ..errors import ConfigError, PruningError
 from ..importance import get as get_importance
 from ..registry import Registry
 from . import policy
-from .base import Plan, Proposal, StepTask
+from .base import CountsAt, Plan, Proposal, StepTask
 
 GLOBAL_IMPORTANCE = "l2"  # the "magnitude" of global magnitude pruning
-CountsAt = Callable[[int], np.ndarray]  # step budget -> removals per group
 
 
 def uniform_counts(sizes: Sequence[int], capacity: Sequence[int], budget: int, multiple: int = 1) -> np.ndarray:
@@ -95,7 +94,7 @@ class _FixedAllocator:
         plan, scores = self._ranked(task)
         counts_at = self.rule(plan.sizes, plan.capacity, self.multiple, scores)
         with task.timer("policy"):
-            counts = counts_at(plan.budget)
+            counts = counts_at(task.budget_for(counts_at))
         chosen = task.score(counts, counts / max(int(counts.sum()), 1), plan)
         return Proposal(chosen=chosen, pd=chosen.pd, counts_at=counts_at, plan=plan)
 

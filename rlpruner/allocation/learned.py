@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import policy
-from .base import Candidate, Plan, Proposal, StepTask
+from .base import Candidate, CountsAt, Plan, Proposal, StepTask
 
 
 class LearnedOptions(Protocol):
@@ -47,18 +47,21 @@ class LearnedAllocator:
         with tqdm(total=rl.lr_epoch * rl.sample_num, desc=f"step {task.step}", leave=False, dynamic_ncols=True,
                   disable=not task.progress) as bar:
             chosen, pd, info = self._choose(task, bar)
-        along = chosen.pd
-        return Proposal(chosen=chosen, pd=pd, plan=plan, info=info,
-                        counts_at=lambda budget: policy.allocate(along, budget, plan.capacity, rl.round_to))
+        return Proposal(chosen=chosen, pd=pd, plan=plan, info=info, counts_at=self._along(chosen.pd, plan))
+
+    def _along(self, pd: np.ndarray, plan: Plan) -> CountsAt:
+        """Removal counts for any budget, allocated along `pd`."""
+        return lambda budget: policy.allocate(pd, budget, plan.capacity, self.rl.round_to)
 
     def _choose(self, task: StepTask, bar: Any) -> tuple[Candidate, np.ndarray, dict]:
         """Explore, then pick epsilon-greedily; on an accuracy collapse reset the policy and redo the step."""
         rl, plan = self.rl, task.plan
         mass = (task.pd * (plan.capacity > 0)).sum()
         pd = policy.masked(task.pd, plan.capacity) if mass > 0 else policy.density_init(plan.sizes, plan.capacity)
-        epsilon = policy.epsilon_at(task.step, task.planned_steps, rl.epsilon, rl.epsilon_schedule,
+        epsilon = policy.epsilon_at(task.step - 1, task.planned_steps, rl.epsilon, rl.epsilon_schedule,
                                     rl.epsilon_decay_fraction)
         fallback: policy.Entry | None = None
+        reasons: list[str] = []
         for attempt in range(rl.guard_retries + 1):
             rng = np.random.default_rng([task.seed, task.step, attempt])
             buffer, pd = self._explore(task, pd, rng, bar)
@@ -69,14 +72,18 @@ class LearnedAllocator:
             if not collapsed:
                 break
             fallback = max((e for e in (fallback, buffer.best()) if e is not None), key=lambda e: e.q)
+            reasons.append(f"the chosen candidate scores {entry.payload.acc:.2%}, more than {rl.guard_threshold:.0%} "
+                           f"below the previous pruned model's {task.acc_ref:.2%}")
             if attempt == rl.guard_retries:
                 entry, explored = fallback, False  # out of resets: the best candidate of all attempts
+                task.log(f"step {task.step}: guard: {reasons[-1]}; out of resets ({rl.guard_retries}), "
+                         "taking the best candidate of all attempts")
                 break
-            task.log(f"step {task.step}: validation accuracy would fall from {task.acc_ref:.2%} to "
-                     f"{entry.payload.acc:.2%}; resetting the pruning distribution and redoing the step")
+            task.log(f"step {task.step}: guard: {reasons[-1]}; resetting the pruning distribution and redoing the step")
             pd = policy.density_init(plan.sizes, plan.capacity)
             bar.reset(total=bar.total)
-        info = {"epsilon": epsilon, "explored": explored, "guard_resets": attempt}
+        info = {"epsilon": epsilon, "explored": explored, "guard_resets": attempt,
+                "guard_reason": "; ".join(reasons)}
         return replace(entry.payload, q=entry.q), pd, info  # q with its look-ahead term
 
     def _explore(self, task: StepTask, pd: np.ndarray, rng: np.random.Generator,
@@ -89,7 +96,8 @@ class LearnedAllocator:
             for _ in range(rl.sample_num):
                 with task.timer("policy"):
                     sampled = policy.sample(pd, rl.noise, rng, plan.capacity)
-                    counts = policy.allocate(sampled, plan.budget, plan.capacity, rl.round_to)
+                    along = self._along(sampled, plan)
+                    counts = along(task.budget_for(along))
                 candidate = task.score(counts, sampled, plan)
                 deeper = self._lookahead(task, plan, candidate, rl.sample_step - 1, rng) if rl.sample_step > 1 else []
                 entry = policy.Entry(policy.lookahead_q(candidate.q, deeper, rl.gamma), sampled, candidate)

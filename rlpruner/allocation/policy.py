@@ -189,16 +189,17 @@ def choose(buffer: ReplayBuffer, epsilon: float, rng: np.random.Generator) -> En
     return buffer.best()
 
 
-def epsilon_at(step: int, total_steps: int, start: float, schedule: str = "cosine",
+def epsilon_at(done: int, total_steps: int, start: float, schedule: str = "cosine",
                decay_fraction: float = 0.1) -> float:
-    """Exploration rate at `step` (1-based): decays from `start` over the first `decay_fraction`
-    of `total_steps`, then 0. 'constant' holds `start` over that window."""
+    """Exploration rate of the step after `done` completed steps (0 for the first step, which
+    explores at `start`): decays over the first `decay_fraction` of `total_steps`, then 0.
+    'constant' holds `start` over that window."""
     if schedule not in EPSILON_SCHEDULES:
         raise ConfigError(f"epsilon schedule {schedule!r} is not one of {', '.join(EPSILON_SCHEDULES)}")
     window = total_steps * decay_fraction
-    if step > window or window <= 0:
+    if done >= window or window <= 0:
         return 0.0
-    progress = step / window
+    progress = done / window
     if schedule == "linear":
         return max(start * (1.0 - progress), 0.0)
     if schedule == "cosine":

@@ -9,6 +9,7 @@ import torch
 from ..allocation import ALLOCATORS
 from ..distill import DistillConfig
 from ..search import STRATEGIES, CompressConfig, RLConfig, Reward, Target
+from ..search.judges import JUDGES
 from .common import (add_allow_import_argument, add_data_arguments, add_out_argument, add_threads_argument,
                      check_fits, load_model_and_data, print_compress_summary, set_threads)
 
@@ -53,7 +54,8 @@ def _add_rl_arguments(parser: argparse.ArgumentParser) -> None:
     d = RLConfig()
     group = parser.add_argument_group("RL-Pruner")
     group.add_argument("--prune-filter-ratio", type=float, default=d.prune_filter_ratio,
-                       help="channels removed per step, as a share of the original prunable channels (default: %(default)s)")
+                       help="step size: what this share of the original prunable channels removes (in the target's "
+                            "unit with --equal-cost) (default: %(default)s)")
     group.add_argument("--lr-epoch", type=int, default=d.lr_epoch, help="sampling rounds per step (default: %(default)s)")
     group.add_argument("--sample-num", type=int, default=d.sample_num, help="candidates per round (default: %(default)s)")
     group.add_argument("--noise", type=float, default=d.noise, help="sampling noise (default: %(default)s)")
@@ -77,8 +79,19 @@ def _add_rl_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--importance", default=d.importance,
                        help="l1, l2, taylor, activation, bn_scale or random (default: %(default)s)")
     group.add_argument("--calibration-samples", type=int, default=d.calibration_samples, help="default: %(default)s")
-    group.add_argument("--eval-batches", type=int, default=d.eval_batches,
-                       help="validation batches per candidate (default: the whole validation split)")
+    group.add_argument("--judge", choices=JUDGES.names(), default=d.judge,
+                       help="what scores a candidate: accuracy, or kl (label-free: closeness to the current "
+                            "model's predictions) (default: %(default)s)")
+    group.add_argument("--score-samples", type=int, default=d.score_samples,
+                       help="validation images (class-stratified) that score candidates (default: %(default)s)")
+    group.add_argument("--all-val", dest="score_samples", action="store_const", const=None,
+                       help="score candidates on the whole validation split")
+    group.add_argument("--bn-samples", type=int, default=d.bn_samples,
+                       help="training images that re-estimate each candidate's BatchNorm statistics; 0: off "
+                            "(default: %(default)s)")
+    group.add_argument("--equal-cost", action=_BOOL, default=d.equal_cost,
+                       help="every candidate of a step removes the same FLOPs/params (else the same number of "
+                            "channels, as in the paper) (default: %(default)s)")
     group.add_argument("--min-keep", type=int, default=d.min_keep, help="channels every group keeps (default: %(default)s)")
     group.add_argument("--round-to", type=int, default=d.round_to, help="keep every layer's width a multiple of N (default: %(default)s)")
     group.add_argument("--keep", action="append", default=[], metavar="MODULE", help="never prune this module (repeatable)")
@@ -103,6 +116,8 @@ def _add_kd_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kd-augment", action=_BOOL, default=d.augment, help="default: %(default)s")
     group.add_argument("--switch-teacher", action=_BOOL, default=d.switch_teacher,
                        help="the student becomes the teacher once better on validation (default: %(default)s)")
+    group.add_argument("--switch-margin", type=float, default=d.switch_margin,
+                       help="... better by more than this accuracy fraction (default: %(default)s)")
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -136,7 +151,7 @@ def config_from_args(args: argparse.Namespace) -> CompressConfig:
                        weight_decay=args.kd_weight_decay, nesterov=args.kd_nesterov,
                        warmup_epochs=args.kd_warmup_epochs, temperature=args.kd_temperature,
                        ce_weight=args.kd_ce_weight, batch_size=args.kd_batch_size, augment=args.kd_augment,
-                       switch_teacher=args.switch_teacher)
+                       switch_teacher=args.switch_teacher, switch_margin=args.switch_margin)
     reward = Reward(args.strategy, args.flops_weight, args.params_weight, args.latency_weight)
     return CompressConfig(target=target_from_args(args), reward=reward, rl=rl, kd=kd,
                           post_train_period=args.post_train_period, final_epochs=args.final_epochs,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,6 +95,31 @@ def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) 
             start += take
         parts[-1].append(idx[start:])
     return [np.sort(np.concatenate(p)) for p in parts]
+
+
+def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """`size` indices (all when there are fewer) drawn class by class in proportion to the class sizes
+    (largest remainder), each class shuffled by a generator seeded with `seed`; sorted."""
+    labels = np.asarray(labels)
+    if size >= len(labels):
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = size * counts / counts.sum()
+    take = np.floor(quota).astype(np.int64)
+    order = np.lexsort((classes, -(quota - take)))  # larger remainder first, then lower class
+    take[order[: size - int(take.sum())]] += 1
+    rng = np.random.default_rng(seed)
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(picked))
+
+
+def dataset_labels(dataset: Any) -> np.ndarray:
+    """The integer label of every sample: the dataset's `labels` tensor when it has one, else read
+    sample by sample (`dataset[i][1]`)."""
+    labels = getattr(dataset, "labels", None)
+    if isinstance(labels, torch.Tensor) and len(labels) == len(dataset):
+        return labels.numpy()
+    return np.array([int(dataset[i][1]) for i in range(len(dataset))])
 
 
 def check_fractions(val_fraction: float, test_fraction: float = 0.0) -> None:

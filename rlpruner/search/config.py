@@ -14,6 +14,7 @@ from ..allocation import ALLOCATORS, policy
 from ..distill import DistillConfig
 from ..errors import ConfigError, UnknownNameError
 from ..registry import unknown_name_message
+from .judges import JUDGES
 from .targets import TARGETS, TargetKind
 
 TARGET_KINDS = tuple(TARGETS.names())
@@ -83,7 +84,9 @@ class Reward:
 
 @dataclass(frozen=True)
 class RLConfig:
-    prune_filter_ratio: float = 0.01     # step budget: this share of the original prunable channels
+    prune_filter_ratio: float = 0.01     # step size: the cost of this share of the original prunable channels
+    equal_cost: bool = True              # every candidate of a step removes the same amount of the target's
+                                         # unit (FLOPs, params); False: the same number of channels (the paper)
     lr_epoch: int = 10                   # sampling rounds per step
     sample_num: int = 10                 # candidates per round = replay buffer size
     noise: float = 0.04
@@ -95,11 +98,16 @@ class RLConfig:
     sample_step: int = 1                 # look-ahead depth; > 1 adds gamma·max Q of deeper candidates
     lookahead_samples: int = 2           # candidates drawn per look-ahead level
     gamma: float = 0.9
-    guard_threshold: float | None = 0.1  # relative val-accuracy drop that resets the policy; None: off
+    guard_threshold: float | None = 0.1  # relative drop of the chosen candidate's accuracy against the previous
+                                         # step's chosen candidate (pruned vs pruned) that resets the policy
     guard_retries: int = 2               # resets per step before the step is accepted anyway
     importance: str = "taylor"
-    calibration_samples: int = 128       # training images for data-driven importance criteria
-    eval_batches: int | None = None      # validation batches per candidate; None: the whole split
+    calibration_samples: int = 256       # training images (seeded, class-stratified) for data-driven importance
+    judge: str = "accuracy"              # how candidates are scored: rlpruner.search.judges.JUDGES
+    score_samples: int | None = 256      # validation images (seeded, class-stratified) that score candidates;
+                                         # None: the whole split. The guard and final choices use all of it
+    bn_samples: int = 256                # training images that re-estimate BatchNorm statistics of every
+                                         # candidate before it is scored; 0: off
     min_keep: int = 1                    # units every group keeps at least
     round_to: int = 1                    # every group keeps a width that is a multiple of this
 
@@ -118,7 +126,9 @@ class RLConfig:
             ("guard_threshold", self.guard_threshold is None or 0 < self.guard_threshold < 1, "in (0, 1) or None"),
             ("guard_retries", self.guard_retries >= 0, ">= 0"),
             ("calibration_samples", self.calibration_samples >= 1, ">= 1"),
-            ("eval_batches", self.eval_batches is None or self.eval_batches >= 1, ">= 1 or None"),
+            ("judge", self.judge in JUDGES, f"one of {', '.join(JUDGES.names())}"),
+            ("score_samples", self.score_samples is None or self.score_samples >= 1, ">= 1 or None"),
+            ("bn_samples", self.bn_samples >= 0, ">= 0"),
             ("min_keep", self.min_keep >= 1, ">= 1"), ("round_to", self.round_to >= 1, ">= 1"),
         ]
         for option, ok, requirement in checks:

@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from .. import importance, metrics
 from ..allocation import Allocator, get_allocator, policy
 from ..allocation.budget import smallest_passing
 from ..data import AugmentConfig, Loaders, Splits
+from ..data.base import dataset_labels, stratified_subset
 from ..errors import ConfigError, DataError, PruningError
 from ..graph import trace
 from ..surgery import prune_channels
@@ -63,8 +64,9 @@ class Data:
     splits: Splits
     example: torch.Tensor                            # one validation image: tracing and latency
     calibration: tuple[torch.Tensor, torch.Tensor]   # fixed training batch for data-driven importance
-    val_batches: list[tuple[torch.Tensor, torch.Tensor]]
-    candidate_batches: list[tuple[torch.Tensor, torch.Tensor]]
+    val_batches: list[tuple[torch.Tensor, torch.Tensor]]    # the whole validation split: guard, choices
+    score_batches: list[tuple[torch.Tensor, torch.Tensor]]  # the scoring subset of validation: candidates
+    bn_batches: list[torch.Tensor]                   # training inputs that recalibrate BatchNorm; [] off
 
 
 @dataclass(frozen=True)
@@ -76,10 +78,11 @@ class Context:
     fingerprint: str
     names: tuple[str, ...]                 # prunable groups of the original model, in model order
     original_sizes: dict[str, int]
-    base: dict[str, Any]                   # params, flops, val_acc, candidate_acc, latency_ms
+    base: dict[str, Any]                   # params, flops, val_acc, score_acc, latency_ms
     target: TargetKind
     goal: float                            # the most the final model may keep, in the target's unit
-    step_budget: int
+    step_budget: int                       # channels per step (the paper's prune_filter_ratio)
+    step_cost: float                       # what a step removes in the target's proxy unit (equal cost)
     planned_steps: int
     allocator: Allocator
     out_dir: Path
@@ -139,19 +142,33 @@ def as_splits(data: Splits | Loaders) -> Splits:
 
 
 def prepare_data(splits: Splits, config: CompressConfig, device: torch.device) -> Data:
+    """Fixed batches for the whole run, each drawn by a seeded, class-stratified sample: the
+    calibration batch (importance), the scoring subset of validation (candidates) and the BatchNorm
+    recalibration inputs (training images, unaugmented)."""
     if splits.val is None or len(splits.val) == 0:
         raise DataError(f"{splits.name}: the validation split is empty; RL-Pruner scores candidates on "
                         "validation (never on test), so use val_fraction > 0")
     if len(splits.train) == 0:
         raise DataError(f"{splits.name}: the training split is empty")
-    batches = [(x.to(device), y.to(device)) for x, y in DataLoader(splits.val, batch_size=config.eval_batch_size)]
-    limit = config.rl.eval_batches
-    n = min(config.rl.calibration_samples, len(splits.train))
-    samples = [splits.train[i] for i in range(n)]
-    calibration = (torch.stack([s[0] for s in samples]).to(device),
-                   torch.as_tensor([int(s[1]) for s in samples], device=device))
+    rl, seed = config.rl, config.seed
+    batches = _batches(splits.val, np.arange(len(splits.val)), config.eval_batch_size, device)
+    val_labels = dataset_labels(splits.val)
+    scoring = (batches if rl.score_samples is None or rl.score_samples >= len(splits.val) else
+               _batches(splits.val, stratified_subset(val_labels, rl.score_samples, seed), config.eval_batch_size,
+                        device))
+    train_labels = dataset_labels(splits.train)
+    calibration = _batches(splits.train, stratified_subset(train_labels, rl.calibration_samples, seed + 1),
+                           len(splits.train), device)[0]
+    bn = (_batches(splits.train, stratified_subset(train_labels, rl.bn_samples, seed + 2), config.eval_batch_size,
+                   device) if rl.bn_samples else [])
     return Data(splits=splits, example=splits.val[0][0].unsqueeze(0).to(device), calibration=calibration,
-                val_batches=batches, candidate_batches=batches if limit is None else batches[:limit])
+                val_batches=batches, score_batches=scoring, bn_batches=[x for x, _ in bn])
+
+
+def _batches(dataset: Any, indices: np.ndarray, batch_size: int, device: torch.device
+             ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    loader = DataLoader(Subset(dataset, indices.tolist()), batch_size=batch_size)
+    return [(x.to(device), torch.as_tensor(y).to(device)) for x, y in loader]
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -186,11 +203,16 @@ def prepare(model: nn.Module, data: Splits | Loaders, config: CompressConfig, ou
     target = config.target.rule
     base_measure = Measure(units=total, params=base["params"], flops=base["flops"], latency_ms=base["latency_ms"])
     _check_reachable(config, target, graph, original, prepared, device, names, sizes, base_measure)
-    units = _planned_units(config, target, graph, names, sizes, base_measure)
+    step_cost = _step_cost(config, target, graph, names, sizes, step_budget, base_measure)
+    if config.rl.equal_cost:
+        needed = target.proxy.amount(base_measure) - target.proxy.goal(config.target.value, base_measure)
+        planned = math.ceil(needed / step_cost)
+    else:
+        planned = math.ceil(_planned_units(config, target, graph, names, sizes, base_measure) / step_budget)
     return Context(config=config, device=device, data=prepared, original=original, fingerprint=fingerprint(original),
                    names=names, original_sizes=sizes, base=base, target=target,
                    goal=target.goal(config.target.value, base_measure), step_budget=step_budget,
-                   planned_steps=max(1, math.ceil(units / step_budget)), allocator=allocator, out_dir=out_dir,
+                   step_cost=step_cost, planned_steps=max(1, planned), allocator=allocator, out_dir=out_dir,
                    timer=Timer(), log=log)
 
 
@@ -200,8 +222,8 @@ def _base_measurements(config: CompressConfig, original: nn.Module, graph: Any, 
     val_acc = accuracy(original, data.val_batches, device)
     needs_latency = config.reward.needs_latency or config.target.rule.needs_latency
     return {"params": params, "flops": flops, "val_acc": val_acc,
-            "candidate_acc": val_acc if config.rl.eval_batches is None else
-            accuracy(original, data.candidate_batches, device),
+            "score_acc": val_acc if data.score_batches is data.val_batches else
+            accuracy(original, data.score_batches, device),
             "latency_ms": measure_ms(config, original, data.example, device) if needs_latency else None}
 
 
@@ -213,6 +235,24 @@ def _initial_budget(config: CompressConfig, total_units: int) -> int:
 
 def _capacity(config: CompressConfig, sizes: dict[str, int]) -> np.ndarray:
     return policy.capacity(np.array(list(sizes.values())), config.rl.min_keep, config.rl.round_to)
+
+
+def after_removal(graph: Any, names: tuple[str, ...], counts: np.ndarray, units_now: int) -> Measure:
+    """What the graph's model keeps after removing `counts` units per group (analytic)."""
+    params, flops = graph.count(first_units(names, counts))
+    return Measure(units=units_now - int(counts.sum()), params=params, flops=flops)
+
+
+def _step_cost(config: CompressConfig, target: TargetKind, graph: Any, names: tuple[str, ...],
+               sizes: dict[str, int], step_budget: int, base: Measure) -> float:
+    """What one step removes, in the target's proxy unit: what `step_budget` channels spread over the
+    groups in proportion to their widths (the density init) remove from the original model."""
+    capacity = _capacity(config, sizes)
+    pd = policy.density_init(np.array(list(sizes.values())), capacity)
+    budget = min(step_budget, policy.max_budget(capacity, config.rl.round_to))
+    counts = policy.allocate(pd, budget, capacity, config.rl.round_to)
+    removed = target.proxy.amount(base) - target.proxy.amount(after_removal(graph, names, counts, base.units))
+    return max(float(removed), 1e-12)
 
 
 def _check_reachable(config: CompressConfig, target: TargetKind, graph: Any, original: nn.Module, data: Data,
@@ -243,7 +283,6 @@ def _planned_units(config: CompressConfig, target: TargetKind, graph: Any, names
 
     def passes(chunks: int) -> bool:
         counts = policy.allocate(pd, chunks * multiple, capacity, multiple)
-        params, flops = graph.count(first_units(names, counts))
-        return proxy.reached(Measure(base.units - int(counts.sum()), params, flops), goal)
+        return proxy.reached(after_removal(graph, names, counts, base.units), goal)
 
     return smallest_passing(policy.max_budget(capacity, multiple) // multiple, passes) * multiple

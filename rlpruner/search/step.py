@@ -18,10 +18,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from ..allocation import Candidate, Plan, StepTask, policy
 from ..allocation.budget import smallest_passing
+from ..batchnorm import recalibrate
 from ..data import make_loaders
 from ..distill import distill
 from ..errors import PruningError
@@ -30,7 +32,8 @@ from ..importance import get as get_importance
 from ..report import StepRecord
 from ..surgery import apply_slices, prune_channels
 from .checkpoint import State, Teacher
-from .context import FINAL, IMPORTANCE, KD, Context, accuracy, derived_seed, measure_ms, seeded
+from .context import FINAL, IMPORTANCE, KD, Context, accuracy, after_removal, derived_seed, measure_ms, seeded
+from .judges import JUDGES, top1
 from .targets import Measure
 
 
@@ -38,18 +41,22 @@ def run_step(ctx: Context, state: State) -> State:
     step, before = state.step + 1, ctx.timer.snapshot()
     start = time.perf_counter()
     plan = plan_step(ctx, state, step)
+    judge = JUDGES.get(ctx.config.rl.judge)
+    with ctx.timer("eval"):
+        reference = _logits(state.model, ctx.data.score_batches) if judge.needs_reference else None
     task = StepTask(step=step, model=state.model, plan=plan, names=ctx.names, pd=state.pd, acc_ref=state.acc_ref,
-                    score=lambda counts, pd, plan: score(ctx, state.model, plan, counts, pd),
+                    score=lambda counts, pd, plan: score(ctx, state.model, plan, counts, pd, reference),
+                    budget_for=lambda counts_at: budget_for(ctx, plan, counts_at),
                     seed=ctx.config.seed, planned_steps=ctx.planned_steps, log=ctx.log, timer=ctx.timer,
                     progress=ctx.progress)
     proposal = ctx.allocator.propose(task)
     plan = proposal.plan
-    chosen, latency = trim(ctx, state.model, plan, proposal.chosen, proposal.counts_at)
+    chosen, latency = trim(ctx, state.model, plan, proposal.chosen, proposal.counts_at, reference)
     removals = _removals(ctx, plan, chosen.counts)
     with ctx.timer("surgery"):
         model = prune_channels(state.model, plan.graph, removals, inplace=True)
+        recalibrate(model, ctx.data.bn_batches)
     val, teacher = _recover(ctx, state.teacher, model, step)
-    acc_ref = val if ctx.config.rl.eval_batches is None else accuracy(model, ctx.data.candidate_batches, ctx.device)
     widths = plan.sizes - chosen.counts
     done = ctx.target.reached(_measure(ctx, chosen, latency, int(widths.sum())), ctx.goal)
     if not done and int((plan.capacity - chosen.counts).sum()) == 0:
@@ -59,7 +66,8 @@ def run_step(ctx: Context, state: State) -> State:
     times["wall_s"] = time.perf_counter() - start
     record = _step_record(ctx, step, chosen, widths, proposal.pd, proposal.info, val=val, latency=latency,
                           teacher=teacher, times=times)
-    return State(step=step, pd=proposal.pd, model=model, teacher=teacher, acc_ref=acc_ref,
+    # the guard compares like with like: the next step's candidates with this step's, both just pruned
+    return State(step=step, pd=proposal.pd, model=model, teacher=teacher, acc_ref=chosen.acc,
                  removals=state.removals + [{n: r.tolist() for n, r in removals.items()}],
                  records=state.records + [record], done=done)
 
@@ -112,25 +120,58 @@ def _removals(ctx: Context, plan: Plan, counts: np.ndarray) -> dict[str, np.ndar
 # Score and trim
 # --------------------------------------------------------------------------------------------------
 
-def _reward(ctx: Context, acc: float, params: int, flops: int, latency_ms: float | None) -> float:
+def _reward(ctx: Context, judged: float, params: int, flops: int, latency_ms: float | None) -> float:
     alpha, beta, lam = ctx.config.reward.weights()
-    q = acc + alpha * (1.0 - flops / ctx.base["flops"]) + beta * (1.0 - params / ctx.base["params"])
+    q = judged + alpha * (1.0 - flops / ctx.base["flops"]) + beta * (1.0 - params / ctx.base["params"])
     if lam and latency_ms is not None:
         q += lam * (1.0 - latency_ms / ctx.base["latency_ms"])
     return q
 
 
-def score(ctx: Context, model: nn.Module, plan: Plan, counts: np.ndarray, pd: np.ndarray) -> Candidate:
-    """Build one candidate as a structural copy and score it on the candidate validation batches."""
+@torch.no_grad()
+def _logits(model: nn.Module, batches: list) -> list[torch.Tensor]:
+    model.eval()
+    return [model(x) for x, _ in batches]
+
+
+def score(ctx: Context, model: nn.Module, plan: Plan, counts: np.ndarray, pd: np.ndarray,
+          reference: list[torch.Tensor] | None = None) -> Candidate:
+    """Build one candidate as a structural copy, re-estimate its BatchNorm statistics, and score it
+    on the scoring subset of validation with the run's judge."""
     with ctx.timer("surgery"):
         slices = plan.graph.slices(_removals(ctx, plan, counts))
         candidate = apply_slices(model, slices, inplace=False)
         params, flops = plan.graph.count(slices=slices)
     with ctx.timer("eval"):
-        acc = accuracy(candidate, ctx.data.candidate_batches, ctx.device)
+        recalibrate(candidate, ctx.data.bn_batches)
+        logits = _logits(candidate, ctx.data.score_batches)
+        labels = [y for _, y in ctx.data.score_batches]
+        acc = top1(logits, labels)
+        judged = JUDGES.get(ctx.config.rl.judge).score(logits, labels, reference)
         latency = (measure_ms(ctx.config, candidate, ctx.data.example, ctx.device)
                    if ctx.config.reward.needs_latency else None)
-    return Candidate(counts, pd, acc, params, flops, latency, _reward(ctx, acc, params, flops, latency))
+    return Candidate(counts, pd, acc, params, flops, latency, _reward(ctx, judged, params, flops, latency))
+
+
+def budget_for(ctx: Context, plan: Plan, counts_at: Callable[[int], np.ndarray]) -> int:
+    """The channel budget at which `counts_at` removes the step's cost in the target's proxy unit
+    (equal-cost candidates: the distribution decides where, the step decides how much); the plan's
+    channel budget when the run compares candidates at equal channels."""
+    multiple = ctx.config.rl.round_to
+    most = policy.max_budget(plan.capacity, multiple)
+    if not ctx.config.rl.equal_cost:
+        return plan.budget
+    proxy, units_now = ctx.target.proxy, int(plan.sizes.sum())
+    now = proxy.amount(after_removal(plan.graph, ctx.names, np.zeros_like(plan.sizes), units_now))
+
+    def removes_enough(chunks: int) -> bool:
+        left = proxy.amount(after_removal(plan.graph, ctx.names, counts_at(chunks * multiple), units_now))
+        return now - left >= ctx.step_cost
+
+    limit = most if ctx.target.trims else plan.budget  # sparsity: the plan's budget is already exact
+    if not removes_enough(limit // multiple):
+        return limit
+    return smallest_passing(limit // multiple, removes_enough) * multiple
 
 
 def _measure(ctx: Context, candidate: Candidate, latency_ms: float | None, units_left: int) -> Measure:
@@ -145,8 +186,8 @@ def _latency_if_needed(ctx: Context, model: nn.Module, plan: Plan, candidate: Ca
         return measure_ms(ctx.config, pruned, ctx.data.example, ctx.device)
 
 
-def trim(ctx: Context, model: nn.Module, plan: Plan, chosen: Candidate,
-         counts_at: Callable[[int], np.ndarray]) -> tuple[Candidate, float | None]:
+def trim(ctx: Context, model: nn.Module, plan: Plan, chosen: Candidate, counts_at: Callable[[int], np.ndarray],
+         reference: list[torch.Tensor] | None = None) -> tuple[Candidate, float | None]:
     """When the chosen candidate passes the goal, remove only as many units as needed (bisection over
     the step budget; `counts_at(budget)` allocates a smaller budget the way the candidate was)."""
     latency = _latency_if_needed(ctx, model, plan, chosen)
@@ -165,11 +206,13 @@ def trim(ctx: Context, model: nn.Module, plan: Plan, chosen: Candidate,
         probes[chunks] = (probe, probe_latency)
         return ctx.target.reached(_measure(ctx, probe, probe_latency, units_before - int(counts.sum())), ctx.goal)
 
-    chunks = smallest_passing(plan.budget // multiple, passes)
+    # the chosen candidate's own budget (exact for round_to=1; a partial alignment chunk can make it an
+    # underestimate, and then no trim happens: the candidate stands as it is)
+    chunks = smallest_passing(-(-int(chosen.counts.sum()) // multiple), passes)
     if chunks not in probes:  # the full budget: the chosen candidate itself
         return chosen, latency
     probe, probe_latency = probes[chunks]
-    rescored = score(ctx, model, plan, probe.counts, chosen.pd)
+    rescored = score(ctx, model, plan, probe.counts, chosen.pd, reference)
     return rescored, probe_latency if rescored.latency_ms is None else rescored.latency_ms
 
 
@@ -204,7 +247,7 @@ def _recover(ctx: Context, teacher: Teacher, model: nn.Module, step: int) -> tup
         with ctx.timer("recovery"):
             return accuracy(model, ctx.data.val_batches, ctx.device), teacher
     val = distill_for(ctx, model, teacher, kd.epochs, step, KD)
-    if kd.switch_teacher and val > teacher.val:
+    if kd.switch_teacher and val > teacher.val + kd.switch_margin:
         return val, Teacher(copy.deepcopy(model).eval(), step, val)
     return val, teacher
 
@@ -219,14 +262,17 @@ def _step_record(ctx: Context, step: int, chosen: Candidate, widths: np.ndarray,
         params_reduction=1.0 - chosen.params / ctx.base["params"], val_acc_pruned=chosen.acc, val_acc=val,
         reward=chosen.q, epsilon=info["epsilon"], explored=info["explored"], guard_resets=info["guard_resets"],
         teacher=teacher.label, latency_ms=latency, widths={n: int(w) for n, w in zip(ctx.names, widths)},
-        pd={n: float(p) for n, p in zip(ctx.names, pd)}, times=times)
+        pd={n: float(p) for n, p in zip(ctx.names, pd)}, times=times, guard_reason=info.get("guard_reason", ""),
+        judge=ctx.config.rl.judge, score_samples=sum(len(y) for _, y in ctx.data.score_batches),
+        bn_samples=sum(len(x) for x in ctx.data.bn_batches))
 
 
 def step_line(record: StepRecord) -> str:
     """The one-line log of a step, as the CLI prints it."""
     latency = "" if record.latency_ms is None else f"  latency {record.latency_ms:.3f} ms"
     guard = f"  guard resets {record.guard_resets}" if record.guard_resets else ""
+    judged = f"  [{record.judge} on {record.score_samples}, BN {record.bn_samples}]" if record.judge else ""
     return (f"step {record.step:3d}  removed {record.removed:4d} (total {record.removed_total}, "
             f"sparsity {record.sparsity:.1%})  FLOPs left {1 - record.flops_reduction:.1%}  "
             f"params left {1 - record.params_reduction:.1%}  val {record.val_acc:.2%} "
-            f"(pruned {record.val_acc_pruned:.2%})  reward {record.reward:.4f}{latency}{guard}")
+            f"(pruned {record.val_acc_pruned:.2%})  reward {record.reward:.4f}{latency}{guard}{judged}")

@@ -1,0 +1,51 @@
+"""BatchNorm recalibration ("adaptive BN"): re-estimate running statistics after pruning.
+
+Right after channels are removed, a network's BatchNorm layers still hold the statistics of the
+unpruned network, so its accuracy sits near chance and tells little about how good the pruned
+structure is. Re-estimating the statistics on a few training batches (EagleEye, ECCV'20) makes a
+candidate's score predict its accuracy after recovery far better. Only BN buffers change: no weight
+is trained.
+
+`recalibrate` gives every BN layer fresh buffers before it writes them, so a structural copy that
+shares its tensors with another model (a search candidate) never changes that model.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+def batchnorm_layers(model: nn.Module) -> list[_BN]:
+    return [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
+
+
+@torch.no_grad()
+def recalibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
+    """Re-estimate every BatchNorm layer's running mean and variance on `batches` (inputs only, on the
+    model's device) as a cumulative average; the rest of the model runs in eval mode. Returns
+    `model`, in eval mode. A model without BatchNorm is returned unchanged."""
+    layers = batchnorm_layers(model)
+    if not layers:
+        return model.eval()
+    model.eval()
+    saved_momentum = []
+    for layer in layers:
+        # new tensors, not in-place resets: the old buffers may be shared with another model
+        layer.running_mean = torch.zeros_like(layer.running_mean)
+        layer.running_var = torch.ones_like(layer.running_var)
+        layer.num_batches_tracked = torch.zeros_like(layer.num_batches_tracked)
+        saved_momentum.append(layer.momentum)
+        layer.momentum = None  # cumulative moving average: every batch counts equally
+        layer.train()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for layer, momentum in zip(layers, saved_momentum):
+            layer.momentum = momentum
+            layer.eval()
+    return model
