@@ -138,30 +138,47 @@ def _gradients(model: nn.Module, inputs: Any, targets: torch.Tensor, loss_fn) ->
 
 @dataclass(frozen=True)
 class Activation:
-    """Mean |output| of each channel at the layers that produce or normalise it, on a batch."""
+    """A per-channel statistic of the outputs of the layers that produce or normalise each channel, on
+    a calibration batch: mean |output| ('activation'), or variance over samples and positions
+    ('variance', the paper's criterion: a channel that barely varies carries little information)."""
 
     inputs: Any
+    statistic: str = "mean_abs"
 
     def __call__(self, model: nn.Module, graph: DependencyGraph) -> Scores:
         modules = dict(model.named_modules())
         wanted = {m.module for g in graph.prunable_groups() for m in g.members if m.dim == 0 and m.param.endswith("weight")}
-        means = _channel_means(model, self.inputs, {n: modules[n] for n in wanted if n in modules})
+        stats = _channel_stats(model, self.inputs, {n: modules[n] for n in wanted if n in modules},
+                               _STATISTICS[self.statistic])
         scores = {}
         for g in graph.prunable_groups():
             scores[g.name] = _aggregate(
-                g, lambda m: means.get(m.module) if (m.dim == 0 and m.param.endswith("weight")) else None
+                g, lambda m: stats.get(m.module) if (m.dim == 0 and m.param.endswith("weight")) else None
             )
         return scores
 
 
-def _channel_means(model: nn.Module, inputs: Any, layers: dict[str, nn.Module]) -> dict[str, np.ndarray]:
-    means: dict[str, np.ndarray] = {}
+def _mean_abs(per_channel: torch.Tensor) -> np.ndarray:
+    return per_channel.double().abs().mean(1).cpu().numpy()
+
+
+def _variance(per_channel: torch.Tensor) -> np.ndarray:
+    return per_channel.double().var(1, unbiased=False).cpu().numpy()
+
+
+_STATISTICS: dict[str, Callable[[torch.Tensor], np.ndarray]] = {"mean_abs": _mean_abs, "variance": _variance}
+
+
+def _channel_stats(model: nn.Module, inputs: Any, layers: dict[str, nn.Module],
+                   statistic: Callable[[torch.Tensor], np.ndarray]) -> dict[str, np.ndarray]:
+    """`statistic` of each layer's output, given as (channels, everything else)."""
+    stats: dict[str, np.ndarray] = {}
 
     def hook(name: str, module: nn.Module, output: Any) -> None:
         if not isinstance(output, torch.Tensor) or output.dim() < 2:
             return
-        dim = -1 if isinstance(module, nn.Linear) else 1
-        means[name] = _per_position(output.abs(), dim % output.dim()) / (output.numel() / output.shape[dim])
+        dim = output.dim() - 1 if isinstance(module, nn.Linear) else 1
+        stats[name] = statistic(output.detach().movedim(dim, 0).reshape(output.shape[dim], -1))
 
     handles = [m.register_forward_hook(lambda mod, a, o, n=n: hook(n, mod, o)) for n, m in layers.items()]
     was = model.training
@@ -173,7 +190,7 @@ def _channel_means(model: nn.Module, inputs: Any, layers: dict[str, nn.Module]) 
         for h in handles:
             h.remove()
         model.train(was)
-    return means
+    return stats
 
 
 # name -> builder(data=, seed=, loss_fn=) -> Importance; a builder uses the options its criterion needs.
@@ -193,6 +210,11 @@ def _taylor(*, data: tuple[Any, torch.Tensor] | None, loss_fn: Callable | None, 
 @CRITERIA.register("activation")
 def _activation(*, data: tuple[Any, torch.Tensor] | None, **options: Any) -> Importance:
     return Activation(_calibration("activation", data)[0])
+
+
+@CRITERIA.register("variance")
+def _variance_criterion(*, data: tuple[Any, torch.Tensor] | None, **options: Any) -> Importance:
+    return Activation(_calibration("variance", data)[0], "variance")
 
 
 def _calibration(name: str, data: tuple[Any, torch.Tensor] | None) -> tuple[Any, torch.Tensor]:

@@ -188,3 +188,43 @@ def test_a_partial_seed_is_left_out_so_every_cell_averages_the_same_seeds(accura
     assert partial == [2] and {r["seed"] for r in kept["runs"]} == {0, 1}
     whole, none_left_out = render.complete_seeds({**accuracy, "runs": runs[:4]})
     assert none_left_out == [] and whole["runs"] == runs[:4]
+
+
+def _judge_block(setting, level, rhos, regret, cost):
+    return {"setting": setting, "level": level, "spearman": rhos, "regret": regret, "cost": cost,
+            "truth_range": [0.5, 0.7], "truth_std": 0.05, "base_val_acc": 0.9, "val": 360,
+            "subset_sizes": {"64": 64, "256": 256}, "bn_batches": 1, "surgery_seconds": 0.002,
+            "kd_seconds": 4.0, "seconds": 70.0}
+
+
+def test_judges_table_has_a_row_per_judge_with_the_mean_over_settings():
+    from benchmarks.judges import render_markdown
+
+    results = {"command": "python benchmarks/judges.py", "settings": {"kd_epochs": 1, "candidates": 16, "noise": 0.3,
+                                                                     "bn_samples": 256},
+               "machine": {}, "wall_seconds": 60.0,
+               "blocks": [_judge_block("resnet20/digits@32", 0.25, {"raw_full": 0.2, "bn_full": 0.8},
+                                       {"raw_full": 0.03, "bn_full": 0.01}, {"raw_full": 0.01, "bn_full": 0.02}),
+                          _judge_block("resnet20/digits@32", 0.4, {"raw_full": None, "bn_full": 0.6},
+                                       {"raw_full": 0.05, "bn_full": 0.0}, {"raw_full": 0.01, "bn_full": 0.04})]}
+    lines = render_markdown(results).splitlines()
+    header = next(line for line in lines if line.startswith("| judge |"))
+    assert "resnet20/digits@32 −25%" in header and "resnet20/digits@32 −40%" in header
+    rows = {line.split("|")[1].strip().split()[0]: [c.strip() for c in line.strip("|").split("|")]
+            for line in lines if line.startswith("| `")}
+    assert list(rows) == ["`raw_full`", "`bn_full`"]                 # the suite's judge order
+    assert rows["`bn_full`"][1:] == ["+0.80", "+0.60", "+0.70", "0.50", "30.0"]
+    assert rows["`raw_full`"][2] == "—" and rows["`raw_full`"][3] == "+0.20"   # undefined rho: left out of the mean
+
+
+def test_judges_summary_correlates_and_charges_each_judge():
+    from benchmarks.judges import summarise
+
+    def cand(score, truth):
+        return {"judges": {"good": score, "bad": -score}, "truth": truth, "judge_seconds": {"good": 0.1, "bad": 0.3},
+                "seconds": {"kd": 1.0, "surgery": 0.01}}
+
+    s = summarise([cand(0.1, 0.5), cand(0.2, 0.6), cand(0.3, 0.8), cand(0.4, 0.7)])
+    assert s["spearman"]["good"] == pytest.approx(0.8) and s["spearman"]["bad"] == pytest.approx(-0.8)
+    assert s["regret"]["good"] == pytest.approx(0.1) and s["regret"]["bad"] == pytest.approx(0.3)
+    assert s["cost"]["bad"] == pytest.approx(0.3) and s["truth_range"] == [0.5, 0.8]

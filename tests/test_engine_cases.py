@@ -213,7 +213,7 @@ def _small():
     return rlpruner.create_model("resnet8", num_classes=4).eval(), torch.randn(4, 3, 16, 16)
 
 
-@pytest.mark.parametrize("criterion", ["l1", "l2", "taylor", "activation", "bn_scale", "random"])
+@pytest.mark.parametrize("criterion", ["l1", "l2", "taylor", "activation", "variance", "bn_scale", "random"])
 def test_every_criterion_prunes_and_the_model_still_runs(criterion):
     model, x = _small()
     before = rlpruner.count(model, x[:1]).flops

@@ -21,6 +21,7 @@ class LearnedOptions(Protocol):
     """The fields of `rlpruner.search.RLConfig` this allocator reads."""
 
     lr_epoch: int
+    patience: int | None
     sample_num: int
     noise: float
     step_length: float
@@ -90,8 +91,11 @@ class LearnedAllocator:
                  bar: Any) -> tuple[policy.ReplayBuffer, np.ndarray]:
         """`lr_epoch` rounds of `sample_num` candidates; the policy moves when a round beats the step's best."""
         rl, plan = self.rl, task.plan
-        buffer, step_best = policy.ReplayBuffer(rl.sample_num), -math.inf
+        buffer, step_best, stale = policy.ReplayBuffer(rl.sample_num), -math.inf, 0
         for _ in range(rl.lr_epoch):
+            if rl.patience is not None and stale >= rl.patience:
+                bar.update(bar.total - bar.n)  # the distribution stopped moving: the step is decided
+                break
             round_best: policy.Entry | None = None
             for _ in range(rl.sample_num):
                 with task.timer("policy"):
@@ -107,7 +111,9 @@ class LearnedAllocator:
             if round_best.q > step_best:
                 with task.timer("policy"):
                     pd = policy.update(pd, round_best.pd, rl.step_length, rl.clip, plan.capacity)
-                step_best = round_best.q
+                step_best, stale = round_best.q, 0
+            else:
+                stale += 1
         return buffer, pd
 
     def _lookahead(self, task: StepTask, plan: Plan, parent: Candidate, depth: int,

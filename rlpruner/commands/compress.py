@@ -58,6 +58,10 @@ def _add_rl_arguments(parser: argparse.ArgumentParser) -> None:
                             "unit with --equal-cost) (default: %(default)s)")
     group.add_argument("--lr-epoch", type=int, default=d.lr_epoch, help="sampling rounds per step (default: %(default)s)")
     group.add_argument("--sample-num", type=int, default=d.sample_num, help="candidates per round (default: %(default)s)")
+    group.add_argument("--patience", type=int, default=d.patience,
+                       help="end a step after this many rounds in a row without a better candidate (default: %(default)s)")
+    group.add_argument("--no-patience", dest="patience", action="store_const", const=None,
+                       help="always run all --lr-epoch rounds")
     group.add_argument("--noise", type=float, default=d.noise, help="sampling noise (default: %(default)s)")
     group.add_argument("--step-length", type=float, default=d.step_length, help="policy step lambda (default: %(default)s)")
     group.add_argument("--clip", type=float, default=d.clip, help="PPO ratio clip delta (default: %(default)s)")

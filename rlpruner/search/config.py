@@ -87,7 +87,8 @@ class RLConfig:
     prune_filter_ratio: float = 0.01     # step size: the cost of this share of the original prunable channels
     equal_cost: bool = True              # every candidate of a step removes the same amount of the target's
                                          # unit (FLOPs, params); False: the same number of channels (the paper)
-    lr_epoch: int = 10                   # sampling rounds per step
+    lr_epoch: int = 10                   # sampling rounds per step, at most
+    patience: int | None = 2             # end a step's rounds once this many in a row found no better candidate
     sample_num: int = 10                 # candidates per round = replay buffer size
     noise: float = 0.04
     step_length: float = 0.1             # lambda of the policy update
@@ -115,6 +116,7 @@ class RLConfig:
         checks = [
             ("prune_filter_ratio", 0 < self.prune_filter_ratio <= 1, "in (0, 1]"),
             ("lr_epoch", self.lr_epoch >= 1, ">= 1"), ("sample_num", self.sample_num >= 1, ">= 1"),
+            ("patience", self.patience is None or self.patience >= 1, ">= 1 or None"),
             ("noise", self.noise >= 0, ">= 0"), ("step_length", 0 <= self.step_length <= 1, "in [0, 1]"),
             ("clip", self.clip is None or 0 < self.clip < 1, "in (0, 1) or None"),
             ("epsilon", 0 <= self.epsilon <= 1, "in [0, 1]"),

@@ -1,0 +1,162 @@
+"""How the search scores candidates: BatchNorm recalibration, stratified samples, judges, equal cost."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import rlpruner
+from rlpruner.batchnorm import recalibrate
+from rlpruner.data import get_dataset
+from rlpruner.data.base import stratified_subset
+from rlpruner.distill import DistillConfig
+from rlpruner.importance import get
+from rlpruner.models import create_model
+from rlpruner.search import CompressConfig, RLConfig, Target, compress
+from rlpruner.search.judges import JUDGES
+from rlpruner.surgery import apply_slices
+from rlpruner.train import TrainConfig, train
+
+
+def test_recalibration_gives_the_batch_statistics_and_leaves_a_sharing_parent_alone():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 1), nn.BatchNorm2d(4))
+    net.eval()
+    graph = rlpruner.trace(net, torch.randn(1, 3, 8, 8))
+    parent_stats = {k: v.clone() for k, v in net.state_dict().items()}
+    copy = apply_slices(net, graph.slices({graph.prunable_groups()[0].name: [0, 2]}), inplace=False)
+    batches = [torch.randn(16, 3, 8, 8) * 3 + 1 for _ in range(3)]
+    recalibrate(copy, batches)
+    # the parent shares every unchanged tensor with the copy, and none of them moved
+    assert all(torch.equal(parent_stats[k], v) for k, v in net.state_dict().items())
+    # cumulative average over the batches: exactly the mean of the per-batch statistics
+    x = torch.cat(batches)
+    pre_bn = copy[0](x)
+    per_batch_means = torch.stack([copy[0](b).mean((0, 2, 3)) for b in batches]).mean(0)
+    assert torch.allclose(copy[1].running_mean, per_batch_means, atol=1e-5)
+    assert not torch.allclose(copy[1].running_mean, torch.zeros(4))
+    assert pre_bn.shape[1] == 4 and not copy.training and copy[1].momentum == 0.1
+
+
+def test_recalibration_is_a_no_op_without_batchnorm():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    recalibrate(net, [torch.randn(2, 3, 8, 8)])
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_stratified_subset_keeps_class_shares_and_is_seeded():
+    labels = np.array([0] * 60 + [1] * 30 + [2] * 10)
+    picked = stratified_subset(labels, 20, seed=3)
+    assert len(picked) == 20 and len(set(picked)) == 20
+    assert np.bincount(labels[picked]).tolist() == [12, 6, 2]
+    assert picked.tolist() == stratified_subset(labels, 20, seed=3).tolist()
+    assert picked.tolist() != stratified_subset(labels, 20, seed=4).tolist()
+    assert stratified_subset(labels, 500, seed=0).tolist() == list(range(100))
+
+
+def test_variance_criterion_prefers_channels_that_vary():
+    net = nn.Sequential(nn.Conv2d(2, 3, 1, bias=True))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 5.0]]).view(3, 2, 1, 1))
+        net[0].bias.copy_(torch.tensor([0.0, 7.0, 0.0]))  # channel 1 is a constant: no variance at all
+    head = nn.Sequential(net, nn.Conv2d(3, 2, 1))
+    graph = rlpruner.trace(head, torch.randn(1, 2, 4, 4))
+    x = torch.randn(8, 2, 4, 4)
+    scores = get("variance", data=(x, torch.zeros(8)))(head, graph)[graph.prunable_groups()[0].name]
+    assert np.argsort(scores).tolist() == [1, 0, 2]
+
+
+def test_kl_judge_is_zero_for_the_reference_and_negative_otherwise():
+    ref = [torch.randn(5, 3)]
+    labels = [torch.tensor([0, 1, 2, 0, 1])]
+    assert JUDGES.get("kl").score(ref, labels, ref) == pytest.approx(0.0, abs=1e-6)
+    assert JUDGES.get("kl").score([ref[0] + torch.randn(5, 3)], labels, ref) < 0
+
+
+@pytest.fixture(scope="module")
+def trained():
+    splits = get_dataset("synthetic", image_size=8, in_channels=1, num_classes=3, samples_per_class=30,
+                         val_fraction=0.3)
+    torch.manual_seed(0)
+    model = create_model("simple_cnn", num_classes=3, in_channels=1, widths=[8, 16, 16])
+    train(model, splits, TrainConfig(epochs=3, lr=0.05, batch_size=16))
+    return model, splits
+
+
+def _config(**rl):
+    return CompressConfig(target=Target("flops", 0.5), rl=RLConfig(**{"prune_filter_ratio": 0.1, "lr_epoch": 2,
+                                                                      "sample_num": 3, **rl}),
+                          kd=DistillConfig(epochs=0), final_epochs=0, latency_repeats=1, latency_warmup=0,
+                          progress=False)
+
+
+def test_candidates_of_a_step_remove_equal_flops(trained, tmp_path, monkeypatch):
+    from rlpruner.search import step as step_module
+
+    model, splits = trained
+    removed: dict[int, list[int]] = {}
+    real_score = step_module.score
+
+    def watch(ctx, parent, plan, counts, pd, reference=None):
+        candidate = real_score(ctx, parent, plan, counts, pd, reference)
+        now = plan.graph.count()[1]
+        removed.setdefault(int(plan.sizes.sum()), []).append(now - candidate.flops)
+        return candidate
+
+    monkeypatch.setattr(step_module, "score", watch)
+    result = compress(model, splits, _config(), out_dir=tmp_path, evaluate_test=False)
+    assert result.results["reached"]["flops"] >= 0.5
+    steps = list(removed.values())
+    steps[-1] = steps[-1][:-1]  # the last step's final call rescored the candidate trimmed to the target
+    assert len(steps) >= 2 and all(len(r) >= 6 for r in steps)
+    assert max(max(r) / min(r) for r in steps) < 1.2  # within a step: a channel's FLOPs apart at most
+
+    equal_channels = {}
+
+    def watch_channels(ctx, parent, plan, counts, pd, reference=None):
+        equal_channels.setdefault(int(plan.sizes.sum()), set()).add(int(counts.sum()))
+        return real_score(ctx, parent, plan, counts, pd, reference)
+
+    monkeypatch.setattr(step_module, "score", watch_channels)
+    compress(model, splits, _config(equal_cost=False), out_dir=tmp_path / "channels", evaluate_test=False)
+    assert all(len(c) <= 2 for c in equal_channels.values())  # one budget (and a trimmed rescore)
+
+
+def test_records_say_how_candidates_were_judged_and_why_the_guard_fired(trained, tmp_path):
+    model, splits = trained
+    lines = []
+    config = dataclasses.replace(_config(guard_threshold=1e-6, guard_retries=1, judge="kl", bn_samples=32,
+                                         score_samples=16))
+    result = compress(model, splits, config, out_dir=tmp_path, evaluate_test=False, log=lines.append)
+    first = result.records[0]
+    assert (first.judge, first.score_samples, first.bn_samples) == ("kl", 16, 32)
+    assert "[kl on 16, BN 32]" in "\n".join(lines)
+    fired = [r for r in result.records if r.guard_resets]
+    assert fired and all("below the previous pruned model" in r.guard_reason for r in fired)
+    assert all(r.guard_reason == "" for r in result.records if not r.guard_resets)
+
+
+def test_patience_ends_a_step_once_the_distribution_stops_improving(trained, tmp_path, monkeypatch):
+    from rlpruner.search import step as step_module
+
+    model, splits = trained
+    calls = {"patient": 0, "all": 0}
+    real_score = step_module.score
+
+    def counting(key):
+        def watch(*args, **kwargs):
+            calls[key] += 1
+            return real_score(*args, **kwargs)
+        return watch
+
+    base = dict(lr_epoch=8, sample_num=2, guard_threshold=None)
+    monkeypatch.setattr(step_module, "score", counting("all"))
+    full = compress(model, splits, _config(patience=None, **base), out_dir=tmp_path / "all", evaluate_test=False)
+    monkeypatch.setattr(step_module, "score", counting("patient"))
+    patient = compress(model, splits, _config(patience=1, **base), out_dir=tmp_path / "p", evaluate_test=False)
+    steps = len(full.records)
+    assert calls["all"] >= steps * 8 * 2       # every round of every step (plus trims)
+    assert calls["patient"] < calls["all"]     # some step stopped early...
+    assert calls["patient"] >= len(patient.records) * 2 * 2  # ...but never before two rounds
