@@ -1,10 +1,12 @@
 """What the benchmark suite runs, as frozen dataclasses: the `quick` (CI smoke) and `full` presets.
 
-Everything is sized for a 2-core CPU: 16x16 inputs, narrow models, one KD epoch per pruning step.
-The settings are stored in every results file, so the generated doc states exactly what ran.
+Everything is sized for a 2-core CPU: small inputs (the image size is the dataset's), narrow models,
+one KD epoch per pruning step and the same total KD budget for every method. The settings are stored
+in every results file, so the generated doc states exactly what ran.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -19,7 +21,17 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = ROOT / "runs" / "bench"          # base checkpoints and compression runs (not committed)
-METHODS = ("rl", "uniform", "global")
+METHODS = ("rl", "uniform", "global")        # the RL-Pruner loop with each allocator (rlpruner.search.compress)
+PEERS = ("tp-l2", "tp-taylor")              # Torch-Pruning's global pruning (benchmarks/peers.py)
+
+
+def peers_available() -> bool:
+    """Whether Torch-Pruning is installed (`pip install -e .[bench]`): its rows are run only then."""
+    return importlib.util.find_spec("torch_pruning") is not None
+
+
+def with_peers() -> tuple[str, ...]:
+    return METHODS + PEERS if peers_available() else METHODS
 
 
 @dataclass(frozen=True)
@@ -40,20 +52,26 @@ class DatasetSpec:
     label: str
     name: str
     options: dict[str, Any] = field(default_factory=dict)
+    image_size: int = 16                  # inputs are resized to this square
 
-    def load(self, image_size: int):
+    def load(self, image_size: int | None = None):
+        """The splits at `image_size`, by default the dataset's own."""
         from rlpruner.data import get_dataset
 
-        return get_dataset(self.name, image_size=image_size, **self.options)
+        return get_dataset(self.name, image_size=image_size or self.image_size, **self.options)
 
 
 RESNET = ModelSpec("resnet20", "resnet20", family="residual")
+RESNET56 = ModelSpec("resnet56", "resnet56", family="residual")
 MOBILENET = ModelSpec("mobilenetv3s", "mobilenetv3_small", {"width_mult": 0.5}, family="depthwise + SE")
 DENSENET = ModelSpec("densenet", "rlpruner.models.densenet:DenseNet", {"block_sizes": [3, 3, 3], "growth": 12},
                      family="concat")
-DIGITS = DatasetSpec("digits", "digits")
+# vgg.py has no width option: the 512-wide hidden layer of the head is narrowed instead (the convs stay)
+VGG = ModelSpec("vgg11", "vgg11_bn", {"hidden": 128}, family="plain")
+DIGITS = DatasetSpec("digits", "digits", image_size=32)
+DIGITS_16 = DatasetSpec("digits", "digits", image_size=16)
 SYNTHETIC = DatasetSpec("synthetic-hard", "synthetic", {"difficulty": 0.9, "num_classes": 20,
-                                                        "samples_per_class": 100})
+                                                        "samples_per_class": 100}, image_size=16)
 ALLOW_IMPORTS = ("rlpruner.models",)  # DenseNet is built from the zoo's class by import path
 
 
@@ -63,17 +81,43 @@ class AccuracySettings:
     datasets: tuple[DatasetSpec, ...]
     targets: tuple[float, ...]            # FLOPs reductions
     seeds: tuple[int, ...]
-    methods: tuple[str, ...] = METHODS
-    image_size: int = 16
+    methods: tuple[str, ...] = METHODS    # loop methods (METHODS) and peers (PEERS)
     train_epochs: int = 15
     prune_filter_ratio: float = 0.05      # step budget (the paper: 0.01; coarser to fit a CPU)
     lr_epoch: int = 4
     sample_num: int = 5
     kd_epochs: int = 1                    # per step
     kd_lr: float = 0.01                   # the library default 1e-3 barely moves in ~20 SGD steps per epoch
-    final_epochs: int = 3
+    kd_budget: int = 20                   # KD epochs per run in all: the per-step ones, the rest as a final fine-tune
     no_recovery: bool = True              # also run every method with no KD at all
     workers: int = 2                      # parallel processes, one thread each
+
+
+@dataclass(frozen=True)
+class KDPlan:
+    """How a run's KD budget was spent: `steps` x `per_step` epochs, then `final` epochs."""
+
+    steps: int
+    per_step: int
+    final: int
+    budget: int
+
+    @property
+    def used(self) -> int:
+        return self.steps * self.per_step + self.final
+
+    @property
+    def over_budget(self) -> bool:
+        return self.used > self.budget
+
+
+def kd_plan(settings: AccuracySettings, steps: int, recovery: bool = True) -> KDPlan:
+    """The final fine-tune that fills a run's KD budget after its per-step recoveries. Runs whose
+    steps alone exceed the budget get no final epochs and are marked over budget, never trimmed."""
+    if not recovery:
+        return KDPlan(steps, 0, 0, 0)
+    return KDPlan(steps, settings.kd_epochs, max(settings.kd_budget - steps * settings.kd_epochs, 0),
+                  settings.kd_budget)
 
 
 @dataclass(frozen=True)
@@ -107,12 +151,12 @@ class Suite:
 
 
 def quick() -> Suite:
-    """A couple of minutes: one model, one dataset, one seed, the 50% target."""
+    """A couple of minutes: one model, one dataset (16x16), one seed, the 50% target."""
     return Suite(
         mode="quick",
-        accuracy=AccuracySettings(models=(ModelSpec("resnet8", "resnet8", family="residual"),), datasets=(DIGITS,),
-                                  targets=(0.5,), seeds=(0,), train_epochs=4, lr_epoch=2, sample_num=4,
-                                  final_epochs=1, workers=1),
+        accuracy=AccuracySettings(models=(ModelSpec("resnet8", "resnet8", family="residual"),),
+                                  datasets=(DIGITS_16,), targets=(0.5,), seeds=(0,), methods=with_peers(),
+                                  train_epochs=4, lr_epoch=2, sample_num=4, kd_budget=8, workers=1),
         latency=LatencySettings(models=(RESNET,), targets=(0.5,), repeats=5),
         sensitivity=SensitivitySettings(),
         engine_args=("--models", "resnet20", "mobilenetv2", "--sizes", "32", "--repeats", "1"))
@@ -121,8 +165,8 @@ def quick() -> Suite:
 def full() -> Suite:
     return Suite(
         mode="full",
-        accuracy=AccuracySettings(models=(RESNET, MOBILENET, DENSENET), datasets=(DIGITS, SYNTHETIC),
-                                  targets=(0.5, 0.75), seeds=(0, 1, 2)),
+        accuracy=AccuracySettings(models=(RESNET, RESNET56, MOBILENET, DENSENET, VGG), datasets=(DIGITS, SYNTHETIC),
+                                  targets=(0.5, 0.75, 0.9), seeds=(0, 1, 2), methods=with_peers(), kd_budget=20),
         latency=LatencySettings(models=(RESNET, ModelSpec("mobilenetv2", "mobilenetv2", family="depthwise"),
                                         DENSENET)),
         sensitivity=SensitivitySettings(),

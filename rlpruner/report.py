@@ -42,6 +42,7 @@ class StepRecord:
     teacher: str                   # "original" or "step N"
     latency_ms: float | None = None
     guard_reason: str = ""         # why the guard reset the distribution (empty: it did not)
+    candidates: int = 0            # candidates the allocator scored in this step (the trim's rescore excluded)
     judge: str = ""                # what scored the candidates (rlpruner.search.judges), on how many images
     score_samples: int = 0
     bn_samples: int = 0            # training images that re-estimated BatchNorm statistics of each candidate
@@ -59,7 +60,7 @@ class StepRecord:
 
 _SCALARS = ("step", "removed", "removed_total", "sparsity", "flops", "params", "flops_reduction",
             "params_reduction", "latency_ms", "val_acc_pruned", "val_acc", "reward", "epsilon",
-            "explored", "guard_resets", "teacher", "guard_reason", "judge", "score_samples", "bn_samples")
+            "explored", "guard_resets", "teacher", "guard_reason", "candidates", "judge", "score_samples", "bn_samples")
 
 
 def write_logs(out_dir: str | Path, records: Sequence[StepRecord]) -> tuple[Path, Path]:

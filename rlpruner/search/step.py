@@ -44,8 +44,14 @@ def run_step(ctx: Context, state: State) -> State:
     judge = JUDGES.get(ctx.config.rl.judge)
     with ctx.timer("eval"):
         reference = _logits(state.model, ctx.data.score_batches) if judge.needs_reference else None
+    scored: list[Candidate] = []
+
+    def scorer(counts: np.ndarray, pd: np.ndarray, plan: Plan) -> Candidate:
+        scored.append(score(ctx, state.model, plan, counts, pd, reference))
+        return scored[-1]
+
     task = StepTask(step=step, model=state.model, plan=plan, names=ctx.names, pd=state.pd, acc_ref=state.acc_ref,
-                    score=lambda counts, pd, plan: score(ctx, state.model, plan, counts, pd, reference),
+                    score=scorer,
                     budget_for=lambda counts_at: budget_for(ctx, plan, counts_at),
                     seed=ctx.config.seed, planned_steps=ctx.planned_steps, log=ctx.log, timer=ctx.timer,
                     progress=ctx.progress)
@@ -58,14 +64,14 @@ def run_step(ctx: Context, state: State) -> State:
         recalibrate(model, ctx.data.bn_batches)
     val, teacher = _recover(ctx, state.teacher, model, step)
     widths = plan.sizes - chosen.counts
-    done = ctx.target.reached(_measure(ctx, chosen, latency, int(widths.sum())), ctx.goal)
+    done = ctx.target.reached(_measure(chosen, latency, int(widths.sum())), ctx.goal)
     if not done and int((plan.capacity - chosen.counts).sum()) == 0:
         ctx.log(f"step {step}: every group is down to min_keep={ctx.config.rl.min_keep}; stopping short of the target")
         done = True
     times = {k: v - before.get(k, 0.0) for k, v in ctx.timer.snapshot().items()}
     times["wall_s"] = time.perf_counter() - start
-    record = _step_record(ctx, step, chosen, widths, proposal.pd, proposal.info, val=val, latency=latency,
-                          teacher=teacher, times=times)
+    record = _step_record(ctx, step, chosen, widths, proposal.pd, {**proposal.info, "candidates": len(scored)},
+                          val=val, latency=latency, teacher=teacher, times=times)
     # the guard compares like with like: the next step's candidates with this step's, both just pruned
     return State(step=step, pd=proposal.pd, model=model, teacher=teacher, acc_ref=chosen.acc,
                  removals=state.removals + [{n: r.tolist() for n, r in removals.items()}],
@@ -174,7 +180,7 @@ def budget_for(ctx: Context, plan: Plan, counts_at: Callable[[int], np.ndarray])
     return smallest_passing(limit // multiple, removes_enough) * multiple
 
 
-def _measure(ctx: Context, candidate: Candidate, latency_ms: float | None, units_left: int) -> Measure:
+def _measure(candidate: Candidate, latency_ms: float | None, units_left: int) -> Measure:
     return Measure(units=units_left, params=candidate.params, flops=candidate.flops, latency_ms=latency_ms)
 
 
@@ -192,7 +198,7 @@ def trim(ctx: Context, model: nn.Module, plan: Plan, chosen: Candidate, counts_a
     the step budget; `counts_at(budget)` allocates a smaller budget the way the candidate was)."""
     latency = _latency_if_needed(ctx, model, plan, chosen)
     units_before = int(plan.sizes.sum())
-    if not ctx.target.trims or not ctx.target.reached(_measure(ctx, chosen, latency, units_before), ctx.goal):
+    if not ctx.target.trims or not ctx.target.reached(_measure(chosen, latency, units_before), ctx.goal):
         return chosen, latency
     multiple = ctx.config.rl.round_to
     probes: dict[int, tuple[Candidate, float | None]] = {}
@@ -204,7 +210,7 @@ def trim(ctx: Context, model: nn.Module, plan: Plan, chosen: Candidate, counts_a
         probe = replace(chosen, counts=counts, params=params, flops=flops, latency_ms=None)
         probe_latency = _latency_if_needed(ctx, model, plan, probe)
         probes[chunks] = (probe, probe_latency)
-        return ctx.target.reached(_measure(ctx, probe, probe_latency, units_before - int(counts.sum())), ctx.goal)
+        return ctx.target.reached(_measure(probe, probe_latency, units_before - int(counts.sum())), ctx.goal)
 
     # the chosen candidate's own budget (exact for round_to=1; a partial alignment chunk can make it an
     # underestimate, and then no trim happens: the candidate stands as it is)
@@ -263,7 +269,8 @@ def _step_record(ctx: Context, step: int, chosen: Candidate, widths: np.ndarray,
         reward=chosen.q, epsilon=info["epsilon"], explored=info["explored"], guard_resets=info["guard_resets"],
         teacher=teacher.label, latency_ms=latency, widths={n: int(w) for n, w in zip(ctx.names, widths)},
         pd={n: float(p) for n, p in zip(ctx.names, pd)}, times=times, guard_reason=info.get("guard_reason", ""),
-        judge=ctx.config.rl.judge, score_samples=sum(len(y) for _, y in ctx.data.score_batches),
+        candidates=info["candidates"], judge=ctx.config.rl.judge,
+        score_samples=sum(len(y) for _, y in ctx.data.score_batches),
         bn_samples=sum(len(x) for x in ctx.data.bn_batches))
 
 
