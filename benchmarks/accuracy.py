@@ -1,11 +1,15 @@
-"""Accuracy at equal FLOPs: RL-Pruner vs uniform vs global magnitude, with and without KD recovery.
+"""Accuracy at equal FLOPs: RL-Pruner vs uniform vs global magnitude vs Torch-Pruning's global
+pruning, with and without KD recovery.
 
 For every (model, dataset) one base model is trained once; every method then compresses that same
 model to each FLOPs target, for each seed, with the same step budget and the same knowledge-
-distillation recovery (`rlpruner.compress(..., CompressConfig(method=...))`). A second series runs
-every method with no recovery at all: the accuracy right after pruning, the direct measure of the
-pruning distribution. Rows are appended to the results file as runs finish, so an interrupted
-suite resumes where it stopped (a row is kept only while the settings are unchanged).
+distillation budget. The loop methods run `rlpruner.compress(..., CompressConfig(method=...))` with
+`kd_epochs` of KD after every step and no final fine-tune; the peers (benchmarks/peers.py) follow the
+same FLOPs schedule and per-step KD. Every run then spends what is left of `kd_budget` (total KD
+epochs) on one final KD fine-tune against the base model, here, and is evaluated once. A second
+series runs every method with no recovery at all: the accuracy right after pruning, the direct
+measure of the pruning distribution. Rows are appended to the results file as runs finish, so an
+interrupted suite resumes where it stopped (a row is kept only while the settings are unchanged).
 """
 from __future__ import annotations
 
@@ -15,11 +19,14 @@ import multiprocessing
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
-from .settings import ALLOW_IMPORTS, AccuracySettings, DatasetSpec, ModelSpec, machine, portable, resolve
+from .settings import (ALLOW_IMPORTS, PEERS, AccuracySettings, DatasetSpec, KDPlan, ModelSpec, kd_plan,
+                       machine, peers_available, portable, resolve)
 
 Row = dict[str, Any]
 
@@ -65,7 +72,7 @@ def train_base(job: BaseJob) -> Row:
     from rlpruner.train import TrainConfig, train
 
     torch.set_num_threads(1)
-    splits = job.dataset.load(job.settings.image_size)
+    splits = job.dataset.load()
     wanted = _base_meta(job)
     if job.path.exists():
         model, meta = io.load_checkpoint(job.path, allow_imports=ALLOW_IMPORTS)
@@ -81,7 +88,7 @@ def train_base(job: BaseJob) -> Row:
 
 
 def _base_meta(job: BaseJob) -> dict[str, Any]:
-    return {"model": asdict(job.model), "dataset": asdict(job.dataset), "image_size": job.settings.image_size,
+    return {"model": asdict(job.model), "dataset": asdict(job.dataset), "image_size": job.dataset.image_size,
             "epochs": job.settings.train_epochs}
 
 
@@ -103,7 +110,8 @@ def _loader(dataset: Any) -> Any:
 
 
 def compress_config(settings: AccuracySettings, method: str, target: float, seed: int, recovery: bool) -> Any:
-    """The same loop and budget for every method; `recovery=False` turns all KD off."""
+    """The same loop and budget for every method; `recovery=False` turns all KD off. No final
+    fine-tune: `finish` spends the rest of the KD budget, the same way for every method."""
     from rlpruner.distill import DistillConfig
     from rlpruner.search import CompressConfig, RLConfig, Target
 
@@ -112,12 +120,21 @@ def compress_config(settings: AccuracySettings, method: str, target: float, seed
         rl=RLConfig(prune_filter_ratio=settings.prune_filter_ratio, lr_epoch=settings.lr_epoch,
                     sample_num=settings.sample_num),
         kd=DistillConfig(epochs=settings.kd_epochs, lr=settings.kd_lr), post_train_period=1 if recovery else 0,
-        final_epochs=settings.final_epochs if recovery else 0)
+        final_epochs=0)
 
 
 def trajectory(records: list) -> list[list[float]]:
     """Per step: [FLOPs reduction, val top-1 right after the step's pruning, val top-1 after its recovery]."""
     return [[r.flops_reduction, r.val_acc_pruned, r.val_acc] for r in records]
+
+
+def run_one(job: RunJob) -> Row:
+    """A loop method through `rlpruner.search.compress`, a peer through benchmarks/peers.py."""
+    if job.method in PEERS:
+        from .peers import run_peer
+
+        return run_peer(job)
+    return run_compress(job)
 
 
 def run_compress(job: RunJob) -> Row:
@@ -126,22 +143,67 @@ def run_compress(job: RunJob) -> Row:
 
     torch.set_num_threads(1)
     settings = job.base.settings
-    splits = job.base.dataset.load(settings.image_size)
-    model = io.load(job.base.path, allow_imports=ALLOW_IMPORTS)
+    splits = job.base.dataset.load()
+    base = io.load(job.base.path, allow_imports=ALLOW_IMPORTS)
     config = compress_config(settings, job.method, job.target, job.seed, job.recovery)
     start = time.perf_counter()
-    result = compress(model, splits, config, out_dir=job.out_dir, overwrite=True)
-    seconds = time.perf_counter() - start
+    result = compress(base, splits, config, out_dir=job.out_dir, overwrite=True, evaluate_test=False)
     r = result.results
-    kd_epochs = (r["steps"] * settings.kd_epochs + settings.final_epochs) if job.recovery else 0
+    plan = kd_plan(settings, r["steps"], job.recovery)
+    final = finish(result.model, base, splits, settings, plan, job.seed, job.out_dir)
     return {"model": job.base.model.label, "dataset": job.base.dataset.label, "method": job.method,
-            "target": job.target, "seed": job.seed, "recovery": job.recovery,
-            "test_acc": r["final"].get("test_acc"), "val_acc": r["final"]["val_acc"],
-            "base_test_acc": r["base"].get("test_acc"), "base_val_acc": r["base"]["val_acc"],
-            "flops_reduction": r["reached"]["flops"], "params_reduction": r["reached"]["params"],
-            "steps": r["steps"], "kd_epochs": kd_epochs, "seconds": seconds,
-            "trajectory": trajectory(result.records),
+            "target": job.target, "seed": job.seed, "recovery": job.recovery, **final,
+            "base_val_acc": r["base"]["val_acc"], "flops_reduction": r["reached"]["flops"],
+            "params_reduction": r["reached"]["params"], **plan_fields(plan),
+            "seconds": time.perf_counter() - start, "trajectory": trajectory(result.records),
             "widths": r["widths"], "run_dir": portable(job.out_dir)}
+
+
+def plan_fields(plan: KDPlan) -> Row:
+    """What a row records of its KD budget: `kd_epochs` is what the run actually used."""
+    return {"steps": plan.steps, "kd_epochs": plan.used, "kd_final_epochs": plan.final, "kd_budget": plan.budget,
+            "over_budget": plan.over_budget}
+
+
+# --------------------------------------------------------------------------------------------------
+# The final fine-tune and measurements, shared by loop methods and peers
+# --------------------------------------------------------------------------------------------------
+
+KD_STEP, KD_FINAL = 2, 3  # purposes mixed into the seeds of the KD shuffles (as in rlpruner.search)
+
+
+def kd(student: nn.Module, teacher: nn.Module, splits: Any, settings: AccuracySettings, epochs: int, seed: int,
+       *keys: int, teacher_val: float | None = None) -> Any:
+    """`epochs` of KD at the benchmark's lr, with a training loader and augmentation seeded by (seed, keys)."""
+    from rlpruner.data import make_loaders
+    from rlpruner.distill import DistillConfig, distill
+    from rlpruner.search.context import derived_seed
+
+    config = DistillConfig(epochs=epochs, lr=settings.kd_lr, progress=False)
+    kd_seed = derived_seed(seed, *keys)
+    with torch.random.fork_rng():
+        torch.manual_seed(kd_seed)
+        loaders = make_loaders(splits, config.batch_size, augment=config.augment, seed=kd_seed)
+        return distill(student, teacher, SimpleNamespace(train=loaders.train, val=loaders.val), config,
+                       teacher_val=teacher_val)
+
+
+def finish(model: nn.Module, base: nn.Module, splits: Any, settings: AccuracySettings, plan: KDPlan, seed: int,
+           out_dir: Path) -> Row:
+    """The rest of the KD budget as one fine-tune against the base model, then the only test-split
+    evaluation of the run; the final model replaces `out_dir`/model.rlp (latency and sensitivity read it)."""
+    from rlpruner import io
+    from rlpruner.train import evaluate
+
+    if plan.final:
+        kd(model, base, splits, settings, plan.final, seed, plan.steps, KD_FINAL)
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    io.save(model, out_dir / "model.rlp", meta={"input_shape": list(splits.example_inputs().shape[1:]),
+                                                  "kd_epochs": plan.used})
+    return {"val_acc": evaluate(model, _loader(splits.val))["top1"],
+            "test_acc": evaluate(model, _loader(splits.test))["top1"],
+            "base_test_acc": evaluate(base, _loader(splits.test))["top1"]}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -172,6 +234,7 @@ def run(settings: AccuracySettings, results_path: Path, work: Path, log: Callabl
     """Run (or resume) the accuracy benchmark; returns the results written to `results_path`."""
     from rlpruner.io import atomic_write_json
 
+    settings = _available(settings, log)
     results = _resume(results_path, settings)
     bases = base_jobs(settings, work)
     with _pool(settings.workers) as pool:
@@ -189,12 +252,26 @@ def run(settings: AccuracySettings, results_path: Path, work: Path, log: Callabl
             atomic_write_json(results_path, results)
             left = len(todo) - _count(results["runs"], done)
             eta = (time.perf_counter() - start) / max(len(todo) - left, 1) * left
-            log(f"{row['model']:>12s} {row['dataset']:<14s} {row['method']:<7s} -{row['target']:.0%} seed "
+            over = " OVER the KD budget" if row.get("over_budget") else ""
+            log(f"{row['model']:>12s} {row['dataset']:<14s} {row['method']:<9s} -{row['target']:.0%} seed "
                 f"{row['seed']} {'KD' if row['recovery'] else 'no KD'}: test {row['test_acc']:.2%} at FLOPs "
-                f"-{row['flops_reduction']:.1%} ({row['seconds']:.0f} s; {left} left, ~{eta / 60:.0f} min)")
+                f"-{row['flops_reduction']:.1%} params -{row['params_reduction']:.1%}, {row['steps']} steps, "
+                f"{row['kd_epochs']} KD epochs{over} ({row['seconds']:.0f} s; {left} left, ~{eta / 60:.0f} min)")
 
-        _gather(pool, run_compress, todo, keep)
+        _gather(pool, run_one, todo, keep)
     return results
+
+
+def _available(settings: AccuracySettings, log: Callable[[str], None]) -> AccuracySettings:
+    """The settings without the peer methods when Torch-Pruning is not installed: their rows are
+    skipped (and said so), never made up."""
+    from dataclasses import replace
+
+    missing = [m for m in settings.methods if m in PEERS] if not peers_available() else []
+    if missing:
+        log(f"accuracy: torch_pruning is not installed: skipping the peer rows {', '.join(missing)} "
+            "(pip install -e '.[bench]' to run them)")
+    return replace(settings, methods=tuple(m for m in settings.methods if m not in missing))
 
 
 def _count(rows: list[Row], done: set) -> int:
@@ -211,6 +288,7 @@ def _resume(path: Path, settings: AccuracySettings) -> dict:
         old = json.loads(path.read_text())
         if _comparable(old.get("settings", {})) == _comparable(wanted):
             old["settings"]["seeds"] = sorted(set(old["settings"]["seeds"]) | set(wanted["seeds"]))
+            old["settings"]["methods"] = list(dict.fromkeys([*old["settings"]["methods"], *wanted["methods"]]))
             for row in old["runs"]:  # rows written by an earlier version of this script
                 row["run_dir"] = portable(row["run_dir"])
                 row.pop("first_step_pruned_val", None)
@@ -228,7 +306,8 @@ def _logged_trajectory(run_dir: Path) -> list[list[float]] | None:
 
 
 def _comparable(settings: dict) -> dict:
-    return {k: v for k, v in settings.items() if k not in ("seeds", "workers")}
+    """Settings that change what a row means. More or fewer seeds or methods only add or skip rows."""
+    return {k: v for k, v in settings.items() if k not in ("seeds", "methods", "workers")}
 
 
 def _pool(workers: int) -> Any:

@@ -33,7 +33,7 @@ class StepRecord:
     params: int
     flops_reduction: float
     params_reduction: float
-    val_acc_pruned: float          # chosen candidate, before recovery (BN recalibrated; the scoring subset)
+    val_acc_pruned: float          # the step's model right after pruning (BN recalibrated), before recovery
     val_acc: float                 # after recovery, whole validation split
     reward: float
     epsilon: float

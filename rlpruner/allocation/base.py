@@ -51,10 +51,11 @@ class StepTask:
     plan: Plan
     names: tuple[str, ...]                 # group names, in the order of every array
     pd: np.ndarray                         # the distribution carried from the previous step
-    acc_ref: float                         # the current model's score on the candidate batches
     score: Scorer
     budget_for: Callable[[CountsAt], int]  # the channel budget at which an allocation rule removes the
                                            # step's cost (the same for every candidate of the step)
+    validate: Callable[[Candidate, Plan], float]  # a candidate's accuracy on the whole validation split
+    acc_ref: float                         # the previous step's chosen model, as pruned, on the same split
     seed: int
     planned_steps: int
     log: Callable[[str], None] = lambda line: None

@@ -68,13 +68,14 @@ class LearnedAllocator:
             buffer, pd = self._explore(task, pd, rng, bar)
             entry = policy.choose(buffer, epsilon, rng)
             explored = entry is not buffer.best()
-            collapsed = (rl.guard_threshold is not None and
-                         policy.accuracy_dropped(task.acc_ref, entry.payload.acc, rl.guard_threshold))
-            if not collapsed:
+            if rl.guard_threshold is None:
+                break
+            val = task.validate(entry.payload, task.plan)
+            if not policy.accuracy_dropped(task.acc_ref, val, rl.guard_threshold):
                 break
             fallback = max((e for e in (fallback, buffer.best()) if e is not None), key=lambda e: e.q)
-            reasons.append(f"the chosen candidate scores {entry.payload.acc:.2%}, more than {rl.guard_threshold:.0%} "
-                           f"below the previous pruned model's {task.acc_ref:.2%}")
+            reasons.append(f"the chosen candidate's validation accuracy {val:.2%} is more than "
+                           f"{rl.guard_threshold:.0%} below the previous pruned model's {task.acc_ref:.2%}")
             if attempt == rl.guard_retries:
                 entry, explored = fallback, False  # out of resets: the best candidate of all attempts
                 task.log(f"step {task.step}: guard: {reasons[-1]}; out of resets ({rl.guard_retries}), "

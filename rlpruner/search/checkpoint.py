@@ -48,7 +48,7 @@ class State:
     pd: np.ndarray
     model: nn.Module
     teacher: Teacher
-    acc_ref: float                         # the last step's chosen candidate's score accuracy, as pruned (guard)
+    acc_ref: float                         # validation accuracy of the last step's model as pruned (guard)
     removals: list[dict[str, list[int]]]   # per step, in that step's unit numbering (for replay)
     records: list[StepRecord]
     done: bool = False
@@ -169,4 +169,4 @@ def fresh_state(ctx: Context) -> State:
     capacity = policy.capacity(sizes, ctx.config.rl.min_keep, ctx.config.rl.round_to)
     return State(step=0, pd=policy.density_init(sizes, capacity), model=copy.deepcopy(ctx.original),
                   teacher=Teacher(ctx.original, None, ctx.base["val_acc"]),
-                  acc_ref=ctx.base["score_acc"], removals=[], records=[])
+                  acc_ref=ctx.base["val_acc"], removals=[], records=[])

@@ -78,7 +78,7 @@ class Context:
     fingerprint: str
     names: tuple[str, ...]                 # prunable groups of the original model, in model order
     original_sizes: dict[str, int]
-    base: dict[str, Any]                   # params, flops, val_acc, score_acc, latency_ms
+    base: dict[str, Any]                   # params, flops, val_acc, latency_ms
     target: TargetKind
     goal: float                            # the most the final model may keep, in the target's unit
     step_budget: int                       # channels per step (the paper's prune_filter_ratio)
@@ -222,8 +222,6 @@ def _base_measurements(config: CompressConfig, original: nn.Module, graph: Any, 
     val_acc = accuracy(original, data.val_batches, device)
     needs_latency = config.reward.needs_latency or config.target.rule.needs_latency
     return {"params": params, "flops": flops, "val_acc": val_acc,
-            "score_acc": val_acc if data.score_batches is data.val_batches else
-            accuracy(original, data.score_batches, device),
             "latency_ms": measure_ms(config, original, data.example, device) if needs_latency else None}
 
 

@@ -50,14 +50,16 @@ def run_step(ctx: Context, state: State) -> State:
         scored.append(score(ctx, state.model, plan, counts, pd, reference))
         return scored[-1]
 
-    task = StepTask(step=step, model=state.model, plan=plan, names=ctx.names, pd=state.pd, acc_ref=state.acc_ref,
-                    score=scorer,
+    task = StepTask(step=step, model=state.model, plan=plan, names=ctx.names, pd=state.pd, score=scorer,
                     budget_for=lambda counts_at: budget_for(ctx, plan, counts_at),
+                    validate=lambda candidate, plan: validate(ctx, state.model, plan, candidate),
+                    acc_ref=state.acc_ref,
                     seed=ctx.config.seed, planned_steps=ctx.planned_steps, log=ctx.log, timer=ctx.timer,
                     progress=ctx.progress)
     proposal = ctx.allocator.propose(task)
     plan = proposal.plan
     chosen, latency = trim(ctx, state.model, plan, proposal.chosen, proposal.counts_at, reference)
+    pruned_val = validate(ctx, state.model, plan, chosen)
     removals = _removals(ctx, plan, chosen.counts)
     with ctx.timer("surgery"):
         model = prune_channels(state.model, plan.graph, removals, inplace=True)
@@ -71,9 +73,9 @@ def run_step(ctx: Context, state: State) -> State:
     times = {k: v - before.get(k, 0.0) for k, v in ctx.timer.snapshot().items()}
     times["wall_s"] = time.perf_counter() - start
     record = _step_record(ctx, step, chosen, widths, proposal.pd, {**proposal.info, "candidates": len(scored)},
-                          val=val, latency=latency, teacher=teacher, times=times)
-    # the guard compares like with like: the next step's candidates with this step's, both just pruned
-    return State(step=step, pd=proposal.pd, model=model, teacher=teacher, acc_ref=chosen.acc,
+                          val=val, pruned_val=pruned_val, latency=latency, teacher=teacher, times=times)
+    # the guard compares like with like: the next step's chosen candidate with this one, both just pruned
+    return State(step=step, pd=proposal.pd, model=model, teacher=teacher, acc_ref=pruned_val,
                  removals=state.removals + [{n: r.tolist() for n, r in removals.items()}],
                  records=state.records + [record], done=done)
 
@@ -157,6 +159,15 @@ def score(ctx: Context, model: nn.Module, plan: Plan, counts: np.ndarray, pd: np
         latency = (measure_ms(ctx.config, candidate, ctx.data.example, ctx.device)
                    if ctx.config.reward.needs_latency else None)
     return Candidate(counts, pd, acc, params, flops, latency, _reward(ctx, judged, params, flops, latency))
+
+
+def validate(ctx: Context, model: nn.Module, plan: Plan, candidate: Candidate) -> float:
+    """A candidate's accuracy on the whole validation split, BatchNorm recalibrated: what the guard
+    and the step's record use (the scoring subset only ranks candidates)."""
+    with ctx.timer("surgery"):
+        pruned = apply_slices(model, plan.graph.slices(_removals(ctx, plan, candidate.counts)), inplace=False)
+    with ctx.timer("eval"):
+        return accuracy(recalibrate(pruned, ctx.data.bn_batches), ctx.data.val_batches, ctx.device)
 
 
 def budget_for(ctx: Context, plan: Plan, counts_at: Callable[[int], np.ndarray]) -> int:
@@ -259,13 +270,14 @@ def _recover(ctx: Context, teacher: Teacher, model: nn.Module, step: int) -> tup
 
 
 def _step_record(ctx: Context, step: int, chosen: Candidate, widths: np.ndarray, pd: np.ndarray, info: dict,
-                 *, val: float, latency: float | None, teacher: Teacher, times: dict[str, float]) -> StepRecord:
+                 *, val: float, pruned_val: float, latency: float | None, teacher: Teacher,
+                 times: dict[str, float]) -> StepRecord:
     removed_total = ctx.total_units - int(widths.sum())
     return StepRecord(
         step=step, removed=int(chosen.counts.sum()), removed_total=removed_total,
         sparsity=removed_total / ctx.total_units, flops=int(chosen.flops), params=int(chosen.params),
         flops_reduction=1.0 - chosen.flops / ctx.base["flops"],
-        params_reduction=1.0 - chosen.params / ctx.base["params"], val_acc_pruned=chosen.acc, val_acc=val,
+        params_reduction=1.0 - chosen.params / ctx.base["params"], val_acc_pruned=pruned_val, val_acc=val,
         reward=chosen.q, epsilon=info["epsilon"], explored=info["explored"], guard_resets=info["guard_resets"],
         teacher=teacher.label, latency_ms=latency, widths={n: int(w) for n, w in zip(ctx.names, widths)},
         pd={n: float(p) for n, p in zip(ctx.names, pd)}, times=times, guard_reason=info.get("guard_reason", ""),
