@@ -104,8 +104,10 @@ class RLConfig:
     guard_retries: int = 2               # resets per step before the step is accepted anyway
     importance: str = "taylor"
     calibration_samples: int = 256       # training images (seeded, class-stratified) for data-driven importance
+    # judge, score_samples and bn_samples follow benchmarks/judges.py (docs/benchmarks.md): after BN
+    # recalibration, top-1 on 128 stratified images ranks candidates about as well as the whole split
     judge: str = "accuracy"              # how candidates are scored: rlpruner.search.judges.JUDGES
-    score_samples: int | None = 256      # validation images (seeded, class-stratified) that score candidates;
+    score_samples: int | None = 128      # validation images (seeded, class-stratified) that score candidates;
                                          # None: the whole split. The guard and final choices use all of it
     bn_samples: int = 256                # training images that re-estimate BatchNorm statistics of every
                                          # candidate before it is scored; 0: off
