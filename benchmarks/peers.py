@@ -120,9 +120,12 @@ def prune_step(model: nn.Module, example: torch.Tensor, method: str, goal_flops:
         model.zero_grad(set_to_none=True)
 
 
+AfterStep = Callable[[nn.Module, PeerStep], nn.Module]
+
+
 def prune_schedule(model: nn.Module, example: torch.Tensor, method: str, goals: list[float],
                    calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
-                   after_step: Callable[[nn.Module, PeerStep], nn.Module] | None = None) -> tuple[nn.Module, list[PeerStep]]:
+                   after_step: AfterStep | None = None) -> tuple[nn.Module, list[PeerStep]]:
     """Prune step by step to the FLOPs reductions `goals` (rising; the last is the target).
 
     `after_step(model, step)` runs after each step's pruning (BatchNorm, recovery) and returns the

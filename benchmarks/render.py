@@ -5,7 +5,8 @@ every number comes from benchmarks/results/*.json.
     python benchmarks/render.py --results DIR --doc OUT.md
 
 Accuracies are shown in percent as mean ± sample standard deviation over seeds (just the mean when
-there is one seed); a missing run shows as "—".
+there is one seed); a missing run shows as "—"; † marks a cell with a run whose per-step KD alone
+exceeded the KD budget (it used more KD epochs than the budget, never fewer).
 """
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.settings import METHODS, RESULTS, ROOT  # noqa: E402
+from benchmarks.settings import METHODS, PEERS, RESULTS, ROOT  # noqa: E402
 
-METHOD_NAMES = {"rl": "RL-Pruner", "uniform": "uniform", "global": "global magnitude"}
+METHOD_NAMES = {"rl": "RL-Pruner", "uniform": "uniform", "global": "global magnitude",
+                "tp-l2": "TP global L2", "tp-taylor": "TP global Taylor"}
+OVER_BUDGET = "†"
 LATENCY_GOAL = 0.8   # the issue's target: latency reduction >= 0.8 x FLOPs reduction at batch 64
 MISSING = "—"
 
@@ -87,14 +90,41 @@ def settings_keys(accuracy: Mapping[str, Any]) -> list[tuple[str, str, float]]:
     return keys
 
 
+def methods_run(accuracy: Mapping[str, Any]) -> list[str]:
+    """The methods with rows: the loop methods, then the peers, then anything else, in that order."""
+    present = list(dict.fromkeys(r["method"] for r in accuracy.get("runs", [])))
+    return [m for m in (*METHODS, *PEERS) if m in present] + [m for m in present if m not in METHODS + PEERS]
+
+
+def method_name(method: str) -> str:
+    return METHOD_NAMES.get(method, method)
+
+
+def rows_of(accuracy: Mapping[str, Any], key: tuple[str, str, float], method: str, recovery: bool) -> list[dict]:
+    model, dataset, target = key
+    return [r for r in accuracy.get("runs", [])
+            if r["model"] == model and r["dataset"] == dataset and abs(r["target"] - target) < 1e-9
+            and r["method"] == method and bool(r["recovery"]) == recovery]
+
+
 def cell(accuracy: Mapping[str, Any], key: tuple[str, str, float], method: str, recovery: bool,
          field: str | Any = "test_acc") -> tuple[float, float, int] | None:
     """Mean ± spread over seeds of `field` (a row key, or a function of the row)."""
-    model, dataset, target = key
     value = field if callable(field) else (lambda row: row.get(field))
-    return mean_spread(value(r) for r in accuracy.get("runs", [])
-                       if r["model"] == model and r["dataset"] == dataset and abs(r["target"] - target) < 1e-9
-                       and r["method"] == method and bool(r["recovery"]) == recovery)
+    return mean_spread(value(r) for r in rows_of(accuracy, key, method, recovery))
+
+
+def over_budget(row: Mapping[str, Any], budget: int | None = None) -> bool:
+    """Whether a run used more KD epochs than the budget (its steps' KD alone exceeded it). Rows record
+    it; for rows that do not, `budget` (the settings' kd_budget) decides."""
+    if "over_budget" in row:
+        return bool(row["over_budget"])
+    return bool(row.get("recovery")) and budget is not None and row.get("kd_epochs", 0) > budget
+
+
+def flagged(accuracy: Mapping[str, Any], key: tuple[str, str, float], method: str, recovery: bool) -> bool:
+    budget = accuracy.get("settings", {}).get("kd_budget")
+    return any(over_budget(r, budget) for r in rows_of(accuracy, key, method, recovery))
 
 
 def step_cost(row: Mapping[str, Any]) -> float | None:
@@ -115,20 +145,58 @@ def base_acc(accuracy: Mapping[str, Any], model: str, dataset: str) -> float | N
 
 
 def accuracy_table(accuracy: Mapping[str, Any], recovery: bool) -> list[str]:
-    """One row per (model, dataset, FLOPs target): base and each method's test top-1 (%)."""
-    methods = [m for m in METHODS if any(r["method"] == m for r in accuracy.get("runs", []))]
-    header = ["model", "dataset", "FLOPs target", "base"] + [METHOD_NAMES[m] for m in methods] + \
-             ["RL − best baseline", "FLOPs reached (RL)"]
+    """One row per (model, dataset, FLOPs target): base and each method's test top-1 (%), RL-Pruner's
+    margin over the best other method, what RL-Pruner reached, and the KD epochs the runs used."""
+    methods = methods_run(accuracy)
+    header = ["model", "dataset", "FLOPs target", "base"] + [method_name(m) for m in methods] + \
+             ["RL − best other", "FLOPs / params reached (RL)", "KD epochs"]
     lines = [_row(header), _row(["---"] * 3 + ["---:"] * (len(header) - 3))]
     for key in settings_keys(accuracy):
         stats = {m: cell(accuracy, key, m, recovery) for m in methods}
         if all(s is None for s in stats.values()):
             continue
         base = base_acc(accuracy, key[0], key[1])
-        reached = cell(accuracy, key, "rl", recovery, "flops_reduction")
+        marks = {m: f" {OVER_BUDGET}" if flagged(accuracy, key, m, recovery) else "" for m in methods}
         lines.append(_row([key[0], key[1], f"-{key[2]:.0%}", MISSING if base is None else f"{100 * base:.1f}",
-                           *(_bold_best(stats, m) for m in methods), _margin(stats),
-                           MISSING if reached is None else f"-{100 * reached[0]:.1f}%"]))
+                           *(_bold_best(stats, m) + marks[m] for m in methods), _margin(stats),
+                           _reached(accuracy, key, "rl", recovery), _kd_epochs(accuracy, key, methods, recovery)]))
+    return lines
+
+
+def _reached(accuracy: Mapping[str, Any], key: tuple[str, str, float], method: str, recovery: bool) -> str:
+    flops = cell(accuracy, key, method, recovery, "flops_reduction")
+    params = cell(accuracy, key, method, recovery, "params_reduction")
+    if flops is None:
+        return MISSING
+    return f"-{100 * flops[0]:.1f}%" + ("" if params is None else f" / -{100 * params[0]:.1f}%")
+
+
+def _kd_epochs(accuracy: Mapping[str, Any], key: tuple[str, str, float], methods: Sequence[str],
+               recovery: bool) -> str:
+    """The KD epochs of the row's runs: one number when every method and seed used the same."""
+    used = sorted({int(r["kd_epochs"]) for m in methods for r in rows_of(accuracy, key, m, recovery)
+                   if r.get("kd_epochs") is not None})
+    if not used:
+        return MISSING
+    text = str(used[0]) if len(used) == 1 else f"{used[0]}–{used[-1]}"
+    return text + (f" {OVER_BUDGET}" if any(flagged(accuracy, key, m, recovery) for m in methods) else "")
+
+
+def reached_table(accuracy: Mapping[str, Any], recovery: bool = True) -> list[str]:
+    """Per (model, dataset, target) and method: the FLOPs / params reduction reached and the KD epochs
+    used (means over seeds)."""
+    methods = methods_run(accuracy)
+    lines = [_row(["model", "dataset", "FLOPs target", *[method_name(m) for m in methods]]),
+             _row(["---"] * 3 + ["---:"] * len(methods))]
+    for key in settings_keys(accuracy):
+        cells = []
+        for m in methods:
+            kd = cell(accuracy, key, m, recovery, "kd_epochs")
+            reached = _reached(accuracy, key, m, recovery)
+            mark = f" {OVER_BUDGET}" if flagged(accuracy, key, m, recovery) else ""
+            cells.append(reached if reached == MISSING or kd is None else f"{reached} · {kd[0]:.0f} ep{mark}")
+        if any(c != MISSING for c in cells):
+            lines.append(_row([key[0], key[1], f"-{key[2]:.0%}", *cells]))
     return lines
 
 
@@ -140,8 +208,8 @@ def _bold_best(stats: Mapping[str, Any], method: str, best: Any = max) -> str:
 
 def step_cost_table(accuracy: Mapping[str, Any]) -> list[str]:
     """Per (model, dataset, target): each method's mean accuracy cost of one pruning step (points)."""
-    methods = [m for m in METHODS if any(r["method"] == m for r in accuracy.get("runs", []))]
-    lines = [_row(["model", "dataset", "FLOPs target", *[METHOD_NAMES[m] for m in methods]]),
+    methods = methods_run(accuracy)
+    lines = [_row(["model", "dataset", "FLOPs target", *[method_name(m) for m in methods]]),
              _row(["---"] * 3 + ["---:"] * len(methods))]
     for key in settings_keys(accuracy):
         stats = {m: cell(accuracy, key, m, True, step_cost) for m in methods}
@@ -161,23 +229,64 @@ def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def _fair(accuracy: Mapping[str, Any], key: tuple[str, str, float], methods: Sequence[str], recovery: bool) -> bool:
+    """A comparison counts only when no run in it used more KD than the budget."""
+    return not any(flagged(accuracy, key, m, recovery) for m in methods)
+
+
 def verdicts(accuracy: Mapping[str, Any], recovery: bool = True) -> dict[str, dict[str, Any]]:
-    """Per baseline: in how many (model, dataset, target) settings RL-Pruner's mean is >= the baseline's,
-    and the settings where it is not (with the gap in points)."""
+    """Per other method: in how many (model, dataset, target) settings RL-Pruner's mean is >= its mean,
+    the settings where it is not (with the gap in points), and those left out because a run in them
+    went over the KD budget."""
     out: dict[str, dict[str, Any]] = {}
-    for other in (m for m in METHODS if m != "rl"):
-        wins, losses = 0, []
+    for other in (m for m in methods_run(accuracy) if m != "rl"):
+        wins, losses, over = 0, [], []
         for key in settings_keys(accuracy):
             rl, base = cell(accuracy, key, "rl", recovery), cell(accuracy, key, other, recovery)
             if rl is None or base is None:
                 continue
-            if rl[0] >= base[0]:
+            if not _fair(accuracy, key, ("rl", other), recovery):
+                over.append(_where(key))
+            elif rl[0] >= base[0]:
                 wins += 1
             else:
-                losses.append({"model": key[0], "dataset": key[1], "target": key[2], "gap": rl[0] - base[0],
+                losses.append({**_where(key), "gap": rl[0] - base[0],
                                "within_spread": abs(rl[0] - base[0]) <= max(rl[1], base[1])})
-        out[other] = {"wins": wins, "total": wins + len(losses), "losses": losses}
+        out[other] = {"wins": wins, "total": wins + len(losses), "losses": losses, "over_budget": over}
     return out
+
+
+def best_verdict(accuracy: Mapping[str, Any], recovery: bool = True) -> dict[str, Any]:
+    """RL-Pruner against the best of ALL the other methods (peers included), setting by setting.
+
+    wins: settings where RL-Pruner's mean >= the best other mean; clear: wins by more than the seed
+    spread (larger sample standard deviation of the two; needs >= 2 seeds on both sides); settings
+    with a run over the KD budget are left out of the counts and listed."""
+    wins, clear, seeded, losses, over = 0, 0, 0, [], []
+    for key in settings_keys(accuracy):
+        rl = cell(accuracy, key, "rl", recovery)
+        others = {m: cell(accuracy, key, m, recovery) for m in methods_run(accuracy) if m != "rl"}
+        others = {m: s for m, s in others.items() if s is not None}
+        if rl is None or not others:
+            continue
+        if not _fair(accuracy, key, ["rl", *others], recovery):
+            over.append(_where(key))
+            continue
+        best = max(others, key=lambda m: others[m][0])
+        gap, spread = rl[0] - others[best][0], max(rl[1], others[best][1])
+        has_spread = min(rl[2], others[best][2]) >= 2
+        seeded += has_spread
+        if gap >= 0:
+            wins += 1
+            clear += gap > spread and has_spread
+        else:
+            losses.append({**_where(key), "best": best, "gap": gap, "within_spread": -gap <= spread})
+    return {"wins": wins, "clear": clear, "total": wins + len(losses), "with_spread": seeded, "losses": losses,
+            "over_budget": over}
+
+
+def _where(key: tuple[str, str, float]) -> dict[str, Any]:
+    return {"model": key[0], "dataset": key[1], "target": key[2]}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,7 +316,7 @@ def compressed_latency_table(latency: Mapping[str, Any]) -> list[str]:
     lines = [_row(["model", "dataset", "method", "FLOPs", *[f"batch {b} ms" for b in batches], "latency/FLOPs (b64)"]),
              _row(["---"] * 3 + ["---:"] * (len(batches) + 2))]
     for r in rows:
-        lines.append(_row([r["model"], r["dataset"], METHOD_NAMES.get(r["method"], r["method"]),
+        lines.append(_row([r["model"], r["dataset"], method_name(r["method"]),
                            f"-{100 * r['flops_reduction']:.0f}%", *_latency_cells(r, batches)]))
     return lines
 
@@ -262,7 +371,8 @@ def engine_table(engine: Mapping[str, Any]) -> list[str]:
 # Plots (matplotlib, Agg)
 # --------------------------------------------------------------------------------------------------
 
-COLORS = {"rl": "tab:red", "uniform": "tab:blue", "global": "tab:green"}
+COLORS = {"rl": "tab:red", "uniform": "tab:blue", "global": "tab:green", "tp-l2": "tab:orange",
+          "tp-taylor": "tab:purple"}
 
 
 def _pyplot():
@@ -287,7 +397,7 @@ def plot_accuracy(accuracy: Mapping[str, Any], path: Path, recovery: bool) -> Pa
     for (i, dataset), (j, model) in ((a, b) for a in enumerate(datasets) for b in enumerate(models)):
         ax = axes[i][j]
         base = base_acc(accuracy, model, dataset)
-        for method in METHODS:
+        for method in methods_run(accuracy):
             points = [(cell(accuracy, k, method, recovery, "flops_reduction"), cell(accuracy, k, method, recovery))
                       for k in keys if k[:2] == (model, dataset)]
             points = [(x[0], y) for x, y in points if x is not None and y is not None]
@@ -296,7 +406,7 @@ def plot_accuracy(accuracy: Mapping[str, Any], path: Path, recovery: bool) -> Pa
             xs = [0.0] + [100 * x for x, _ in points] if base is not None else [100 * x for x, _ in points]
             ys = ([100 * base] if base is not None else []) + [100 * y[0] for _, y in points]
             errs = ([0.0] if base is not None else []) + [100 * y[1] for _, y in points]
-            ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, color=COLORS[method], label=METHOD_NAMES[method])
+            ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, color=COLORS.get(method), label=method_name(method))
         ax.set_title(f"{model} · {dataset}", fontsize=10)
         ax.set_xlabel("FLOPs reduction (%)")
         ax.set_ylabel("test top-1 (%)")
@@ -318,7 +428,7 @@ def plot_latency(latency: Mapping[str, Any], path: Path) -> Path | None:
         for b, marker in (("1", "o"), ("64", "s")):
             for value in dict.fromkeys(r[by] for r in rows):
                 picked = [r for r in rows if r[by] == value and b in r["batch"]]
-                label = METHOD_NAMES.get(value, value) if by == "method" else f"round_to={value}" if value > 1 else "no rounding"
+                label = method_name(value) if by == "method" else f"round_to={value}" if value > 1 else "no rounding"
                 ax.scatter([100 * r["flops_reduction"] for r in picked],
                            [100 * r["batch"][b]["reduction"] for r in picked], marker=marker,
                            color=COLORS.get(value) if by == "method" else ("tab:purple" if value > 1 else "tab:gray"),
@@ -395,15 +505,16 @@ def verdict_lines(accuracy: Mapping[str, Any] | None, latency: Mapping[str, Any]
     for recovery, what in ((True, "after KD recovery"), (False, "right after pruning, no recovery")):
         if accuracy is None or not any(bool(r["recovery"]) == recovery for r in accuracy.get("runs", [])):
             continue
+        lines.append(best_verdict_line(best_verdict(accuracy, recovery), what))
         for other, v in verdicts(accuracy, recovery).items():
             status = "met" if v["wins"] == v["total"] else "**missed**"
-            text = (f"- RL-Pruner ≥ {METHOD_NAMES[other]} ({what}): {v['wins']}/{v['total']} settings — target "
+            text = (f"- RL-Pruner ≥ {method_name(other)} ({what}): {v['wins']}/{v['total']} settings — target "
                     f"{status}.")
             if v["losses"]:
                 text += " Behind in: " + "; ".join(
                     f"{l['model']} · {l['dataset']} -{l['target']:.0%} ({100 * l['gap']:+.1f} points"
                     f"{', within the seed spread' if l['within_spread'] else ''})" for l in v["losses"]) + "."
-            lines.append(text)
+            lines.append(text + _over_budget_note(v["over_budget"]))
     for series, title in (("compressed", "models of the accuracy benchmark"), ("round_to", "one-shot, larger inputs")):
         rows = [] if latency is None else [r for r in latency.get(series, []) if latency_ratio(r, "64") is not None]
         if rows:
@@ -413,6 +524,27 @@ def verdict_lines(accuracy: Mapping[str, Any] | None, latency: Mapping[str, Any]
             lines.append(f"- Latency reduction ≥ {LATENCY_GOAL} × FLOPs reduction at batch 64 ({title}): "
                          f"{ok}/{len(rows)} models (median ratio {float(np.median(ratios)):.2f}) — target {status}.")
     return lines or ["- No results yet."]
+
+
+def best_verdict_line(v: Mapping[str, Any], what: str) -> str:
+    """The headline: RL-Pruner against the best other method of each setting."""
+    spread = "" if v["with_spread"] == v["total"] else f" of the {v['with_spread']} settings with ≥ 2 seeds"
+    text = (f"- **RL-Pruner ≥ best baseline ({what}) in {v['wins']} of {v['total']} settings; wins by more than "
+            f"the seed spread in {v['clear']}{spread}.** (Best baseline: the best mean of all other methods, "
+            "Torch-Pruning included, per setting.)")
+    if v["losses"]:
+        text += " Behind in: " + "; ".join(
+            f"{l['model']} · {l['dataset']} -{l['target']:.0%} (best: {method_name(l['best'])}, "
+            f"{100 * l['gap']:+.1f} points{', within the seed spread' if l['within_spread'] else ''})"
+            for l in v["losses"]) + "."
+    return text + _over_budget_note(v["over_budget"])
+
+
+def _over_budget_note(settings: Sequence[Mapping[str, Any]]) -> str:
+    if not settings:
+        return ""
+    return (f" Not counted ({OVER_BUDGET}: a run's per-step KD exceeded the KD budget): "
+            + "; ".join(f"{o['model']} · {o['dataset']} -{o['target']:.0%}" for o in settings) + ".")
 
 
 def time_summary(accuracy: Mapping[str, Any] | None, suite: Mapping[str, Any]) -> str:
@@ -439,20 +571,48 @@ def setup_lines(results: Mapping[str, Any]) -> list[str]:
         s = accuracy["settings"]
         models = ", ".join(f"{m['label']} ({m['family']}: `{m['name']}` {m['options'] or ''})".replace(" )", ")")
                            for m in s["models"])
-        datasets = ", ".join(f"{d['label']} (`{d['name']}` {d['options'] or ''})".replace(" )", ")") for d in s["datasets"])
-        lines += [f"- Models: {models}. Inputs {s['image_size']}×{s['image_size']}.",
+        datasets = ", ".join(_dataset_text(d, s) for d in s["datasets"])
+        lines += [f"- Models: {models}.",
                   f"- Datasets: {datasets}; fixed train/val/test splits. Candidates and model choices use validation; "
                   "the tables report the test split.",
                   f"- Base models: trained once per (model, dataset) for {s['train_epochs']} epochs (SGD, cosine); every "
                   "method and seed starts from that same model.",
-                  f"- Same loop and budget for every method: {s['prune_filter_ratio']:.0%} of the prunable channels per "
-                  f"step until the FLOPs target (the last step trimmed to it), {s['kd_epochs']} KD epoch(s) after each "
-                  f"step and {s['final_epochs']} final KD epochs at lr {s.get('kd_lr', 1e-3):g} (the library's "
-                  "other KD defaults; the teacher starts as the base model). RL-Pruner samples "
+                  f"- Same loop and budget for every method: steps of equal FLOPs cost (what "
+                  f"{s['prune_filter_ratio']:.0%} of the prunable channels cost) until the FLOPs target (the last step "
+                  f"trimmed to it), {s['kd_epochs']} KD epoch(s) after each step, {_kd_budget_text(s)}. KD at lr "
+                  f"{s.get('kd_lr', 1e-3):g} (the library's other KD defaults). RL-Pruner samples "
                   f"{s['lr_epoch']} rounds × {s['sample_num']} candidates per step (the paper: 10 × 10 at 1% per step).",
+                  *_peer_lines(s),
                   f"- Seeds {', '.join(map(str, seeds_run(accuracy)))} (pruning search and KD shuffling; the base model "
                   "is fixed). Cells are mean ± sample standard deviation over seeds."]
     return lines
+
+
+def _dataset_text(dataset: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
+    """'label (`name` options, size×size)'; results written before sizes were per dataset have one for all."""
+    size = dataset.get("image_size", settings.get("image_size", "?"))
+    options = f" {dataset['options']}" if dataset.get("options") else ""
+    return f"{dataset['label']} (`{dataset['name']}`{options}, {size}×{size} inputs)"
+
+
+def _kd_budget_text(s: Mapping[str, Any]) -> str:
+    if "kd_budget" not in s:  # results written before the budget was counted over the whole run
+        return f"{s.get('final_epochs', '?')} final KD epochs"
+    return (f"and the rest of a budget of **{s['kd_budget']} KD epochs per run** as one final KD fine-tune against "
+            "the base model (the per-step teacher starts as the base model); a run whose steps alone exceed the "
+            f"budget is marked {OVER_BUDGET} and left out of the verdicts")
+
+
+def _peer_lines(s: Mapping[str, Any]) -> list[str]:
+    peers = [m for m in s.get("methods", []) if m in PEERS]
+    if not peers:
+        return []
+    names = ", ".join(method_name(m) for m in peers)
+    return [f"- Peers: {names} — Torch-Pruning's `MetaPruner(global_pruning=True)` with "
+            "`GroupMagnitudeImportance(p=2)` / `GroupTaylorImportance` (gradients of a fixed, seeded batch of "
+            "training images), classifier output layer ignored. They follow the loop's schedule (its planned number "
+            "of equal-FLOPs steps; each step's pruning ratio is the smallest that reaches the step's FLOPs goal), "
+            "with the same BatchNorm re-estimation, per-step KD and KD budget (benchmarks/peers.py)."]
 
 
 def seeds_run(accuracy: Mapping[str, Any]) -> list[int]:
@@ -483,7 +643,7 @@ def render_doc(results: Mapping[str, Any], doc_path: Path, plots_dir: Path) -> s
         results = {**results, "accuracy": accuracy}
     rel = lambda p: os.path.relpath(p, doc_path.parent).replace(os.sep, "/")  # noqa: E731
     source = _display_path(plots_dir.parent)
-    out = ["# Benchmarks: RL-Pruner vs uniform vs global magnitude", "",
+    out = ["# Benchmarks: RL-Pruner vs uniform vs global magnitude vs Torch-Pruning", "",
            f"> Generated by `benchmarks/render.py` from `{source}/*.json` — do not edit by hand. "
            "Every number below comes from those files.", "",
            "## How to reproduce", "", "```bash",
@@ -520,8 +680,12 @@ def _accuracy_section(accuracy: Mapping[str, Any] | None, plots_dir: Path, rel: 
     if not accuracy:
         return ["## Accuracy at equal FLOPs", "", "Not run (no accuracy.json).", ""]
     return ["## Accuracy at equal FLOPs (after KD recovery)", "",
-            "Test top-1 (%); the best mean of each row in bold; *RL − best baseline* in points.", "",
+            "Test top-1 (%); the best mean of each row in bold; *RL − best other* in points against the best other "
+            f"method of the row; FLOPs / params reductions reached by RL-Pruner; the KD epochs the runs used "
+            f"({OVER_BUDGET}: over the budget).", "",
             *accuracy_table(accuracy, True), "",
+            "FLOPs / params reduction reached and KD epochs used, per method (means over seeds):", "",
+            *reached_table(accuracy, True), "",
             *_figure(plot_accuracy(accuracy, plots_dir / "accuracy_kd.png", True), rel, "accuracy after recovery"),
             "## Accuracy right after pruning (before recovery)", "",
             "The same loop with every KD epoch removed (test top-1, %): the direct measure of each pruning "

@@ -4,7 +4,8 @@
     python benchmarks/run_all.py --full      # the real tables: benchmarks/results/ and docs/benchmarks.md
     python benchmarks/run_all.py --full --only latency sensitivity     # rerun some parts
 
-Parts, in order: accuracy (trains the base models, then compresses them with every method), latency,
+Parts, in order: accuracy (trains the base models, then compresses them with every method; the
+Torch-Pruning peer rows need `pip install -e '.[bench]'` and are skipped, with a log line, without it), latency,
 sensitivity (both read the accuracy runs), engine (benchmarks/engine_speed.py), then the doc. The
 accuracy part resumes: rerunning skips the runs already in accuracy.json (same settings).
 """
@@ -77,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     if "latency" in args.only:
         timed("latency", lambda: latency.run(suite.latency, runs, results_dir / "latency.json", log))
     if "sensitivity" in args.only:
-        timed("sensitivity", lambda: sensitivity.run(suite.sensitivity, runs, suite.accuracy.datasets,
-                                                     suite.accuracy.image_size, results_dir / "sensitivity.json", log))
+        # image size None: each dataset's own (DatasetSpec.image_size)
+        timed("sensitivity", lambda: sensitivity.run(suite.sensitivity, runs, suite.accuracy.datasets, None,
+                                                     results_dir / "sensitivity.json", log))
     if "engine" in args.only:
         from benchmarks import engine_speed
 
