@@ -117,8 +117,9 @@ def compress_config(settings: AccuracySettings, method: str, target: float, seed
 
     return CompressConfig(
         method=method, target=Target("flops", target), seed=seed, progress=False,
-        rl=RLConfig(prune_filter_ratio=settings.prune_filter_ratio, lr_epoch=settings.lr_epoch,
-                    sample_num=settings.sample_num),
+        rl=RLConfig(prune_filter_ratio=settings.prune_filter_ratio,
+                    **{k: v for k, v in (("lr_epoch", settings.lr_epoch), ("sample_num", settings.sample_num))
+                       if v is not None}),
         kd=DistillConfig(epochs=settings.kd_epochs, lr=settings.kd_lr), post_train_period=1 if recovery else 0,
         final_epochs=0)
 

@@ -580,12 +580,21 @@ def setup_lines(results: Mapping[str, Any]) -> list[str]:
                   f"- Same loop and budget for every method: steps of equal FLOPs cost (what "
                   f"{s['prune_filter_ratio']:.0%} of the prunable channels cost) until the FLOPs target (the last step "
                   f"trimmed to it), {s['kd_epochs']} KD epoch(s) after each step, {_kd_budget_text(s)}. KD at lr "
-                  f"{s.get('kd_lr', 1e-3):g} (the library's other KD defaults). RL-Pruner samples "
-                  f"{s['lr_epoch']} rounds × {s['sample_num']} candidates per step (the paper: 10 × 10 at 1% per step).",
+                  f"{s.get('kd_lr', 1e-3):g} (the library's other KD defaults). RL-Pruner: "
+                  f"{_rl_text(s)}.",
                   *_peer_lines(s),
                   f"- Seeds {', '.join(map(str, seeds_run(accuracy)))} (pruning search and KD shuffling; the base model "
                   "is fixed). Cells are mean ± sample standard deviation over seeds."]
     return lines
+
+
+def _rl_text(s: Mapping[str, Any]) -> str:
+    """How RL-Pruner was configured: its defaults, or the rounds and candidates the settings forced."""
+    if s.get("lr_epoch") is None and s.get("sample_num") is None:
+        return (f"the library's defaults (`RLConfig()`) except the step size, {s['prune_filter_ratio']:.0%} instead "
+                "of 1%, so that one KD epoch per step fits the KD budget")
+    return (f"{s.get('lr_epoch')} rounds × {s.get('sample_num')} candidates per step (the paper: 10 × 10 at 1% "
+            "per step)")
 
 
 def _dataset_text(dataset: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
