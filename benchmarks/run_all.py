@@ -39,6 +39,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="accuracy seeds to run (default: the preset's); runs of other seeds already in the "
                              "results are kept")
+    parser.add_argument("--models", nargs="+", default=None, metavar="LABEL",
+                        help="accuracy: only these models of the preset (by label, e.g. resnet20)")
+    parser.add_argument("--datasets", nargs="+", default=None, metavar="LABEL",
+                        help="accuracy: only these datasets of the preset (e.g. digits synthetic-hard)")
+    parser.add_argument("--targets", type=float, nargs="+", default=None, help="accuracy: only these FLOPs targets")
+    parser.add_argument("--no-recovery-series", action="store_true",
+                        help="accuracy: skip the series that runs every method without KD")
     return parser.parse_args(argv)
 
 
@@ -54,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         suite = replace(suite, accuracy=replace(suite.accuracy, workers=args.workers))
     if args.seeds:
         suite = replace(suite, accuracy=replace(suite.accuracy, seeds=tuple(args.seeds)))
+    suite = replace(suite, accuracy=select(suite.accuracy, args))
     quick_dir = presets.ROOT / "runs" / "bench-quick"
     results_dir = args.results or (presets.RESULTS if args.mode == "full" else quick_dir / "results")
     doc = args.doc or (presets.ROOT / "docs" / "benchmarks.md" if args.mode == "full" else quick_dir / "benchmarks.md")
@@ -87,6 +95,27 @@ def main(argv: list[str] | None = None) -> int:
         timed("engine", lambda: engine_speed.main([*suite.engine_args, "--out", str(results_dir / "engine_speed.json")]))
     print(f"wrote {render.write_doc(results_dir, doc)} from {results_dir}")
     return 0
+
+
+def select(settings: presets.AccuracySettings, args: argparse.Namespace) -> presets.AccuracySettings:
+    """The preset narrowed to the models, datasets and targets asked for (a subset of the grid; the
+    results file and the doc say exactly what ran)."""
+    from dataclasses import replace
+
+    def pick(items: tuple, wanted: list | None, label: object, what: str) -> tuple:
+        if wanted is None:
+            return items
+        chosen = tuple(i for i in items if label(i) in wanted)
+        missing = sorted(set(wanted) - {label(i) for i in chosen})
+        if missing:
+            raise SystemExit(f"run_all: unknown {what} {', '.join(map(str, missing))}; the preset has "
+                             f"{', '.join(str(label(i)) for i in items)}")
+        return chosen
+
+    return replace(settings, models=pick(settings.models, args.models, lambda m: m.label, "model"),
+                   datasets=pick(settings.datasets, args.datasets, lambda d: d.label, "dataset"),
+                   targets=pick(settings.targets, args.targets, lambda t: t, "target"),
+                   no_recovery=settings.no_recovery and not args.no_recovery_series)
 
 
 def _suite_record(path: Path, suite: presets.Suite, argv: list[str] | None) -> dict:
