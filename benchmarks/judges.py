@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     results_dir.mkdir(parents=True, exist_ok=True)
     old = json.loads(json_path.read_text()) if json_path.exists() else {}
     kept = old.get("blocks", []) if old.get("settings") == config.to_dict() else []
-    results = {"command": "python benchmarks/judges.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    results = {"command": " ".join(["python benchmarks/judges.py", *(argv if argv is not None else sys.argv[1:])]),
                "settings": config.to_dict(), "machine": {**machine(), "threads": torch.get_num_threads()},
                "test_split_used": False, "blocks": kept,
                "wall_seconds": old.get("wall_seconds", 0.0) if kept else 0.0}
