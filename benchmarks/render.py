@@ -485,7 +485,9 @@ def _save(fig: Any, path: Path) -> Path:
 # The document
 # --------------------------------------------------------------------------------------------------
 
-PARTS = ("suite", "accuracy", "latency", "sensitivity", "engine_speed")
+PARTS = ("suite", "accuracy", "latency", "sensitivity", "engine_speed", "search_cost")
+JUDGE_STUDIES = (("judges.json", "candidates spread widely (noise 0.3)"),
+                 ("judges-close/judges.json", "close candidates, as the search draws them (noise 0.05)"))
 READING = Path(__file__).resolve().parent / "reading.md"
 
 
@@ -662,6 +664,8 @@ def render_doc(results: Mapping[str, Any], doc_path: Path, plots_dir: Path) -> s
            "## Setup", "", *setup_lines(results),
            *([f"- Seed(s) {', '.join(map(str, partial))} left out: not every run finished."] if partial else []), "",
            "## Verdict against the targets", "", *verdict_lines(accuracy, latency), ""]
+    out += _judges_section(results_dir_of(plots_dir))
+    out += _search_cost_section(results.get("search_cost"))
     out += _accuracy_section(accuracy, plots_dir, rel)
     out += _latency_section(latency, plots_dir, rel)
     out += ["## Engine speed: trace + prune vs Torch-Pruning", ""]
@@ -672,6 +676,36 @@ def render_doc(results: Mapping[str, Any], doc_path: Path, plots_dir: Path) -> s
     if READING.exists() and (results.get("suite") or {}).get("mode") == "full":
         out += ["## Reading", "", READING.read_text().strip(), ""]
     return "\n".join(out) + "\n"
+
+
+def results_dir_of(plots_dir: Path) -> Path:
+    return plots_dir.parent
+
+
+def _judges_section(results_dir: Path) -> list[str]:
+    """The judge study (benchmarks/judges.py): which score of a candidate predicts its accuracy after
+    recovery; the search's defaults follow it."""
+    import json
+
+    from benchmarks.judges import render_markdown
+
+    out = ["## Which judge ranks candidates (benchmarks/judges.py)", ""]
+    found = False
+    for name, what in JUDGE_STUDIES:
+        path = results_dir / name
+        if not path.exists():
+            continue
+        found = True
+        page = render_markdown(json.loads(path.read_text())).splitlines()
+        out += [f"### {what.capitalize()}", "", *[line for line in page[1:] if not line.startswith("# ")], ""]
+    return out if found else out + ["Not run (no judges.json).", ""]
+
+
+def _search_cost_section(cost: Mapping[str, Any] | None) -> list[str]:
+    from benchmarks.search_cost import table
+
+    out = ["## What the search costs (benchmarks/search_cost.py)", ""]
+    return out + ([*table(cost), ""] if cost else ["Not run (no search_cost.json).", ""])
 
 
 def _display_path(path: Path) -> str:
