@@ -160,3 +160,17 @@ def test_patience_ends_a_step_once_the_distribution_stops_improving(trained, tmp
     assert calls["all"] >= steps * 8 * 2       # every round of every step (plus trims)
     assert calls["patient"] < calls["all"]     # some step stopped early...
     assert calls["patient"] >= len(patient.records) * 2 * 2  # ...but never before two rounds
+
+
+def test_trim_gives_back_coarse_chunks_while_the_goal_holds():
+    from rlpruner.search.step import _give_back
+
+    # group 0 units cost 10, group 1 units cost 1; the goal: remove at least 21 of a total 100
+    def kept(counts):
+        removed = 10 * counts[0] + counts[1]
+        return None if removed < 21 else 100 - removed
+
+    assert _give_back(np.array([3, 2]), np.array([5, 5]), 1, kept).tolist() == [2, 1]  # exactly 21
+    assert _give_back(np.array([2, 1]), np.array([5, 5]), 1, kept).tolist() == [2, 1]  # nothing to give
+    # chunks of 2 with a partial first chunk of 1 (capacity 5): 3 units -> 1 -> 0
+    assert _give_back(np.array([0, 3]), np.array([5, 5]), 2, lambda c: None if c[1] < 1 else -c[1]).tolist() == [0, 1]

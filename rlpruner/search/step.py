@@ -205,32 +205,65 @@ def _latency_if_needed(ctx: Context, model: nn.Module, plan: Plan, candidate: Ca
 
 def trim(ctx: Context, model: nn.Module, plan: Plan, chosen: Candidate, counts_at: Callable[[int], np.ndarray],
          reference: list[torch.Tensor] | None = None) -> tuple[Candidate, float | None]:
-    """When the chosen candidate passes the goal, remove only as many units as needed (bisection over
-    the step budget; `counts_at(budget)` allocates a smaller budget the way the candidate was)."""
+    """When the chosen candidate passes the goal, remove only as many units as needed: bisection over
+    the step budget (`counts_at(budget)` allocates a smaller budget the way the candidate was), then
+    whole chunks given back one group at a time while the goal still holds, so that one coarse unit
+    (a residual group spans many layers) does not carry finer ones past the target."""
     latency = _latency_if_needed(ctx, model, plan, chosen)
     units_before = int(plan.sizes.sum())
     if not ctx.target.trims or not ctx.target.reached(_measure(chosen, latency, units_before), ctx.goal):
         return chosen, latency
     multiple = ctx.config.rl.round_to
-    probes: dict[int, tuple[Candidate, float | None]] = {}
+    probes: dict[bytes, tuple[Candidate, float | None, bool]] = {}
 
-    def passes(chunks: int) -> bool:
-        counts = counts_at(chunks * multiple)
-        with ctx.timer("surgery"):
-            params, flops = plan.graph.count(_removals(ctx, plan, counts))
-        probe = replace(chosen, counts=counts, params=params, flops=flops, latency_ms=None)
-        probe_latency = _latency_if_needed(ctx, model, plan, probe)
-        probes[chunks] = (probe, probe_latency)
-        return ctx.target.reached(_measure(probe, probe_latency, units_before - int(counts.sum())), ctx.goal)
+    def probe(counts: np.ndarray) -> tuple[Candidate, float | None, bool]:
+        key = counts.tobytes()
+        if key not in probes:
+            with ctx.timer("surgery"):
+                params, flops = plan.graph.count(_removals(ctx, plan, counts))
+            candidate = replace(chosen, counts=counts, params=params, flops=flops, latency_ms=None)
+            probe_latency = _latency_if_needed(ctx, model, plan, candidate)
+            reached = ctx.target.reached(_measure(candidate, probe_latency, units_before - int(counts.sum())),
+                                         ctx.goal)
+            probes[key] = (candidate, probe_latency, reached)
+        return probes[key]
 
     # the chosen candidate's own budget (exact for round_to=1; a partial alignment chunk can make it an
-    # underestimate, and then no trim happens: the candidate stands as it is)
-    chunks = smallest_passing(-(-int(chosen.counts.sum()) // multiple), passes)
-    if chunks not in probes:  # the full budget: the chosen candidate itself
+    # underestimate, and then the bisection keeps the candidate's counts)
+    top = -(-int(chosen.counts.sum()) // multiple)
+    chunks = smallest_passing(top, lambda k: probe(counts_at(k * multiple))[2])
+    counts = counts_at(chunks * multiple) if probe(counts_at(chunks * multiple))[2] else chosen.counts
+    if not ctx.target.needs_latency:  # giving back probes many models: only for analytic targets
+        def kept(c: np.ndarray) -> float | None:  # what a passing allocation keeps, in the target's unit
+            candidate, probe_latency, reached = probe(c)
+            units = units_before - int(c.sum())
+            return ctx.target.amount(_measure(candidate, probe_latency, units)) if reached else None
+
+        counts = _give_back(counts, plan.capacity, multiple, kept)
+    if np.array_equal(counts, chosen.counts):
         return chosen, latency
-    probe, probe_latency = probes[chunks]
-    rescored = score(ctx, model, plan, probe.counts, chosen.pd, reference)
+    rescored = score(ctx, model, plan, counts, chosen.pd, reference)
+    probe_latency = probe(counts)[1]
     return rescored, probe_latency if rescored.latency_ms is None else rescored.latency_ms
+
+
+def _give_back(counts: np.ndarray, capacity: np.ndarray, multiple: int,
+               kept: Callable[[np.ndarray], float | None]) -> np.ndarray:
+    """Greedily take chunks back while the goal holds (`kept` is None once it does not), each time the
+    chunk that gives back the most (ties: the lower group)."""
+    short = (-np.asarray(capacity, dtype=np.int64)) % multiple
+    while True:
+        best, best_kept = None, -np.inf
+        for i in np.flatnonzero(counts > 0):
+            fewer = counts.copy()
+            fewer[i] = policy.chunk_counts(np.array([(counts[i] + short[i]) // multiple - 1]),
+                                           np.array([capacity[i]]), multiple)[0]
+            amount = kept(fewer)
+            if amount is not None and amount > best_kept:
+                best, best_kept = fewer, amount
+        if best is None:
+            return counts
+        counts = best
 
 
 # --------------------------------------------------------------------------------------------------
