@@ -243,14 +243,20 @@ def after_removal(graph: Any, names: tuple[str, ...], counts: np.ndarray, units_
 
 def _step_cost(config: CompressConfig, target: TargetKind, graph: Any, names: tuple[str, ...],
                sizes: dict[str, int], step_budget: int, base: Measure) -> float:
-    """What one step removes, in the target's proxy unit: what `step_budget` channels spread over the
-    groups in proportion to their widths (the density init) remove from the original model."""
+    """What one step removes, in the target's proxy unit: the expected cost of `step_budget` channels
+    spread over the groups in proportion to their widths, from each group's cost per unit. (Counting
+    one integer allocation instead would be lumpy: a few channels that happen to fall on a residual
+    group, which spans many layers, cost several times more than the same number elsewhere.)"""
     capacity = _capacity(config, sizes)
-    pd = policy.density_init(np.array(list(sizes.values())), capacity)
-    budget = min(step_budget, policy.max_budget(capacity, config.rl.round_to))
-    counts = policy.allocate(pd, budget, capacity, config.rl.round_to)
-    removed = target.proxy.amount(base) - target.proxy.amount(after_removal(graph, names, counts, base.units))
-    return max(float(removed), 1e-12)
+    widths = np.array(list(sizes.values()))
+    shares = policy.density_init(widths, capacity) * step_budget
+    now = target.proxy.amount(base)
+    cost = 0.0
+    for i in np.flatnonzero(shares > 0):
+        one = np.zeros(len(widths), dtype=np.int64)
+        one[i] = 1
+        cost += shares[i] * (now - target.proxy.amount(after_removal(graph, names, one, base.units)))
+    return max(float(cost), 1e-12)
 
 
 def _check_reachable(config: CompressConfig, target: TargetKind, graph: Any, original: nn.Module, data: Data,
