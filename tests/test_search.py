@@ -35,7 +35,7 @@ def trained(splits):
 def _config(**overrides):
     base = CompressConfig(
         target=Target("flops", 0.3),
-        rl=RLConfig(prune_filter_ratio=0.15, lr_epoch=2, sample_num=3),
+        rl=RLConfig(prune_filter_ratio=0.06, lr_epoch=2, sample_num=3),
         kd=DistillConfig(epochs=1, batch_size=16, lr=0.01), final_epochs=1,
         latency_repeats=2, latency_warmup=0, progress=False)
     return dataclasses.replace(base, **overrides)
@@ -230,7 +230,7 @@ def checkpoint(trained, splits, tmp_path_factory):
     return path
 
 
-FAST_CLI = ["--prune-filter-ratio", "0.15", "--lr-epoch", "2", "--sample-num", "3", "--kd-epochs", "1",
+FAST_CLI = ["--prune-filter-ratio", "0.06", "--lr-epoch", "2", "--sample-num", "3", "--kd-epochs", "1",
             "--kd-batch-size", "16", "--final-epochs", "0", "--latency-repeats", "2", "--no-progress"]
 
 
