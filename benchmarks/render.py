@@ -569,6 +569,9 @@ def setup_lines(results: Mapping[str, Any]) -> list[str]:
              f"torch {machine.get('torch', '?')}; commit {machine.get('commit') or '?'}; {machine.get('date', '?')}."]
     if suite or accuracy:
         lines.append(f"- Mode `{suite.get('mode', '?')}`. Time: {time_summary(accuracy, suite)}.")
+    commands = suite.get("commands") or ({"all parts": suite["command"]} if suite.get("command") else {})
+    for part, command in commands.items():
+        lines.append(f"- Command ({part}): `{command}`.")
     if accuracy:
         s = accuracy["settings"]
         models = ", ".join(f"{m['label']} ({m['family']}: `{m['name']}` {m['options'] or ''})".replace(" )", ")")
@@ -593,8 +596,10 @@ def setup_lines(results: Mapping[str, Any]) -> list[str]:
 def _rl_text(s: Mapping[str, Any]) -> str:
     """How RL-Pruner was configured: its defaults, or the rounds and candidates the settings forced."""
     if s.get("lr_epoch") is None and s.get("sample_num") is None:
+        from rlpruner.search import RLConfig
+
         return (f"the library's defaults (`RLConfig()`) except the step size, {s['prune_filter_ratio']:.0%} instead "
-                "of 1%, so that one KD epoch per step fits the KD budget")
+                f"of {RLConfig().prune_filter_ratio:.0%}, so that one KD epoch per step fits the KD budget")
     return (f"{s.get('lr_epoch')} rounds × {s.get('sample_num')} candidates per step (the paper: 10 × 10 at 1% "
             "per step)")
 
@@ -730,17 +735,24 @@ def _accuracy_section(accuracy: Mapping[str, Any] | None, plots_dir: Path, rel: 
             "FLOPs / params reduction reached and KD epochs used, per method (means over seeds):", "",
             *reached_table(accuracy, True), "",
             *_figure(plot_accuracy(accuracy, plots_dir / "accuracy_kd.png", True), rel, "accuracy after recovery"),
-            "## Accuracy right after pruning (before recovery)", "",
-            "The same loop with every KD epoch removed (test top-1, %): the direct measure of each pruning "
-            "distribution over the whole way down. Near chance level (10% digits, 5% synthetic-hard), this mostly "
-            "says that none of the distributions survives that much pruning without recovery.", "",
-            *accuracy_table(accuracy, False), "",
-            *_figure(plot_accuracy(accuracy, plots_dir / "accuracy_no_kd.png", False), rel, "accuracy before recovery"),
+            *_no_recovery_section(accuracy, plots_dir, rel),
             "Accuracy cost of ONE pruning step before its recovery, in the KD runs above: validation points lost "
             "between the recovered model of the previous step and the pruned model of this step, averaged over the "
-            "steps (every step removes the same number of channels; lower is better). RL-Pruner chooses its step "
-            "on this same validation split, so its numbers here are optimistic; the test columns above are not.", "",
+            "steps (every step removes the same FLOPs; lower is better). RL-Pruner chooses its step on this same "
+            "validation split, so its numbers here are optimistic; the test columns above are not.", "",
             *step_cost_table(accuracy), ""]
+
+
+def _no_recovery_section(accuracy: Mapping[str, Any], plots_dir: Path, rel: Any) -> list[str]:
+    head = ["## Accuracy right after pruning (before recovery)", ""]
+    if not any(not r["recovery"] for r in accuracy.get("runs", [])):
+        return head + ["Not run this time (the series without KD was skipped: `--no-recovery-series`).", ""]
+    return head + [
+        "The same loop with every KD epoch removed (test top-1, %): the direct measure of each pruning "
+        "distribution over the whole way down. Near chance level (10% digits, 5% synthetic-hard), this mostly "
+        "says that none of the distributions survives that much pruning without recovery.", "",
+        *accuracy_table(accuracy, False), "",
+        *_figure(plot_accuracy(accuracy, plots_dir / "accuracy_no_kd.png", False), rel, "accuracy before recovery")]
 
 
 def _latency_section(latency: Mapping[str, Any] | None, plots_dir: Path, rel: Any) -> list[str]:

@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {part}", flush=True)
         value = fn()
         record["wall_seconds"][part] = time.perf_counter() - start
+        record["commands"][part] = record["command"]
         atomic_write_json(suite_path, record)
         return value
 
@@ -122,9 +123,10 @@ def _suite_record(path: Path, suite: presets.Suite, argv: list[str] | None) -> d
     """What ran and how long each part took; kept across partial reruns of the same mode."""
     old = json.loads(path.read_text()) if path.exists() else {}
     record = {"mode": suite.mode, "command": "python benchmarks/run_all.py " + " ".join(argv or sys.argv[1:]),
-              "settings": suite.to_dict(), "wall_seconds": {}}
+              "settings": suite.to_dict(), "wall_seconds": {}, "commands": {}}
     if old.get("mode") == suite.mode:
         record["wall_seconds"] = old.get("wall_seconds", {})
+        record["commands"] = old.get("commands", {})
     return record
 
 
