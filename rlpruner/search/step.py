@@ -45,21 +45,29 @@ def run_step(ctx: Context, state: State) -> State:
     with ctx.timer("eval"):
         reference = _logits(state.model, ctx.data.score_batches) if judge.needs_reference else None
     scored: list[Candidate] = []
+    validated: dict[bytes, float] = {}  # the guard's check of the chosen counts serves the record too
 
     def scorer(counts: np.ndarray, pd: np.ndarray, plan: Plan) -> Candidate:
         scored.append(score(ctx, state.model, plan, counts, pd, reference))
         return scored[-1]
 
+    def validator(candidate: Candidate, plan: Plan) -> float:
+        key = candidate.counts.tobytes()
+        if key not in validated:
+            validated[key] = validate(ctx, state.model, plan, candidate)
+        return validated[key]
+
+    now = ctx.target.proxy.amount(after_removal(plan.graph, ctx.names, np.zeros_like(plan.sizes),
+                                                int(plan.sizes.sum())))
     task = StepTask(step=step, model=state.model, plan=plan, names=ctx.names, pd=state.pd, score=scorer,
-                    budget_for=lambda counts_at: budget_for(ctx, plan, counts_at),
-                    validate=lambda candidate, plan: validate(ctx, state.model, plan, candidate),
-                    acc_ref=state.acc_ref,
+                    budget_for=lambda counts_at: budget_for(ctx, plan, counts_at, now),
+                    validate=validator, acc_ref=state.acc_ref,
                     seed=ctx.config.seed, planned_steps=ctx.planned_steps, log=ctx.log, timer=ctx.timer,
                     progress=ctx.progress)
     proposal = ctx.allocator.propose(task)
     plan = proposal.plan
     chosen, latency = trim(ctx, state.model, plan, proposal.chosen, proposal.counts_at, reference)
-    pruned_val = validate(ctx, state.model, plan, chosen)
+    pruned_val = validator(chosen, plan)
     removals = _removals(ctx, plan, chosen.counts)
     with ctx.timer("surgery"):
         model = prune_channels(state.model, plan.graph, removals, inplace=True)
@@ -170,16 +178,16 @@ def validate(ctx: Context, model: nn.Module, plan: Plan, candidate: Candidate) -
         return accuracy(recalibrate(pruned, ctx.data.bn_batches), ctx.data.val_batches, ctx.device)
 
 
-def budget_for(ctx: Context, plan: Plan, counts_at: Callable[[int], np.ndarray]) -> int:
-    """The channel budget at which `counts_at` removes the step's cost in the target's proxy unit
-    (equal-cost candidates: the distribution decides where, the step decides how much); the plan's
-    channel budget when the run compares candidates at equal channels."""
+def budget_for(ctx: Context, plan: Plan, counts_at: Callable[[int], np.ndarray], now: float) -> int:
+    """The channel budget at which `counts_at` removes the step's cost in the target's proxy unit from
+    the current model (which has `now` of it): equal-cost candidates, the distribution decides where,
+    the step decides how much. The plan's channel budget when the run compares candidates at equal
+    channels."""
     multiple = ctx.config.rl.round_to
     most = policy.max_budget(plan.capacity, multiple)
     if not ctx.config.rl.equal_cost:
         return plan.budget
     proxy, units_now = ctx.target.proxy, int(plan.sizes.sum())
-    now = proxy.amount(after_removal(plan.graph, ctx.names, np.zeros_like(plan.sizes), units_now))
 
     def removes_enough(chunks: int) -> bool:
         left = proxy.amount(after_removal(plan.graph, ctx.names, counts_at(chunks * multiple), units_now))
