@@ -18,7 +18,6 @@ importance, policy, surgery), as results.json reports it.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field

@@ -12,7 +12,6 @@ tables show percent.
 """
 from __future__ import annotations
 
-import copy
 import math
 import sys
 import time

@@ -75,7 +75,6 @@ def base_model(plan: DemoPlan, splits: Splits, path: Path, retrain: bool) -> tup
                 return model, 0.0
         except CheckpointError as exc:
             print(f"ignoring {path}: {exc}", flush=True)
-    start = time.perf_counter()
     torch.manual_seed(plan.seed)
     model = create_model(plan.model, num_classes=splits.num_classes, in_channels=splits.in_channels)
     print(f"training {plan.model} on digits for {plan.train.epochs} epochs...", flush=True)

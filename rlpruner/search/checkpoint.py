@@ -166,7 +166,7 @@ def resumed_state(ctx: Context) -> State:
 
 def fresh_state(ctx: Context) -> State:
     sizes = np.array(list(ctx.original_sizes.values()))
-    capacity = policy.capacity(sizes, ctx.config.rl.min_keep, ctx.config.rl.round_to)
+    capacity = ctx.config.rl.capacity(sizes)
     return State(step=0, pd=policy.density_init(sizes, capacity), model=copy.deepcopy(ctx.original),
                   teacher=Teacher(ctx.original, None, ctx.base["val_acc"]),
                   acc_ref=ctx.base["val_acc"], removals=[], records=[])

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..allocation import ALLOCATORS, policy
 from ..distill import DistillConfig
 from ..errors import ConfigError, UnknownNameError
@@ -139,6 +141,10 @@ class RLConfig:
         for option, ok, requirement in checks:
             if not ok:
                 raise ConfigError(f"{option} must be {requirement}, got {getattr(self, option)!r}")
+
+    def capacity(self, sizes: Any) -> np.ndarray:
+        """Units each group of these widths may lose (`min_keep`, widths kept multiples of `round_to`)."""
+        return policy.capacity(np.asarray(sizes), self.min_keep, self.round_to)
 
 
 @dataclass(frozen=True)

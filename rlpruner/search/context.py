@@ -14,7 +14,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,8 @@ def accuracy(model: nn.Module, batches: Any, device: torch.device) -> float:
 
 def measure_ms(config: CompressConfig, model: nn.Module, example: torch.Tensor, device: torch.device) -> float:
     return metrics.measure_latency(model, example, batch_size=config.latency_batch, warmup=config.latency_warmup,
-                           repeats=config.latency_repeats, device=device, threads=config.latency_threads).median_ms
+                                   repeats=config.latency_repeats, device=device,
+                                   threads=config.latency_threads).median_ms
 
 
 def first_units(names: tuple[str, ...], counts: np.ndarray) -> dict[str, np.ndarray]:
@@ -231,10 +232,6 @@ def _initial_budget(config: CompressConfig, total_units: int) -> int:
     return max(1, chunks) * multiple
 
 
-def _capacity(config: CompressConfig, sizes: dict[str, int]) -> np.ndarray:
-    return policy.capacity(np.array(list(sizes.values())), config.rl.min_keep, config.rl.round_to)
-
-
 def after_removal(graph: Any, names: tuple[str, ...], counts: np.ndarray, units_now: int) -> Measure:
     """What the graph's model keeps after removing `counts` units per group (analytic)."""
     params, flops = graph.count(first_units(names, counts))
@@ -247,7 +244,7 @@ def _step_cost(config: CompressConfig, target: TargetKind, graph: Any, names: tu
     spread over the groups in proportion to their widths, from each group's cost per unit. (Counting
     one integer allocation instead would be lumpy: a few channels that happen to fall on a residual
     group, which spans many layers, cost several times more than the same number elsewhere.)"""
-    capacity = _capacity(config, sizes)
+    capacity = config.rl.capacity(list(sizes.values()))
     widths = np.array(list(sizes.values()))
     shares = policy.density_init(widths, capacity) * step_budget
     now = target.proxy.amount(base)
@@ -262,14 +259,11 @@ def _step_cost(config: CompressConfig, target: TargetKind, graph: Any, names: tu
 def _check_reachable(config: CompressConfig, target: TargetKind, graph: Any, original: nn.Module, data: Data,
                      device: torch.device, names: tuple[str, ...], sizes: dict[str, int], base: Measure) -> None:
     """ConfigError when even pruning every group down to min_keep misses the target."""
-    capacity = _capacity(config, sizes)
-    everything = first_units(names, capacity)
-    params, flops = graph.count(everything)
-    latency = None
+    capacity = config.rl.capacity(list(sizes.values()))
+    smallest = after_removal(graph, names, capacity, base.units)
     if target.needs_latency:
-        smallest_model = prune_channels(original, graph, everything, inplace=False)
-        latency = measure_ms(config, smallest_model, data.example, device)
-    smallest = Measure(units=base.units - int(capacity.sum()), params=params, flops=flops, latency_ms=latency)
+        smallest_model = prune_channels(original, graph, first_units(names, capacity), inplace=False)
+        smallest = replace(smallest, latency_ms=measure_ms(config, smallest_model, data.example, device))
     problem = target.unreachable(config.target.value, base, smallest,
                                  f"pruning every group down to min_keep={config.rl.min_keep} unit(s)")
     if problem:
@@ -281,7 +275,7 @@ def _planned_units(config: CompressConfig, target: TargetKind, graph: Any, names
     """Units the density-proportional distribution must remove to reach the target, judged by the
     target's analytic proxy: sets the planned number of steps, which only the epsilon schedule uses."""
     proxy, multiple = target.proxy, config.rl.round_to
-    capacity = _capacity(config, sizes)
+    capacity = config.rl.capacity(list(sizes.values()))
     pd = policy.density_init(np.array(list(sizes.values())), capacity)
     goal = proxy.goal(config.target.value, base)
 

@@ -114,8 +114,7 @@ def _group_table(ctx: Context, graph: Any) -> tuple[np.ndarray, np.ndarray]:
     groups = {g.name: g for g in graph.groups}
     sizes = np.array([groups[n].size if n in groups else 0 for n in ctx.names], dtype=np.int64)
     open_ = np.array([n in groups and groups[n].prunable for n in ctx.names])
-    rl = ctx.config.rl
-    return sizes, np.where(open_, policy.capacity(sizes, rl.min_keep, rl.round_to), 0)
+    return sizes, np.where(open_, ctx.config.rl.capacity(sizes), 0)
 
 
 def _importance_order(ctx: Context, model: nn.Module, graph: Any, capacity: np.ndarray,
