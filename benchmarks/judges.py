@@ -170,9 +170,10 @@ def _logits(model: torch.nn.Module, batches: list) -> list[torch.Tensor]:
 
 
 def _kl_score(logits: list[torch.Tensor], labels: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
+    from rlpruner.distill import LogitsKD
     from rlpruner.search.judges import JUDGES
 
-    return JUDGES.get("kl").score(logits, labels, reference)
+    return JUDGES.get("kl").score(0.0, logits, reference, LogitsKD())
 
 
 def measure_setting(setting: Setting, config: JudgeSettings, levels: tuple[float, ...],
@@ -183,8 +184,8 @@ def measure_setting(setting: Setting, config: JudgeSettings, levels: tuple[float
     from rlpruner.data.base import dataset_labels, stratified_subset
     from rlpruner.graph import trace
     from rlpruner.search.config import CompressConfig, RLConfig
-    from rlpruner.search.context import prepare_data
-    from rlpruner.search.judges import top1
+    from rlpruner.search.data import SplitsSource, prepare_data
+    from rlpruner.task import Task, top1
 
     clock = Clock()
     splits = clock("load", lambda: load_splits(setting))
@@ -194,7 +195,7 @@ def measure_setting(setting: Setting, config: JudgeSettings, levels: tuple[float
                                           calibration_samples=config.calibration_samples,
                                           importance=config.importance),
                               eval_batch_size=config.eval_batch_size, seed=config.seed)
-    data = clock("prepare_data", lambda: prepare_data(splits, compress, device))
+    data = clock("prepare_data", lambda: prepare_data(SplitsSource(splits), compress, device, Task(), model))
     val_labels = dataset_labels(splits.val)
     subsets = {s: _batches(splits.val, stratified_subset(val_labels, s, config.seed), config.eval_batch_size)
                for s in sorted({*config.subsets, config.kl_subset})}
@@ -214,7 +215,7 @@ def measure_setting(setting: Setting, config: JudgeSettings, levels: tuple[float
               "base_flops": base_flops, "prunable_units": int(sizes.sum()), "groups": len(names),
               "train": len(splits.train), "val": len(splits.val),
               "subset_sizes": {str(s): sum(len(y) for _, y in b) for s, b in subsets.items()},
-              "bn_batches": len(data.bn_batches), "bn_samples": sum(len(x) for x in data.bn_batches),
+              "bn_batches": len(data.bn_batches), "bn_samples": sum(len(x) for x, _ in data.bn_batches),
               **base_info}
     blocks = []
     for level in levels:
@@ -243,8 +244,8 @@ def _candidate(model, graph, removals, counts, data, subsets, reference, splits,
     from rlpruner.batchnorm import recalibrate
     from rlpruner.data import make_loaders
     from rlpruner.distill import DistillConfig, distill
-    from rlpruner.search.judges import top1
     from rlpruner.surgery import apply_slices
+    from rlpruner.task import classify_forward, top1
 
     clock = Clock()
 
@@ -260,7 +261,7 @@ def _candidate(model, graph, removals, counts, data, subsets, reference, splits,
     # stale BatchNorm statistics first (recalibration gives the copy fresh buffers; the base keeps its own)
     judges["raw_full"] = clock("raw_full", lambda: top1(_logits(candidate, data.val_batches), val_labels))
     judges["kl_raw"] = clock("kl_raw", lambda: _kl_score(_logits(candidate, kl_batches), kl_labels, reference))
-    clock("bn", lambda: recalibrate(candidate, data.bn_batches))
+    clock("bn", lambda: recalibrate(candidate, data.bn_batches, classify_forward))
     judges["bn_full"] = clock("bn_full", lambda: top1(_logits(candidate, data.val_batches), val_labels))
     for size in config.subsets:
         batches = subsets[size]

@@ -185,7 +185,7 @@ def run_peer(job: Any) -> dict[str, Any]:
     trajectory: list[list[float]] = []
 
     def after_step(model: nn.Module, step: PeerStep) -> nn.Module:
-        recalibrate(model, data.bn_batches)
+        recalibrate(model, data.bn_batches, ctx.task.forward)
         pruned_val = evaluate(model, data.val_batches)["top1"]
         val = pruned_val
         if job.recovery and settings.kd_epochs:
@@ -196,7 +196,8 @@ def run_peer(job: Any) -> dict[str, Any]:
         trajectory.append([step.flops_reduction, pruned_val, val])
         return model
 
-    model, steps = prune_schedule(copy.deepcopy(base), example, job.method, goals, data.calibration, after_step)
+    model, steps = prune_schedule(copy.deepcopy(base), example, job.method, goals, data.calibration.batches[0],
+                                 after_step)
     plan = kd_plan(settings, len(steps), job.recovery)
     final = finish(model, base, splits, settings, plan, job.seed, job.out_dir)
     before, after = rlpruner.count(base, example), rlpruner.count(model, example)

@@ -11,7 +11,8 @@ shares its tensors with another model (a search candidate) never changes that mo
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,10 +25,12 @@ def batchnorm_layers(model: nn.Module) -> list[_BN]:
 
 
 @torch.no_grad()
-def recalibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
-    """Re-estimate every BatchNorm layer's running mean and variance on `batches` (inputs only, on the
-    model's device) as a cumulative average; the rest of the model runs in eval mode. Returns
-    `model`, in eval mode. A model without BatchNorm is returned unchanged."""
+def recalibrate(model: nn.Module, batches: Iterable[Any],
+                forward: Callable[[nn.Module, Any], Any] | None = None) -> nn.Module:
+    """Re-estimate every BatchNorm layer's running mean and variance on `batches` (on the model's
+    device) as a cumulative average; the rest of the model runs in eval mode. A batch is the model's
+    input, or anything `forward(model, batch)` runs the model on. Returns `model`, in eval mode. A
+    model without BatchNorm is returned unchanged."""
     layers = batchnorm_layers(model)
     if not layers:
         return model.eval()
@@ -42,8 +45,8 @@ def recalibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
         layer.momentum = None  # cumulative moving average: every batch counts equally
         layer.train()
     try:
-        for x in batches:
-            model(x)
+        for batch in batches:
+            model(batch) if forward is None else forward(model, batch)
     finally:
         for layer, momentum in zip(layers, saved_momentum):
             layer.momentum = momentum

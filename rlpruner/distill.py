@@ -1,26 +1,41 @@
 """Knowledge-distillation fine-tuning: how RL-Pruner recovers accuracy after pruning.
 
-    loss = (1 - s) · T² · KL(softmax(teacher / T) ‖ softmax(student / T)) + s · CE(student, y)
+    loss = (1 - s) · D(student outputs, teacher outputs) + s · task loss(student outputs, batch)
 
-with T = 2 and s = 0.25 by default. The optimiser, warm-up + cosine schedule, training epoch and
-evaluation are `rlpruner.train`'s; only the loss differs. Model selection uses the validation split;
-the test split is never touched here.
+with s = 0.25 by default. D depends on what the model returns (`OUTPUT_KD`, chosen by
+`DistillConfig.outputs`):
+
+- ``logits``     T² · KL(softmax(teacher / T) ‖ softmax(student / T)) over dim 1, T = 2: classifiers, and
+                 per-pixel class scores (segmentation), averaged over positions;
+- ``mse``        mean squared error to the teacher, averaged over every output tensor (tuples and
+                 dicts of tensors: detection heads, regression);
+- ``smooth_l1``  the same with the smooth-L1 (Huber) distance, less sensitive to outliers;
+- ``auto``       (default) ``logits`` when the outputs are one float tensor (N, C, ...) and the batch
+                 holds integer labels (N, ...) — a class per sample or per pixel — as its second item
+                 or as a value of a dict batch; else ``mse``.
+
+The task loss is cross-entropy for classifiers, or the user's (`rlpruner.task.Task`). The
+optimiser, warm-up + cosine schedule and epoch loop are `rlpruner.train`'s. Model selection uses the
+validation split and the task's metric; the test split is never touched here.
 """
 from __future__ import annotations
 
 import copy
 import math
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
+from .batches import batch_len, tensors_of
 from .errors import ConfigError
-from .train import LossFn, TrainConfig, evaluate, make_optimizer, make_scheduler, train_one_epoch
+from .registry import Registry
+from .task import Task, TaskError
+from .train import TrainConfig, fit_epoch, make_optimizer, make_scheduler
 
 
 @dataclass(frozen=True)
@@ -33,11 +48,12 @@ class DistillConfig:
     warmup_epochs: float = 0.1       # short warm-up, then cosine
     min_lr_ratio: float = 0.0
     temperature: float = 2.0
-    ce_weight: float = 0.25          # s: weight of the hard-label cross-entropy
+    ce_weight: float = 0.25          # s: weight of the task loss (hard-label cross-entropy for classifiers)
     batch_size: int = 64
     augment: bool = True
     switch_teacher: bool = True      # the student becomes the teacher once it beats it on validation
     switch_margin: float = 0.005     # ... by more than this (accuracy, a fraction): noise does not switch
+    outputs: str = "auto"            # how outputs are distilled: auto, or one of OUTPUT_KD
     progress: bool | None = None
 
     def __post_init__(self) -> None:
@@ -52,6 +68,7 @@ class DistillConfig:
             ("ce_weight", 0 <= self.ce_weight <= 1, "in [0, 1]"),
             ("batch_size", self.batch_size >= 1, "an integer >= 1"),
             ("switch_margin", 0 <= self.switch_margin < 1, "in [0, 1)"),
+            ("outputs", self.outputs == "auto" or self.outputs in OUTPUT_KD, f"auto or one of {OUTPUT_KD.names()}"),
         ]
         for option, ok, requirement in checks:
             if not ok:
@@ -63,14 +80,130 @@ class DistillConfig:
                            nesterov=self.nesterov, batch_size=self.batch_size, warmup_epochs=0.0)
 
 
+class OutputKD:
+    """How a student's outputs are pulled towards the teacher's."""
+
+    name = ""
+
+    def loss(self, student: Any, teacher: Any, weight: float) -> torch.Tensor:
+        """`weight` · the distance, differentiable (the training loss term)."""
+        raise NotImplementedError
+
+    def distance(self, student: Any, teacher: Any) -> float:
+        """The distance summed over the batch's samples (the label-free candidate judge)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class LogitsKD(OutputKD):
+    temperature: float = 2.0
+    name = "logits"
+
+    def loss(self, student: Any, teacher: Any, weight: float) -> torch.Tensor:
+        student, teacher = _one_tensor(student, self.name), _one_tensor(teacher, self.name)
+        t = self.temperature
+        soft = F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1),
+                        reduction="batchmean", log_target=True)
+        if student.dim() > 2:  # per position (segmentation): the mean over pixels, not their sum
+            soft = soft / student[0, 0].numel()
+        return weight * t ** 2 * soft
+
+    def distance(self, student: Any, teacher: Any) -> float:
+        student, teacher = _one_tensor(student, self.name), _one_tensor(teacher, self.name)
+        kl = float(F.kl_div(F.log_softmax(student.float(), 1), F.log_softmax(teacher.float(), 1),
+                            reduction="sum", log_target=True))
+        return kl / max(1, student[0, 0].numel()) if student.dim() > 2 else kl
+
+
+@dataclass(frozen=True)
+class RegressionKD(OutputKD):
+    name: str = "mse"
+
+    def _per_tensor(self, s: torch.Tensor, t: torch.Tensor, reduction: str) -> torch.Tensor:
+        fn = F.mse_loss if self.name == "mse" else F.smooth_l1_loss
+        return fn(s.float(), t.float(), reduction=reduction)
+
+    def loss(self, student: Any, teacher: Any, weight: float) -> torch.Tensor:
+        pairs = _float_pairs(student, teacher, self.name)
+        return weight * sum(self._per_tensor(s, t, "mean") for s, t in pairs) / len(pairs)
+
+    def distance(self, student: Any, teacher: Any) -> float:
+        pairs = _float_pairs(student, teacher, self.name)
+        n = batch_len(student)
+        return float(sum(self._per_tensor(s, t, "mean") for s, t in pairs)) / len(pairs) * n
+
+
+OUTPUT_KD: Registry[Callable[[DistillConfig], OutputKD]] = Registry("output distillation")
+OUTPUT_KD.add("logits", lambda config: LogitsKD(config.temperature))
+OUTPUT_KD.add("mse", lambda config: RegressionKD("mse"))
+OUTPUT_KD.add("smooth_l1", lambda config: RegressionKD("smooth_l1"))
+
+
+def _one_tensor(value: Any, name: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.dim() < 2:
+        raise TaskError(f"KD outputs={name!r} needs one tensor of class scores (N, C, ...) from the model, got "
+                        f"{_describe(value)}; use outputs='mse' for other outputs")
+    return value
+
+
+def _float_pairs(student: Any, teacher: Any, name: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    s, t = tensors_of(student), tensors_of(teacher)
+    pairs = [(a, b) for a, b in zip(s, t) if a.is_floating_point()]
+    if len(s) != len(t) or not pairs or any(a.shape != b.shape for a, b in pairs):
+        raise TaskError(f"KD outputs={name!r}: the model's outputs ({_describe(student)}) cannot be compared with "
+                        f"the teacher's ({_describe(teacher)}); return tensors, or tuples/dicts of tensors")
+    return pairs
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, Mapping):
+        return f"a dict with keys {list(value)}"
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return f"a {type(value).__name__}"
+
+
+def output_kd(config: DistillConfig, outputs: Any, batch: Any) -> OutputKD:
+    """The configured output distillation; `auto` looks at one batch and the model's outputs on it."""
+    name = config.outputs
+    if name == "auto":
+        name = "logits" if _class_scores(outputs, batch) else "mse"
+    return OUTPUT_KD.get(name)(config)
+
+
+def _class_scores(outputs: Any, batch: Any) -> bool:
+    """Outputs (N, C, ...) of floats, and integer labels (N, ...) in the batch: its second item, or
+    any value of a dict batch."""
+    if not isinstance(outputs, torch.Tensor) or not outputs.is_floating_point() or outputs.dim() < 2:
+        return False
+    if isinstance(batch, Mapping):
+        candidates = list(batch.values())
+    elif isinstance(batch, (list, tuple)) and len(batch) >= 2:
+        candidates = [batch[1]]
+    else:
+        return False
+    wanted = tuple(outputs.shape[:1]) + tuple(outputs.shape[2:])
+    return any(isinstance(c, torch.Tensor) and not c.is_floating_point() and c.dtype != torch.bool
+               and tuple(c.shape) == wanted for c in candidates)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+            temperature: float = 2.0, ce_weight: float = 0.25) -> torch.Tensor:
+    """(1 - s)·T²·KL(softmax(t/T) ‖ softmax(student/T)) + s·CE; T² keeps gradients comparable across T."""
+    soft = LogitsKD(temperature).loss(student_logits, teacher_logits, 1.0 - ce_weight)
+    return soft + ce_weight * F.cross_entropy(student_logits, targets)
+
+
 class TrainValLoaders(Protocol):
-    train: DataLoader
-    val: DataLoader
+    train: Iterable[Any]
+    val: Iterable[Any]
 
 
 @dataclass
 class DistillResult:
-    student_val: float               # top-1 (fraction) of the returned student on validation
+    student_val: float               # the task metric (top-1 fraction for classifiers) of the returned student
     teacher_val: float
     best_epoch: int                  # 0: no epoch beat the student as it came in
     history: list[dict[str, float]] = field(default_factory=list)
@@ -80,64 +213,62 @@ class DistillResult:
         return asdict(self)
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
-            temperature: float = 2.0, ce_weight: float = 0.25) -> torch.Tensor:
-    """(1 - s)·T²·KL(softmax(t/T) ‖ softmax(student/T)) + s·CE; T² keeps gradients comparable across T."""
-    soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
-                    F.log_softmax(teacher_logits / temperature, dim=1), reduction="batchmean", log_target=True)
-    hard = F.cross_entropy(student_logits, targets)
-    return (1.0 - ce_weight) * temperature ** 2 * soft + ce_weight * hard
-
-
-def distillation_loss(teacher: nn.Module, temperature: float, ce_weight: float) -> LossFn:
-    """A `rlpruner.train` loss function that runs `teacher` (frozen, eval mode) on the same inputs."""
-    def loss_fn(outputs: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            teacher_logits = teacher(inputs)
-        return kd_loss(outputs, teacher_logits, targets, temperature, ce_weight)
-
-    return loss_fn
-
-
-def top1(model: nn.Module, loader: DataLoader, device: str | torch.device) -> float:
-    """Validation top-1 as a fraction."""
-    return evaluate(model, loader, device)["top1"]
-
-
 def distill(student: nn.Module, teacher: nn.Module, loaders: TrainValLoaders, config: DistillConfig, *,
-            device: str | torch.device = "cpu", teacher_val: float | None = None,
-            desc: str = "KD") -> DistillResult:
+            device: str | torch.device = "cpu", teacher_val: float | None = None, desc: str = "KD",
+            task: Task | None = None, outputs: OutputKD | None = None) -> DistillResult:
     """Fine-tune `student` in place against `teacher` for `config.epochs` epochs.
 
-    The student keeps the weights of its best validation epoch (the later one on ties, which is
-    further down the cosine schedule). `teacher_val` saves one evaluation when the caller knows it.
+    `task` says how batches become outputs, the task loss and the metric (default: classification);
+    `outputs` how outputs are distilled (default: `config.outputs` resolved on the first batch). The
+    student keeps the weights of its best validation epoch (the later one on ties, which is further
+    down the cosine schedule). `teacher_val` saves one evaluation when the caller knows it.
     """
     start = time.perf_counter()
+    task = task or Task()
     teacher_mode = teacher.training
     teacher.eval()
-    teacher_val = top1(teacher, loaders.val, device) if teacher_val is None else teacher_val
+    teacher_val = task.evaluate(teacher, loaders.val, device) if teacher_val is None else teacher_val
     history: list[dict[str, float]] = []
-    if config.epochs == 0 or len(loaders.train) == 0:
-        student_val, best_epoch = top1(student, loaders.val, device), 0
+    if config.epochs == 0 or _empty(loaders.train):
+        student_val, best_epoch = task.evaluate(student, loaders.val, device), 0
     else:
-        student_val, best_epoch = _fit(student, teacher, loaders, config, device, desc, history)
+        student_val, best_epoch = _fit(student, teacher, loaders, config, device, desc, history, task, outputs)
     teacher.train(teacher_mode)
     student.eval()
     return DistillResult(student_val=student_val, teacher_val=teacher_val, best_epoch=best_epoch,
                          history=history, seconds=time.perf_counter() - start)
 
 
+def _empty(batches: Iterable[Any]) -> bool:
+    try:
+        return len(batches) == 0  # type: ignore[arg-type]
+    except TypeError:
+        return False
+
+
 def _fit(student: nn.Module, teacher: nn.Module, loaders: TrainValLoaders, config: DistillConfig,
-         device: str | torch.device, desc: str, history: list[dict[str, float]]) -> tuple[float, int]:
+         device: str | torch.device, desc: str, history: list[dict[str, float]], task: Task,
+         outputs: OutputKD | None) -> tuple[float, int]:
     optimizer = make_optimizer(student, config.optimizer_config())
-    scheduler = make_scheduler(optimizer, epochs=config.epochs, steps_per_epoch=len(loaders.train),
+    steps = _steps_per_epoch(loaders.train)
+    scheduler = make_scheduler(optimizer, epochs=config.epochs, steps_per_epoch=steps,
                                warmup_epochs=config.warmup_epochs, min_lr_ratio=config.min_lr_ratio)
-    loss_fn = distillation_loss(teacher, config.temperature, config.ce_weight)
-    best_val, best_epoch, best_state = -1.0, 0, None
+    chosen: list[OutputKD] = [outputs] if outputs is not None else []
+
+    def batch_loss(model: nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
+        out = task.forward(model, batch)
+        with torch.no_grad():
+            reference = task.forward(teacher, batch)
+        if not chosen:
+            chosen.append(output_kd(config, reference, batch))
+        loss = chosen[0].loss(out, reference, 1.0 - config.ce_weight)
+        return loss + config.ce_weight * task.batch_loss(out, batch, desc), out
+
+    best_val, best_epoch, best_state = -math.inf, 0, None
     for epoch in range(1, config.epochs + 1):
-        fit = train_one_epoch(student, loaders.train, optimizer, scheduler, loss_fn, device,
-                              progress=config.progress, desc=f"{desc} {epoch}/{config.epochs}")
-        val = top1(student, loaders.val, device)
+        fit = fit_epoch(student, loaders.train, optimizer, scheduler, batch_loss, device,
+                        progress=config.progress, desc=f"{desc} {epoch}/{config.epochs}")
+        val = task.evaluate(student, loaders.val, device)
         history.append({"epoch": epoch, "train_loss": fit["loss"], "val_top1": val})
         if val >= best_val:
             best_val, best_epoch = val, epoch
@@ -146,3 +277,11 @@ def _fit(student: nn.Module, teacher: nn.Module, loaders: TrainValLoaders, confi
     if best_epoch != config.epochs:
         student.load_state_dict(best_state)
     return best_val, best_epoch
+
+
+def _steps_per_epoch(batches: Iterable[Any]) -> int:
+    try:
+        return len(batches)  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise TaskError("the training loader has no length; recovery's learning-rate schedule needs the "
+                        "number of batches per epoch (give a DataLoader or a sized iterable)") from exc

@@ -2,7 +2,8 @@
 
 An importance is any callable `(model, graph) -> {group name: np.ndarray of shape (group.size,)}`;
 higher means more important. Build a registered one with `get(name, ...)`; register your own with
-``CRITERIA.add(name, builder)`` where ``builder(data=, seed=, loss_fn=)`` returns the callable.
+``CRITERIA.add(name, builder)`` where ``builder(data=, seed=, loss_fn=)`` returns the callable
+(`data` is a `Calibration`: batches of any structure, how the model runs on one, the task loss).
 """
 from __future__ import annotations
 
@@ -98,15 +99,36 @@ class Random:
 
 
 @dataclass(frozen=True)
-class Taylor:
-    """First-order Taylor: sum over the unit's weights of |w * dL/dw| on a calibration batch."""
+class Calibration:
+    """Batches for the data-driven criteria, with how the model runs on a batch and the task loss
+    (Taylor). The classic form, one `(inputs, targets)` pair with a loss of (outputs, targets), is
+    `Calibration.of((inputs, targets), loss_fn)`."""
 
-    inputs: Any
-    targets: torch.Tensor
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy
+    batches: tuple[Any, ...]
+    forward: Callable[[nn.Module, Any], Any]
+    loss: Callable[[Any, Any], torch.Tensor]
+
+    @classmethod
+    def of(cls, data: Calibration | tuple[Any, torch.Tensor], loss_fn: Callable | None = None) -> Calibration:
+        if isinstance(data, Calibration):
+            return data
+        fn = loss_fn or nn.functional.cross_entropy
+        return cls(batches=(tuple(data),), forward=_call_on_inputs, loss=lambda out, batch: fn(out, batch[1]))
+
+
+def _call_on_inputs(model: nn.Module, batch: Any) -> Any:
+    inputs = batch[0]
+    return model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
+
+
+@dataclass(frozen=True)
+class Taylor:
+    """First-order Taylor: sum over the unit's weights of |w * dL/dw| on the calibration batches."""
+
+    data: Calibration
 
     def __call__(self, model: nn.Module, graph: DependencyGraph) -> Scores:
-        grads = _gradients(model, self.inputs, self.targets, self.loss_fn)
+        grads = _gradients(model, self.data)
         params = dict(model.named_parameters())
         cache: dict[tuple[str, int], np.ndarray] = {}
 
@@ -120,15 +142,16 @@ class Taylor:
         return {g.name: _aggregate(g, per_member) for g in graph.prunable_groups()}
 
 
-def _gradients(model: nn.Module, inputs: Any, targets: torch.Tensor, loss_fn) -> dict[str, torch.Tensor]:
+def _gradients(model: nn.Module, data: Calibration) -> dict[str, torch.Tensor]:
+    """The task loss's gradients, summed over the calibration batches."""
     was = model.training
     model.eval()  # BN statistics must not move while we measure
     saved = {n: p.grad for n, p in model.named_parameters()}
     try:
         model.zero_grad(set_to_none=True)
         with torch.enable_grad():
-            out = model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
-            loss_fn(out, targets).backward()
+            for batch in data.batches:
+                data.loss(data.forward(model, batch), batch).backward()
         return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     finally:
         for n, p in model.named_parameters():
@@ -139,17 +162,17 @@ def _gradients(model: nn.Module, inputs: Any, targets: torch.Tensor, loss_fn) ->
 @dataclass(frozen=True)
 class Activation:
     """A per-channel statistic of the outputs of the layers that produce or normalise each channel, on
-    a calibration batch: mean |output| ('activation'), or variance over samples and positions
+    the calibration batches: mean |output| ('activation'), or variance over samples and positions
     ('variance', the paper's criterion: a channel that barely varies carries little information)."""
 
-    inputs: Any
+    data: Calibration
     statistic: str = "mean_abs"
 
     def __call__(self, model: nn.Module, graph: DependencyGraph) -> Scores:
         modules = dict(model.named_modules())
         wanted = {m.module for g in graph.prunable_groups() for m in g.members if m.dim == 0 and m.param.endswith("weight")}
-        stats = _channel_stats(model, self.inputs, {n: modules[n] for n in wanted if n in modules},
-                               _STATISTICS[self.statistic])
+        moments = _channel_moments(model, self.data, {n: modules[n] for n in wanted if n in modules})
+        stats = {name: _STATISTICS[self.statistic](m) for name, m in moments.items()}
         scores = {}
         for g in graph.prunable_groups():
             scores[g.name] = _aggregate(
@@ -158,39 +181,45 @@ class Activation:
         return scores
 
 
-def _mean_abs(per_channel: torch.Tensor) -> np.ndarray:
-    return per_channel.double().abs().mean(1).cpu().numpy()
+def _mean_abs(m: np.ndarray) -> np.ndarray:
+    return m[2] / m[3]
 
 
-def _variance(per_channel: torch.Tensor) -> np.ndarray:
-    return per_channel.double().var(1, unbiased=False).cpu().numpy()
+def _variance(m: np.ndarray) -> np.ndarray:
+    mean = m[0] / m[3]
+    return np.maximum(m[1] / m[3] - mean * mean, 0.0)
 
 
-_STATISTICS: dict[str, Callable[[torch.Tensor], np.ndarray]] = {"mean_abs": _mean_abs, "variance": _variance}
+_STATISTICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"mean_abs": _mean_abs, "variance": _variance}
 
 
-def _channel_stats(model: nn.Module, inputs: Any, layers: dict[str, nn.Module],
-                   statistic: Callable[[torch.Tensor], np.ndarray]) -> dict[str, np.ndarray]:
-    """`statistic` of each layer's output, given as (channels, everything else)."""
-    stats: dict[str, np.ndarray] = {}
+def _channel_moments(model: nn.Module, data: Calibration, layers: dict[str, nn.Module]) -> dict[str, np.ndarray]:
+    """Per channel of each layer's output, over all calibration batches (float64): the sum, the sum
+    of squares, the sum of absolute values and the count, as rows of one array."""
+    moments: dict[str, np.ndarray] = {}
 
     def hook(name: str, module: nn.Module, output: Any) -> None:
         if not isinstance(output, torch.Tensor) or output.dim() < 2:
             return
         dim = output.dim() - 1 if isinstance(module, nn.Linear) else 1
-        stats[name] = statistic(output.detach().movedim(dim, 0).reshape(output.shape[dim], -1))
+        x = output.detach().movedim(dim, 0).reshape(output.shape[dim], -1).double()
+        part = torch.stack([x.sum(1), (x * x).sum(1), x.abs().sum(1),
+                            torch.full((x.shape[0],), float(x.shape[1]), dtype=x.dtype, device=x.device)])
+        part = part.cpu().numpy()
+        moments[name] = part if name not in moments else moments[name] + part
 
     handles = [m.register_forward_hook(lambda mod, a, o, n=n: hook(n, mod, o)) for n, m in layers.items()]
     was = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
+            for batch in data.batches:
+                data.forward(model, batch)
     finally:
         for h in handles:
             h.remove()
         model.train(was)
-    return stats
+    return moments
 
 
 # name -> builder(data=, seed=, loss_fn=) -> Importance; a builder uses the options its criterion needs.
@@ -202,35 +231,37 @@ CRITERIA.add("random", lambda *, seed, **options: Random(seed))
 
 
 @CRITERIA.register("taylor")
-def _taylor(*, data: tuple[Any, torch.Tensor] | None, loss_fn: Callable | None, **options: Any) -> Importance:
-    inputs, targets = _calibration("taylor", data)
-    return Taylor(inputs, targets, loss_fn or nn.functional.cross_entropy)
+def _taylor(*, data: Calibration | None, **options: Any) -> Importance:
+    return Taylor(_calibration("taylor", data))
 
 
 @CRITERIA.register("activation")
-def _activation(*, data: tuple[Any, torch.Tensor] | None, **options: Any) -> Importance:
-    return Activation(_calibration("activation", data)[0])
+def _activation(*, data: Calibration | None, **options: Any) -> Importance:
+    return Activation(_calibration("activation", data))
 
 
 @CRITERIA.register("variance")
-def _variance_criterion(*, data: tuple[Any, torch.Tensor] | None, **options: Any) -> Importance:
-    return Activation(_calibration("variance", data)[0], "variance")
+def _variance_criterion(*, data: Calibration | None, **options: Any) -> Importance:
+    return Activation(_calibration("variance", data), "variance")
 
 
-def _calibration(name: str, data: tuple[Any, torch.Tensor] | None) -> tuple[Any, torch.Tensor]:
+def _calibration(name: str, data: Calibration | None) -> Calibration:
     if data is None:
-        raise ConfigError(f"importance {name!r} needs a calibration batch: pass data=(inputs, targets)")
+        raise ConfigError(f"importance {name!r} needs calibration data: pass data=(inputs, targets) or a Calibration")
     return data
 
 
 NAMES = tuple(CRITERIA.names())  # the built-in criteria
 
 
-def get(name: str | Importance, *, data: tuple[Any, torch.Tensor] | None = None, seed: int = 0, loss_fn=None) -> Importance:
-    """A registered criterion by name (or pass a callable through). `data` = (inputs, targets) batch."""
+def get(name: str | Importance, *, data: Calibration | tuple[Any, torch.Tensor] | None = None, seed: int = 0,
+        loss_fn: Callable | None = None) -> Importance:
+    """A registered criterion by name (or pass a callable through). `data`: a `Calibration`, or one
+    `(inputs, targets)` batch scored with `loss_fn(outputs, targets)` (default cross-entropy)."""
     if callable(name):
         return name
-    return CRITERIA.get(name)(data=data, seed=seed, loss_fn=loss_fn)
+    builder = CRITERIA.get(name)
+    return builder(data=None if data is None else Calibration.of(data, loss_fn), seed=seed, loss_fn=loss_fn)
 
 
 def lowest(scores: np.ndarray, count: int) -> np.ndarray:

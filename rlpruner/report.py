@@ -132,17 +132,20 @@ def plot_sparsity(records: Sequence[StepRecord], original: Mapping[str, int], pa
     return _save(fig, path)
 
 
-def plot_accuracy_vs_flops(records: Sequence[StepRecord], base: Mapping[str, float], path: Path) -> Path:
-    """Validation accuracy (pruned and recovered) against the FLOPs left, one point per step."""
+def plot_accuracy_vs_flops(records: Sequence[StepRecord], base: Mapping[str, float], path: Path,
+                           metric: Mapping[str, Any] | None = None) -> Path:
+    """The validation metric (pruned and recovered) against the FLOPs left, one point per step."""
+    metric = metric or {"name": "top-1", "percent": True}
+    scale = 100.0 if metric["percent"] else 1.0
     fig = _figure(6.0, 4.0)
     ax = fig.add_subplot()
     flops = [base["flops"]] + [r.flops for r in records]
     left = 100.0 * np.asarray(flops, dtype=float) / base["flops"]
-    ax.plot(left, [100 * base["val_acc"]] + [100 * r.val_acc for r in records], "o-", label="after recovery")
-    ax.plot(left[1:], [100 * r.val_acc_pruned for r in records], "x--", alpha=0.7, label="pruned, before recovery")
+    ax.plot(left, [scale * base["val_acc"]] + [scale * r.val_acc for r in records], "o-", label="after recovery")
+    ax.plot(left[1:], [scale * r.val_acc_pruned for r in records], "x--", alpha=0.7, label="pruned, before recovery")
     ax.invert_xaxis()
     ax.set_xlabel("FLOPs left (% of original)")
-    ax.set_ylabel("validation top-1 (%)")
+    ax.set_ylabel(f"validation {metric['name']}" + (" (%)" if metric["percent"] else ""))
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
@@ -174,13 +177,15 @@ def summary_markdown(results: Mapping[str, Any], records: Sequence[StepRecord]) 
              f"Target: {results['target']['kind']} reduction {results['target']['value']:.1%}, reached in "
              f"{results['steps']} steps ({results['time_s']:.0f} s).", "",
              "| | original | compressed | change |", "|---|---:|---:|---:|"]
+    metric = results.get("metric", {"name": "top-1", "percent": True})
+    score = "{:.2%}" if metric["percent"] else "{:.4g}"
     for key, label, fmt in (("params", "params", "{:,.0f}"), ("flops", "FLOPs", "{:,.0f}"),
-                            ("latency_ms", "latency (ms)", "{:.3f}"), ("val_acc", "val top-1", "{:.2%}"),
-                            ("test_acc", "test top-1", "{:.2%}")):
+                            ("latency_ms", "latency (ms)", "{:.3f}"), ("val_acc", f"val {metric['name']}", score),
+                            ("test_acc", f"test {metric['name']}", score)):
         if base.get(key) is None or final.get(key) is None:
             continue
         lines.append(f"| {label} | {fmt.format(base[key])} | {fmt.format(final[key])} | "
-                     f"{_change(key, base[key], final[key])} |")
+                     f"{_change(key, base[key], final[key], metric['percent'])} |")
     timing = results.get("timing", {})
     if timing.get("eval_s"):
         lines += ["", f"Search overhead: {timing['search_s']:.1f} s besides {timing['eval_s']:.1f} s of "
@@ -192,9 +197,9 @@ def summary_markdown(results: Mapping[str, Any], records: Sequence[StepRecord]) 
     return "\n".join(lines) + "\n"
 
 
-def _change(key: str, before: float, after: float) -> str:
+def _change(key: str, before: float, after: float, percent: bool = True) -> str:
     if key.endswith("acc"):
-        return f"{100 * (after - before):+.2f} pt"
+        return f"{100 * (after - before):+.2f} pt" if percent else f"{after - before:+.4g}"
     return f"{(after - before) / before:+.1%}" if before else "n/a"
 
 
@@ -208,7 +213,8 @@ def write_report(out_dir: str | Path, results: Mapping[str, Any], records: Seque
     paths["results"] = out_dir / "results.json"
     if records:
         paths["sparsity_plot"] = plot_sparsity(records, original_widths, plots / "sparsity.png")
-        paths["accuracy_plot"] = plot_accuracy_vs_flops(records, results["base"], plots / "accuracy_vs_flops.png")
+        paths["accuracy_plot"] = plot_accuracy_vs_flops(records, results["base"], plots / "accuracy_vs_flops.png",
+                                                         results.get("metric"))
         paths["widths_plot"] = plot_widths(original_widths, records[-1].widths, plots / "widths.png")
     atomic_write_text(out_dir / "summary.md", summary_markdown(results, records))
     paths["summary"] = out_dir / "summary.md"

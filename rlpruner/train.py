@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .batches import batch_len, to_device
 from .data import Loaders, Splits, make_loaders
 from .errors import CheckpointError, ConfigError
 
@@ -132,18 +133,22 @@ def _progress_enabled(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else progress
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler | None, loss_fn: LossFn,
-                    device: str | torch.device, *, progress: bool | None = None,
-                    desc: str = "train") -> dict[str, float]:
-    """One pass over `loader`; returns the mean loss and top-1 (fraction) on the (augmented) training batches."""
+# batch_loss(model, batch) -> (scalar loss, outputs): one training step's forward and loss, any task
+BatchLoss = Callable[[nn.Module, Any], tuple[torch.Tensor, Any]]
+
+
+def fit_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.optim.Optimizer,
+              scheduler: torch.optim.lr_scheduler.LRScheduler | None, batch_loss: BatchLoss,
+              device: str | torch.device, *, progress: bool | None = None, desc: str = "train",
+              on_batch: Callable[[Any, Any], dict[str, str]] | None = None) -> dict[str, float]:
+    """One pass over `loader` (batches of any structure, moved to `device`), one optimizer step per
+    batch; returns the mean loss. `on_batch(outputs, batch)` may add fields to the progress bar."""
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, seen = 0.0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not _progress_enabled(progress), dynamic_ncols=True)
-    for inputs, targets in bar:
-        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        outputs = model(inputs)
-        loss = loss_fn(outputs, targets, inputs)
+    for batch in bar:
+        batch = to_device(batch, device)
+        loss, outputs = batch_loss(model, batch)
         if not torch.isfinite(loss):
             raise ConfigError(f"{desc}: the training loss became {loss.item()}; lower the learning rate")
         optimizer.zero_grad(set_to_none=True)
@@ -151,11 +156,33 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        total_loss += loss.item() * len(targets)
-        correct += (outputs.detach().argmax(1) == targets).sum().item()
-        seen += len(targets)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", top1=f"{correct / seen:.1%}")
-    return {"loss": total_loss / max(1, seen), "top1": correct / max(1, seen)}
+        n = batch_len(batch)
+        total_loss += loss.item() * n
+        seen += n
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", **(on_batch(outputs, batch) if on_batch else {}))
+    return {"loss": total_loss / max(1, seen)}
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None, loss_fn: LossFn,
+                    device: str | torch.device, *, progress: bool | None = None,
+                    desc: str = "train") -> dict[str, float]:
+    """One pass over `(inputs, targets)` batches; returns the mean loss and top-1 (fraction) on the
+    (augmented) training batches."""
+    hits = {"correct": 0, "seen": 0}
+
+    def batch_loss(model: nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
+        outputs = model(batch[0])
+        return loss_fn(outputs, batch[1], batch[0]), outputs
+
+    def count(outputs: Any, batch: Any) -> dict[str, str]:
+        hits["correct"] += (outputs.detach().argmax(1) == batch[1]).sum().item()
+        hits["seen"] += len(batch[1])
+        return {"top1": f"{hits['correct'] / hits['seen']:.1%}"}
+
+    fit = fit_epoch(model, loader, optimizer, scheduler, batch_loss, device, progress=progress, desc=desc,
+                    on_batch=count)
+    return {"loss": fit["loss"], "top1": hits["correct"] / max(1, hits["seen"])}
 
 
 @torch.inference_mode()

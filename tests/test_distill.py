@@ -74,8 +74,8 @@ def test_distill_keeps_the_best_validation_epoch():
     result = distill(student, _net(), loaders, DistillConfig(epochs=4, lr=0.5, ce_weight=1.0))
     best = max(h["val_top1"] for h in result.history)
     assert result.student_val == best
-    from rlpruner.distill import top1
-    assert top1(student, loaders.val, "cpu") == pytest.approx(best)
+    from rlpruner.train import evaluate
+    assert evaluate(student, loaders.val, "cpu")["top1"] == pytest.approx(best)
 
 
 def test_zero_epochs_only_measures():

@@ -10,7 +10,7 @@ import rlpruner
 from rlpruner.batchnorm import recalibrate
 from rlpruner.data import get_dataset
 from rlpruner.data.base import stratified_subset
-from rlpruner.distill import DistillConfig
+from rlpruner.distill import DistillConfig, LogitsKD, RegressionKD
 from rlpruner.importance import get
 from rlpruner.models import create_model
 from rlpruner.search import CompressConfig, RLConfig, Target, compress
@@ -68,11 +68,14 @@ def test_variance_criterion_prefers_channels_that_vary():
     assert np.argsort(scores).tolist() == [1, 0, 2]
 
 
-def test_kl_judge_is_zero_for_the_reference_and_negative_otherwise():
-    ref = [torch.randn(5, 3)]
-    labels = [torch.tensor([0, 1, 2, 0, 1])]
-    assert JUDGES.get("kl").score(ref, labels, ref) == pytest.approx(0.0, abs=1e-6)
-    assert JUDGES.get("kl").score([ref[0] + torch.randn(5, 3)], labels, ref) < 0
+@pytest.mark.parametrize("distiller, shape", [(LogitsKD(), (5, 3)), (LogitsKD(), (5, 3, 4, 4)),
+                                              (RegressionKD("mse"), (5, 2)), (RegressionKD("smooth_l1"), (5, 2))])
+def test_kl_judge_is_zero_for_the_reference_and_negative_otherwise(distiller, shape):
+    ref = [torch.randn(*shape)]
+    judge = JUDGES.get("kl")
+    assert judge.score(0.5, ref, ref, distiller) == pytest.approx(0.0, abs=1e-6)
+    assert judge.score(0.5, [ref[0] + torch.randn(*shape)], ref, distiller) < 0
+    assert JUDGES.get("accuracy").score(0.5, None, None, distiller) == 0.5
 
 
 @pytest.fixture(scope="module")

@@ -7,29 +7,20 @@ import pytest
 import torch
 
 from rlpruner import io, metrics
-from rlpruner.data import get_dataset
 from rlpruner.distill import DistillConfig
 from rlpruner.errors import CheckpointError, ConfigError, DataError
 from rlpruner.models import create_model
-from rlpruner.search import CompressConfig, RLConfig, Reward, Target, compress
-from rlpruner.train import TrainConfig, train
-
-
-
-@pytest.fixture(scope="module")
-def splits():
-    return get_dataset("synthetic", image_size=8, in_channels=1, num_classes=3, samples_per_class=40,
-                       val_fraction=0.2)
+from rlpruner.search import CompressConfig, Reward, RLConfig, Target, compress
 
 
 @pytest.fixture(scope="module")
-def trained(splits):
-    torch.manual_seed(0)
-    model = create_model("simple_cnn", num_classes=3, in_channels=1, widths=[8, 16])
-    with torch.random.fork_rng():
-        torch.set_num_threads(1)
-        train(model, splits, TrainConfig(epochs=4, lr=0.05, batch_size=16))
-    return model
+def splits(tiny_splits):
+    return tiny_splits
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_trained):
+    return tiny_trained
 
 
 def _config(**overrides):

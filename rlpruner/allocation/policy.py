@@ -213,6 +213,7 @@ def lookahead_q(q: float, next_level_qs: Sequence[float], gamma: float) -> float
 
 
 def accuracy_dropped(previous: float, current: float, threshold: float) -> bool:
-    """True when `current` is more than `threshold` (relative) below `previous`."""
+    """True when `current` is more than `threshold` (relative to |previous|: metrics may be negative)
+    below `previous`."""
     # The tolerance keeps a drop of exactly `threshold` (up to float rounding) on the allowed side.
-    return previous - current > threshold * previous + 1e-9
+    return previous - current > threshold * abs(previous) + 1e-9

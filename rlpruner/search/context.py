@@ -1,6 +1,7 @@
 """Run preparation: everything fixed for a whole compression run, built complete in one place.
 
-`prepare` checks the data, traces the original model, measures it (the base), turns the target into
+`prepare` draws the run's fixed batches (data.py), checks the task (forward, loss, how outputs are
+distilled) on one of them, traces the original model, measures it (the base), turns the target into
 an absolute goal (refusing an unreachable one before any work), sizes the step budget, estimates the
 number of steps (for the epsilon schedule) and picks the allocator. The result, a `Context`, never
 changes during the run.
@@ -21,18 +22,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
 
 from .. import importance, metrics
 from ..allocation import Allocator, get_allocator, policy
 from ..allocation.budget import smallest_passing
-from ..data import AugmentConfig, Loaders, Splits
-from ..data.base import dataset_labels, stratified_subset
-from ..errors import ConfigError, DataError, PruningError
+from ..distill import OutputKD, output_kd
+from ..errors import ConfigError, PruningError
 from ..graph import trace
 from ..surgery import prune_channels
-from ..train import evaluate, resolve_device
+from ..task import Task, TaskError
+from ..train import resolve_device
 from .config import CompressConfig
+from .data import Data, as_source, prepare_data
 from .targets import Measure, TargetKind
 
 IMPORTANCE, KD, FINAL = 1, 2, 3  # purposes mixed into derived seeds
@@ -60,19 +61,11 @@ class Timer:
 
 
 @dataclass(frozen=True)
-class Data:
-    splits: Splits
-    example: torch.Tensor                            # one validation image: tracing and latency
-    calibration: tuple[torch.Tensor, torch.Tensor]   # fixed training batch for data-driven importance
-    val_batches: list[tuple[torch.Tensor, torch.Tensor]]    # the whole validation split: guard, choices
-    score_batches: list[tuple[torch.Tensor, torch.Tensor]]  # the scoring subset of validation: candidates
-    bn_batches: list[torch.Tensor]                   # training inputs that recalibrate BatchNorm; [] off
-
-
-@dataclass(frozen=True)
 class Context:
     config: CompressConfig
     device: torch.device
+    task: Task                             # forward, metric and loss: what the model is for
+    distiller: OutputKD                    # how recovery distils the model's outputs
     data: Data
     original: nn.Module
     fingerprint: str
@@ -111,10 +104,6 @@ def seeded(ctx: Context, *keys: int) -> Iterator[None]:
         yield
 
 
-def accuracy(model: nn.Module, batches: Any, device: torch.device) -> float:
-    return evaluate(model, batches, device)["top1"]
-
-
 def measure_ms(config: CompressConfig, model: nn.Module, example: torch.Tensor, device: torch.device) -> float:
     return metrics.measure_latency(model, example, batch_size=config.latency_batch, warmup=config.latency_warmup,
                                    repeats=config.latency_repeats, device=device,
@@ -124,52 +113,6 @@ def measure_ms(config: CompressConfig, model: nn.Module, example: torch.Tensor, 
 def first_units(names: tuple[str, ...], counts: np.ndarray) -> dict[str, np.ndarray]:
     """Any `counts` units per group: enough for counting params/FLOPs, which depend on counts only."""
     return {n: np.arange(c) for n, c in zip(names, counts) if c > 0}
-
-
-# --------------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------------
-
-def as_splits(data: Splits | Loaders) -> Splits:
-    """Datasets are what the search needs: it builds its own seeded loaders for every recovery."""
-    if isinstance(data, Splits):
-        return data
-    if isinstance(data, Loaders) or (hasattr(data, "train") and hasattr(data.train, "dataset")):
-        test = getattr(data, "test", None)
-        return Splits(name="loaders", train=data.train.dataset, val=data.val.dataset,
-                      test=None if test is None else test.dataset, num_classes=0, in_channels=0, image_size=0,
-                      augment=getattr(data.train.collate_fn, "config", AugmentConfig()))
-    raise ConfigError(f"compress: data must be rlpruner.data.Splits or Loaders, not {type(data).__name__}")
-
-
-def prepare_data(splits: Splits, config: CompressConfig, device: torch.device) -> Data:
-    """Fixed batches for the whole run, each drawn by a seeded, class-stratified sample: the
-    calibration batch (importance), the scoring subset of validation (candidates) and the BatchNorm
-    recalibration inputs (training images, unaugmented)."""
-    if splits.val is None or len(splits.val) == 0:
-        raise DataError(f"{splits.name}: the validation split is empty; RL-Pruner scores candidates on "
-                        "validation (never on test), so use val_fraction > 0")
-    if len(splits.train) == 0:
-        raise DataError(f"{splits.name}: the training split is empty")
-    rl, seed = config.rl, config.seed
-    batches = _batches(splits.val, np.arange(len(splits.val)), config.eval_batch_size, device)
-    val_labels = dataset_labels(splits.val)
-    scoring = (batches if rl.score_samples is None or rl.score_samples >= len(splits.val) else
-               _batches(splits.val, stratified_subset(val_labels, rl.score_samples, seed), config.eval_batch_size,
-                        device))
-    train_labels = dataset_labels(splits.train)
-    calibration = _batches(splits.train, stratified_subset(train_labels, rl.calibration_samples, seed + 1),
-                           len(splits.train), device)[0]
-    bn = (_batches(splits.train, stratified_subset(train_labels, rl.bn_samples, seed + 2), config.eval_batch_size,
-                   device) if rl.bn_samples else [])
-    return Data(splits=splits, example=splits.val[0][0].unsqueeze(0).to(device), calibration=calibration,
-                val_batches=batches, score_batches=scoring, bn_batches=[x for x, _ in bn])
-
-
-def _batches(dataset: Any, indices: np.ndarray, batch_size: int, device: torch.device
-             ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    loader = DataLoader(Subset(dataset, indices.tolist()), batch_size=batch_size)
-    return [(x.to(device), torch.as_tensor(y).to(device)) for x, y in loader]
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -186,19 +129,21 @@ def fingerprint(model: nn.Module) -> str:
 # The context
 # --------------------------------------------------------------------------------------------------
 
-def prepare(model: nn.Module, data: Splits | Loaders, config: CompressConfig, out_dir: Path,
-            log: Callable[[str], None]) -> Context:
+def prepare(model: nn.Module, data: Any, config: CompressConfig, out_dir: Path, log: Callable[[str], None],
+            task: Task | None = None) -> Context:
+    task = task or Task()
     device = resolve_device(config.device)
-    prepared = prepare_data(as_splits(data), config, device)
-    importance.get(config.rl.importance, data=prepared.calibration)  # an unknown criterion fails here
     allocator = get_allocator(config.method, config.rl)
     original = copy.deepcopy(model).to(device).eval()
+    prepared = prepare_data(as_source(data), config, device, task, original)
+    importance.get(config.rl.importance, data=prepared.calibration)  # an unknown criterion fails here
+    distiller = check_task(task, config, original, prepared)
     graph = trace(original, prepared.example, keep=config.keep)
     groups = graph.prunable_groups()
     if not groups:
         raise PruningError(f"{type(model).__name__} has no prunable channel group (all frozen or kept)")
     sizes = {g.name: g.size for g in groups}
-    base = _base_measurements(config, original, graph, prepared, device)
+    base = _base_measurements(config, task, original, graph, prepared, device)
     names, total = tuple(sizes), sum(sizes.values())
     step_budget = _initial_budget(config, total)
     target = config.target.rule
@@ -210,17 +155,33 @@ def prepare(model: nn.Module, data: Splits | Loaders, config: CompressConfig, ou
         planned = math.ceil(needed / step_cost)
     else:
         planned = math.ceil(_planned_units(config, target, graph, names, sizes, base_measure) / step_budget)
-    return Context(config=config, device=device, data=prepared, original=original, fingerprint=fingerprint(original),
+    return Context(config=config, device=device, task=task, distiller=distiller, data=prepared, original=original,
+                   fingerprint=fingerprint(original),
                    names=names, original_sizes=sizes, base=base, target=target,
                    goal=target.goal(config.target.value, base_measure), step_budget=step_budget,
                    step_cost=step_cost, planned_steps=max(1, planned), allocator=allocator, out_dir=out_dir,
                    timer=Timer(), log=log)
 
 
-def _base_measurements(config: CompressConfig, original: nn.Module, graph: Any, data: Data,
+def check_task(task: Task, config: CompressConfig, model: nn.Module, data: Data) -> OutputKD:
+    """Run the task's forward, loss and output distillation once, on a training batch, so that a task
+    that cannot work fails here, before any work; returns how outputs are distilled."""
+    batch = data.calibration.batches[0]
+    with torch.no_grad():
+        outputs = task.forward(model, batch)
+        loss = task.batch_loss(outputs, batch, "the task check on a training batch")
+        if not torch.isfinite(loss):
+            raise TaskError(f"loss(outputs, batch) is {loss.item()} for the original model on a training batch; "
+                            "it must be finite")
+        distiller = output_kd(config.kd, outputs, batch)
+        distiller.loss(outputs, outputs, 1.0)  # TaskError when the outputs cannot be compared
+    return distiller
+
+
+def _base_measurements(config: CompressConfig, task: Task, original: nn.Module, graph: Any, data: Data,
                        device: torch.device) -> dict[str, Any]:
     params, flops = graph.count()
-    val_acc = accuracy(original, data.val_batches, device)
+    val_acc = task.evaluate(original, data.val_batches, device)
     needs_latency = config.reward.needs_latency or config.target.rule.needs_latency
     return {"params": params, "flops": flops, "val_acc": val_acc,
             "latency_ms": measure_ms(config, original, data.example, device) if needs_latency else None}

@@ -7,21 +7,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from torch import nn
-from torch.utils.data import DataLoader
 
-from ..data import Loaders, Splits
+from ..batches import OnDevice
 from ..errors import ConfigError
 from ..graph import trace
 from ..models.registry import SPEC_ATTR
 from ..report import StepRecord, write_report
+from ..task import Forward, Loss, Metric, Task
 from .checkpoint import State, fresh_state, resumed_state, save_checkpoint, write_weights
-from .config import CompressConfig
-from .context import FINAL, OVERHEAD_KEYS, Context, accuracy, measure_ms, prepare
+from .config import CompressConfig, Target
+from .context import FINAL, OVERHEAD_KEYS, Context, measure_ms, prepare
 from .step import distill_for, run_step, step_line
 
 
@@ -33,24 +33,39 @@ class CompressResult:
     paths: dict[str, Path] = field(default_factory=dict)
 
 
-def compress(model: nn.Module, data: Splits | Loaders, config: CompressConfig | None = None, *,
-             out_dir: str | Path, resume: bool = False, overwrite: bool = False,
-             log: Callable[[str], None] | None = None, on_step: Callable[[StepRecord], None] | None = None,
-             evaluate_test: bool = True, meta: Mapping[str, Any] | None = None) -> CompressResult:
-    """Compress `model` with RL-Pruner until `config.target` is met; returns the recovered model.
+def compress(model: nn.Module, data: Any, config: CompressConfig | None = None, *,
+             out_dir: str | Path, target: str | Target | None = None, metric: Metric | None = None,
+             loss: Loss | None = None, forward: Forward | None = None, resume: bool = False,
+             overwrite: bool = False, log: Callable[[str], None] | None = None,
+             on_step: Callable[[StepRecord], None] | None = None, evaluate_test: bool = True,
+             meta: Mapping[str, Any] | None = None) -> CompressResult:
+    """Compress `model` with RL-Pruner until the target is met; returns the recovered model.
 
-    `data`: `Splits` (or `Loaders`, whose datasets are used). Candidates are scored on `data.val`;
-    `data.test`, when present and `evaluate_test`, is evaluated ONCE, on the final model, for the
-    report. `out_dir` receives the checkpoint (after every step), logs, plots, results.json,
-    summary.md and the final model (model.rlp). `resume=True` continues the run saved in `out_dir`;
+        result = compress(model, (train_loader, val_loader), target="flops:0.5", metric=miou,
+                          loss=seg_loss, out_dir="runs/x")
+
+    `data`: `(train_loader, val_loader[, test_loader])` (any iterables of batches: tuples, lists or
+    dicts), or rlpruner's `Splits` / `Loaders`. Candidates are scored on validation; the test split,
+    when present and `evaluate_test`, is evaluated ONCE, on the final model, for the report.
+    `target` ("flops:0.5", "params:0.6", "latency:0.4", "sparsity:0.3" or a `Target`) overrides
+    `config.target`. The task (docs/compress.md): `forward(model, batch)` makes outputs (default
+    `model(batch[0])`); `metric(model, batches) -> float`, higher is better (default top-1) scores
+    candidates, guards, picks recovery epochs and the teacher, and is reported; `loss(outputs, batch)`
+    (default cross-entropy) drives Taylor importance and the task part of recovery.
+
+    `out_dir` receives the checkpoint (after every step), logs, plots, results.json, summary.md and
+    the final model (model.rlp). `resume=True` continues the run saved in `out_dir`;
     a fresh run refuses a directory holding another run unless `overwrite`. `log` receives one line
     per step; `on_step` is called with each step's record after its checkpoint is written. `meta`
     is added to the saved model's metadata (e.g. the data spec). The input model is not modified.
     """
     config = config or CompressConfig()
+    if target is not None:
+        config = replace(config, target=target if isinstance(target, Target) else Target.parse(target))
+    task = Task.from_user(metric=metric, loss=loss, forward=forward)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, resume, overwrite)
-    ctx = prepare(model, data, config, out_dir, log or (lambda line: None))
+    ctx = prepare(model, data, config, out_dir, log or (lambda line: None), task)
     if not resume:
         _clear_run(out_dir)  # only once the new run's options and target have been checked
     state = resumed_state(ctx) if resume else fresh_state(ctx)
@@ -90,24 +105,26 @@ def _finish(ctx: Context, state: State, evaluate_test: bool, meta: dict[str, Any
         distill_for(ctx, model, state.teacher, ctx.config.final_epochs, state.step, FINAL)
     model.eval()
     params, flops = trace(model, ctx.data.example, keep=ctx.config.keep).count()
-    final = {"params": params, "flops": flops, "val_acc": accuracy(model, ctx.data.val_batches, ctx.device),
+    final = {"params": params, "flops": flops, "val_acc": ctx.task.evaluate(model, ctx.data.val_batches, ctx.device),
              "latency_ms": measure_ms(ctx.config, model, ctx.data.example, ctx.device)}
     base = {k: ctx.base[k] for k in ("params", "flops", "val_acc")}
     base["latency_ms"] = measure_ms(ctx.config, ctx.original, ctx.data.example, ctx.device)
-    test = ctx.data.splits.test
-    if evaluate_test and test is not None and len(test) > 0:
-        loader = DataLoader(test, batch_size=ctx.config.eval_batch_size)
-        base["test_acc"] = accuracy(ctx.original, loader, ctx.device)
-        final["test_acc"] = accuracy(model, loader, ctx.device)
+    test = ctx.data.source.test(ctx.config.eval_batch_size) if evaluate_test else None
+    if test is not None:
+        test = OnDevice(test, ctx.device)
+        base["test_acc"] = ctx.task.evaluate(ctx.original, test, ctx.device)
+        final["test_acc"] = ctx.task.evaluate(model, test, ctx.device)
     model_path = ctx.out_dir / ("model.rlp" if getattr(model, SPEC_ATTR, None) else "model.safetensors")
-    meta.update(input_shape=list(ctx.data.example.shape[1:]),
-                compress={"target": ctx.config.to_dict()["target"], "steps": state.step})
+    if ctx.data.input_shape is not None:
+        meta.update(input_shape=ctx.data.input_shape)
+    meta.update(compress={"target": ctx.config.to_dict()["target"], "steps": state.step})
     write_weights(model, model_path, meta)
     results = _results(ctx, state, base, final, model_path, time.perf_counter() - start)
     paths = write_report(ctx.out_dir, results, state.records, ctx.original_sizes)
     paths["model"] = model_path
     ctx.log(f"done: {state.step} steps; FLOPs {base['flops']:,} -> {flops:,}, params {base['params']:,} -> "
-            f"{params:,}, val {base['val_acc']:.2%} -> {final['val_acc']:.2%}; wrote {ctx.out_dir}")
+            f"{params:,}, val {ctx.task.metric_name} {_number(ctx, base['val_acc'])} -> "
+            f"{_number(ctx, final['val_acc'])}; wrote {ctx.out_dir}")
     return CompressResult(model=model, results=results, records=state.records, paths=paths)
 
 
@@ -122,8 +139,9 @@ def _results(ctx: Context, state: State, base: dict, final: dict, model_path: Pa
     checkpoint_s = ctx.timer.seconds.get("checkpoint", 0.0)  # this session's: not part of the step records
     spec = getattr(ctx.original, SPEC_ATTR, None) or {}
     return {
-        "model": spec.get("name", type(ctx.original).__name__), "dataset": ctx.data.splits.name,
-        "method": ctx.config.method,
+        "model": spec.get("name", type(ctx.original).__name__), "dataset": ctx.data.source.name,
+        "method": ctx.config.method, "metric": {"name": ctx.task.metric_name, "percent": ctx.task.is_percent},
+        "distill_outputs": ctx.distiller.name,
         "target": {"kind": ctx.config.target.kind, "value": ctx.config.target.value},
         "reached": {"sparsity": state.records[-1].sparsity if state.records else 0.0,
                     "flops": 1.0 - final["flops"] / base["flops"], "params": 1.0 - final["params"] / base["params"],
@@ -137,3 +155,7 @@ def _results(ctx: Context, state: State, base: dict, final: dict, model_path: Pa
                    for n in ctx.names},
         "config": ctx.config.to_dict(),
     }
+
+
+def _number(ctx: Context, value: float) -> str:
+    return f"{value:.2%}" if ctx.task.is_percent else f"{value:.4g}"

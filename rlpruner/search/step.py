@@ -18,13 +18,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from ..allocation import Candidate, Plan, StepTask, policy
 from ..allocation.budget import smallest_passing
+from ..batches import batch_len
 from ..batchnorm import recalibrate
-from ..data import make_loaders
 from ..distill import distill
 from ..errors import PruningError
 from ..graph import trace
@@ -32,8 +31,8 @@ from ..importance import get as get_importance
 from ..report import StepRecord
 from ..surgery import apply_slices, prune_channels
 from .checkpoint import State, Teacher
-from .context import FINAL, IMPORTANCE, KD, Context, accuracy, after_removal, derived_seed, measure_ms, seeded
-from .judges import JUDGES, top1
+from .context import FINAL, IMPORTANCE, KD, Context, after_removal, derived_seed, measure_ms, seeded
+from .judges import JUDGES
 from .targets import Measure
 
 
@@ -43,7 +42,7 @@ def run_step(ctx: Context, state: State) -> State:
     plan = plan_step(ctx, state, step)
     judge = JUDGES.get(ctx.config.rl.judge)
     with ctx.timer("eval"):
-        reference = _logits(state.model, ctx.data.score_batches) if judge.needs_reference else None
+        reference = ctx.task.outputs(state.model, ctx.data.score_batches) if judge.needs_reference else None
     scored: list[Candidate] = []
     validated: dict[bytes, float] = {}  # the guard's check of the chosen counts serves the record too
 
@@ -71,7 +70,7 @@ def run_step(ctx: Context, state: State) -> State:
     removals = _removals(ctx, plan, chosen.counts)
     with ctx.timer("surgery"):
         model = prune_channels(state.model, plan.graph, removals, inplace=True)
-        recalibrate(model, ctx.data.bn_batches)
+        recalibrate(model, ctx.data.bn_batches, ctx.task.forward)
     val, teacher = _recover(ctx, state.teacher, model, step)
     widths = plan.sizes - chosen.counts
     done = ctx.target.reached(_measure(chosen, latency, int(widths.sum())), ctx.goal)
@@ -143,14 +142,8 @@ def _reward(ctx: Context, judged: float, params: int, flops: int, latency_ms: fl
     return q
 
 
-@torch.no_grad()
-def _logits(model: nn.Module, batches: list) -> list[torch.Tensor]:
-    model.eval()
-    return [model(x) for x, _ in batches]
-
-
 def score(ctx: Context, model: nn.Module, plan: Plan, counts: np.ndarray, pd: np.ndarray,
-          reference: list[torch.Tensor] | None = None) -> Candidate:
+          reference: list[Any] | None = None) -> Candidate:
     """Build one candidate as a structural copy, re-estimate its BatchNorm statistics, and score it
     on the scoring subset of validation with the run's judge."""
     with ctx.timer("surgery"):
@@ -158,23 +151,24 @@ def score(ctx: Context, model: nn.Module, plan: Plan, counts: np.ndarray, pd: np
         candidate = apply_slices(model, slices, inplace=False)
         params, flops = plan.graph.count(slices=slices)
     with ctx.timer("eval"):
-        recalibrate(candidate, ctx.data.bn_batches)
-        logits = _logits(candidate, ctx.data.score_batches)
-        labels = [y for _, y in ctx.data.score_batches]
-        acc = top1(logits, labels)
-        judged = JUDGES.get(ctx.config.rl.judge).score(logits, labels, reference)
+        recalibrate(candidate, ctx.data.bn_batches, ctx.task.forward)
+        judge, batches = JUDGES.get(ctx.config.rl.judge), ctx.data.score_batches
+        outputs = ctx.task.outputs(candidate, batches) if judge.needs_reference or ctx.task.metric is None else None
+        acc = ctx.task.score(candidate, batches, outputs)
+        judged = judge.score(acc, outputs, reference, ctx.distiller)
         latency = (measure_ms(ctx.config, candidate, ctx.data.example, ctx.device)
                    if ctx.config.reward.needs_latency else None)
     return Candidate(counts, pd, acc, params, flops, latency, _reward(ctx, judged, params, flops, latency))
 
 
 def validate(ctx: Context, model: nn.Module, plan: Plan, candidate: Candidate) -> float:
-    """A candidate's accuracy on the whole validation split, BatchNorm recalibrated: what the guard
+    """A candidate's metric on the whole validation split, BatchNorm recalibrated: what the guard
     and the step's record use (the scoring subset only ranks candidates)."""
     with ctx.timer("surgery"):
         pruned = apply_slices(model, plan.graph.slices(_removals(ctx, plan, candidate.counts)), inplace=False)
     with ctx.timer("eval"):
-        return accuracy(recalibrate(pruned, ctx.data.bn_batches), ctx.data.val_batches, ctx.device)
+        return ctx.task.evaluate(recalibrate(pruned, ctx.data.bn_batches, ctx.task.forward), ctx.data.val_batches,
+                                 ctx.device)
 
 
 def budget_for(ctx: Context, plan: Plan, counts_at: Callable[[int], np.ndarray], now: float) -> int:
@@ -211,7 +205,7 @@ def _latency_if_needed(ctx: Context, model: nn.Module, plan: Plan, candidate: Ca
 
 
 def trim(ctx: Context, model: nn.Module, plan: Plan, chosen: Candidate, counts_at: Callable[[int], np.ndarray],
-         reference: list[torch.Tensor] | None = None) -> tuple[Candidate, float | None]:
+         reference: list[Any] | None = None) -> tuple[Candidate, float | None]:
     """When the chosen candidate passes the goal, remove only as many units as needed: bisection over
     the step budget (`counts_at(budget)` allocates a smaller budget the way the candidate was), then
     whole chunks given back one group at a time while the goal still holds, so that one coarse unit
@@ -279,30 +273,28 @@ def _give_back(counts: np.ndarray, capacity: np.ndarray, multiple: int,
 
 def _recovery_loaders(ctx: Context, seed: int, batch_size: int) -> Any:
     """A freshly seeded training loader per recovery (so a resumed run shuffles identically)."""
-    splits = ctx.data.splits
-    if splits.test is None:  # make_loaders builds a test loader too; it is never iterated here
-        splits = replace(splits, test=splits.val)
-    loaders = make_loaders(splits, batch_size, augment=ctx.config.kd.augment, seed=seed)
-    return SimpleNamespace(train=loaders.train, val=ctx.data.val_batches)
+    train = ctx.data.source.recovery(seed, batch_size, ctx.config.kd.augment)
+    return SimpleNamespace(train=train, val=ctx.data.val_batches)
 
 
 def distill_for(ctx: Context, model: nn.Module, teacher: Teacher, epochs: int, *keys: int) -> float:
-    """KD fine-tuning for `epochs`; returns the student's validation accuracy."""
+    """KD fine-tuning for `epochs`; returns the student's validation metric."""
     kd = replace(ctx.config.kd, epochs=epochs, progress=ctx.config.progress if ctx.config.kd.progress is None
                  else ctx.config.kd.progress)
     with ctx.timer("recovery"), seeded(ctx, *keys):
         loaders = _recovery_loaders(ctx, derived_seed(ctx.config.seed, *keys), kd.batch_size)
         result = distill(model, teacher.model, loaders, kd, device=ctx.device, teacher_val=teacher.val,
-                         desc=f"KD {'final' if keys[-1] == FINAL else f'step {keys[0]}'}")
+                         desc=f"KD {'final' if keys[-1] == FINAL else f'step {keys[0]}'}", task=ctx.task,
+                         outputs=ctx.distiller)
     return result.student_val
 
 
 def _recover(ctx: Context, teacher: Teacher, model: nn.Module, step: int) -> tuple[float, Teacher]:
-    """(validation accuracy, teacher) after this step's recovery, when one is due."""
+    """(validation metric, teacher) after this step's recovery, when one is due."""
     period, kd = ctx.config.post_train_period, ctx.config.kd
     if not period or step % period or kd.epochs == 0:
         with ctx.timer("recovery"):
-            return accuracy(model, ctx.data.val_batches, ctx.device), teacher
+            return ctx.task.evaluate(model, ctx.data.val_batches, ctx.device), teacher
     val = distill_for(ctx, model, teacher, kd.epochs, step, KD)
     if kd.switch_teacher and val > teacher.val + kd.switch_margin:
         return val, Teacher(copy.deepcopy(model).eval(), step, val)
@@ -322,8 +314,8 @@ def _step_record(ctx: Context, step: int, chosen: Candidate, widths: np.ndarray,
         teacher=teacher.label, latency_ms=latency, widths={n: int(w) for n, w in zip(ctx.names, widths)},
         pd={n: float(p) for n, p in zip(ctx.names, pd)}, times=times, guard_reason=info.get("guard_reason", ""),
         candidates=info["candidates"], judge=ctx.config.rl.judge,
-        score_samples=sum(len(y) for _, y in ctx.data.score_batches),
-        bn_samples=sum(len(x) for x in ctx.data.bn_batches))
+        score_samples=sum(batch_len(b) for b in ctx.data.score_batches),
+        bn_samples=sum(batch_len(b) for b in ctx.data.bn_batches))
 
 
 def step_line(record: StepRecord) -> str:
