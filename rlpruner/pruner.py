@@ -18,7 +18,7 @@ from .allocation.policy import capacity, max_budget
 from .errors import ConfigError, PruningError
 from .graph import DependencyGraph, trace, validate_forward
 from .graph.rules import RuleLike
-from .importance import Importance, get, lowest
+from .importance import Calibration, Importance, get, lowest
 from .surgery import Fixups, prune_channels
 
 Ratio = float | Mapping[str, float]
@@ -32,7 +32,7 @@ def prune(
     importance: str | Importance = "l2",
     keep: Sequence[str] = (),
     round_to: int | None = None,
-    data: tuple[Any, Any] | None = None,
+    data: tuple[Any, Any] | Calibration | None = None,
     strict: bool = False,
     verify: bool = True,
     rules: Mapping[Any, RuleLike] | None = None,
@@ -42,7 +42,8 @@ def prune(
 
     ratio: one fraction in [0, 1) for every prunable group, or {group name: fraction}.
     round_to: keep a multiple of this many units per group (hardware-friendly widths).
-    data: (inputs, targets) calibration batch for the 'taylor' and 'activation' criteria.
+    data: (inputs, targets) calibration batch for the 'taylor', 'activation' and 'variance' criteria,
+        or an `importance.Calibration` (batches of any structure, a forward, a task loss).
     rules, fixups: channel rules and surgery fix-ups for custom ops/modules, for this call
     (see rlpruner.graph.register_rule and docs/custom-ops.md).
     """

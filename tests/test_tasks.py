@@ -189,6 +189,11 @@ def test_taylor_importance_uses_the_task_loss():
     l1 = scores(lambda out, b: F.l1_loss(out, b["y"]))
     assert mse.keys() == l1.keys()
     assert any(not torch.allclose(torch.as_tensor(mse[k]), torch.as_tensor(l1[k])) for k in mse)
+    # one-shot pruning takes the same calibration (a dict batch, the task's loss)
+    before = sum(p.numel() for p in model.parameters())
+    data = Calibration(batches=(batch,), forward=lambda m, b: m(b["x"]), loss=lambda out, b: F.mse_loss(out, b["y"]))
+    small = rlpruner.prune(model, torch.randn(1, 1, 16, 16), 0.5, importance="taylor", data=data)
+    assert sum(p.numel() for p in small.parameters()) < before
 
 
 def _tensor_data(n=48):
