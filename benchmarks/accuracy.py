@@ -288,8 +288,13 @@ def _resume(path: Path, settings: AccuracySettings) -> dict:
     if path.exists():
         old = json.loads(path.read_text())
         if _comparable(old.get("settings", {})) == _comparable(wanted):
-            old["settings"]["seeds"] = sorted(set(old["settings"]["seeds"]) | set(wanted["seeds"]))
-            old["settings"]["methods"] = list(dict.fromkeys([*old["settings"]["methods"], *wanted["methods"]]))
+            kept = old["settings"]
+            kept["seeds"] = sorted(set(kept["seeds"]) | set(wanted["seeds"]))
+            kept["targets"] = sorted(set(kept["targets"]) | set(wanted["targets"]))
+            for key in ("methods", "models", "datasets"):  # by label for models and datasets
+                merged = {_label(item): item for item in [*kept[key], *wanted[key]]}
+                kept[key] = list(merged.values())
+            kept["no_recovery"] = bool(kept.get("no_recovery")) or wanted["no_recovery"]
             for row in old["runs"]:  # rows written by an earlier version of this script
                 row["run_dir"] = portable(row["run_dir"])
                 row.pop("first_step_pruned_val", None)
@@ -307,8 +312,14 @@ def _logged_trajectory(run_dir: Path) -> list[list[float]] | None:
 
 
 def _comparable(settings: dict) -> dict:
-    """Settings that change what a row means. More or fewer seeds or methods only add or skip rows."""
-    return {k: v for k, v in settings.items() if k not in ("seeds", "methods", "workers")}
+    """Settings that change what a row means. Seeds, methods, models, datasets, targets and whether
+    the no-recovery series runs only add or skip rows (each row names its own)."""
+    rows = ("seeds", "methods", "workers", "models", "datasets", "targets", "no_recovery")
+    return {k: v for k, v in settings.items() if k not in rows}
+
+
+def _label(item: Any) -> str:
+    return item["label"] if isinstance(item, dict) else str(item)
 
 
 def _pool(workers: int) -> Any:

@@ -161,6 +161,13 @@ def test_resume_keeps_rows_across_seed_changes_but_not_across_other_settings(tmp
     kept = _resume(path, more_seeds)
     assert [row_key(r) for r in kept["runs"]] == [row_key(r) for r in accuracy["runs"]]
     assert kept["settings"]["seeds"] == [0, 1]
+    # selections (targets, models, the no-KD series) add or skip rows too; the record lists their union
+    narrower = dataclasses.replace(settings, targets=(0.9,), models=settings.models[:1], no_recovery=False)
+    kept = _resume(path, narrower)
+    assert [row_key(r) for r in kept["runs"]] == [row_key(r) for r in accuracy["runs"]]
+    assert kept["settings"]["targets"] == sorted({*settings.targets, 0.9})
+    assert [m["label"] for m in kept["settings"]["models"]] == [m.label for m in settings.models]
+    assert kept["settings"]["no_recovery"] == settings.no_recovery
     assert _resume(path, dataclasses.replace(settings, kd_lr=0.5))["runs"] == []
 
 
