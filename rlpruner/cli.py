@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except RLPrunerError as exc:
         print(f"rlpruner {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print(f"rlpruner {args.command}: interrupted", file=sys.stderr)
         return 130

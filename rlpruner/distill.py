@@ -24,7 +24,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batches import batch_len, tensors_of
-from .errors import ConfigError
+from .errors import ConfigError, DivergenceError
 from .registry import Registry
 from .task import Task, TaskError
 from .train import TrainConfig, fit_epoch, make_optimizer, make_scheduler
@@ -54,6 +54,7 @@ class DistillConfig:
     switch_teacher: bool = True      # the student becomes the teacher once it beats it on validation
     switch_margin: float = 0.005     # ... by more than this (accuracy, a fraction): noise does not switch
     outputs: str = "auto"            # how outputs are distilled: auto, or one of OUTPUT_KD
+    retries: int = 2                 # after a NaN/inf loss: restart from the weights it came in with, lr / 10
     progress: bool | None = None
 
     def __post_init__(self) -> None:
@@ -68,6 +69,7 @@ class DistillConfig:
             ("ce_weight", 0 <= self.ce_weight <= 1, "in [0, 1]"),
             ("batch_size", self.batch_size >= 1, "an integer >= 1"),
             ("switch_margin", 0 <= self.switch_margin < 1, "in [0, 1)"),
+            ("retries", self.retries >= 0, "an integer >= 0"),
             ("outputs", self.outputs == "auto" or self.outputs in OUTPUT_KD, f"auto or one of {OUTPUT_KD.names()}"),
         ]
         for option, ok, requirement in checks:
@@ -208,6 +210,8 @@ class DistillResult:
     best_epoch: int                  # 0: no epoch beat the student as it came in
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    retries: int = 0                 # restarts after a diverged (NaN/inf) loss
+    lr: float = 0.0                  # the learning rate of the attempt that finished
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -229,14 +233,27 @@ def distill(student: nn.Module, teacher: nn.Module, loaders: TrainValLoaders, co
     teacher.eval()
     teacher_val = task.evaluate(teacher, loaders.val, device) if teacher_val is None else teacher_val
     history: list[dict[str, float]] = []
+    retries, lr = 0, config.lr
     if config.epochs == 0 or _empty(loaders.train):
         student_val, best_epoch = task.evaluate(student, loaders.val, device), 0
     else:
-        student_val, best_epoch = _fit(student, teacher, loaders, config, device, desc, history, task, outputs)
+        came_in = copy.deepcopy(student.state_dict())
+        while True:
+            try:
+                student_val, best_epoch = _fit(student, teacher, loaders, replace(config, lr=lr), device, desc,
+                                               history, task, outputs)
+                break
+            except DivergenceError as exc:  # roll back to the weights it came in with; retry gentler
+                student.load_state_dict(came_in)
+                history.clear()
+                if retries == config.retries:
+                    raise DivergenceError(f"{exc} (after {retries} restart(s) from the last good weights, the last "
+                                          f"at lr {lr:g}): lower the KD learning rate") from None
+                retries, lr = retries + 1, lr / 10
     teacher.train(teacher_mode)
     student.eval()
     return DistillResult(student_val=student_val, teacher_val=teacher_val, best_epoch=best_epoch,
-                         history=history, seconds=time.perf_counter() - start)
+                         history=history, seconds=time.perf_counter() - start, retries=retries, lr=lr)
 
 
 def _empty(batches: Iterable[Any]) -> bool:

@@ -39,3 +39,13 @@ class PruningError(RLPrunerError):
 class SurgeryError(PruningError):
     """Surgery cannot apply the requested slices or shapes to this model (callers such as io may
     wrap it in their own error type)."""
+
+
+class Interrupted(RLPrunerError):
+    """The user stopped a run (Ctrl-C, SIGTERM) at a safe point; it can be resumed."""
+
+    exit_code = 130
+
+
+class DivergenceError(ConfigError):
+    """Training produced a non-finite loss (NaN/inf) and retrying at lower learning rates did not help."""

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from .batches import batch_len, to_device
 from .data import Loaders, Splits, make_loaders
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, DivergenceError
 
 # loss_fn(model_outputs, targets, inputs) -> scalar loss; `inputs` lets distillation run a teacher.
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -150,7 +150,7 @@ def fit_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.optim.Op
         batch = to_device(batch, device)
         loss, outputs = batch_loss(model, batch)
         if not torch.isfinite(loss):
-            raise ConfigError(f"{desc}: the training loss became {loss.item()}; lower the learning rate")
+            raise DivergenceError(f"{desc}: the training loss became {loss.item()}; lower the learning rate")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

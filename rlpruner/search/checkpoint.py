@@ -9,6 +9,7 @@ k is seeded by (seed, k, ...)).
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
@@ -58,7 +60,12 @@ STATE_FORMAT, STATE_VERSION = "rlpruner.compress-state", 1
 
 
 def write_weights(model: nn.Module, path: Path, meta: Mapping[str, Any]) -> None:
-    """`rlpruner.io.save` when the model knows how to rebuild itself, else plain safetensors."""
+    """`rlpruner.io.save` when the model knows how to rebuild itself, else plain safetensors. A model
+    with non-finite weights (a diverged run) is never saved."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"refusing to write {path}: non-finite values in {', '.join(bad[:3])} (the run "
+                              "diverged); the previous checkpoint is intact")
     if getattr(model, SPEC_ATTR, None) is not None:
         io.save(model, path, meta=meta)
         return
@@ -78,25 +85,43 @@ def read_weights(model: nn.Module, path: Path) -> None:
 
 
 def save_checkpoint(ctx: Context, state: State) -> None:
+    """Weights first (new names), then state.json pointing at them (atomic), then stale files go: a
+    failure or a kill at any point leaves the previous checkpoint whole. A failed write (a full disk,
+    a read-only directory) is a CheckpointError that says so."""
     folder = ctx.out_dir / "checkpoint"
     weights = folder / f"step_{state.step:04d}.rlp"
-    write_weights(state.model, weights, {"step": state.step})
-    teacher = None
-    if state.teacher.step is not None:
-        teacher = folder / f"teacher_step_{state.teacher.step:04d}.rlp"
-        if not teacher.exists():
+    teacher = None if state.teacher.step is None else folder / f"teacher_step_{state.teacher.step:04d}.rlp"
+    try:
+        write_weights(state.model, weights, {"step": state.step})
+        if teacher is not None and not teacher.exists():
             write_weights(state.teacher.model, teacher, {"step": state.teacher.step})
-    io.atomic_write_json(ctx.out_dir / "state.json", {
-        "format": STATE_FORMAT, "version": STATE_VERSION, "config": ctx.config.to_dict(),
-        "fingerprint": ctx.fingerprint, "step": state.step, "pd": state.pd.tolist(), "done": state.done,
-        "teacher_step": state.teacher.step, "teacher_val": state.teacher.val, "acc_ref": state.acc_ref,
-        "weights": weights.relative_to(ctx.out_dir).as_posix(),
-        "teacher_weights": None if teacher is None else teacher.relative_to(ctx.out_dir).as_posix(),
-        "removals": state.removals, "records": [r.to_dict() for r in state.records]})
-    write_logs(ctx.out_dir, state.records)
+        body = {
+            "format": STATE_FORMAT, "version": STATE_VERSION, "config": ctx.config.to_dict(),
+            "fingerprint": ctx.fingerprint, "step": state.step, "pd": state.pd.tolist(), "done": state.done,
+            "teacher_step": state.teacher.step, "teacher_val": state.teacher.val, "acc_ref": state.acc_ref,
+            "weights": weights.relative_to(ctx.out_dir).as_posix(), "weights_sha256": file_digest(weights),
+            "teacher_weights": None if teacher is None else teacher.relative_to(ctx.out_dir).as_posix(),
+            "teacher_sha256": None if teacher is None else file_digest(teacher),
+            "removals": state.removals, "records": [r.to_dict() for r in state.records]}
+        io.atomic_write_json(ctx.out_dir / "state.json", {**body, "digest": _digest(body)})
+        write_logs(ctx.out_dir, state.records)
+    except OSError as exc:
+        kept = f"the checkpoint of step {state.step - 1} is intact" if state.step > 1 else "nothing was lost"
+        raise CheckpointError(f"cannot write the checkpoint of step {state.step} in {ctx.out_dir}: "
+                              f"{exc.strerror or exc}; {kept}: free space there (or make it writable) and "
+                              "resume") from exc
     for stale in folder.glob("*.rlp"):  # only after state.json points at the new files
         if stale not in (weights, teacher):
             stale.unlink(missing_ok=True)
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _digest(body: Mapping[str, Any]) -> str:
+    """A digest of state.json's content: an edited or damaged file is refused, not half-trusted."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=io.atomic.json_default).encode()).hexdigest()
 
 
 def _read_state(ctx: Context) -> dict[str, Any]:
@@ -105,10 +130,18 @@ def _read_state(ctx: Context) -> dict[str, Any]:
         raise CheckpointError(f"{ctx.out_dir}: nothing to resume (no state.json); run without --resume")
     try:
         saved = json.loads(path.read_text())
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT or saved.get("version") != STATE_VERSION:
-        raise CheckpointError(f"{path}: not a {STATE_FORMAT} v{STATE_VERSION} file")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON, truncated or damaged ({exc}); nothing was changed: start "
+                              "a new run (--overwrite) or restore the file") from exc
+    if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path}: not a compression run's state file")
+    if saved.get("version") != STATE_VERSION:
+        raise CheckpointError(f"{path}: written by an rlpruner with state format v{saved.get('version')}; this "
+                              f"version reads v{STATE_VERSION}: finish it with that version or start a new run")
+    body = {k: v for k, v in saved.items() if k != "digest"}
+    if "digest" in saved and saved["digest"] != _digest(body):
+        raise CheckpointError(f"{path}: edited or damaged (its content does not match its digest); nothing was "
+                              "changed: restore the file or start a new run (--overwrite)")
     if saved["fingerprint"] != ctx.fingerprint:
         raise CheckpointError(f"{path}: the run was started from a different model (weights or architecture "
                               "differ); resume with the same model or use a new output directory")
@@ -155,13 +188,20 @@ def _replay(ctx: Context, removals: list[dict[str, list[int]]], teacher_step: in
 def resumed_state(ctx: Context) -> State:
     saved = _read_state(ctx)
     model, teacher = _replay(ctx, saved["removals"], saved["teacher_step"])
-    read_weights(model, ctx.out_dir / saved["weights"])
+    _read_checked(model, ctx.out_dir / saved["weights"], saved.get("weights_sha256"))
     if saved["teacher_step"] is not None:
-        read_weights(teacher, ctx.out_dir / saved["teacher_weights"])
+        _read_checked(teacher, ctx.out_dir / saved["teacher_weights"], saved.get("teacher_sha256"))
     return State(step=saved["step"], pd=np.asarray(saved["pd"], dtype=np.float64), model=model,
                   teacher=Teacher(teacher.eval(), saved["teacher_step"], saved["teacher_val"]),
                   acc_ref=saved["acc_ref"], removals=saved["removals"],
                   records=[StepRecord.from_dict(r) for r in saved["records"]], done=saved["done"])
+
+
+def _read_checked(model: nn.Module, path: Path, sha256: str | None) -> None:
+    if sha256 is not None and path.is_file() and file_digest(path) != sha256:
+        raise CheckpointError(f"{path}: altered or damaged (its checksum differs from the one state.json "
+                              "recorded); nothing was changed: restore it or start a new run (--overwrite)")
+    read_weights(model, path)
 
 
 def fresh_state(ctx: Context) -> State:

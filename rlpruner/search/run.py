@@ -14,14 +14,22 @@ from typing import Any
 from torch import nn
 
 from ..batches import OnDevice
-from ..errors import ConfigError
+from ..errors import ConfigError, Interrupted
 from ..graph import trace
+from ..io.lock import directory_lock
 from ..models.registry import SPEC_ATTR
 from ..report import StepRecord, write_report
 from ..task import Forward, Loss, Metric, Task
-from .checkpoint import State, fresh_state, resumed_state, save_checkpoint, write_weights
+from .checkpoint import (
+    State,
+    fresh_state,
+    resumed_state,
+    save_checkpoint,
+    write_weights,
+)
 from .config import CompressConfig, Target
 from .context import FINAL, OVERHEAD_KEYS, Context, measure_ms, prepare
+from .signals import stop_signals
 from .step import distill_for, run_step, step_line
 
 
@@ -64,26 +72,37 @@ def compress(model: nn.Module, data: Any, config: CompressConfig | None = None, 
         config = replace(config, target=target if isinstance(target, Target) else Target.parse(target))
     task = Task.from_user(metric=metric, loss=loss, forward=forward)
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir, resume, overwrite)
-    ctx = prepare(model, data, config, out_dir, log or (lambda line: None), task)
-    if not resume:
-        _clear_run(out_dir)  # only once the new run's options and target have been checked
-    state = resumed_state(ctx) if resume else fresh_state(ctx)
-    if resume:
-        ctx.log(f"resuming {out_dir} after step {state.step}")
-    while not state.done:
-        state = run_step(ctx, state)
-        with ctx.timer("checkpoint"):
-            save_checkpoint(ctx, state)
-        ctx.log(step_line(state.records[-1]))
-        if on_step is not None:
-            on_step(state.records[-1])
-    return _finish(ctx, state, evaluate_test, dict(meta or {}))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"output directory {out_dir} is a file")
+    with directory_lock(out_dir, "compression run"):
+        _check_out_dir(out_dir, resume, overwrite)
+        ctx = prepare(model, data, config, out_dir, log or (lambda line: None), task)
+        if not resume:
+            _clear_run(out_dir)  # only once the new run's options and target have been checked
+        state = resumed_state(ctx) if resume else fresh_state(ctx)
+        if resume:
+            ctx.log(f"resuming {out_dir} after step {state.step}")
+        with stop_signals(ctx.log) as stop:
+            while not state.done:
+                state = run_step(ctx, state)
+                with ctx.timer("checkpoint"):
+                    save_checkpoint(ctx, state)
+                ctx.log(step_line(state.records[-1]))
+                if on_step is not None:
+                    on_step(state.records[-1])
+                if stop.requested:
+                    raise Interrupted(f"stopped by {stop.requested} after step {state.step}; {out_dir} holds the run: "
+                                      "resume it with --resume (Python: resume=True)")
+            stop.at_once = True  # the final phase is redone from the last checkpoint on resume
+            try:
+                return _finish(ctx, state, evaluate_test, dict(meta or {}))
+            except KeyboardInterrupt:
+                raise Interrupted(f"stopped by {stop.requested or 'SIGINT'} during the final fine-tune; {out_dir} holds "
+                                  "every step: resume it with --resume (Python: resume=True) to redo the final "
+                                  "phase") from None
 
 
 def _check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"output directory {out_dir} is a file")
     state = out_dir / "state.json"
     if resume or not state.exists():
         return
@@ -96,6 +115,8 @@ def _clear_run(out_dir: Path) -> None:
     (out_dir / "state.json").unlink(missing_ok=True)
     for old in (out_dir / "checkpoint").glob("*.rlp"):
         old.unlink()
+    for leftover in [*out_dir.glob(".*.tmp"), *(out_dir / "checkpoint").glob(".*.tmp")]:
+        leftover.unlink(missing_ok=True)  # a killed run's half-written temporary files
 
 
 def _finish(ctx: Context, state: State, evaluate_test: bool, meta: dict[str, Any]) -> CompressResult:

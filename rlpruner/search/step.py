@@ -31,7 +31,16 @@ from ..importance import get as get_importance
 from ..report import StepRecord
 from ..surgery import apply_slices, prune_channels
 from .checkpoint import State, Teacher
-from .context import FINAL, IMPORTANCE, KD, Context, after_removal, derived_seed, measure_ms, seeded
+from .context import (
+    FINAL,
+    IMPORTANCE,
+    KD,
+    Context,
+    after_removal,
+    derived_seed,
+    measure_ms,
+    seeded,
+)
 from .judges import JUDGES
 from .targets import Measure
 
@@ -286,6 +295,9 @@ def distill_for(ctx: Context, model: nn.Module, teacher: Teacher, epochs: int, *
         result = distill(model, teacher.model, loaders, kd, device=ctx.device, teacher_val=teacher.val,
                          desc=f"KD {'final' if keys[-1] == FINAL else f'step {keys[0]}'}", task=ctx.task,
                          outputs=ctx.distiller)
+    if result.retries:
+        ctx.log(f"KD {'final' if keys[-1] == FINAL else f'step {keys[0]}'}: the loss diverged; restarted "
+                f"{result.retries} time(s) from the last good weights, finished at lr {result.lr:g}")
     return result.student_val
 
 
