@@ -7,6 +7,11 @@ import torch
 
 torch.set_num_threads(int(os.environ.get("RLPRUNER_TEST_THREADS", "1")))
 
+if os.environ.get("RLPRUNER_ERROR_LOG"):  # scripts/error_table.py: record the user errors the tests check
+    from error_log import install
+
+    install(os.environ["RLPRUNER_ERROR_LOG"])
+
 
 @pytest.fixture(scope="session")
 def tiny_splits():
