@@ -6,7 +6,8 @@ EVENT: 'write' (a file fully written to its temporary name, not yet renamed over
 in the middle of an atomic write), 'renamed' (just after a rename), 'batch' (a training batch of a
 recovery or of the final fine-tune), 'candidate' (a candidate being scored). N = 0 never kills;
 --count writes how many times each event happened, as JSON. With --signal the Nth event sends the
-process SIGINT instead (--signal twice: two SIGINTs, the second while the first is pending); the
+process SIGINT (SIGTERM with --sigterm) instead (--signal twice: two signals, the second while the
+first is pending); the
 process then exits like the CLI: the error's exit status (130 for an interrupt) and its message.
 """
 from __future__ import annotations
@@ -51,7 +52,7 @@ def main(argv: list[str]) -> None:
             if not signals:
                 os.kill(os.getpid(), signal.SIGKILL)
             for _ in range(signals):
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGTERM if "--sigterm" in argv else signal.SIGINT)
 
     real_fsync, real_dir_sync = atomic.os.fsync, atomic._fsync_directory
     atomic.os.fsync = lambda fd: (real_fsync(fd), tick("write"))[0]

@@ -68,8 +68,8 @@ def test_kill_anywhere_then_resume_gives_the_uninterrupted_result(base_model, tm
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signals", [1, 2])
-def test_ctrl_c_stops_at_a_safe_point_and_resumes_to_the_same_result(base_model, tmp_path, signals):
+@pytest.mark.parametrize("signals, name", [(1, "SIGINT"), (2, "SIGINT"), (1, "SIGTERM")])
+def test_ctrl_c_stops_at_a_safe_point_and_resumes_to_the_same_result(base_model, tmp_path, signals, name):
     """One Ctrl-C: the step in progress finishes and is checkpointed, the run says how to resume and
     exits 130. Two: it stops at once, and the last checkpoint is still whole. Either way the resumed
     run ends where the uninterrupted one does."""
@@ -77,10 +77,11 @@ def test_ctrl_c_stops_at_a_safe_point_and_resumes_to_the_same_result(base_model,
     assert _run(base_model, reference, "none", 0, "--count", tmp_path / "counts.json").returncode == 0
     counts = json.loads((tmp_path / "counts.json").read_text())
     out = tmp_path / "cut"
-    stopped = _run(base_model, out, "candidate", counts["candidate"] // 2, *["--signal"] * signals)
+    extra = ["--signal"] * signals + (["--sigterm"] if name == "SIGTERM" else [])
+    stopped = _run(base_model, out, "candidate", counts["candidate"] // 2, *extra)
     assert stopped.returncode == 130, stopped.stderr[-800:]
     if signals == 1:
-        assert "stopped by SIGINT after step" in stopped.stderr and "--resume" in stopped.stderr
+        assert f"stopped by {name} after step" in stopped.stderr and "--resume" in stopped.stderr
     else:
         assert "interrupted" in stopped.stderr
     state = json.loads((out / "state.json").read_text())
@@ -181,6 +182,17 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_resumes_to_the_same_result(ba
         _compress(base_model, out)
     assert json.loads((out / "state.json").read_text())["step"] == 1
     monkeypatch.setattr(checkpoint.io, "atomic_write_json", real)
+    from rlpruner.search import run  # the final model cannot be written either: every step stays
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run, "write_weights", no_space)
+    with pytest.raises(CheckpointError, match="final model and report .*No space left on device; every step is "
+                                              "checkpointed"):
+        _compress(base_model, out, resume=True)
+    assert json.loads((out / "state.json").read_text())["done"] and not (out / "model.rlp").exists()
+    monkeypatch.undo()
     resumed = _compress(base_model, out, resume=True)
     assert resumed.results["final"] == {**reference.results["final"], "latency_ms": resumed.results["final"]["latency_ms"]}
     a, b = reference.model.state_dict(), resumed.model.state_dict()

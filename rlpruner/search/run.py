@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from ..batches import OnDevice
-from ..errors import ConfigError, Interrupted
+from ..errors import CheckpointError, ConfigError, Interrupted
 from ..graph import trace
 from ..io.lock import directory_lock
 from ..models.registry import SPEC_ATTR
@@ -139,9 +139,14 @@ def _finish(ctx: Context, state: State, evaluate_test: bool, meta: dict[str, Any
     if ctx.data.input_shape is not None:
         meta.update(input_shape=ctx.data.input_shape)
     meta.update(compress={"target": ctx.config.to_dict()["target"], "steps": state.step})
-    write_weights(model, model_path, meta)
     results = _results(ctx, state, base, final, model_path, time.perf_counter() - start)
-    paths = write_report(ctx.out_dir, results, state.records, ctx.original_sizes)
+    try:
+        write_weights(model, model_path, meta)
+        paths = write_report(ctx.out_dir, results, state.records, ctx.original_sizes)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write the final model and report in {ctx.out_dir}: {exc.strerror or exc}; "
+                              "every step is checkpointed: free space there (or make it writable) and resume "
+                              "to redo the final phase") from exc
     paths["model"] = model_path
     ctx.log(f"done: {state.step} steps; FLOPs {base['flops']:,} -> {flops:,}, params {base['params']:,} -> "
             f"{params:,}, val {ctx.task.metric_name} {_number(ctx, base['val_acc'])} -> "
