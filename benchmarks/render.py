@@ -636,17 +636,34 @@ def seeds_run(accuracy: Mapping[str, Any]) -> list[int]:
 
 
 def complete_seeds(accuracy: Mapping[str, Any]) -> tuple[dict[str, Any], list[int]]:
-    """The results restricted to the seeds that have every run (so each cell averages the same seeds),
-    and the seeds left out. A suite stopped part-way through a seed leaves such a partial seed."""
+    """The results restricted, series by series (with KD recovery / without), to the seeds that have
+    every run of that series (so each cell averages the same seeds), and the seeds left out of the
+    recovery series (or, when it has none left out, of the other). A suite stopped part-way through a
+    seed leaves such a partial seed; a series run for fewer seeds than the other keeps its own."""
     runs = accuracy.get("runs", [])
-    configurations = {(r["model"], r["dataset"], r["method"], round(r["target"], 4), bool(r["recovery"])) for r in runs}
+    kept_runs: list[dict] = []
+    left_out: dict[bool, list[int]] = {}
+    for recovery in (True, False):
+        series = [r for r in runs if bool(r["recovery"]) == recovery]
+        kept, partial = _complete(series)
+        kept_runs += kept
+        left_out[recovery] = partial
+    kept_runs = [r for r in runs if any(r is k for k in kept_runs)]  # in the original order
+    return {**accuracy, "runs": kept_runs}, left_out[True] or left_out[False]
+
+
+def _complete(runs: list[dict]) -> tuple[list[dict], list[int]]:
+    def config(r: Mapping[str, Any]) -> tuple:
+        return r["model"], r["dataset"], r["method"], round(r["target"], 4)
+
+    configurations = {config(r) for r in runs}
     by_seed: dict[int, set] = {}
     for r in runs:
-        by_seed.setdefault(int(r["seed"]), set()).add((r["model"], r["dataset"], r["method"], round(r["target"], 4),
-                                                       bool(r["recovery"])))
+        by_seed.setdefault(int(r["seed"]), set()).add(config(r))
     partial = sorted(s for s, have in by_seed.items() if have != configurations)
-    kept = [r for r in runs if int(r["seed"]) not in partial] if len(partial) < len(by_seed) else runs
-    return {**accuracy, "runs": kept}, partial if kept is not runs else []
+    if not partial or len(partial) == len(by_seed):
+        return runs, []
+    return [r for r in runs if int(r["seed"]) not in partial], partial
 
 
 def render_doc(results: Mapping[str, Any], doc_path: Path, plots_dir: Path) -> str:
