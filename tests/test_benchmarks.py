@@ -195,6 +195,10 @@ def test_a_partial_seed_is_left_out_so_every_cell_averages_the_same_seeds(accura
     assert partial == [2] and {r["seed"] for r in kept["runs"]} == {0, 1}
     whole, none_left_out = render.complete_seeds({**accuracy, "runs": runs[:4]})
     assert none_left_out == [] and whole["runs"] == runs[:4]
+    # a no-recovery series run for seed 0 only keeps its seed and leaves the recovery series whole
+    no_kd = [dict(_run("m", "d", method, 0.5, 0, 0.5), recovery=False) for method in ("rl", "uniform")]
+    both, partial = render.complete_seeds({**accuracy, "runs": runs[:4] + no_kd})
+    assert partial == [] and both["runs"] == runs[:4] + no_kd
 
 
 def _judge_block(setting, level, rhos, regret, cost):
