@@ -31,16 +31,6 @@ FAST = CompressConfig(target=Target("flops", 0.3), rl=RLConfig(prune_filter_rati
                       latency_warmup=0, progress=False)
 
 
-@pytest.fixture(scope="module")
-def splits(tiny_splits):
-    return tiny_splits
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_trained):
-    return tiny_trained
-
-
 def user_top1(model, batches):
     hits = [(model(x).argmax(1) == y).sum() for x, y in batches]
     return float(sum(hits)) / sum(len(y) for _, y in batches)
@@ -57,11 +47,11 @@ def _same(a, b):
     assert strip == [{k: v for k, v in r.to_dict().items() if k not in ("times", "latency_ms")} for r in b.records]
 
 
-def test_three_line_call_matches_the_config_path_bit_for_bit(splits, trained, tmp_path):
+def test_three_line_call_matches_the_config_path_bit_for_bit(tiny_splits, tiny_trained, tmp_path):
     """Classification through target=/metric=/loss= gives what CompressConfig gives."""
     config = FAST
-    by_config = compress(trained, splits, config, out_dir=tmp_path / "a")
-    by_call = compress(trained, splits, dataclasses.replace(config, target=Target("flops", 0.9)),
+    by_config = compress(tiny_trained, tiny_splits, config, out_dir=tmp_path / "a")
+    by_call = compress(tiny_trained, tiny_splits, dataclasses.replace(config, target=Target("flops", 0.9)),
                        target="flops:0.3", metric=user_top1, loss=user_ce, out_dir=tmp_path / "b")
     _same(by_config, by_call)
     for key in ("val_acc", "test_acc", "flops", "params"):
@@ -69,14 +59,14 @@ def test_three_line_call_matches_the_config_path_bit_for_bit(splits, trained, tm
     assert by_call.results["metric"]["name"] == "user_top1" and by_config.results["metric"]["name"] == "top-1"
 
 
-def test_user_loaders_of_any_batch_structure_compress_and_resume_identically(splits, trained, tmp_path):
+def test_user_loaders_of_any_batch_structure_compress_and_resume_identically(tiny_splits, tiny_trained, tmp_path):
     """Dict batches from plain DataLoaders, a user forward; a run cut after a step resumes to the
     same model as the uninterrupted one."""
     def as_dicts(dataset):
         return [{"pixels": x, "label": y} for x, y in (dataset[i] for i in range(len(dataset)))]
 
-    data = (DataLoader(as_dicts(splits.train), batch_size=16, shuffle=True, drop_last=True),
-            DataLoader(as_dicts(splits.val), batch_size=32), DataLoader(as_dicts(splits.test), batch_size=32))
+    data = (DataLoader(as_dicts(tiny_splits.train), batch_size=16, shuffle=True, drop_last=True),
+            DataLoader(as_dicts(tiny_splits.val), batch_size=32), DataLoader(as_dicts(tiny_splits.test), batch_size=32))
 
     def forward(model, batch):
         return model(batch["pixels"])
@@ -88,7 +78,7 @@ def test_user_loaders_of_any_batch_structure_compress_and_resume_identically(spl
         return sum(float((forward(model, b).argmax(1) == b["label"]).sum()) for b in batches) / sum(
             len(b["label"]) for b in batches)
 
-    full = compress(trained, data, FAST, metric=metric, loss=loss, forward=forward, out_dir=tmp_path / "full")
+    full = compress(tiny_trained, data, FAST, metric=metric, loss=loss, forward=forward, out_dir=tmp_path / "full")
     assert full.results["reached"]["flops"] >= 0.3 and len(full.records) >= 2
     assert full.results["distill_outputs"] == "logits"  # integer labels of the outputs' shape in the dict
     assert 0.0 <= full.results["final"]["test_acc"] <= 1.0
@@ -101,9 +91,9 @@ def test_user_loaders_of_any_batch_structure_compress_and_resume_identically(spl
             raise Stop
 
     with pytest.raises(Stop):
-        compress(trained, data, FAST, metric=metric, loss=loss, forward=forward, out_dir=tmp_path / "cut",
+        compress(tiny_trained, data, FAST, metric=metric, loss=loss, forward=forward, out_dir=tmp_path / "cut",
                  on_step=stop_after_one)
-    resumed = compress(trained, data, FAST, metric=metric, loss=loss, forward=forward, out_dir=tmp_path / "cut",
+    resumed = compress(tiny_trained, data, FAST, metric=metric, loss=loss, forward=forward, out_dir=tmp_path / "cut",
                        resume=True)
     _same(full, resumed)
 
@@ -157,7 +147,7 @@ def test_a_user_model_compressed_for_segmentation_saves_loads_and_exports(tmp_pa
     assert (tmp_path / "seg.onnx").stat().st_size > 0
 
 
-def test_output_distillation_follows_the_outputs(splits):
+def test_output_distillation_follows_the_outputs():
     config = DistillConfig()
     logits, labels = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
     assert output_kd(config, logits, (torch.zeros(4), labels)).name == "logits"
@@ -212,22 +202,22 @@ def _tensor_data(n=48):
     ({"forward": lambda m, b: m(b[0]).argmax(1), "loss": lambda out, b: torch.tensor(0.0)}, "cannot be compared"),
     ({"metric": 3}, "metric must be a function"),
 ])
-def test_a_task_that_cannot_work_fails_before_any_work(trained, tmp_path, kwargs, message):
+def test_a_task_that_cannot_work_fails_before_any_work(tiny_trained, tmp_path, kwargs, message):
     with pytest.raises(TaskError, match=message):
-        compress(trained, _tensor_data(), FAST, out_dir=tmp_path, **kwargs)
+        compress(tiny_trained, _tensor_data(), FAST, out_dir=tmp_path, **kwargs)
     assert not (tmp_path / "state.json").exists()
 
 
-def test_bad_data_is_named(trained, tmp_path):
+def test_bad_data_is_named(tiny_trained, tmp_path):
     train_loader, val_loader = _tensor_data()
     with pytest.raises(DataError, match="validation loader yields no batches"):
-        compress(trained, (train_loader, []), FAST, out_dir=tmp_path)
+        compress(tiny_trained, (train_loader, []), FAST, out_dir=tmp_path)
     with pytest.raises(DataError, match="training loader yields no batches"):
-        compress(trained, (iter(()), val_loader), FAST, out_dir=tmp_path)
+        compress(tiny_trained, (iter(()), val_loader), FAST, out_dir=tmp_path)
     dicts = [{"image": x, "label": y} for x, y in val_loader]
     with pytest.raises(TaskError, match="pass forward="):
-        compress(trained, (dicts, dicts), FAST, out_dir=tmp_path)
+        compress(tiny_trained, (dicts, dicts), FAST, out_dir=tmp_path)
     with pytest.raises(ConfigError, match="data must be"):
-        compress(trained, "digits", FAST, out_dir=tmp_path)
+        compress(tiny_trained, "digits", FAST, out_dir=tmp_path)
     with pytest.raises(ConfigError, match="kind:fraction"):
-        compress(trained, (train_loader, val_loader), FAST, target="half", out_dir=tmp_path)
+        compress(tiny_trained, (train_loader, val_loader), FAST, target="half", out_dir=tmp_path)
