@@ -5,7 +5,8 @@
 The table is not written by hand: the test suite runs with RLPRUNER_ERROR_LOG set, and
 tests/error_log.py records each `pytest.raises` that catches an rlpruner error (the Python API)
 and each CLI call that exits non-zero, with the test that checks it. Paths of temporary
-directories are shown as DIR; identical messages are listed once.
+directories are shown as DIR, process ids, host names and object addresses are masked, and identical
+messages are listed once.
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ def collect(log: Path) -> list[dict]:
 def _clean(text: str) -> str:
     text = re.sub(r"/tmp/pytest-of-[^/]+/pytest-\d+/[^/\s'\"]+", "DIR", text)
     text = re.sub(r"/tmp/[^\s'\"]+", "FILE", text)
+    text = re.sub(r"pid \d+ on [^\s)]+", "pid N on HOST", text)  # the lock holder
+    text = re.sub(r"0x[0-9a-f]+", "0x...", text)  # object addresses in reprs
     text = text.replace("|", "\\|")
     return text if len(text) <= 220 else text[:217] + "..."
 
