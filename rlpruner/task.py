@@ -12,6 +12,7 @@ gradients, on batches already on the model's device. `loss(outputs, batch) -> sc
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -92,7 +93,16 @@ def classify_forward(model: nn.Module, batch: Batch) -> Any:
 
 def cross_entropy_loss(outputs: Any, batch: Batch) -> torch.Tensor:
     """The default loss: cross-entropy between logits and `batch[1]`."""
-    return F.cross_entropy(outputs, batch[1])
+    return F.cross_entropy(outputs, labels_of(batch, "loss", "cross-entropy"))
+
+
+def labels_of(batch: Batch, what: str, default: str) -> torch.Tensor:
+    """`batch[1]`: the labels the classification defaults read; a TaskError for other batches."""
+    if isinstance(batch, (list, tuple)) and len(batch) >= 2 and isinstance(batch[1], torch.Tensor):
+        return batch[1]
+    kind = f"dicts (keys {sorted(batch)})" if isinstance(batch, Mapping) else type(batch).__name__
+    raise TaskError(f"the default {what} is {default} against batch[1], but the batches are {kind}; "
+                    f"pass {what}= for this task")
 
 
 def top1(outputs: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]) -> float:
@@ -141,16 +151,19 @@ class Task:
 
     def evaluate(self, model: nn.Module, batches: Iterable[Batch], device: torch.device | str) -> float:
         """The metric of `model` on `batches` (a whole split: the guard, recovery, the report)."""
-        if self.metric is None:
+        if self.metric is None and self.forward is classify_forward:
             return evaluate(model, batches, device)["top1"]
+        if self.metric is None:
+            return self.score(model, list(batches), None)
         return self._user_metric(model, batches)
 
     def score(self, model: nn.Module, batches: Sequence[Batch], outputs: list[Any] | None) -> float:
         """The metric on the scoring set, for ranking candidates: top-1 from the `outputs` the search
         already has (no second forward pass); a user's metric runs on the batches."""
         if self.metric is None:
+            labels = [labels_of(b, "metric", "top-1") for b in batches]
             outputs = self.outputs(model, batches) if outputs is None else outputs
-            return top1(outputs, [b[1] for b in batches])
+            return top1(outputs, labels)
         return self._user_metric(model, batches)
 
     def _user_metric(self, model: nn.Module, batches: Iterable[Batch]) -> float:
@@ -175,7 +188,7 @@ class Task:
 def checked_metric(value: Any, name: str) -> float:
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):  # numpy scalars are Real too
         raise TaskError(f"metric {name!r} must return a number, got {type(value).__name__}")
     if not math.isfinite(value):
         raise TaskError(f"metric {name!r} returned {value}; it must be a finite number (higher is better)")

@@ -5,6 +5,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -165,6 +166,16 @@ def test_output_distillation_follows_the_outputs():
     assert RegressionKD("mse").loss(a, b, 1.0).item() == pytest.approx((1 + 9) / 2)
 
 
+def test_a_metric_may_return_any_real_number_type():
+    from rlpruner.task import checked_metric
+
+    for value in (1, 0.5, np.float32(0.25), np.float64(-3.0), torch.tensor(0.75), torch.tensor([2.0])):
+        assert checked_metric(value, "m") == pytest.approx(float(value))
+    for bad in (True, "0.5", None, torch.tensor([1.0, 2.0]), np.float32("nan")):
+        with pytest.raises(TaskError):
+            checked_metric(bad, "m")
+
+
 def test_taylor_importance_uses_the_task_loss():
     torch.manual_seed(0)
     model = regression.regressor(8).eval()
@@ -217,6 +228,12 @@ def test_bad_data_is_named(tiny_trained, tmp_path):
     dicts = [{"image": x, "label": y} for x, y in val_loader]
     with pytest.raises(TaskError, match="pass forward="):
         compress(tiny_trained, (dicts, dicts), FAST, out_dir=tmp_path)
+    forward = lambda model, batch: model(batch["image"])  # noqa: E731
+    with pytest.raises(TaskError, match=r"default loss is cross-entropy against batch\[1\].*dicts.*pass loss="):
+        compress(tiny_trained, (dicts, dicts), FAST, forward=forward, out_dir=tmp_path)
+    loss = lambda outputs, batch: F.cross_entropy(outputs, batch["label"])  # noqa: E731
+    with pytest.raises(TaskError, match=r"default metric is top-1 .*pass metric="):
+        compress(tiny_trained, (dicts, dicts), FAST, forward=forward, loss=loss, out_dir=tmp_path)
     with pytest.raises(ConfigError, match="data must be"):
         compress(tiny_trained, "digits", FAST, out_dir=tmp_path)
     with pytest.raises(ConfigError, match="kind:fraction"):
