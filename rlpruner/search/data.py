@@ -110,7 +110,8 @@ def as_source(data: Any) -> Source:
 def prepare_data(source: Source, config: CompressConfig, device: torch.device, task: Task,
                  model: nn.Module) -> Data:
     """The fixed batches of the run: the calibration batch (importance), validation, its scoring
-    subset (candidates) and the BatchNorm recalibration batches (training data, unaugmented)."""
+    subset (candidates) and the BatchNorm recalibration batches (training data: unaugmented for
+    rlpruner's own data; a user dataset's samples as its `__getitem__` gives them, drawn once)."""
     if isinstance(source, SplitsSource):
         val, score, calibration, bn = _from_splits(source.splits, config, device)
     else:
