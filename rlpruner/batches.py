@@ -24,7 +24,8 @@ def to_device(batch: Batch, device: torch.device | str) -> Batch:
 
 
 def tensors_of(value: Any) -> list[torch.Tensor]:
-    """The tensors in a (nested) output, in order (dicts in their key order)."""
+    """The tensors in a (nested) tuple/list/dict, in order (dicts in their key order): batches,
+    model outputs, and an op's arguments while tracing."""
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, Mapping):

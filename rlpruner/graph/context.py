@@ -27,6 +27,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..batches import tensors_of as tensors  # every tensor in nested args/outputs (rules import it from here)
 from ..errors import UnsupportedOperation
 from .labels import FROZEN, SlotTable, along, compact, none_like, per_index, unique_slots, varies
 
@@ -56,17 +57,6 @@ class UnknownOp:
 
     def __str__(self) -> str:
         return f"{self.op} in {self.module or '<model>'} ({self.reason})"
-
-
-def tensors(obj: Any) -> list[torch.Tensor]:
-    """Every tensor in a (nested) tuple/list/dict, in order."""
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        return [t for o in obj for t in tensors(o)]
-    if isinstance(obj, dict):
-        return [t for o in obj.values() for t in tensors(o)]
-    return []
 
 
 def arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
