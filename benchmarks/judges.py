@@ -156,13 +156,6 @@ def base_model(setting: Setting, config: JudgeSettings, splits: Any, log: Callab
     return model, {"checkpoint": portable(path), "train_seconds": seconds, "cached": False}
 
 
-def _batches(dataset: Any, indices: np.ndarray, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    from torch.utils.data import DataLoader, Subset
-
-    loader = DataLoader(Subset(dataset, indices.tolist()), batch_size=batch_size)
-    return [(x, torch.as_tensor(y)) for x, y in loader]
-
-
 @torch.no_grad()
 def _logits(model: torch.nn.Module, batches: list) -> list[torch.Tensor]:
     model.eval()
@@ -184,7 +177,7 @@ def measure_setting(setting: Setting, config: JudgeSettings, levels: tuple[float
     from rlpruner.data.base import dataset_labels, stratified_subset
     from rlpruner.graph import trace
     from rlpruner.search.config import CompressConfig, RLConfig
-    from rlpruner.search.data import SplitsSource, prepare_data
+    from rlpruner.search.data import SplitsSource, prepare_data, subset_batches
     from rlpruner.task import Task, top1
 
     clock = Clock()
@@ -197,7 +190,7 @@ def measure_setting(setting: Setting, config: JudgeSettings, levels: tuple[float
                               eval_batch_size=config.eval_batch_size, seed=config.seed)
     data = clock("prepare_data", lambda: prepare_data(SplitsSource(splits), compress, device, Task(), model))
     val_labels = dataset_labels(splits.val)
-    subsets = {s: _batches(splits.val, stratified_subset(val_labels, s, config.seed), config.eval_batch_size)
+    subsets = {s: subset_batches(splits.val, stratified_subset(val_labels, s, config.seed), config.eval_batch_size)
                for s in sorted({*config.subsets, config.kl_subset})}
     graph = clock("trace", lambda: trace(model, data.example))
     groups = graph.prunable_groups()

@@ -178,7 +178,7 @@ def summary_markdown(results: Mapping[str, Any], records: Sequence[StepRecord]) 
              f"{results['steps']} steps ({results['time_s']:.0f} s).", "",
              "| | original | compressed | change |", "|---|---:|---:|---:|"]
     metric = results.get("metric", {"name": "top-1", "percent": True})
-    score = "{:.2%}" if metric["percent"] else "{:.4g}"
+    score = metric_format(metric["percent"])
     for key, label, fmt in (("params", "params", "{:,.0f}"), ("flops", "FLOPs", "{:,.0f}"),
                             ("latency_ms", "latency (ms)", "{:.3f}"), ("val_acc", f"val {metric['name']}", score),
                             ("test_acc", f"test {metric['name']}", score)):
@@ -195,6 +195,11 @@ def summary_markdown(results: Mapping[str, Any], records: Sequence[StepRecord]) 
         lines += ["", f"Accuracy-guard resets: {guard}. Plots: `plots/sparsity.png`, "
                       "`plots/accuracy_vs_flops.png`, `plots/widths.png`; per-step log: `steps.csv`."]
     return "\n".join(lines) + "\n"
+
+
+def metric_format(percent: bool) -> str:
+    """How a task metric is printed: a percentage (top-1) or a plain number (mIoU, -MSE, ...)."""
+    return "{:.2%}" if percent else "{:.4g}"
 
 
 def _change(key: str, before: float, after: float, percent: bool = True) -> str:

@@ -133,21 +133,22 @@ def _from_splits(splits: Splits, config: CompressConfig, device: torch.device) -
     if len(splits.train) == 0:
         raise DataError(f"{splits.name}: the training split is empty")
     rl, seed = config.rl, config.seed
-    val = _batches(splits.val, np.arange(len(splits.val)), config.eval_batch_size, device)
+    val = subset_batches(splits.val, np.arange(len(splits.val)), config.eval_batch_size, device)
     val_labels = dataset_labels(splits.val)
     score = (val if rl.score_samples is None or rl.score_samples >= len(splits.val) else
-             _batches(splits.val, stratified_subset(val_labels, rl.score_samples, seed), config.eval_batch_size,
-                      device))
+             subset_batches(splits.val, stratified_subset(val_labels, rl.score_samples, seed),
+                            config.eval_batch_size, device))
     train_labels = dataset_labels(splits.train)
-    calibration = _batches(splits.train, stratified_subset(train_labels, rl.calibration_samples, seed + 1),
-                           len(splits.train), device)[:1]
-    bn = (_batches(splits.train, stratified_subset(train_labels, rl.bn_samples, seed + 2), config.eval_batch_size,
-                   device) if rl.bn_samples else [])
+    calibration = subset_batches(splits.train, stratified_subset(train_labels, rl.calibration_samples, seed + 1),
+                                 len(splits.train), device)[:1]
+    bn = (subset_batches(splits.train, stratified_subset(train_labels, rl.bn_samples, seed + 2),
+                         config.eval_batch_size, device) if rl.bn_samples else [])
     return val, score, calibration, bn
 
 
-def _batches(dataset: Any, indices: np.ndarray, batch_size: int, device: torch.device
-             ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def subset_batches(dataset: Any, indices: np.ndarray, batch_size: int, device: torch.device | str = "cpu"
+                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`(inputs, labels)` batches of `dataset[indices]`, in order, on `device`."""
     loader = DataLoader(Subset(dataset, indices.tolist()), batch_size=batch_size)
     return [(x.to(device), torch.as_tensor(y).to(device)) for x, y in loader]
 

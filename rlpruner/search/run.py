@@ -18,7 +18,7 @@ from ..errors import CheckpointError, ConfigError, Interrupted
 from ..graph import trace
 from ..io.lock import directory_lock
 from ..models.registry import SPEC_ATTR
-from ..report import StepRecord, write_report
+from ..report import StepRecord, metric_format, write_report
 from ..task import Forward, Loss, Metric, Task
 from .checkpoint import (
     State,
@@ -148,9 +148,10 @@ def _finish(ctx: Context, state: State, evaluate_test: bool, meta: dict[str, Any
                               "every step is checkpointed: free space there (or make it writable) and resume "
                               "to redo the final phase") from exc
     paths["model"] = model_path
+    shown = metric_format(ctx.task.is_percent)
     ctx.log(f"done: {state.step} steps; FLOPs {base['flops']:,} -> {flops:,}, params {base['params']:,} -> "
-            f"{params:,}, val {ctx.task.metric_name} {_number(ctx, base['val_acc'])} -> "
-            f"{_number(ctx, final['val_acc'])}; wrote {ctx.out_dir}")
+            f"{params:,}, val {ctx.task.metric_name} {shown.format(base['val_acc'])} -> "
+            f"{shown.format(final['val_acc'])}; wrote {ctx.out_dir}")
     return CompressResult(model=model, results=results, records=state.records, paths=paths)
 
 
@@ -181,7 +182,3 @@ def _results(ctx: Context, state: State, base: dict, final: dict, model_path: Pa
                    for n in ctx.names},
         "config": ctx.config.to_dict(),
     }
-
-
-def _number(ctx: Context, value: float) -> str:
-    return f"{value:.2%}" if ctx.task.is_percent else f"{value:.4g}"
