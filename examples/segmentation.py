@@ -9,6 +9,7 @@ labelled background (0) or its digit's class + 1, so the net segments 11 classes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import rlpruner
+from rlpruner.distill import DistillConfig
 from rlpruner.search import CompressConfig, RLConfig
 
 SIZE, CLASSES = 24, 11
@@ -85,6 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="a tiny run (tests)")
     parser.add_argument("--out", default="runs/example-segmentation")
+    parser.add_argument("--kd-outputs", default="auto", help="how recovery distils the outputs: auto (here: "
+                        "per-pixel logits), logits, mse or smooth_l1")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     n, epochs = (200, 3) if args.small else (1200, 20)
@@ -98,7 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
             seg_loss(forward(model, batch), batch).backward()
             optimizer.step()
 
-    config = SMALL if args.small else None  # None: the default search
+    config = dataclasses.replace(SMALL if args.small else CompressConfig(),  # otherwise the default search
+                                 kd=DistillConfig(outputs=args.kd_outputs))
     result = rlpruner.compress(model, (train_loader, val_loader), config, target="flops:0.5",
                                metric=miou, loss=seg_loss, forward=forward, out_dir=args.out, overwrite=True)
 
