@@ -27,6 +27,7 @@ _EXPORTS = {
     "compress": "rlpruner.search",
     "save": "rlpruner.io",
     "load": "rlpruner.io",
+    "load_weights": "rlpruner.io",
     "export": "rlpruner.io",
 }
 

@@ -107,12 +107,14 @@ def time_calls(call: Callable[[], object], *, warmup: int, repeats: int,
 
 def measure_latency(model: nn.Module, inputs: Inputs | Sequence[int], *, batch_size: int = 1,
                     warmup: int = 10, repeats: int = 50, device: str | torch.device = "cpu",
-                    threads: int | None = None) -> Latency:
+                    threads: int | None = None, max_seconds: float | None = None) -> Latency:
     """Wall time of one forward pass of a `batch_size` batch: warm-up runs, then `repeats` timed runs.
 
     `inputs` is an example tensor (tuple) or a per-sample shape such as (3, 32, 32). The model is run
     in eval mode under `torch.inference_mode` on `device`; `threads` sets torch's intra-op thread
-    count for the measurement only. The model is left on its original device and mode.
+    count for the measurement only. The model is left on its original device and mode. With
+    `max_seconds`, warm-up and repeats shrink (to at least 1 and 3) so that the timed runs take
+    about that long: large batches of large models stay affordable.
     """
     if batch_size < 1 or warmup < 0 or repeats < 1:
         raise ConfigError(f"latency: need batch_size >= 1, warmup >= 0, repeats >= 1; "
@@ -127,6 +129,10 @@ def measure_latency(model: nn.Module, inputs: Inputs | Sequence[int], *, batch_s
         torch.set_num_threads(threads or old_threads)
         model.to(device).eval()
         with torch.inference_mode():
+            if max_seconds is not None:
+                first = time_calls(lambda: model(*batch), warmup=0, repeats=1, device=device)[0]
+                affordable = int(1000.0 * max_seconds / max(first, 1e-3))
+                warmup, repeats = min(warmup, max(0, affordable // 5)), max(3, min(repeats, affordable))
             times = time_calls(lambda: model(*batch), warmup=warmup, repeats=repeats, device=device)
     finally:
         torch.set_num_threads(old_threads)

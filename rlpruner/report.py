@@ -4,7 +4,7 @@ Every file is rewritten whole and atomically from the in-memory records, so the 
 match the last checkpoint (a resumed run never duplicates or loses a line).
 
     write_logs(out_dir, records)                      steps.jsonl + steps.csv
-    write_report(out_dir, results, records, widths)   results.json, plots/*.png, summary.md
+    write_report(out_dir, results, records, widths)   results.json, plots/*.png, summary.md, report.html
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .report_html import format_change, metric_format, render_html
 
 
 @dataclass(frozen=True)
@@ -103,11 +104,10 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=110, layout="constrained")
 
 
-def _save(fig, path: Path) -> Path:
+def _png(fig) -> bytes:
     buffer = _stdio.BytesIO()
     fig.savefig(buffer, format="png")
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return buffer.getvalue()
 
 
 def sparsity_matrix(records: Sequence[StepRecord], original: Mapping[str, int]) -> np.ndarray:
@@ -119,7 +119,7 @@ def sparsity_matrix(records: Sequence[StepRecord], original: Mapping[str, int]) 
     return np.stack(columns, axis=1)
 
 
-def plot_sparsity(records: Sequence[StepRecord], original: Mapping[str, int], path: Path) -> Path:
+def plot_sparsity(records: Sequence[StepRecord], original: Mapping[str, int]) -> bytes:
     """Per-group sparsity across steps as a heat map (the paper's Figure 3)."""
     matrix = sparsity_matrix(records, original)
     fig = _figure(max(6.0, 0.12 * matrix.shape[1] + 4), max(3.0, 0.22 * matrix.shape[0] + 1.5))
@@ -129,11 +129,11 @@ def plot_sparsity(records: Sequence[StepRecord], original: Mapping[str, int], pa
     ax.set_xlabel("pruning step")
     ax.set_title("Fraction of each group's channels removed")
     fig.colorbar(image, ax=ax, label="sparsity")
-    return _save(fig, path)
+    return _png(fig)
 
 
-def plot_accuracy_vs_flops(records: Sequence[StepRecord], base: Mapping[str, float], path: Path,
-                           metric: Mapping[str, Any] | None = None) -> Path:
+def plot_accuracy_vs_flops(records: Sequence[StepRecord], base: Mapping[str, float],
+                           metric: Mapping[str, Any] | None = None) -> bytes:
     """The validation metric (pruned and recovered) against the FLOPs left, one point per step."""
     metric = metric or {"name": "top-1", "percent": True}
     scale = 100.0 if metric["percent"] else 1.0
@@ -148,10 +148,10 @@ def plot_accuracy_vs_flops(records: Sequence[StepRecord], base: Mapping[str, flo
     ax.set_ylabel(f"validation {metric['name']}" + (" (%)" if metric["percent"] else ""))
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return _png(fig)
 
 
-def plot_widths(original: Mapping[str, int], final: Mapping[str, int], path: Path) -> Path:
+def plot_widths(original: Mapping[str, int], final: Mapping[str, int]) -> bytes:
     """Final width of every group next to its original width."""
     names = list(original)
     x = np.arange(len(names))
@@ -162,7 +162,7 @@ def plot_widths(original: Mapping[str, int], final: Mapping[str, int], path: Pat
     ax.set_xticks(x, labels=names, rotation=90, fontsize=7)
     ax.set_ylabel("channels")
     ax.legend()
-    return _save(fig, path)
+    return _png(fig)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,49 +178,48 @@ def summary_markdown(results: Mapping[str, Any], records: Sequence[StepRecord]) 
              f"{results['steps']} steps ({results['time_s']:.0f} s).", "",
              "| | original | compressed | change |", "|---|---:|---:|---:|"]
     metric = results.get("metric", {"name": "top-1", "percent": True})
-    score = metric_format(metric["percent"])
+    score, batches = metric_format(metric["percent"]), results.get("latency", {})
     for key, label, fmt in (("params", "params", "{:,.0f}"), ("flops", "FLOPs", "{:,.0f}"),
-                            ("latency_ms", "latency (ms)", "{:.3f}"), ("val_acc", f"val {metric['name']}", score),
+                            ("latency_ms", f"latency, batch {batches.get('batch', 1)} (ms)", "{:.3f}"),
+                            ("latency_batch_ms", f"latency, batch {batches.get('report_batch', '?')} (ms)", "{:.3f}"),
+                            ("val_acc", f"val {metric['name']}", score),
                             ("test_acc", f"test {metric['name']}", score)):
         if base.get(key) is None or final.get(key) is None:
             continue
         lines.append(f"| {label} | {fmt.format(base[key])} | {fmt.format(final[key])} | "
-                     f"{_change(key, base[key], final[key], metric['percent'])} |")
+                     f"{format_change(key, base[key], final[key], metric['percent'])} |")
     timing = results.get("timing", {})
     if timing.get("eval_s"):
         lines += ["", f"Search overhead: {timing['search_s']:.1f} s besides {timing['eval_s']:.1f} s of "
                       f"candidate evaluation ({timing['search_s'] / timing['eval_s']:.1%})."]
     if records:
         guard = sum(r.guard_resets for r in records)
-        lines += ["", f"Accuracy-guard resets: {guard}. Plots: `plots/sparsity.png`, "
-                      "`plots/accuracy_vs_flops.png`, `plots/widths.png`; per-step log: `steps.csv`."]
+        lines += ["", f"Accuracy-guard resets: {guard}. Everything on one page: `report.html`. Plots: "
+                      "`plots/sparsity.png`, `plots/accuracy_vs_flops.png`, `plots/widths.png`; per-step log: "
+                      "`steps.csv`."]
     return "\n".join(lines) + "\n"
 
 
-def metric_format(percent: bool) -> str:
-    """How a task metric is printed: a percentage (top-1) or a plain number (mIoU, -MSE, ...)."""
-    return "{:.2%}" if percent else "{:.4g}"
-
-
-def _change(key: str, before: float, after: float, percent: bool = True) -> str:
-    if key.endswith("acc"):
-        return f"{100 * (after - before):+.2f} pt" if percent else f"{after - before:+.4g}"
-    return f"{(after - before) / before:+.1%}" if before else "n/a"
+PLOT_FILES = {"sparsity": "sparsity.png", "accuracy": "accuracy_vs_flops.png", "widths": "widths.png"}
 
 
 def write_report(out_dir: str | Path, results: Mapping[str, Any], records: Sequence[StepRecord],
                  original_widths: Mapping[str, int]) -> dict[str, Path]:
-    """results.json, steps logs, the three plots and summary.md; returns their paths by name."""
+    """results.json, steps logs, the three plots, summary.md and report.html; returns their paths by name."""
     out_dir = Path(out_dir)
-    plots = out_dir / "plots"
     paths = dict(zip(("steps_jsonl", "steps_csv"), write_logs(out_dir, records)))
     atomic_write_json(out_dir / "results.json", dict(results))
     paths["results"] = out_dir / "results.json"
+    images: dict[str, bytes] = {}
     if records:
-        paths["sparsity_plot"] = plot_sparsity(records, original_widths, plots / "sparsity.png")
-        paths["accuracy_plot"] = plot_accuracy_vs_flops(records, results["base"], plots / "accuracy_vs_flops.png",
-                                                         results.get("metric"))
-        paths["widths_plot"] = plot_widths(original_widths, records[-1].widths, plots / "widths.png")
+        images = {"sparsity": plot_sparsity(records, original_widths),
+                  "accuracy": plot_accuracy_vs_flops(records, results["base"], results.get("metric")),
+                  "widths": plot_widths(original_widths, records[-1].widths)}
+    for name, data in images.items():
+        paths[f"{name}_plot"] = out_dir / "plots" / PLOT_FILES[name]
+        atomic_write_bytes(paths[f"{name}_plot"], data)
     atomic_write_text(out_dir / "summary.md", summary_markdown(results, records))
     paths["summary"] = out_dir / "summary.md"
+    atomic_write_text(out_dir / "report.html", render_html(results, records, original_widths, images))
+    paths["html"] = out_dir / "report.html"
     return paths

@@ -10,3 +10,10 @@ if ! "$PYTHON" -c "import torch" >/dev/null 2>&1; then
     "$PYTHON" -m pip install "torch==${TORCH_VERSION}" || "$PYTHON" -m pip install torch
 fi
 "$PYTHON" -m pip install -e ".[dev]"
+# timm for the tests of `--model timm:NAME`. Its metadata requires torchvision, which would pull
+# another torch build here, so timm comes without dependencies and its pure-Python ones are listed;
+# the tests supply a torchvision stand-in where the real one cannot be imported (tests/stand_ins).
+if ! "$PYTHON" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('timm') is None)"; then
+    "$PYTHON" -m pip install pyyaml huggingface_hub
+    "$PYTHON" -m pip install --no-deps "timm>=0.9"
+fi

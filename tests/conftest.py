@@ -34,3 +34,29 @@ def tiny_trained(tiny_splits):
         torch.set_num_threads(1)
         train(model, tiny_splits, TrainConfig(epochs=4, lr=0.05, batch_size=16))
     return model
+
+
+STAND_INS = os.path.join(os.path.dirname(__file__), "stand_ins")
+
+
+def torchvision_importable() -> bool:
+    """True when a real torchvision imports here (it has no CPU build on our CI machines)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def library_path():
+    """PYTHONPATH entries that make `torchvision` importable: none when the real one imports, else
+    tests/stand_ins (see its README). Also applied to this process, for in-process tests."""
+    import sys
+
+    if torchvision_importable():
+        return []
+    if STAND_INS not in sys.path:
+        sys.path.insert(0, STAND_INS)
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]  # a half-imported real torchvision
+    return [STAND_INS]

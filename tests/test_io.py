@@ -48,6 +48,47 @@ def tiny_user_net(num_classes: int = 10, in_channels: int = 3, width: int = 16) 
 USER_NET = f"{__name__}:tiny_user_net"
 
 
+class TiedConvNet(nn.Module):
+    """Ties in its own __init__: one kernel applied twice (`b.weight is a.weight`)."""
+
+    def __init__(self, num_classes: int, in_channels: int, width: int) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width),
+                                  nn.ReLU())
+        self.a = nn.Conv2d(width, width, 3, padding=1)
+        self.b = nn.Conv2d(width, width, 3, padding=1)
+        self.b.weight = self.a.weight
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.b(torch.relu(self.a(self.stem(x)))))
+        return self.head(x.mean((2, 3)))
+
+
+class TwoHeadNet(nn.Module):
+    """Builds no ties; the tests tie its heads (and two BatchNorm buffers) after construction."""
+
+    def __init__(self, num_classes: int, in_channels: int, width: int) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width),
+                                  nn.ReLU())
+        self.post = nn.BatchNorm1d(width)
+        self.head1 = nn.Linear(width, num_classes)
+        self.head2 = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.post(self.stem(x).mean((2, 3)))
+        return self.head1(features) + torch.relu(self.head2(features))
+
+
+def tied_conv_net(num_classes: int = 10, in_channels: int = 3, width: int = 16) -> nn.Module:
+    return TiedConvNet(num_classes, in_channels, width)
+
+
+def two_head_net(num_classes: int = 10, in_channels: int = 3, width: int = 16) -> nn.Module:
+    return TwoHeadNet(num_classes, in_channels, width)
+
+
 def _randomise_buffers(model: nn.Module) -> nn.Module:
     """Non-default BN statistics, so that a round trip that drops buffers cannot pass."""
     for module in model.modules():
@@ -156,11 +197,143 @@ def test_half_precision_model_loads_as_half(tmp_path):
         assert torch.equal(tensor, loaded.state_dict()[name]), name
 
 
-def test_tied_weights_are_saved_once_per_name(tmp_path):
+# ----------------------------------------------------------------------------------------------
+# tied tensors: stored once, tied again on load
+# ----------------------------------------------------------------------------------------------
+
+def _tensor(model: nn.Module, name: str) -> torch.Tensor:
+    path, _, attr = name.rpartition(".")
+    return getattr(model.get_submodule(path), attr)
+
+
+def _tied_in_init() -> nn.Module:
+    torch.manual_seed(0)
+    return _randomise_buffers(rlpruner.create_model(f"{__name__}:tied_conv_net", num_classes=3))
+
+
+def _tied_after_construction() -> nn.Module:
+    torch.manual_seed(0)
+    model = _randomise_buffers(rlpruner.create_model(f"{__name__}:two_head_net", num_classes=3))
+    model.head2.weight = model.head1.weight
+    model.post.running_var = model.stem[1].running_var
+    return model
+
+
+# how to build each model, and its ties as (name, first name)
+TIED = {
+    "tied-in-init": (_tied_in_init, [("b.weight", "a.weight")]),
+    "tied-after-construction": (_tied_after_construction, [("head2.weight", "head1.weight"),
+                                                           ("post.running_var", "stem.1.running_var")]),
+}
+
+
+@pytest.mark.parametrize("pruned", [False, True], ids=["plain", "pruned"])
+@pytest.mark.parametrize("case", TIED)
+def test_tied_tensors_are_stored_once_and_load_tied(tmp_path, case, pruned):
+    build, ties = TIED[case]
+    model, x = build(), torch.randn(2, 3, 12, 12)
+    if pruned:
+        model = rlpruner.prune(model, x, ratio=0.5).eval()
+        assert model.stem[0].out_channels < 16
+    assert all(_tensor(model, name) is _tensor(model, first) for name, first in ties)
+    path = rio.save(model, tmp_path / "tied.safetensors")
+    records, stored = rio.read_header(path)["tensors"], safetensors_load(path.read_bytes())
+    assert {n: r["same_as"] for n, r in records.items() if "same_as" in r} == dict(ties)
+    for name, first in ties:
+        assert records[name] == {**records[first], "same_as": first}
+        assert name not in stored and first in stored
+    loaded = rio.load(path, allow_imports=[__name__])
+    for name, first in ties:
+        assert _tensor(loaded, name) is _tensor(loaded, first), name
+    _assert_identical(model, loaded, x)
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in model.parameters())
+    if pruned:
+        assert loaded.stem[0].out_channels == model.stem[0].out_channels
+
+
+def test_tie_made_after_construction_comes_from_the_file(tmp_path):
+    path = rio.save(_tied_after_construction(), tmp_path / "tied.safetensors")
+    fresh = rlpruner.create_model(f"{__name__}:two_head_net", num_classes=3)
+    assert fresh.head1.weight is not fresh.head2.weight  # the architecture alone does not tie
+    loaded = rio.load(path, allow_imports=[__name__])
+    with torch.no_grad():  # one tensor: a change through one name is seen through the other
+        loaded.head1.weight.add_(1.0)
+    assert torch.equal(loaded.head1.weight, loaded.head2.weight)
+    assert [n for n, _ in loaded.named_parameters()].count("head2.weight") == 0
+
+
+def test_tied_zoo_model_round_trips_tied(tmp_path):
     model = _make("simple_cnn", widths=[4, 4, 4])
     model.features[2].conv.weight = model.features[1].conv.weight  # safetensors refuses shared storage
-    loaded = rio.load(rio.save(model, tmp_path / "tied.safetensors"))
+    path = rio.save(model, tmp_path / "tied.safetensors")
+    assert "features.2.conv.weight" not in safetensors_load(path.read_bytes())
+    loaded = rio.load(path)
+    assert loaded.features[2].conv.weight is loaded.features[1].conv.weight
     _assert_identical(model, loaded, torch.randn(2, 3, 16, 16))
+
+
+def test_views_of_one_storage_are_not_ties(tmp_path):
+    model = _make("simple_cnn", widths=[4, 4])
+    out, inp = model.classifier.weight.shape
+    flat = torch.randn(out * inp + out)  # weight and bias: two tensors in one storage
+    model.classifier.weight = nn.Parameter(flat[:out * inp].view(out, inp))
+    model.classifier.bias = nn.Parameter(flat[out * inp:])
+    path = rio.save(model, tmp_path / "views.safetensors")
+    assert not any("same_as" in r for r in rio.read_header(path)["tensors"].values())
+    loaded = rio.load(path)
+    _assert_identical(model, loaded, torch.randn(2, 3, 16, 16))
+    with torch.no_grad():
+        loaded.classifier.bias.zero_()
+    assert loaded.classifier.weight.abs().sum() > 0
+
+
+def _tied_file(tmp_path: Path) -> tuple[Path, dict, dict]:
+    path = rio.save(_tied_in_init(), tmp_path / "tied.safetensors")
+    return path, rio.read_header(path), safetensors_load(path.read_bytes())
+
+
+def _retie(records: dict, name: str, **changes) -> dict:
+    return {**records, name: {**records[name], **changes}}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: _retie(r, "b.weight", same_as="gone.weight"),
+     "tensor 'b.weight': same_as 'gone.weight' does not name another tensor"),
+    (lambda r: _retie(r, "b.weight", same_as="b.weight"),
+     "tensor 'b.weight': same_as 'b.weight' does not name another tensor"),
+    (lambda r: _retie(r, "b.weight", same_as=["a.weight"]),
+     r"tensor 'b.weight': same_as \['a.weight'\] does not name another tensor"),
+    (lambda r: _retie(r, "b.weight", shape=[8, 16, 3, 3]),
+     r"tensor 'b.weight' is float32\[8, 16, 3, 3\] but its same_as 'a.weight' is float32\[16, 16, 3, 3\]"),
+    (lambda r: _retie(r, "b.weight", dtype="float16"),
+     r"tensor 'b.weight' is float16\[16, 16, 3, 3\] but its same_as 'a.weight' is float32"),
+    (lambda r: _retie(_retie(r, "a.bias", same_as="b.bias"), "head.bias", same_as="a.bias"),
+     "tensor 'head.bias': same_as 'a.bias', which is itself same_as 'b.bias'"),
+], ids=["missing", "itself", "not-a-name", "shape", "dtype", "chain"])
+def test_bad_ties_in_a_hand_edited_header_are_refused(tmp_path, edit, message):
+    path, header, tensors = _tied_file(tmp_path)
+    _write_raw(path, tensors, {**header, "tensors": edit(header["tensors"])})
+    with pytest.raises(CheckpointError, match=f"tied.safetensors: bad rlpruner header: {message}"):
+        rio.load(path, allow_imports=[__name__])
+
+
+def test_tied_tensor_stored_twice_or_tied_to_a_buffer_is_refused(tmp_path):
+    path, header, tensors = _tied_file(tmp_path)
+    _write_raw(path, {**tensors, "b.weight": tensors["a.weight"].clone()}, header)
+    with pytest.raises(CheckpointError, match="tied.safetensors: tensor 'b.weight' is stored, but the "
+                       "header records it as the same tensor as 'a.weight'"):
+        rio.load(path, allow_imports=[__name__])
+    records = _retie(header["tensors"], "stem.0.bias", same_as="stem.1.running_mean")
+    stored = {k: t for k, t in tensors.items() if k != "stem.0.bias"}
+    _write_raw(path, stored, {**header, "tensors": records})
+    with pytest.raises(CheckpointError, match="tied.safetensors: tensor 'stem.0.bias' is a parameter "
+                       "but its same_as 'stem.1.running_mean' is a buffer"):
+        rio.load(path, allow_imports=[__name__])
+    # without its same_as, a tied name needs its own data
+    _write_raw(path, tensors, {**header, "tensors": {**header["tensors"], "b.weight": {
+        k: v for k, v in header["tensors"]["b.weight"].items() if k != "same_as"}}})
+    with pytest.raises(CheckpointError, match="tied.safetensors: weights do not match.*missing b.weight"):
+        rio.load(path, allow_imports=[__name__])
 
 
 # ----------------------------------------------------------------------------------------------

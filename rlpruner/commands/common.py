@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,43 @@ THREADS_HELP = "torch CPU threads (default: torch's choice)"
 
 def add_out_argument(parser: argparse.ArgumentParser, help: str, *, default: Any = None,
                      type: Any = None) -> None:
-    """``--out/-o``: where a command writes its result (a file or a run directory)."""
-    parser.add_argument("--out", "-o", default=default, type=type, help=help)
+    """``--out/--output/-o``: where a command writes its result (a file or a run directory)."""
+    parser.add_argument("--out", "--output", "-o", dest="out", default=default, type=type, help=help)
+
+
+MODEL_HELP = ("a checkpoint (from `rlpruner train` / compress / prune), a zoo model name, a library model "
+              "'timm:NAME' or 'torchvision:NAME', or an import path 'package.module:factory'")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model (positional or ``--model``), ``--weights FILE``, ``--partial-weights``, ``--allow-import``."""
+    parser.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
+    parser.add_argument("--model", dest="model_option", default=None, metavar="MODEL",
+                        help="the same as the positional MODEL")
+    add_weights_arguments(parser)
+    add_allow_import_argument(parser)
+
+
+def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--weights FILE`` and ``--partial-weights``: a user's state dict for a model built by name."""
+    parser.add_argument("--weights", type=Path, default=None, metavar="FILE",
+                        help="the model's trained weights: a state dict in .safetensors, or .pth/.pt read "
+                             "with torch.load(weights_only=True) (pickled objects are refused)")
+    parser.add_argument("--partial-weights", action="store_true",
+                        help="load the tensors of --weights that fit and list the rest (e.g. a classifier "
+                             "for another number of classes) instead of refusing")
+
+
+def model_source(args: argparse.Namespace) -> str:
+    """The model named by the positional argument or ``--model`` (exactly one of them)."""
+    positional, option = getattr(args, "model", None), getattr(args, "model_option", None)
+    if positional is not None and option is not None and positional != option:
+        raise ConfigError(f"two models given: {positional!r} and --model {option!r}; give one")
+    source = positional if positional is not None else option
+    if source is None:
+        raise ConfigError("give a model: a checkpoint, a zoo name (see `rlpruner train --help`), "
+                          "timm:NAME, torchvision:NAME or package.module:factory")
+    return source
 
 
 def add_allow_import_argument(parser: argparse.ArgumentParser) -> None:
@@ -104,13 +140,29 @@ def is_checkpoint(source: str) -> bool:
 
 def load_model(source: str, allow_imports: list[str], splits: Splits | None = None
                ) -> tuple[nn.Module, dict]:
-    """(model, checkpoint meta) from a checkpoint path, or a fresh zoo / import-path model sized for `splits`."""
+    """(model, checkpoint meta) from a checkpoint path, or a fresh zoo / library / import-path model
+    sized for `splits`."""
     from ..io import load_checkpoint
     from ..models import create_model
 
     if is_checkpoint(source):
         return load_checkpoint(Path(source), allow_imports=allow_imports)
     return create_model(source, num_classes=splits.num_classes, in_channels=splits.in_channels), {}
+
+
+def check_weights_file(args: argparse.Namespace) -> None:
+    """A missing ``--weights`` file is refused before any data or model is loaded."""
+    weights = getattr(args, "weights", None)
+    if weights is not None and not weights.is_file():
+        raise ConfigError(f"--weights {weights}: no such file")
+
+
+def apply_weights(model: nn.Module, args: argparse.Namespace) -> None:
+    """Load ``--weights`` into a model built by name; prints what did not fit with --partial-weights."""
+    from ..io import load_weights
+
+    report = load_weights(model, args.weights, strict=not args.partial_weights)
+    print(f"weights: {report.describe()}", flush=True)
 
 
 def data_from_args(args: argparse.Namespace, meta: dict, source: str) -> tuple[DataSpec, Splits]:
@@ -127,34 +179,46 @@ class Loaded:
     meta: dict            # the checkpoint's meta; {} for a model built from a name
     spec: DataSpec
     splits: Splits
-    fresh: bool           # built from a zoo name or import path: untrained weights
+    fresh: bool           # built from a name without --weights: untrained weights
+    source: str           # the model as the user named it
 
 
 def load_model_and_data(args: argparse.Namespace, *, seed: int | None = None) -> Loaded:
-    """`args.model` (checkpoint, zoo name or import path) and the data for it.
+    """The model (checkpoint, zoo or library name, import path; ``--weights``) and the data for it.
 
     A checkpoint is read first, so its stored data spec fills in the options not given; a model
-    built from a name is sized for the data (seeded with `seed` when given).
+    built from a name is sized for the data (seeded with `seed` when given), then given --weights.
     """
-    checkpoint = is_checkpoint(args.model)
-    model, meta = load_model(args.model, args.allow_import) if checkpoint else (None, {})
-    spec, splits = data_from_args(args, meta, args.model)
+    source = model_source(args)
+    weights = getattr(args, "weights", None)
+    checkpoint = is_checkpoint(source)
+    if weights is not None and checkpoint:
+        raise ConfigError(f"--weights applies to a model built by name; {source} is a checkpoint that "
+                          "already holds its weights")
+    check_weights_file(args)
+    model, meta = load_model(source, args.allow_import) if checkpoint else (None, {})
+    spec, splits = data_from_args(args, meta, source)
     if model is None:
         if seed is not None:
             torch.manual_seed(seed)
-        model, _ = load_model(args.model, args.allow_import, splits)
-    return Loaded(model, meta, spec, splits, fresh=not checkpoint)
+        model, _ = load_model(source, args.allow_import, splits)
+        if weights is not None:
+            apply_weights(model, args)
+    return Loaded(model, meta, spec, splits, fresh=not checkpoint and weights is None, source=source)
 
 
 def check_fits(model: nn.Module, splits: Splits, device: torch.device, source: str) -> None:
     """One forward pass on real inputs, so a model/dataset mismatch is one clear line, not a traceback."""
     inputs = splits.example_inputs(1).to(device)
+    was_training = model.training
     try:
         with torch.inference_mode():
-            outputs = model(inputs)
-    except RuntimeError as exc:
+            outputs = model.eval()(inputs)
+    except Exception as exc:  # the model's own shape/value errors, whatever their type
         raise ConfigError(f"{source} does not accept {splits.name} inputs of shape {tuple(inputs.shape)}: "
-                          f"{str(exc).splitlines()[0]}") from exc
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    finally:
+        model.train(was_training)
     if outputs.ndim != 2 or outputs.shape[1] != splits.num_classes:
         raise ConfigError(f"{source} outputs shape {tuple(outputs.shape)}, but {splits.name} has "
                           f"{splits.num_classes} classes")
@@ -164,15 +228,24 @@ def check_fits(model: nn.Module, splits: Splits, device: torch.device, source: s
 # Output
 # --------------------------------------------------------------------------------------------------
 
+def command_line(args: argparse.Namespace) -> str | None:
+    """The command line that ran this command, quoted for a shell (None outside `rlpruner.cli.main`)."""
+    argv = getattr(args, "_argv", None)
+    return None if argv is None else shlex.join(["rlpruner", *argv])
+
+
 def print_compress_summary(results: dict) -> None:
     """Before/after table and reductions of a `rlpruner.search.compress` run (accuracy shown in %)."""
     from ..metrics import format_table, human
 
-    rows = []
+    rows, batches = [], results.get("latency", {})
     for label, key in (("original", "base"), ("compressed", "final")):
         row = results[key]
         rows.append({"model": label, "params": human(row["params"]), "FLOPs": human(row["flops"]),
-                     "latency ms": row["latency_ms"], "val top-1": 100 * row["val_acc"]})
+                     f"ms @{batches.get('batch', 1)}": row["latency_ms"]})
+        if row.get("latency_batch_ms") is not None:
+            rows[-1][f"ms @{batches.get('report_batch')}"] = row["latency_batch_ms"]
+        rows[-1]["val top-1"] = 100 * row["val_acc"]
         if row.get("test_acc") is not None:
             rows[-1]["test top-1"] = 100 * row["test_acc"]
     print(format_table(rows))

@@ -10,8 +10,8 @@ from ..allocation import ALLOCATORS
 from ..distill import DistillConfig
 from ..search import STRATEGIES, CompressConfig, RLConfig, Reward, Target
 from ..search.judges import JUDGES
-from .common import (add_allow_import_argument, add_data_arguments, add_out_argument, add_threads_argument,
-                     check_fits, load_model_and_data, print_compress_summary, set_threads)
+from .common import (add_model_arguments, add_data_arguments, add_out_argument, add_threads_argument,
+                     check_fits, command_line, load_model_and_data, print_compress_summary, set_threads)
 
 HELP = "compress a model with RL-Pruner (learned per-layer pruning, KD recovery) to a FLOPs/params/sparsity/latency target"
 
@@ -19,12 +19,10 @@ _BOOL = argparse.BooleanOptionalAction
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="a checkpoint (.rlp from `rlpruner train`), a zoo model name, "
-                                      "or an import path 'package.module:factory'")
+    add_model_arguments(parser)
     add_out_argument(parser, "run directory (default: runs/compress-<model>)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished or killed run in --out")
-    add_allow_import_argument(parser)
     parser.add_argument("--method", choices=ALLOCATORS.names(), default="rl",
                         help="per-layer allocation: rl (the learned distribution), uniform (the same fraction of "
                              "every layer) or global (global L2-magnitude ranking); the baselines run in the same "
@@ -138,6 +136,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--test", action=_BOOL, default=True,
                        help="evaluate the test split once, on the final model (default: %(default)s)")
     group.add_argument("--progress", action=_BOOL, default=None, help="progress bars (default: on a terminal)")
+    group.add_argument("--tensorboard", type=Path, default=None, metavar="DIR",
+                       help="stream per-step scalars and width histograms to TensorBoard event files in DIR "
+                            "(needs the tensorboard package)")
+    group.add_argument("--report-batch", type=int, default=c.report_batch,
+                       help="the report times both models at batch 1 (--latency-batch) and at this batch size "
+                            "(default: %(default)s)")
 
 
 def target_from_args(args: argparse.Namespace) -> Target:
@@ -161,7 +165,8 @@ def config_from_args(args: argparse.Namespace) -> CompressConfig:
                           post_train_period=args.post_train_period, final_epochs=args.final_epochs,
                           keep=tuple(args.keep), eval_batch_size=args.eval_batch_size,
                           latency_batch=args.latency_batch, latency_repeats=args.latency_repeats,
-                          latency_threads=args.latency_threads, seed=args.seed, device=args.device,
+                          latency_threads=args.latency_threads, report_batch=args.report_batch,
+                          seed=args.seed, device=args.device,
                           progress=args.progress, method=args.method)
 
 
@@ -169,19 +174,24 @@ def run(args: argparse.Namespace) -> int:
     from ..search import compress
 
     config = config_from_args(args)
+    if args.tensorboard is not None:
+        from ..search.tensorboard import require_tensorboard
+
+        require_tensorboard()  # before any data or model is loaded
     set_threads(args.threads)
     loaded = load_model_and_data(args, seed=config.seed)
     model, spec, splits = loaded.model, loaded.spec, loaded.splits
     if loaded.fresh:
-        print(f"note: {args.model} is freshly initialised (no trained weights); compress a checkpoint from "
-              "`rlpruner train` for meaningful accuracy", flush=True)
-    check_fits(model, splits, torch.device("cpu"), args.model)
-    out = Path(args.out) if args.out else Path("runs") / f"compress-{Path(args.model).stem.replace(':', '-')}"
-    print(f"compressing {args.model} on {spec.name}: target {config.target.kind} -{config.target.value:.0%}, "
+        print(f"note: {loaded.source} is freshly initialised (no trained weights); compress a checkpoint from "
+              "`rlpruner train`, or give --weights, for meaningful accuracy", flush=True)
+    check_fits(model, splits, torch.device("cpu"), loaded.source)
+    out = Path(args.out) if args.out else Path("runs") / f"compress-{Path(loaded.source).stem.replace(':', '-')}"
+    print(f"compressing {loaded.source} on {spec.name}: target {config.target.kind} -{config.target.value:.0%}, "
           f"method {config.method}, strategy {config.reward.strategy}, run directory {out}", flush=True)
     result = compress(model, splits, config, out_dir=out, resume=args.resume, overwrite=args.overwrite,
                       log=lambda line: print(line, flush=True), evaluate_test=args.test,
-                      meta={"data": spec.resolved(splits).to_dict()})
+                      meta={"data": spec.resolved(splits).to_dict(), "command": command_line(args)},
+                      tensorboard=args.tensorboard)
     print_compress_summary(result.results)
-    print(f"wrote {result.paths['model']}, {result.paths['summary']} and plots in {out / 'plots'}")
+    print(f"wrote {result.paths['model']}; open {result.paths['html']} for the report")
     return 0

@@ -24,7 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="input height [width] (default: from the checkpoint's meta, else 32)")
     parser.add_argument("--channels", type=int, default=None,
                         help="input channels (default: from the checkpoint's meta, else the model's)")
-    parser.add_argument("--batch-size", type=int, default=1, help="batch size baked into the export")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="batch size of the example input (the fixed batch with --static-batch); "
+                             "the export serves any batch and is verified at this one and another")
+    parser.add_argument("--static-batch", dest="dynamic_batch", action="store_false",
+                        help="fix the batch at --batch-size (for a model whose forward hard-codes it)")
     add_allow_import_argument(parser)
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--exporter", choices=ONNX_EXPORTERS, default="auto",
@@ -43,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"exporting {args.checkpoint} ({type(model).__name__}, input {list(shape)}) "
           f"to {args.format}...", flush=True)
     report = export(model, output, args.format, inputs, verify=args.verify, opset=args.opset,
-                    exporter=args.exporter)
+                    exporter=args.exporter, dynamic_batch=args.dynamic_batch)
     print(format_report(report))
     return 0
 
@@ -85,6 +89,7 @@ def format_report(report: ExportReport) -> str:
         ("format", f"{report.format} ({report.exporter})"),
         ("file", str(report.path)),
         ("size", f"{report.size_bytes / 1024:.1f} KiB"),
+        ("batch", _batch_text(report)),
         ("max |diff| vs PyTorch", "not verified" if report.max_abs_diff is None
          else f"{report.max_abs_diff:.3g}"),
         ("latency (exported)", ms(report.latency_ms)),
@@ -92,3 +97,10 @@ def format_report(report: ExportReport) -> str:
     ]
     width = max(len(key) for key, _ in rows)
     return "\n".join(f"{key:<{width}}  {value}" for key, value in rows)
+
+
+def _batch_text(report: ExportReport) -> str:
+    kind = "dynamic" if report.dynamic_batch else "static"
+    if not report.batch_sizes:
+        return f"{kind} (not verified)"
+    return f"{kind} (verified at {', '.join(map(str, report.batch_sizes))})"

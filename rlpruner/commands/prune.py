@@ -9,13 +9,13 @@ import torch
 
 from ..errors import ConfigError
 from ..importance import NAMES as IMPORTANCE_NAMES
-from .common import add_allow_import_argument, add_data_arguments, add_out_argument, load_model_and_data
+from .common import add_model_arguments, add_data_arguments, add_out_argument, load_model_and_data
 
 HELP = "one-shot pruning: trace the model, remove the least important channels, save the smaller model"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="checkpoint file, zoo model name, or package.module:factory")
+    add_model_arguments(parser)
     parser.add_argument("--ratio", type=float, default=None,
                         help="fraction of the units of every prunable group to remove, in [0, 1)")
     parser.add_argument("--ratios", default=None, metavar="JSON",
@@ -31,7 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true",
                         help="fail on an operation with unknown channel semantics instead of freezing it")
     parser.add_argument("--show-groups", action="store_true", help="print the coupled channel groups and exit")
-    add_allow_import_argument(parser)
     add_out_argument(parser, "where to save the pruned model (default: <model>-pruned.safetensors)")
     add_data_arguments(parser, defaults=False)
 
@@ -54,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     prune(model, example, ratio, importance=args.importance, keep=args.keep, round_to=args.round_to,
           data=data, strict=args.strict)
     after = count(model, example)
-    output = Path(args.out) if args.out else Path(f"{Path(args.model).stem.replace(':', '-')}-pruned.safetensors")
+    output = Path(args.out) if args.out else Path(f"{Path(loaded.source).stem.replace(':', '-')}-pruned.safetensors")
     io.save(model, output, meta={**meta, "data": spec.resolved(splits).to_dict(),
                                  "pruning": {"ratio": ratio, "importance": args.importance}})
     rows = [{"model": label, "params": human(c.params), "FLOPs": human(c.flops)}

@@ -14,7 +14,8 @@ import torch
 from ..data import Splits
 from ..errors import ConfigError
 from ..train import EpochStats, TrainConfig, TrainResult, resolve_device
-from .common import add_data_arguments, add_out_argument, add_threads_argument, data_spec_from_args, set_threads
+from .common import (add_data_arguments, add_out_argument, add_threads_argument, add_weights_arguments, apply_weights,
+                     check_weights_file, data_spec_from_args, set_threads)
 
 HELP = "train a model on a dataset and save the best-on-validation checkpoint"
 
@@ -35,7 +36,9 @@ TRAIN_OPTIONS = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="resnet20",
-                        help="zoo model name or 'package.module:factory' (default: %(default)s)")
+                        help="zoo model name, 'timm:NAME', 'torchvision:NAME' or 'package.module:factory' "
+                             "(default: %(default)s)")
+    add_weights_arguments(parser)
     add_data_arguments(parser)
     defaults = TrainConfig()
     group = parser.add_argument_group("training")
@@ -101,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     resolve_device(config.device)
     set_threads(args.threads)
     checkpoint, history_path = output_paths(args)
+    check_weights_file(args)
     spec = data_spec_from_args(args)
     splits = spec.load()
     spec = spec.resolved(splits)
@@ -112,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
 
     torch.manual_seed(config.seed)
     model = create_model(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels)
+    if args.weights is not None:  # fine-tune from the user's weights
+        apply_weights(model, args)
     counts = count(model, splits.example_inputs(1))
     print(describe(args.model, splits, counts.params, counts.flops, config.epochs), flush=True)
     meta = {"model": args.model, "data": spec.to_dict(), "train": asdict(config)}

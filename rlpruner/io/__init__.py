@@ -3,6 +3,7 @@
     atomic.py     atomic_write(path) and its bytes/text/JSON forms: a file is complete or absent
     saved.py      save / load / load_checkpoint / read_header: the saved-model format
     exporting.py  export(model, path, "onnx" | "torchscript", example_inputs), verified before writing
+    weights.py    load_weights(model, "w.safetensors" | "w.pth"): a user's state dict, never unpickled
 
     from rlpruner.io import save, load
     save(pruned, "small.safetensors", meta={"epoch": 3})
@@ -12,7 +13,9 @@ from .atomic import atomic_write, atomic_write_bytes, atomic_write_json, atomic_
 from .exporting import EXPORT_FORMATS, ONNX_EXPORTERS, ExportReport, export
 from .saved import (FORMAT_NAME, FORMAT_VERSION, METADATA_KEY, import_allowed, load, load_checkpoint,
                     read_header, save)
+from .weights import WeightsReport, load_weights, read_state_dict
 
 __all__ = ["EXPORT_FORMATS", "FORMAT_NAME", "FORMAT_VERSION", "METADATA_KEY", "ONNX_EXPORTERS",
            "ExportReport", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-           "export", "import_allowed", "load", "load_checkpoint", "read_header", "save"]
+           "export", "import_allowed", "load", "load_checkpoint", "load_weights", "read_header",
+           "read_state_dict", "save", "WeightsReport"]

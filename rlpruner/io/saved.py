@@ -4,21 +4,21 @@ A saved model is ONE safetensors file. Its tensors are the model's state_dict; i
 metadata holds one key, ``"rlpruner"``, whose value is a JSON document (the *header*)::
 
     {"format": "rlpruner.model", "version": 1,
-     "spec": {"source": "zoo" | "import", "name": "...", "kwargs": {...}},
+     "spec": {"source": "zoo" | "import" | "timm" | "torchvision", "name": "...", "kwargs": {...}},
      "tensors": {"conv1.weight": {"shape": [12, 3, 3, 3], "dtype": "float32"}, ...},
      "meta": {...}}
 
 ``spec`` says how to build the *original* architecture (`rlpruner.models.model_from_spec`);
 ``tensors`` lists the shape and dtype of every parameter and buffer (non-persistent buffers too), so a
 pruned model is rebuilt by building the original and shrinking the tensors that differ
-(`rlpruner.surgery.reshape_to`). Training checkpoints use the same format: nothing differs, nothing
-is shrunk. See docs/saving.md for the security rules.
+(`rlpruner.surgery.reshape_to`). Training checkpoints use the same format. Tied tensors are stored
+once, their other names say ``"same_as"`` (rlpruner.io.ties). Security rules: docs/saving.md.
 """
 from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from torch import nn
 from ..errors import CheckpointError, RLPrunerError
 from ..models.registry import SPEC_ATTR, model_from_spec, spec_problem
 from .atomic import PathLike, atomic_write_bytes, json_default
+from .ties import find_ties, named_tensors, retie, ties_problem
 
 FORMAT_NAME = "rlpruner.model"
 FORMAT_VERSION = 1
@@ -58,12 +59,13 @@ def save(model: nn.Module, path: PathLike, *, meta: Mapping[str, Any] | None = N
 
     path = Path(path)
     spec = _spec_for_save(model, spec, path)
-    tensors = _state_tensors(model, path)
+    records = _tensor_records(model)
+    tensors = _state_tensors(model, records, path)
     header = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "spec": spec,
-        "tensors": _tensor_records(model),
+        "tensors": records,
         "meta": dict(meta or {}),
     }
     try:
@@ -88,11 +90,16 @@ def _spec_for_save(model: nn.Module, spec: Mapping[str, Any] | None, path: Path)
     return json.loads(json.dumps(dict(spec)))  # a plain, detached copy
 
 
-def _state_tensors(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
-    """The state_dict as contiguous CPU tensors, un-sharing tied ones (safetensors refuses sharing)."""
+def _state_tensors(model: nn.Module, records: dict[str, dict], path: Path) -> dict[str, torch.Tensor]:
+    """The state_dict as contiguous CPU tensors, each tied tensor once (under its first name).
+
+    Distinct tensors that share storage (views of one buffer) are cloned: safetensors refuses sharing.
+    """
     tensors: dict[str, torch.Tensor] = {}
     storages: set[int] = set()
     for name, value in model.state_dict().items():
+        if "same_as" in records.get(name, {}):
+            continue
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"cannot save {path}: {name!r} is extra state of type "
                                   f"{type(value).__name__}, not a tensor")
@@ -108,15 +115,14 @@ def _state_tensors(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _named_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every parameter and buffer by qualified name, including non-persistent buffers and tied names."""
-    yield from model.named_parameters(remove_duplicate=False)
-    yield from model.named_buffers(remove_duplicate=False)
-
-
 def _tensor_records(model: nn.Module) -> dict[str, dict]:
-    return {name: {"shape": list(t.shape), "dtype": _dtype_name(t.dtype)}
-            for name, t in _named_tensors(model)}
+    records: dict[str, dict] = {}
+    ties = find_ties(model)
+    for name, t in named_tensors(model):
+        records[name] = {"shape": list(t.shape), "dtype": _dtype_name(t.dtype)}
+        if name in ties:
+            records[name]["same_as"] = ties[name]
+    return records
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -192,14 +198,14 @@ def _records_problem(records: Any) -> str | None:
     if not isinstance(records, dict) or not records:
         return "tensors must be a non-empty object"
     for name, record in records.items():
-        if not isinstance(record, dict) or set(record) != {"shape", "dtype"}:
-            return f"tensor {name!r}: record must have exactly shape and dtype"
+        if not isinstance(record, dict) or set(record) - {"same_as"} != {"shape", "dtype"}:
+            return f"tensor {name!r}: record must have exactly shape and dtype, and optionally same_as"
         shape = record["shape"]
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             return f"tensor {name!r}: shape must be a list of non-negative ints, not {shape!r}"
         if record["dtype"] not in _DTYPES:
             return f"tensor {name!r}: unsupported dtype {record['dtype']!r}"
-    return None
+    return ties_problem(records)
 
 
 def _read_tensors(data: bytes, header: dict, path: Path) -> dict[str, torch.Tensor]:
@@ -215,6 +221,9 @@ def _read_tensors(data: bytes, header: dict, path: Path) -> dict[str, torch.Tens
         record = records.get(name)
         if record is None:
             raise CheckpointError(f"{path}: tensor {name!r} is not listed in the header")
+        if "same_as" in record:
+            raise CheckpointError(f"{path}: tensor {name!r} is stored, but the header records it as "
+                                  f"the same tensor as {record['same_as']!r}, which holds its data")
         if list(tensor.shape) != record["shape"] or _dtype_name(tensor.dtype) != record["dtype"]:
             raise CheckpointError(
                 f"{path}: tensor {name!r} is {_dtype_name(tensor.dtype)}{list(tensor.shape)} but the "
@@ -255,7 +264,7 @@ def load_checkpoint(path: PathLike, *, allow_imports: Iterable[str] = (),
     _check_allowed(spec, tuple(allow_imports), path)
     model = _build(spec, path)
     _match_architecture(model, header["tensors"], path)
-    _load_weights(model, tensors, path)
+    _load_weights(model, tensors, header["tensors"], path)
     setattr(model, SPEC_ATTR, spec)
     model = model.to(device).eval()
     if example_inputs is not None:
@@ -307,13 +316,14 @@ def _build(spec: dict, path: Path) -> nn.Module:
 
 
 def _match_architecture(model: nn.Module, records: dict, path: Path) -> None:
-    """Shrink the freshly built model to the recorded shapes and dtypes, or refuse."""
-    built = dict(_named_tensors(model))
+    """Tie the freshly built model as recorded, shrink it to the recorded shapes and dtypes, or refuse."""
+    built = dict(named_tensors(model))
     missing, extra = sorted(set(built) - set(records)), sorted(set(records) - set(built))
     if missing or extra:
         raise CheckpointError(f"{path}: the file does not match {type(model).__name__}: "
                               f"missing {_few(missing)}, unexpected {_few(extra)}")
-    shapes = _shrunk_shapes(built, records, path)
+    retie(model, records, path)  # before shrinking, so that a tied tensor is shrunk once, everywhere
+    shapes = _shrunk_shapes(dict(named_tensors(model)), records, path)
     if shapes:
         from ..surgery import reshape_to
 
@@ -323,7 +333,7 @@ def _match_architecture(model: nn.Module, records: dict, path: Path) -> None:
             raise CheckpointError(f"{path}: cannot shrink {type(model).__name__} to the saved "
                                   f"shapes: {exc}") from exc
     _cast_dtypes(model, records, path)
-    for name, tensor in _named_tensors(model):
+    for name, tensor in named_tensors(model):
         record = records[name]
         if list(tensor.shape) != record["shape"] or _dtype_name(tensor.dtype) != record["dtype"]:
             raise CheckpointError(
@@ -333,9 +343,16 @@ def _match_architecture(model: nn.Module, records: dict, path: Path) -> None:
 
 def _shrunk_shapes(built: dict[str, torch.Tensor], records: dict, path: Path
                    ) -> dict[str, tuple[int, ...]]:
-    """Recorded shapes that differ from the built ones; pruning only ever shrinks dimensions."""
+    """Recorded shapes that differ from the built ones; pruning only ever shrinks dimensions.
+
+    A tensor with several names is listed once, under its first: shrinking replaces it everywhere.
+    """
     shapes = {}
+    seen: set[int] = set()
     for name, tensor in built.items():
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
         want = tuple(records[name]["shape"])
         if want == tuple(tensor.shape):
             continue
@@ -349,7 +366,7 @@ def _shrunk_shapes(built: dict[str, torch.Tensor], records: dict, path: Path
 
 def _cast_dtypes(model: nn.Module, records: dict, path: Path) -> None:
     """Floating tensors may have been cast (e.g. model.half()); any other dtype change is refused."""
-    for name, tensor in _named_tensors(model):
+    for name, tensor in named_tensors(model):
         want = _DTYPES[records[name]["dtype"]]
         if tensor.dtype == want:
             continue
@@ -359,8 +376,11 @@ def _cast_dtypes(model: nn.Module, records: dict, path: Path) -> None:
         tensor.data = tensor.data.to(want)
 
 
-def _load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+def _load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], records: dict, path: Path) -> None:
     expected = set(model.state_dict())
+    # a tied model's state_dict lists every name of a tied tensor; the file stores its data once
+    tensors = {**tensors, **{name: tensors[r["same_as"]] for name, r in records.items()
+                             if "same_as" in r and name in expected and r["same_as"] in tensors}}
     missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
     if missing or extra:
         raise CheckpointError(f"{path}: weights do not match the architecture: "

@@ -1,4 +1,5 @@
-"""One registry of model factories, and `create_model`: a zoo name or a ``package.module:factory`` path.
+"""One registry of model factories, and `create_model`: a zoo name, a library model (``timm:resnet18``,
+``torchvision:resnet18``, see `rlpruner.models.hubs`) or a ``package.module:factory`` path.
 
 Every model built here carries ``model.rlpruner_spec``, a JSON-able dict saying how to rebuild the
 original architecture; `model_from_spec` is its inverse (used when loading saved models).
@@ -15,11 +16,12 @@ from typing import Any
 from torch import nn
 
 from rlpruner.errors import CheckpointError, ConfigError
+from rlpruner.models.hubs import HUBS, hub_of
 from rlpruner.registry import Registry
 
 Factory = Callable[..., nn.Module]
 SPEC_ATTR = "rlpruner_spec"
-SPEC_SOURCES = ("zoo", "import")
+SPEC_SOURCES = ("zoo", "import")  # plus the prefix of every model library in hubs.HUBS
 _REQUIRED_OPTIONS = ("num_classes", "in_channels")
 
 
@@ -27,7 +29,8 @@ class ModelRegistry(Registry[Factory]):
     """Maps a model name to ``factory(num_classes=, in_channels=, **options) -> nn.Module``."""
 
     def __init__(self) -> None:
-        super().__init__("model", hint="; or give an import path 'package.module:factory'")
+        super().__init__("model", hint="; or give a library model 'timm:NAME' / 'torchvision:NAME', or an "
+                                       "import path 'package.module:factory'")
 
     def check(self, name: str, factory: Factory) -> None:
         missing = [p for p in _REQUIRED_OPTIONS if not _accepts(factory, p)]
@@ -51,19 +54,29 @@ def list_models() -> list[str]:
 
 
 def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs: Any) -> nn.Module:
-    """Build a zoo model by name, or call the factory at ``"package.module:factory"``.
+    """Build a zoo model by name, a library model (``"timm:resnet18"``, ``"torchvision:resnet18"``), or
+    call the factory at ``"package.module:factory"``.
 
     Import-path factories receive ``num_classes``/``in_channels`` only when their signature accepts
-    them. Extra keyword options must be JSON values: they are recorded in ``model.rlpruner_spec``.
+    them. Extra keyword options must be JSON values: they are recorded in ``model.rlpruner_spec``
+    (a library's weight-choosing options, such as timm's ``pretrained``, are passed on, not recorded).
     """
     if not isinstance(name, str) or not name:
         raise ConfigError(f"model name must be a non-empty string, not {name!r}")
     num_classes = _positive_int("num_classes", num_classes)
     in_channels = _positive_int("in_channels", in_channels)
-    options = _json_options(name, kwargs)
-    source = "import" if ":" in name else "zoo"
-    factory = _resolve_import_path(name) if source == "import" else MODELS.get(name)
-    model = _call_factory(name, factory, num_classes, in_channels, kwargs)
+    hub = hub_of(name)
+    if hub is not None:
+        options = _json_options(name, hub.recorded(kwargs))
+        model = hub.create(name, num_classes, in_channels, kwargs)
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model {name!r} is a {type(model).__name__}, not a torch.nn.Module")
+        source = hub.prefix
+    else:
+        options = _json_options(name, kwargs)
+        source = "import" if ":" in name else "zoo"
+        factory = _resolve_import_path(name) if source == "import" else MODELS.get(name)
+        model = _call_factory(name, factory, num_classes, in_channels, kwargs)
     spec = {"source": source, "name": name,
             "kwargs": {"num_classes": num_classes, "in_channels": in_channels, **options}}
     setattr(model, SPEC_ATTR, spec)
@@ -98,12 +111,16 @@ def spec_problem(spec: Any) -> str | None:
     if set(spec) != {"source", "name", "kwargs"}:
         return f"keys must be exactly source, name, kwargs (got {', '.join(sorted(map(str, spec)))})"
     source, name, kwargs = spec["source"], spec["name"], spec["kwargs"]
-    if source not in SPEC_SOURCES:
-        return f"source must be one of {', '.join(SPEC_SOURCES)}, not {source!r}"
+    sources = (*SPEC_SOURCES, *HUBS.names())
+    if source not in sources:
+        return f"source must be one of {', '.join(sources)}, not {source!r}"
     if not isinstance(name, str) or not name:
         return f"name must be a non-empty string, not {name!r}"
-    if (source == "import") != (":" in name):
-        return f"source {source!r} does not match name {name!r} (import paths contain ':')"
+    hub = hub_of(name)
+    expected = hub.prefix if hub else ("import" if ":" in name else "zoo")
+    if source != expected:
+        return (f"source {source!r} does not match name {name!r}, which is a {expected!r} name (import "
+                "paths contain ':', library models are named 'library:model')")
     if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
         return "kwargs must be a mapping with string keys"
     for key in _REQUIRED_OPTIONS:

@@ -29,7 +29,7 @@ from ..graph import trace
 from ..models.registry import SPEC_ATTR
 from ..report import StepRecord, write_logs
 from ..surgery import prune_channels
-from .config import CompressConfig
+from .config import PRESENTATION_OPTIONS, CompressConfig
 from .context import Context
 
 
@@ -157,7 +157,7 @@ def _check_same_config(config: CompressConfig, saved: Mapping[str, Any], path: P
         for key, value in data.items():
             if isinstance(value, Mapping):
                 out.update(flat(value, f"{prefix}{key}."))
-            elif not key.endswith("progress"):
+            elif key not in PRESENTATION_OPTIONS:
                 out[prefix + key] = value
         return out
 

@@ -147,6 +147,10 @@ class RLConfig:
         return policy.capacity(np.asarray(sizes), self.min_keep, self.round_to)
 
 
+# Options a run may be resumed with different values of: they change what is shown, not what is searched.
+PRESENTATION_OPTIONS = ("progress", "report_batch")
+
+
 @dataclass(frozen=True)
 class CompressConfig:
     target: Target = field(default_factory=Target)
@@ -161,6 +165,7 @@ class CompressConfig:
     latency_repeats: int = 20
     latency_warmup: int = 3
     latency_threads: int | None = 1      # single-threaded timing is stable on a busy machine; None: torch's
+    report_batch: int = 32               # the report also times both models at this batch size
     seed: int = 0
     device: str = "cpu"
     progress: bool | None = None         # tqdm bars; None: only on a terminal
@@ -173,6 +178,7 @@ class CompressConfig:
                                        ("final_epochs", self.final_epochs, 0),
                                        ("eval_batch_size", self.eval_batch_size, 1),
                                        ("latency_batch", self.latency_batch, 1),
+                                       ("report_batch", self.report_batch, 1),
                                        ("latency_repeats", self.latency_repeats, 1),
                                        ("latency_warmup", self.latency_warmup, 0),
                                        ("latency_threads", self.latency_threads or 1, 1)):

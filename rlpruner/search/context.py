@@ -104,10 +104,16 @@ def seeded(ctx: Context, *keys: int) -> Iterator[None]:
         yield
 
 
-def measure_ms(config: CompressConfig, model: nn.Module, example: torch.Tensor, device: torch.device) -> float:
-    return metrics.measure_latency(model, example, batch_size=config.latency_batch, warmup=config.latency_warmup,
-                                   repeats=config.latency_repeats, device=device,
-                                   threads=config.latency_threads).median_ms
+REPORT_TIMING_S = 3.0  # per model, for the report's second batch size
+
+
+def measure_ms(config: CompressConfig, model: nn.Module, example: torch.Tensor, device: torch.device,
+               batch_size: int | None = None) -> float:
+    """Median latency at `config.latency_batch`, or at `batch_size` within a few seconds (the report's)."""
+    budget = None if batch_size is None else REPORT_TIMING_S
+    return metrics.measure_latency(model, example, batch_size=batch_size or config.latency_batch,
+                                   warmup=config.latency_warmup, repeats=config.latency_repeats, device=device,
+                                   threads=config.latency_threads, max_seconds=budget).median_ms
 
 
 def first_units(names: tuple[str, ...], counts: np.ndarray) -> dict[str, np.ndarray]:

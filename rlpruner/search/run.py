@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -18,7 +19,7 @@ from ..errors import CheckpointError, ConfigError, Interrupted
 from ..graph import trace
 from ..io.lock import directory_lock
 from ..models.registry import SPEC_ATTR
-from ..report import StepRecord, metric_format, write_report
+from ..report import StepRecord, metric_format, summary_markdown, write_report
 from ..task import Forward, Loss, Metric, Task
 from .checkpoint import (
     State,
@@ -31,6 +32,7 @@ from .config import CompressConfig, Target
 from .context import FINAL, OVERHEAD_KEYS, Context, measure_ms, prepare
 from .signals import stop_signals
 from .step import distill_for, run_step, step_line
+from .tensorboard import TensorBoardLog, require_tensorboard
 
 
 @dataclass
@@ -46,7 +48,7 @@ def compress(model: nn.Module, data: Any, config: CompressConfig | None = None, 
              loss: Loss | None = None, forward: Forward | None = None, resume: bool = False,
              overwrite: bool = False, log: Callable[[str], None] | None = None,
              on_step: Callable[[StepRecord], None] | None = None, evaluate_test: bool = True,
-             meta: Mapping[str, Any] | None = None) -> CompressResult:
+             meta: Mapping[str, Any] | None = None, tensorboard: str | Path | None = None) -> CompressResult:
     """Compress `model` with RL-Pruner until the target is met; returns the recovered model.
 
         result = compress(model, (train_loader, val_loader), target="flops:0.5", metric=miou,
@@ -65,7 +67,9 @@ def compress(model: nn.Module, data: Any, config: CompressConfig | None = None, 
     the final model (model.rlp). `resume=True` continues the run saved in `out_dir`;
     a fresh run refuses a directory holding another run unless `overwrite`. `log` receives one line
     per step; `on_step` is called with each step's record after its checkpoint is written. `meta`
-    is added to the saved model's metadata (e.g. the data spec). The input model is not modified.
+    is added to the saved model's metadata (e.g. the data spec). `tensorboard` is a directory that
+    receives TensorBoard events as the run goes (rlpruner.search.tensorboard). The input model is
+    not modified.
     """
     config = config or CompressConfig()
     if target is not None:
@@ -74,7 +78,9 @@ def compress(model: nn.Module, data: Any, config: CompressConfig | None = None, 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"output directory {out_dir} is a file")
-    with directory_lock(out_dir, "compression run"):
+    if tensorboard is not None:
+        require_tensorboard()
+    with directory_lock(out_dir, "compression run"), contextlib.ExitStack() as cleanup:
         _check_out_dir(out_dir, resume, overwrite)
         ctx = prepare(model, data, config, out_dir, log or (lambda line: None), task)
         if not resume:
@@ -82,12 +88,19 @@ def compress(model: nn.Module, data: Any, config: CompressConfig | None = None, 
         state = resumed_state(ctx) if resume else fresh_state(ctx)
         if resume:
             ctx.log(f"resuming {out_dir} after step {state.step}")
+        board = None
+        if tensorboard is not None:
+            board = TensorBoardLog(tensorboard, ctx.original_sizes, ctx.base, ctx.task.metric_name,
+                                   resumed_after=state.step)
+            cleanup.callback(board.close)
         with stop_signals(ctx.log) as stop:
             while not state.done:
                 state = run_step(ctx, state)
                 with ctx.timer("checkpoint"):
                     save_checkpoint(ctx, state)
                 ctx.log(step_line(state.records[-1]))
+                if board is not None:
+                    board.step(state.records[-1])
                 if on_step is not None:
                     on_step(state.records[-1])
                 if stop.requested:
@@ -95,11 +108,14 @@ def compress(model: nn.Module, data: Any, config: CompressConfig | None = None, 
                                       "resume it with --resume (Python: resume=True)")
             stop.at_once = True  # the final phase is redone from the last checkpoint on resume
             try:
-                return _finish(ctx, state, evaluate_test, dict(meta or {}))
+                result = _finish(ctx, state, evaluate_test, dict(meta or {}))
             except KeyboardInterrupt:
                 raise Interrupted(f"stopped by {stop.requested or 'SIGINT'} during the final fine-tune; {out_dir} holds "
                                   "every step: resume it with --resume (Python: resume=True) to redo the final "
                                   "phase") from None
+            if board is not None:
+                board.finish(result.results, summary_markdown(result.results, result.records))
+            return result
 
 
 def _check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -130,6 +146,9 @@ def _finish(ctx: Context, state: State, evaluate_test: bool, meta: dict[str, Any
              "latency_ms": measure_ms(ctx.config, model, ctx.data.example, ctx.device)}
     base = {k: ctx.base[k] for k in ("params", "flops", "val_acc")}
     base["latency_ms"] = measure_ms(ctx.config, ctx.original, ctx.data.example, ctx.device)
+    for row, timed in ((base, ctx.original), (final, model)):
+        row["latency_batch_ms"] = measure_ms(ctx.config, timed, ctx.data.example, ctx.device,
+                                             batch_size=ctx.config.report_batch)
     test = ctx.data.source.test(ctx.config.eval_batch_size) if evaluate_test else None
     if test is not None:
         test = OnDevice(test, ctx.device)
@@ -140,6 +159,7 @@ def _finish(ctx: Context, state: State, evaluate_test: bool, meta: dict[str, Any
         meta.update(input_shape=ctx.data.input_shape)
     meta.update(compress={"target": ctx.config.to_dict()["target"], "steps": state.step})
     results = _results(ctx, state, base, final, model_path, time.perf_counter() - start)
+    results["command"] = meta.get("command")  # the CLI's command line, shown in the report
     try:
         write_weights(model, model_path, meta)
         paths = write_report(ctx.out_dir, results, state.records, ctx.original_sizes)
@@ -173,6 +193,8 @@ def _results(ctx: Context, state: State, base: dict, final: dict, model_path: Pa
         "reached": {"sparsity": state.records[-1].sparsity if state.records else 0.0,
                     "flops": 1.0 - final["flops"] / base["flops"], "params": 1.0 - final["params"] / base["params"],
                     "latency": 1.0 - final["latency_ms"] / base["latency_ms"]},
+        "latency": {"batch": ctx.config.latency_batch, "report_batch": ctx.config.report_batch,
+                    "threads": ctx.config.latency_threads, "device": str(ctx.device)},
         "steps": state.step, "time_s": timing.get("wall_s", 0.0) + final_s + checkpoint_s,
         "base": base, "final": final, "model_path": model_path.name,
         "timing": {"eval_s": eval_s, "search_s": search_s, "overhead": search_s / eval_s if eval_s else None,
