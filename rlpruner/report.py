@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .report_html import format_change, metric_format, render_html
+from .report_html import comparison_rows, render_html
 
 
 @dataclass(frozen=True)
@@ -172,22 +172,12 @@ def plot_widths(original: Mapping[str, int], final: Mapping[str, int]) -> bytes:
 def summary_markdown(results: Mapping[str, Any], records: Sequence[StepRecord]) -> str:
     """A short human summary; `results` holds 'base' and 'final' dicts (params, flops, val_acc,
     optional latency_ms and test_acc) plus 'target', 'steps', 'time_s' and 'timing'."""
-    base, final = results["base"], results["final"]
     lines = [f"# RL-Pruner compression: {results.get('model', 'model')} on {results.get('dataset', 'data')}", "",
              f"Target: {results['target']['kind']} reduction {results['target']['value']:.1%}, reached in "
              f"{results['steps']} steps ({results['time_s']:.0f} s).", "",
              "| | original | compressed | change |", "|---|---:|---:|---:|"]
-    metric = results.get("metric", {"name": "top-1", "percent": True})
-    score, batches = metric_format(metric["percent"]), results.get("latency", {})
-    for key, label, fmt in (("params", "params", "{:,.0f}"), ("flops", "FLOPs", "{:,.0f}"),
-                            ("latency_ms", f"latency, batch {batches.get('batch', 1)} (ms)", "{:.3f}"),
-                            ("latency_batch_ms", f"latency, batch {batches.get('report_batch', '?')} (ms)", "{:.3f}"),
-                            ("val_acc", f"val {metric['name']}", score),
-                            ("test_acc", f"test {metric['name']}", score)):
-        if base.get(key) is None or final.get(key) is None:
-            continue
-        lines.append(f"| {label} | {fmt.format(base[key])} | {fmt.format(final[key])} | "
-                     f"{format_change(key, base[key], final[key], metric['percent'])} |")
+    lines += [f"| {label} | {before} | {after} | {change} |" for label, before, after, change
+              in comparison_rows(results, short=True)]
     timing = results.get("timing", {})
     if timing.get("eval_s"):
         lines += ["", f"Search overhead: {timing['search_s']:.1f} s besides {timing['eval_s']:.1f} s of "

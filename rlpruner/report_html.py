@@ -59,7 +59,7 @@ def render_html(results: Mapping[str, Any], records: Sequence[Any], original_wid
         f"<p class='sub'>Method <b>{escape(str(results.get('method', 'rl')))}</b>, target: remove "
         f"{target['value']:.1%} of the {escape(target['kind'])}; {results['steps']} steps in "
         f"{results['time_s']:.0f} s.</p>",
-        "<h2>Before and after</h2>", _summary_table(results, metric),
+        "<h2>Before and after</h2>", _summary_table(results),
         "<h2>Plots</h2>", *_figures(images),
         "<h2>Per-group widths</h2>", _widths_table(results, original_widths),
         "<h2>Steps</h2>", _steps_table(records, metric),
@@ -85,26 +85,31 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequen
     return "".join(lines)
 
 
-def _summary_table(results: Mapping[str, Any], metric: Mapping[str, Any]) -> str:
+def comparison_rows(results: Mapping[str, Any], *, short: bool = False) -> list[tuple[str, str, str, str]]:
+    """(label, original, compressed, change) for every measurement both models have: the before/after
+    table of report.html and (with the `short` labels "params" and "val") of summary.md."""
     base, final = results["base"], results["final"]
-    timing = results.get("latency", {})
+    metric = results.get("metric", {"name": "top-1", "percent": True})
+    batches = results.get("latency", {})
     score = metric_format(metric["percent"])
-    rows = []
-    specs = (("params", "parameters", "{:,.0f}"), ("flops", "FLOPs", "{:,.0f}"),
-             ("latency_ms", f"latency, batch {timing.get('batch', 1)} (ms)", "{:.3f}"),
-             ("latency_batch_ms", f"latency, batch {timing.get('report_batch', '?')} (ms)", "{:.3f}"),
-             ("val_acc", f"validation {metric['name']}", score), ("test_acc", f"test {metric['name']}", score))
-    for key, label, fmt in specs:
-        if base.get(key) is None or final.get(key) is None:
-            continue
-        rows.append((label, fmt.format(base[key]), fmt.format(final[key]),
-                     format_change(key, base[key], final[key], metric["percent"])))
+    params, val = ("params", "val") if short else ("parameters", "validation")
+    specs = (("params", params, "{:,.0f}"), ("flops", "FLOPs", "{:,.0f}"),
+             ("latency_ms", f"latency, batch {batches.get('batch', 1)} (ms)", "{:.3f}"),
+             ("latency_batch_ms", f"latency, batch {batches.get('report_batch', '?')} (ms)", "{:.3f}"),
+             ("val_acc", f"{val} {metric['name']}", score), ("test_acc", f"test {metric['name']}", score))
+    return [(label, fmt.format(base[key]), fmt.format(final[key]),
+             format_change(key, base[key], final[key], metric["percent"]))
+            for key, label, fmt in specs if base.get(key) is not None and final.get(key) is not None]
+
+
+def _summary_table(results: Mapping[str, Any]) -> str:
+    timing = results.get("latency", {})
     where = ""
     if timing:
         threads = timing.get("threads")
         where = (f"<p class='sub'>Latency: median forward pass on {escape(str(timing.get('device', 'cpu')))}"
                  f"{f', {threads} thread(s)' if threads else ''}, eval mode, same run for both models.</p>")
-    return _table(("", "original", "compressed", "change"), rows, (False, True, True, True),
+    return _table(("", "original", "compressed", "change"), comparison_rows(results), (False, True, True, True),
                   table_id="summary") + where
 
 

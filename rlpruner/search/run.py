@@ -19,7 +19,8 @@ from ..errors import CheckpointError, ConfigError, Interrupted
 from ..graph import trace
 from ..io.lock import directory_lock
 from ..models.registry import SPEC_ATTR
-from ..report import StepRecord, metric_format, summary_markdown, write_report
+from ..report import StepRecord, summary_markdown, write_report
+from ..report_html import metric_format
 from ..task import Forward, Loss, Metric, Task
 from .checkpoint import (
     State,
