@@ -19,6 +19,7 @@ from .errors import ConfigError, PruningError
 from .graph import DependencyGraph, trace, validate_forward
 from .graph.rules import RuleLike
 from .importance import Calibration, Importance, get, lowest
+from .isolate import breaking_groups, frozen_reasons, warn_frozen
 from .surgery import Fixups, prune_channels
 
 Ratio = float | Mapping[str, float]
@@ -46,11 +47,17 @@ def prune(
         or an `importance.Calibration` (batches of any structure, a forward, a task loss).
     rules, fixups: channel rules and surgery fix-ups for custom ops/modules, for this call
     (see rlpruner.graph.register_rule and docs/custom-ops.md).
+    verify: check that the pruned model runs; groups whose pruning breaks it (a hard-coded channel
+    count the trace cannot see) are found by bisection and left unpruned, with a warning naming them.
     """
     graph = trace(model, example_inputs, keep=keep, strict=strict, rules=rules)
     counts = removal_counts(graph, ratio, round_to)
     scores = get(importance, data=data)(model, graph) if counts else {}
     removals = {name: lowest(scores[name], n) for name, n in counts.items() if n > 0}
+    if verify:  # fail small: a group whose pruning breaks the forward is left whole, with a warning
+        broken = breaking_groups(model, graph, removals, example_inputs, fixups)
+        warn_frozen(broken, graph)
+        removals = {name: units for name, units in removals.items() if name not in broken}
     prune_channels(model, graph, removals, inplace=True, fixups=fixups)
     if verify:
         validate_forward(model, example_inputs)
@@ -125,7 +132,14 @@ def prune_to_flops(model: nn.Module, example_inputs: Any, target: float, *, meth
     graph = trace(model, example_inputs, keep=keep)
     names = [g.name for g in graph.prunable_groups()]
     scores = allocator.unit_scores(model, graph, names, importance, data)
-    counts = plan_to_flops(graph, target, method, scores=scores, round_to=round_to)
-    prune_channels(model, graph, {n: lowest(scores[n], c) for n, c in counts.items()}, inplace=True)
+    while True:  # fail small: freeze the groups that break the forward, then plan again without them
+        counts = plan_to_flops(graph, target, method, scores=scores, round_to=round_to)
+        removals = {n: lowest(scores[n], c) for n, c in counts.items()}
+        broken = breaking_groups(model, graph, removals, example_inputs)
+        if not broken:
+            break
+        warn_frozen(broken, graph)
+        graph = graph.freeze(frozen_reasons(broken))
+    prune_channels(model, graph, removals, inplace=True)
     validate_forward(model, example_inputs)
     return model

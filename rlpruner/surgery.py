@@ -21,6 +21,11 @@ from .graph.twin import structural_copy
 
 Slices = Mapping[str, Mapping[int, np.ndarray]]
 Fixups = Mapping[type, Fixup]
+Sizes = Mapping[str, "int | list[int]"]
+
+# The root module records the size attributes surgery rewrote ("module.attr" -> value), so that a
+# saved pruned model can be rebuilt (rlpruner.io writes them into the file's header).
+SIZES_ATTR = "rlpruner_sizes"
 
 
 def prune_channels(
@@ -33,10 +38,12 @@ def prune_channels(
     enough to build one per RL candidate. Clone it (copy.deepcopy) before training it.
     fixups: {module type: fixup(module)} for this call, after the built-in and registered ones.
     """
-    return apply_slices(model, graph.slices(removals), inplace=inplace, fixups=fixups)
+    return apply_slices(model, graph.slices(removals), inplace=inplace, fixups=fixups,
+                        sizes=graph.size_values(removals))
 
 
-def reshape_to(model: nn.Module, shapes: Mapping[str, tuple[int, ...]], *, fixups: Fixups | None = None) -> nn.Module:
+def reshape_to(model: nn.Module, shapes: Mapping[str, tuple[int, ...]], *, fixups: Fixups | None = None,
+               sizes: Sizes | None = None) -> nn.Module:
     """Shrink a freshly built model's tensors to `shapes` (e.g. read from a saved pruned model), in place.
 
     The values kept are meaningless (the first entries of each dim); load the weights afterwards.
@@ -54,11 +61,13 @@ def reshape_to(model: nn.Module, shapes: Mapping[str, tuple[int, ...]], *, fixup
         dims = {d: np.arange(n) for d, (n, o) in enumerate(zip(shape, have)) if n != o}
         if dims:
             slices[name] = dims
-    return apply_slices(model, slices, inplace=True, fixups=fixups)
+    return apply_slices(model, slices, inplace=True, fixups=fixups, sizes=sizes)
 
 
-def apply_slices(model: nn.Module, slices: Slices, *, inplace: bool = True, fixups: Fixups | None = None) -> nn.Module:
-    """Keep `slices[name][dim]` positions of each named tensor; then fix up the modules that own them."""
+def apply_slices(model: nn.Module, slices: Slices, *, inplace: bool = True, fixups: Fixups | None = None,
+                 sizes: Sizes | None = None) -> nn.Module:
+    """Keep `slices[name][dim]` positions of each named tensor; then fix up the modules that own them
+    and set the size attributes `sizes` ({"module.attr": new count or list of counts})."""
     target = model if inplace else structural_copy(model)
     owners = _owners(target)
     replaced: dict[int, torch.Tensor] = {}  # sliced from the originals first, swapped in after
@@ -78,7 +87,35 @@ def apply_slices(model: nn.Module, slices: Slices, *, inplace: bool = True, fixu
     for module in touched:
         for fix in fixups_for(module, fixups):
             fix(module)
+    if sizes:
+        set_sizes(target, sizes)
     return target
+
+
+def sizes_problem(sizes: object) -> str | None:
+    """What is wrong with a recorded sizes mapping (read from a file), or None."""
+    ok = isinstance(sizes, dict) and all(
+        isinstance(k, str) and (type(v) is int or isinstance(v, list) and all(type(n) is int for n in v))
+        for k, v in sizes.items())
+    return None if ok else "sizes must map 'module.attribute' names to integers or lists of integers"
+
+
+def set_sizes(model: nn.Module, sizes: Sizes) -> None:
+    """Set size attributes ({"module.attr": int or list}) keeping each one's type (int, list, tuple),
+    and record them on the root module (SIZES_ATTR) for saving."""
+    for name, value in sizes.items():
+        path, _, attr = name.rpartition(".")
+        try:
+            module = model.get_submodule(path) if path else model
+            old = getattr(module, attr)
+        except AttributeError as exc:
+            raise SurgeryError(f"size attribute {name!r}: {type(model).__name__} has no such attribute") from exc
+        if isinstance(old, (list, tuple)) != isinstance(value, (list, tuple)):
+            raise SurgeryError(f"size attribute {name!r} is {old!r}; cannot set it to {value!r}")
+        setattr(module, attr, type(old)(int(v) for v in value) if isinstance(old, (list, tuple)) else int(value))
+    recorded = dict(getattr(model, SIZES_ATTR, {}))
+    recorded.update((k, list(v) if isinstance(v, (list, tuple)) else int(v)) for k, v in sizes.items())
+    setattr(model, SIZES_ATTR, recorded)
 
 
 def _locate(model: nn.Module, name: str) -> torch.Tensor:

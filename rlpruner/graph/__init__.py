@@ -9,8 +9,9 @@ from typing import Any, Mapping, Sequence
 
 from torch import nn
 
+from .check import ForwardFailure, forward_failure, validate_forward
 from .context import Rule, TraceContext, UnknownOp
-from .groups import DependencyGraph, Group, Member, Removals, validate_forward
+from .groups import Coverage, DependencyGraph, Group, Member, Removals
 from .rules import RuleLike, register_fixup, register_rule, unregister_fixup, unregister_rule
 from .trace import run_trace
 
@@ -47,6 +48,7 @@ def trace(
 
 
 __all__ = [
-    "trace", "DependencyGraph", "Group", "Member", "Removals", "UnknownOp", "validate_forward",
+    "trace", "DependencyGraph", "Group", "Member", "Removals", "UnknownOp", "validate_forward", "forward_failure",
+    "ForwardFailure", "Coverage",
     "Rule", "TraceContext", "register_rule", "unregister_rule", "register_fixup", "unregister_fixup",
 ]

@@ -15,7 +15,8 @@ a label with `ctx.set_label`. What `ctx` offers:
 - `ctx.couple(a, b)`: slots at equal positions of two labels must be removed together
 - `ctx.attach(param, dim, slots)`: dim `dim` of model tensor `param` follows `slots` (per-channel
   weights); returns False when `param` is computed rather than a parameter/buffer of the model
-- `ctx.table.mark(slots, FROZEN | INEXACT)`: never remove / removal changes other channels' values
+- `ctx.freeze(slots, why)`: never remove these (the reason, with the module, shows in the summary);
+  `ctx.table.mark(slots, INEXACT)`: removal changes other channels' values
 - `ctx.unknown(func, args, kwargs, out, reason)`: give up: freeze everything touched (strict mode
   raises UnsupportedOperation instead)
 """
@@ -27,9 +28,20 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..batches import tensors_of as tensors  # every tensor in nested args/outputs (rules import it from here)
+from ..batches import (
+    tensors_of as tensors,  # every tensor in nested args/outputs (rules import it from here)
+)
 from ..errors import UnsupportedOperation
-from .labels import FROZEN, SlotTable, along, compact, none_like, per_index, unique_slots, varies
+from .labels import (
+    FROZEN,
+    SlotTable,
+    along,
+    compact,
+    none_like,
+    per_index,
+    unique_slots,
+    varies,
+)
 
 Handler = Callable[["TraceContext", Any, tuple, dict, Any], None]
 MetaShortcut = Callable[[Any, tuple, dict], "torch.Tensor | None"]
@@ -47,6 +59,24 @@ class Rule:
 
     handler: Handler
     meta: MetaShortcut | None = None
+
+
+@dataclass(frozen=True)
+class SizeSite:
+    """A module attribute a forward call used as a channel count (split sizes, a view's head dim):
+    `pieces` holds the slots of the positions each count covers (one piece for an int)."""
+
+    module: str
+    attr: str
+    pieces: tuple[torch.Tensor, ...]
+    as_list: bool
+
+
+def _holds(value: Any, wanted: int | list[int]) -> bool:
+    if isinstance(wanted, list):
+        return isinstance(value, (list, tuple)) and [type(v) is int for v in value] == [True] * len(wanted) \
+            and list(value) == wanted
+    return type(value) is int and value == wanted
 
 
 @dataclass(frozen=True)
@@ -88,8 +118,11 @@ class TraceContext:
         for name, t in list(model.named_parameters()) + list(model.named_buffers()):
             self.names.setdefault(id(t), name)
         self.costs: list[tuple[str, int]] = []
+        self.producers: list[tuple[str, int]] = []  # (conv/linear weight, its output-channel dim)
         self.unknowns: list[UnknownOp] = []
         self.module_stack: list[str] = []
+        self.module_objects: list[nn.Module] = []  # the modules of `module_stack`
+        self.sizes: list[SizeSite] = []
         self.leaf_depth = 0  # > 0 inside a module traced as one op: its inner ops are not recorded
 
     # -- labels ----------------------------------------------------------------------------------
@@ -145,14 +178,38 @@ class TraceContext:
             slots = self.fresh(t.shape[big[0]])
             self.table.attach(name, big[0], slots)
             return along(slots, t.shape, big[0])
-        slot = self.fresh(1, FROZEN)  # a full tensor parameter: structure unknown, keep it whole
+        # a full tensor parameter: structure unknown, keep it whole
+        slot = self.fresh(1, FROZEN, f"parameter {name} used whole (its channel structure is unknown)")
         return slot.reshape((1,) * t.dim()).expand(t.shape)
 
-    def fresh(self, n: int, flags: int = 0) -> torch.Tensor:
-        return self.table.new(n, flags)
+    def fresh(self, n: int, flags: int = 0, reason: str = "") -> torch.Tensor:
+        return self.table.new(n, flags, reason)
+
+    @property
+    def module(self) -> str:
+        """The module whose forward is running (for messages); '' at the top level."""
+        return self.module_stack[-1] if self.module_stack else ""
+
+    def size_attribute(self, value: int | list[int], pieces: list[torch.Tensor]) -> bool:
+        """Record that the running module's attribute holding `value` counts the channels `pieces`
+        (slot per position), so surgery can rewrite it. False if no single attribute holds it."""
+        module = self.module_objects[-1] if self.module_objects else None
+        if module is None:
+            return False
+        wanted = [int(v) for v in value] if isinstance(value, (list, tuple)) else int(value)
+        names = [k for k, v in vars(module).items() if not k.startswith("_") and _holds(v, wanted)]
+        if len(names) != 1:
+            return False
+        self.sizes.append(SizeSite(self.module, names[0], tuple(p.reshape(-1) for p in pieces),
+                                   isinstance(wanted, list)))
+        return True
+
+    def freeze(self, slots: torch.Tensor, why: str) -> None:
+        """Never remove `slots`: `why` names the op; the module running it is added here."""
+        self.table.mark(slots, FROZEN, f"{why} in {self.module or '<model>'}")
 
     # -- constraints -----------------------------------------------------------------------------
-    def couple(self, a: torch.Tensor, b: torch.Tensor) -> None:
+    def couple(self, a: torch.Tensor, b: torch.Tensor, op: str = "an element-wise op") -> None:
         """Element-wise: slots at equal positions go together; a slot facing only constants is frozen."""
         a, b = torch.broadcast_tensors(a, b)
         index = tuple(
@@ -167,7 +224,7 @@ class TraceContext:
         lonely = pairs[~both].reshape(-1)
         lonely = [s for s in lonely.tolist() if s >= 0 and s not in partnered]
         if lonely:
-            self.table.mark(torch.tensor(lonely), FROZEN)
+            self.freeze(torch.tensor(lonely), f"combined with constants of a fixed size by {op}")
 
     def uniform_head(self, label: torch.Tensor, dims: list[int]) -> torch.Tensor | None:
         """Labels with `dims` reduced to size 1 if every reduced slice is one slot (NONE ignored)."""
@@ -183,18 +240,21 @@ class TraceContext:
             return head.expand([1 if d in dims else n for d, n in enumerate(label.shape)])
         return None
 
-    def add_cost(self, weight_name: str, multiplier: int) -> None:
+    def add_cost(self, weight_name: str, multiplier: int, out_dim: int = 0) -> None:
+        """A conv/linear call: FLOPs = 2 x multiplier x numel(weight); dim `out_dim` holds its outputs."""
         self.costs.append((weight_name, int(multiplier)))
+        if (weight_name, out_dim) not in self.producers:
+            self.producers.append((weight_name, out_dim))
 
     def unknown(self, func: Any, args: tuple, kwargs: dict, out: Any, reason: str) -> None:
-        op = UnknownOp(op_name(func), ".".join(p for p in self.module_stack[-1:] if p), reason)
+        op = UnknownOp(op_name(func), self.module, reason)
         if self.strict:
             raise UnsupportedOperation(f"{op}: its channel semantics are unknown (strict mode)")
         self.unknowns.append(op)
         for t in tensors(list(args) + list(kwargs.values())):
-            self.table.mark(unique_slots(self.label(t)), FROZEN)
+            self.table.mark(unique_slots(self.label(t)), FROZEN, f"unsupported operation {op}")
         for o in tensors(out):
-            slot = self.fresh(1, FROZEN)
+            slot = self.fresh(1, FROZEN, f"output of unsupported operation {op}")
             self.set_label(o, slot.reshape((1,) * o.dim()).expand(o.shape))
 
     # -- dispatch --------------------------------------------------------------------------------

@@ -8,11 +8,10 @@ positions of that dim belong to which unit.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 import numpy as np
-import torch
 from torch import nn
 
 from ..errors import ConfigError, PruningError
@@ -60,6 +59,51 @@ class Group:
         return f"Group({self.name!r}, size={self.size}, members={len(self.members)}{flag})"
 
 
+@dataclass(frozen=True)
+class SizePiece:
+    """One count held by a module attribute: `fixed` channels that never go, plus one entry per
+    channel position naming the (group, unit) it belongs to (a unit may fill several positions)."""
+
+    fixed: int
+    units: tuple[tuple[str, int], ...]
+
+    def after(self, removed: Mapping[str, set[int]]) -> int:
+        return self.fixed + sum(1 for g, u in self.units if u not in removed.get(g, ()))
+
+
+@dataclass(frozen=True)
+class SizeAttribute:
+    """A module attribute the forward reads as a channel count: `split(x, self.splits)` sizes, a
+    `view(..., self.head_dim)` extent. Surgery rewrites it to the count that remains."""
+
+    name: str  # "module.path.attr"
+    pieces: tuple[SizePiece, ...]
+    as_list: bool  # a list of sizes (one per piece) rather than one int
+
+    def after(self, removed: Mapping[str, set[int]]) -> int | list[int]:
+        counts = [p.after(removed) for p in self.pieces]
+        return counts if self.as_list else counts[0]
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Which output channels of the conv/linear layers lie in prunable groups, and why the rest do not."""
+
+    channels: int
+    prunable: int
+    frozen: dict[str, int]  # reason -> channels
+
+    @property
+    def share(self) -> float:
+        return self.prunable / self.channels if self.channels else 0.0
+
+    def __str__(self) -> str:
+        lines = [f"prunable: {self.prunable} of {self.channels} conv/linear output channels ({self.share:.1%})"]
+        for why, n in sorted(self.frozen.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  frozen {n:6d} ({n / max(self.channels, 1):.1%}): {why}")
+        return "\n".join(lines)
+
+
 @dataclass
 class DependencyGraph:
     groups: list[Group]
@@ -67,6 +111,43 @@ class DependencyGraph:
     parameters: frozenset[str]  # names of the shapes that are parameters
     costs: list[tuple[str, int]]  # (conv/linear weight, multiplier): FLOPs = 2 * multiplier * numel
     unknown_ops: list[UnknownOp] = field(default_factory=list)
+    producers: list[tuple[str, int]] = field(default_factory=list)  # (conv/linear weight, output dim)
+    sizes: list[SizeAttribute] = field(default_factory=list)  # attributes surgery rewrites
+
+    def freeze(self, reasons: Mapping[str, str]) -> "DependencyGraph":
+        """The same graph with the groups named in `reasons` ({name: why}) no longer prunable."""
+        groups = [replace(g, prunable=False, reason=reasons[g.name]) if g.name in reasons and g.prunable else g
+                  for g in self.groups]
+        return replace(self, groups=groups)
+
+    def coverage(self) -> Coverage:
+        """Prunable share of the conv/linear output channels, and the frozen ones by reason."""
+        where: dict[tuple[str, int], Group] = {}
+        for g in self.groups:
+            for m in g.members:
+                where.setdefault((m.param, m.dim), g)
+        total = prunable = 0
+        frozen: dict[str, int] = {}
+        for param, dim in self.producers:
+            n = self.shapes[param][dim]
+            total += n
+            g = where.get((param, dim))
+            if g is not None and g.prunable:
+                prunable += n
+            else:
+                why = g.reason if g is not None else "not in any group"
+                frozen[why] = frozen.get(why, 0) + n
+        return Coverage(total, prunable, frozen)
+
+    def size_values(self, removals: Removals) -> dict[str, int | list[int]]:
+        """New values of the size attributes (`sizes`) that `removals` change."""
+        removed = {name: set(np.asarray(u, dtype=np.int64).reshape(-1).tolist()) for name, u in removals.items()}
+        out = {}
+        for attr in self.sizes:
+            before, after = attr.after({}), attr.after(removed)
+            if after != before:
+                out[attr.name] = after
+        return out
 
     def prunable_groups(self) -> list[Group]:
         return [g for g in self.groups if g.prunable]
@@ -116,7 +197,7 @@ class DependencyGraph:
         for g in self.groups:
             status = "prunable" + ("" if g.exact else " (inexact)") if g.prunable else f"frozen: {g.reason}"
             lines.append(f"{g.name:40s} {g.size:6d} {len(g.members):8d}  {status}")
-        return "\n".join(lines)
+        return "\n".join(lines + ["", str(self.coverage())])
 
 
 def _check_removal(group: Group, units: np.ndarray) -> None:
@@ -138,13 +219,41 @@ def build_graph(ctx: TraceContext, model: nn.Module, keep: Sequence[str] = ()) -
     roots = _merge_shared_positions(ctx, facts)
     flags = np.zeros(len(roots), dtype=np.int64)
     np.bitwise_or.at(flags, roots, np.asarray(ctx.table.flags, dtype=np.int64))
+    reasons: dict[int, str] = {}
+    for slot, why in sorted(ctx.table.reasons.items()):
+        reasons.setdefault(int(roots[slot]), why)
     names = facts["names"]
     ident = roots[facts["slot"]]
     kept_param = np.array([_is_kept(n, keep) for n in names], dtype=bool)
     kept = kept_param[facts["param"]] if len(names) else np.zeros(0, dtype=bool)
     np.bitwise_or.at(flags, ident[kept], FROZEN)
-    groups = _group_identities(names, facts, ident, flags, ctx.unknowns)
-    return DependencyGraph(groups, shapes, parameters, list(ctx.costs), list(ctx.unknowns))
+    for root, param in zip(ident[kept].tolist(), facts["param"][kept].tolist()):
+        reasons.setdefault(root, f"kept layer {names[param].rpartition('.')[0]} (keep=)")
+    groups, unit_of = _group_identities(names, facts, ident, flags, reasons)
+    sizes = _size_attributes(ctx, roots, unit_of)
+    return DependencyGraph(groups, shapes, parameters, list(ctx.costs), list(ctx.unknowns),
+                           producers=list(ctx.producers), sizes=sizes)
+
+
+def _size_attributes(ctx: TraceContext, roots: np.ndarray, unit_of: dict[int, tuple[str, int]]) -> list[SizeAttribute]:
+    """Module attributes that hold channel counts (split sizes, head dims): which units each counts."""
+    found: dict[str, SizeAttribute] = {}
+    for site in ctx.sizes:
+        key = f"{site.module}.{site.attr}" if site.module else site.attr
+        if key in found:
+            continue
+        pieces = []
+        for slots in site.pieces:
+            fixed, units = 0, []
+            for s in slots.tolist():
+                owner = unit_of.get(int(roots[s])) if s >= 0 else None
+                if owner is None:
+                    fixed += 1
+                else:
+                    units.append(owner)
+            pieces.append(SizePiece(fixed, tuple(units)))
+        found[key] = SizeAttribute(key, tuple(pieces), site.as_list)
+    return list(found.values())
 
 
 def _is_kept(param: str, keep: Sequence[str]) -> bool:
@@ -187,7 +296,8 @@ def _merge_shared_positions(ctx: TraceContext, facts: dict) -> np.ndarray:
     return ctx.table.roots()
 
 
-def _group_identities(names, facts, ident, flags, unknowns) -> list[Group]:
+def _group_identities(names, facts, ident, flags, reasons) -> tuple[list[Group], dict[int, tuple[str, int]]]:
+    """The groups, and the (group name, unit) of every identity (a root slot) they hold."""
     keys = facts["param"] * 16 + facts["dim"]  # (param, dim) in one int; dims < 16
     codes, base = _pair_codes(ident, keys)
     codes = np.unique(codes)  # sorted by identity, then key
@@ -202,13 +312,16 @@ def _group_identities(names, facts, ident, flags, unknowns) -> list[Group]:
     bounds = np.searchsorted(row_gid[order], np.arange(len(sig_ids) + 1))
     used: dict[str, int] = {}
     groups = []
+    unit_of: dict[int, tuple[str, int]] = {}
     for sig, gid in sig_ids.items():
         rows = order[bounds[gid] : bounds[gid + 1]]
-        groups.append(_make_group(names, facts, ident, keys, flags, sig, rows, used))
-    return groups
+        group, idents, ranks = _make_group(names, facts, ident, keys, flags, reasons, sig, rows, used)
+        groups.append(group)
+        unit_of.update((i, (group.name, r)) for i, r in zip(idents.tolist(), ranks.tolist()))
+    return groups, unit_of
 
 
-def _make_group(names, facts, ident, keys, flags, sig, rows, used) -> Group:
+def _make_group(names, facts, ident, keys, flags, reasons, sig, rows, used) -> tuple[Group, np.ndarray, np.ndarray]:
     g_ident, g_keys, g_pos = ident[rows], keys[rows], facts["pos"][rows]
     idents, inv = np.unique(g_ident, return_inverse=True)
     first = g_keys == sig[0]  # every identity of the group has this member: order units by it
@@ -227,10 +340,12 @@ def _make_group(names, facts, ident, keys, flags, sig, rows, used) -> Group:
     exact = not bool((flags[idents] & INEXACT).any())
     reason = ""
     if frozen:
-        reason = "model input/output, kept layer or unsupported operation"
+        frozen_ids = idents[(flags[idents] & FROZEN) != 0].tolist()
+        reason = next((reasons[i] for i in frozen_ids if i in reasons), "unsupported operation")
     elif len(idents) < 2:
         reason = "a single unit"
-    return Group(_group_name(members, used), len(idents), not reason, exact, tuple(members), reason)
+    group = Group(_group_name(members, used), len(idents), not reason, exact, tuple(members), reason)
+    return group, idents, rank
 
 
 def _group_name(members: list[Member], used: dict[str, int]) -> str:
@@ -238,38 +353,3 @@ def _group_name(members: list[Member], used: dict[str, int]) -> str:
     base = (producers or members)[0].module or (producers or members)[0].param
     used[base] = used.get(base, 0) + 1
     return base if used[base] == 1 else f"{base}#{used[base] - 1}"
-
-
-def validate_forward(model: nn.Module, example_inputs) -> None:
-    """Run the pruned model once; a failure means a structure the trace could not see.
-
-    Runs on a meta-device twin first (shapes only, near free); only if that cannot run (code that
-    reads tensor values) does it run the real model.
-    """
-    from contextlib import nullcontext
-
-    from .trace import ShapeMode, _split_inputs, _to_meta
-    from .twin import meta_twin
-
-    def run(m: nn.Module, inputs, mode) -> None:
-        args, kwargs = _split_inputs(inputs)
-        was = m.training
-        m.eval()
-        try:
-            with torch.no_grad(), mode:
-                m(*args, **kwargs)
-        finally:
-            m.train(was)
-
-    try:
-        run(meta_twin(model), _to_meta(example_inputs), ShapeMode())
-        return
-    except Exception:  # noqa: BLE001 - decide with a real run below
-        pass
-    try:
-        run(model, example_inputs, nullcontext())
-    except Exception as exc:  # noqa: BLE001 - re-raised with context for the user
-        raise PruningError(
-            f"the pruned model no longer runs ({type(exc).__name__}: {exc}). The model probably hard-codes a "
-            "channel count (e.g. in a view/reshape); keep the layers involved with keep=[...]"
-        ) from exc

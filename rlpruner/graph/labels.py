@@ -41,11 +41,14 @@ class SlotTable:
     parent: list[int] = field(default_factory=list)
     flags: list[int] = field(default_factory=list)
     facts: list[Fact] = field(default_factory=list)
+    reasons: dict[int, str] = field(default_factory=dict)  # why a slot is FROZEN (the first reason given)
 
-    def new(self, n: int, flags: int = 0) -> torch.Tensor:
+    def new(self, n: int, flags: int = 0, reason: str = "") -> torch.Tensor:
         start = len(self.parent)
         self.parent.extend(range(start, start + n))
         self.flags.extend([flags] * n)
+        if flags & FROZEN and reason:
+            self.reasons.update((s, reason) for s in range(start, start + n))
         return torch.arange(start, start + n)
 
     def find(self, a: int) -> int:
@@ -75,10 +78,13 @@ class SlotTable:
         for a, b in torch.unique(pairs, dim=0).tolist():
             self.union(a, b)
 
-    def mark(self, slots: torch.Tensor | np.ndarray, flag: int) -> None:
+    def mark(self, slots: torch.Tensor | np.ndarray, flag: int, reason: str = "") -> None:
+        """Set `flag` on `slots`; a FROZEN mark says why (shown in the graph summary and warnings)."""
         for s in np.unique(np.asarray(slots.cpu() if isinstance(slots, torch.Tensor) else slots)):
             if s >= 0:
                 self.flags[int(s)] |= flag
+                if flag & FROZEN and reason:
+                    self.reasons.setdefault(int(s), reason)
 
     def attach(self, param: str, dim: int, slots: torch.Tensor, positions: np.ndarray | None = None) -> None:
         slots_np = slots.detach().cpu().numpy().astype(np.int64)

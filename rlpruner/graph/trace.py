@@ -21,7 +21,7 @@ from .rules import RuleLike, leaf_rule, rule_table
 from .twin import meta_twin
 
 
-def _shortcut(table: Mapping[Any, Rule], func: Any, args: tuple, kwargs: dict) -> torch.Tensor | None:
+def shortcut(table: Mapping[Any, Rule], func: Any, args: tuple, kwargs: dict) -> torch.Tensor | None:
     """On meta tensors: the output of an op whose rule builds it from shapes, or None to run the op."""
     rule = table.get(func)
     return rule.meta(func, args, kwargs) if rule is not None and rule.meta is not None else None
@@ -35,7 +35,7 @@ class _LabelMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = _shortcut(self.ctx.rules, func, args, kwargs) if self.on_meta else None
+        out = shortcut(self.ctx.rules, func, args, kwargs) if self.on_meta else None
         if out is None:
             out = func(*args, **kwargs)
         self.ctx.record(func, args, kwargs, out)
@@ -51,11 +51,11 @@ class ShapeMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = _shortcut(self.rules, func, args, kwargs)
+        out = shortcut(self.rules, func, args, kwargs)
         return func(*args, **kwargs) if out is None else out
 
 
-def _split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
+def split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,), {}
     if isinstance(example_inputs, dict):
@@ -65,13 +65,13 @@ def _split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
     raise TypeError("example_inputs must be a tensor, a tuple of positional inputs or a dict of keyword inputs")
 
 
-def _to_meta(example_inputs: Any) -> Any:
+def to_meta(example_inputs: Any) -> Any:
     if isinstance(example_inputs, torch.Tensor):
         return example_inputs.to("meta")
     if isinstance(example_inputs, dict):
-        return {k: _to_meta(v) for k, v in example_inputs.items()}
+        return {k: to_meta(v) for k, v in example_inputs.items()}
     if isinstance(example_inputs, (list, tuple)):
-        return type(example_inputs)(_to_meta(v) for v in example_inputs)
+        return type(example_inputs)(to_meta(v) for v in example_inputs)
     return example_inputs
 
 
@@ -79,12 +79,14 @@ def _install_hooks(model: nn.Module, ctx: TraceContext) -> list[Any]:
     """Keep `ctx.module_stack` (for messages) and trace rule-bearing modules as leaves."""
     stack = ctx.module_stack
 
-    def enter(name: str) -> None:
+    def enter(name: str, module: nn.Module) -> None:
         stack.append(name)
+        ctx.module_objects.append(module)
 
     def leave() -> None:  # a forward hook must return None, or it replaces the module's output
         if stack:
             stack.pop()
+            ctx.module_objects.pop()
 
     handles = []
     for name, module in model.named_modules():
@@ -93,7 +95,7 @@ def _install_hooks(model: nn.Module, ctx: TraceContext) -> list[Any]:
             handles.append(module.register_forward_pre_hook(lambda m, a, k: _enter_leaf(ctx), with_kwargs=True))
             handles.append(module.register_forward_hook(
                 lambda m, a, k, o, r=rule: _leave_leaf(ctx, r, m, a, k, o), with_kwargs=True))
-        handles.append(module.register_forward_pre_hook(lambda m, a, n=name: enter(n)))
+        handles.append(module.register_forward_pre_hook(lambda m, a, n=name: enter(n, m)))
         handles.append(module.register_forward_hook(lambda m, a, o: leave()))
     return handles
 
@@ -125,7 +127,7 @@ def run_trace(
     if on_meta:
         try:
             twin = meta_twin(model)
-            return _run(twin, _to_meta(example_inputs), strict, table, on_meta=True)
+            return _run(twin, to_meta(example_inputs), strict, table, on_meta=True)
         except UnsupportedOperation:
             raise
         except Exception:  # noqa: BLE001 - value-dependent code: fall back to real execution
@@ -135,13 +137,13 @@ def run_trace(
 
 def _run(model: nn.Module, example_inputs: Any, strict: bool, table: dict[Any, Rule], on_meta: bool) -> TraceContext:
     ctx = TraceContext(model, strict, table)
-    args, kwargs = _split_inputs(example_inputs)
+    args, kwargs = split_inputs(example_inputs)
     modes = {m: m.training for m in model.modules()}
     handles = _install_hooks(model, ctx)
     model.eval()
     try:
         for t in tensors(list(args) + list(kwargs.values())):
-            slot = ctx.fresh(1, FROZEN)
+            slot = ctx.fresh(1, FROZEN, "model input")
             ctx.set_label(t, slot.reshape((1,) * t.dim()).expand(t.shape))
         with torch.no_grad(), _LabelMode(ctx, on_meta):
             out = model(*args, **kwargs)
@@ -151,7 +153,7 @@ def _run(model: nn.Module, example_inputs: Any, strict: bool, table: dict[Any, R
         for m, training in modes.items():
             m.training = training
     for t in tensors(out):
-        ctx.table.mark(unique_slots(ctx.label(t)), FROZEN)
+        ctx.table.mark(unique_slots(ctx.label(t)), FROZEN, "model output")
     if ctx.unknowns:
         listed = "; ".join(sorted({str(u) for u in ctx.unknowns})[:8])
         warnings.warn(

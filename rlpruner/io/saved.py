@@ -6,13 +6,15 @@ metadata holds one key, ``"rlpruner"``, whose value is a JSON document (the *hea
     {"format": "rlpruner.model", "version": 1,
      "spec": {"source": "zoo" | "import" | "timm" | "torchvision", "name": "...", "kwargs": {...}},
      "tensors": {"conv1.weight": {"shape": [12, 3, 3, 3], "dtype": "float32"}, ...},
-     "meta": {...}}
+     "meta": {...}, "sizes": {"blocks.0.mix.splits": [20, 28], ...}}
 
 ``spec`` says how to build the *original* architecture (`rlpruner.models.model_from_spec`);
 ``tensors`` lists the shape and dtype of every parameter and buffer (non-persistent buffers too), so a
 pruned model is rebuilt by building the original and shrinking the tensors that differ
 (`rlpruner.surgery.reshape_to`). Training checkpoints use the same format. Tied tensors are stored
-once, their other names say ``"same_as"`` (rlpruner.io.ties). Security rules: docs/saving.md.
+once, their other names say ``"same_as"`` (rlpruner.io.ties). ``sizes`` (present when surgery rewrote
+module attributes that hold channel counts: split sizes, head dims) is set after shrinking. Security
+rules: docs/saving.md.
 """
 from __future__ import annotations
 
@@ -27,8 +29,10 @@ from torch import nn
 
 from ..errors import CheckpointError, RLPrunerError
 from ..models.registry import SPEC_ATTR, model_from_spec, spec_problem
+from ..surgery import SIZES_ATTR, sizes_problem
 from .atomic import PathLike, atomic_write_bytes, json_default
 from .ties import find_ties, named_tensors, retie, ties_problem
+from .trust import check_allowed
 
 FORMAT_NAME = "rlpruner.model"
 FORMAT_VERSION = 1
@@ -67,6 +71,7 @@ def save(model: nn.Module, path: PathLike, *, meta: Mapping[str, Any] | None = N
         "spec": spec,
         "tensors": records,
         "meta": dict(meta or {}),
+        **({"sizes": dict(sizes)} if (sizes := getattr(model, SIZES_ATTR, None)) else {}),
     }
     try:
         header_text = json.dumps(header, default=json_default, allow_nan=True)
@@ -184,8 +189,10 @@ def _header_problem(header: Any) -> str | None:
     if type(header.get("version")) is not int or header["version"] != FORMAT_VERSION:
         return (f"version {header.get('version')!r} is not supported "
                 f"(this rlpruner reads version {FORMAT_VERSION})")
-    if set(header) != {"format", "version", "spec", "tensors", "meta"}:
+    if set(header) - {"sizes"} != {"format", "version", "spec", "tensors", "meta"}:
         return f"unexpected keys {sorted(header)}"
+    if "sizes" in header and (problem := sizes_problem(header["sizes"])):
+        return problem
     if not isinstance(header["meta"], dict):
         return "meta is not an object"
     problem = spec_problem(header["spec"])
@@ -261,9 +268,9 @@ def load_checkpoint(path: PathLike, *, allow_imports: Iterable[str] = (),
     tensors = _read_tensors(data, header, path)
     del data
     spec = header["spec"]
-    _check_allowed(spec, tuple(allow_imports), path)
+    check_allowed(spec, tuple(allow_imports), path)
     model = _build(spec, path)
-    _match_architecture(model, header["tensors"], path)
+    _match_architecture(model, header["tensors"], path, header.get("sizes") or {})
     _load_weights(model, tensors, header["tensors"], path)
     setattr(model, SPEC_ATTR, spec)
     model = model.to(device).eval()
@@ -282,26 +289,6 @@ def _check_runs(model: nn.Module, example_inputs: Any, path: Path) -> None:
                               f"({type(exc).__name__}: {exc})") from exc
 
 
-def import_allowed(name: str, allow_imports: Iterable[str]) -> bool:
-    """True when `allow_imports` has `name` itself or a dotted module prefix of its module part."""
-    module = name.split(":", 1)[0]
-    for entry in allow_imports:
-        if entry == name:
-            return True
-        if ":" not in entry and (module == entry or module.startswith(entry + ".")):
-            return True
-    return False
-
-
-def _check_allowed(spec: dict, allow_imports: tuple[str, ...], path: Path) -> None:
-    if spec["source"] == "import" and not import_allowed(spec["name"], allow_imports):
-        module = spec["name"].split(":", 1)[0]
-        raise CheckpointError(
-            f"{path}: the model is built by the import path {spec['name']!r}, which is not allowed; "
-            f"importing it would run its code. If you trust it, pass "
-            f"allow_imports=[{module!r}] (CLI: --allow-import {module})")
-
-
 def _build(spec: dict, path: Path) -> nn.Module:
     try:
         model = model_from_spec(spec)
@@ -315,7 +302,7 @@ def _build(spec: dict, path: Path) -> nn.Module:
     return model
 
 
-def _match_architecture(model: nn.Module, records: dict, path: Path) -> None:
+def _match_architecture(model: nn.Module, records: dict, path: Path, sizes: dict) -> None:
     """Tie the freshly built model as recorded, shrink it to the recorded shapes and dtypes, or refuse."""
     built = dict(named_tensors(model))
     missing, extra = sorted(set(built) - set(records)), sorted(set(records) - set(built))
@@ -328,7 +315,7 @@ def _match_architecture(model: nn.Module, records: dict, path: Path) -> None:
         from ..surgery import reshape_to
 
         try:
-            reshape_to(model, shapes)
+            reshape_to(model, shapes, sizes=sizes)
         except RLPrunerError as exc:
             raise CheckpointError(f"{path}: cannot shrink {type(model).__name__} to the saved "
                                   f"shapes: {exc}") from exc

@@ -28,7 +28,8 @@ from ..allocation import Allocator, get_allocator, policy
 from ..allocation.budget import smallest_passing
 from ..distill import OutputKD, output_kd
 from ..errors import ConfigError, PruningError
-from ..graph import trace
+from ..graph import DependencyGraph, trace
+from ..isolate import breaking_groups, frozen_reasons, warn_frozen
 from ..surgery import prune_channels
 from ..task import Task, TaskError
 from ..train import resolve_device
@@ -81,6 +82,11 @@ class Context:
     out_dir: Path
     timer: Timer
     log: Callable[[str], None]
+    frozen: dict[str, str] = field(default_factory=dict)  # groups whose pruning breaks the forward: why
+
+    def graph_of(self, model: nn.Module) -> DependencyGraph:
+        """The dependency graph of a model of this run (`keep` and the groups that break frozen)."""
+        return trace(model, self.data.example, keep=self.config.keep).freeze(self.frozen)
 
     @property
     def total_units(self) -> int:
@@ -145,6 +151,8 @@ def prepare(model: nn.Module, data: Any, config: CompressConfig, out_dir: Path, 
     importance.get(config.rl.importance, data=prepared.calibration)  # an unknown criterion fails here
     distiller = check_task(task, config, original, prepared)
     graph = trace(original, prepared.example, keep=config.keep)
+    frozen = _breaking_groups(original, graph, prepared.example)
+    graph = graph.freeze(frozen)
     groups = graph.prunable_groups()
     if not groups:
         raise PruningError(f"{type(model).__name__} has no prunable channel group (all frozen or kept)")
@@ -166,7 +174,16 @@ def prepare(model: nn.Module, data: Any, config: CompressConfig, out_dir: Path, 
                    names=names, original_sizes=sizes, base=base, target=target,
                    goal=target.goal(config.target.value, base_measure), step_budget=step_budget,
                    step_cost=step_cost, planned_steps=max(1, planned), allocator=allocator, out_dir=out_dir,
-                   timer=Timer(), log=log)
+                   timer=Timer(), log=log, frozen=frozen)
+
+
+def _breaking_groups(original: nn.Module, graph: DependencyGraph, example: Any) -> dict[str, str]:
+    """Groups whose pruning (half of their units, on shape-only copies) breaks the forward: the search
+    leaves them whole, with a warning naming the op and module (fail small)."""
+    probe = {g.name: np.arange(max(1, g.size // 2)) for g in graph.prunable_groups()}
+    found = breaking_groups(original, graph, probe, example)
+    warn_frozen(found, graph)
+    return frozen_reasons(found)
 
 
 def check_task(task: Task, config: CompressConfig, model: nn.Module, data: Data) -> OutputKD:

@@ -26,7 +26,6 @@ from ..batches import batch_len
 from ..batchnorm import recalibrate
 from ..distill import distill
 from ..errors import PruningError
-from ..graph import trace
 from ..importance import get as get_importance
 from ..report import StepRecord
 from ..surgery import apply_slices, prune_channels
@@ -102,7 +101,7 @@ def run_step(ctx: Context, state: State) -> State:
 
 def plan_step(ctx: Context, state: State, step: int) -> Plan:
     with ctx.timer("trace"):
-        graph = trace(state.model, ctx.data.example, keep=ctx.config.keep)
+        graph = ctx.graph_of(state.model)
     with ctx.timer("policy"):
         sizes, capacity = _group_table(ctx, graph)
         budget = min(ctx.step_budget, policy.max_budget(capacity, ctx.config.rl.round_to))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..context import TraceContext, arg
-from ..labels import FROZEN, INEXACT, along, per_index, unique_slots, varies
+from ..labels import INEXACT, along, per_index, unique_slots, varies
 from .elementwise import same
 
 Fixup = Callable[[nn.Module], None]
@@ -62,7 +62,7 @@ def conv(ctx: TraceContext, func, args, kwargs, out) -> None:
             return
         ctx.table.attach(bname, 0, out_slots)
     spatial = (x.numel() // x.shape[1]) if transposed else (out.numel() // cout)
-    ctx.add_cost(wname, spatial)
+    ctx.add_cost(wname, spatial, out_dim)
     ctx.set_label(out, along(out_slots, out.shape, 1))
 
 
@@ -76,7 +76,7 @@ def _couple_conv_groups(ctx: TraceContext, in_slots: torch.Tensor, out_slots: to
     ctx.table.union_pairs(torch.stack([head.expand(groups, cin_g).reshape(-1), ins.reshape(-1)], 1))
     constant = (ins < 0).any(dim=1)  # a group fed by constants cannot be removed
     if constant.any():
-        ctx.table.mark(outs[constant].reshape(-1), FROZEN)
+        ctx.freeze(outs[constant].reshape(-1), "grouped convolution fed by constants")
 
 
 def linear(ctx: TraceContext, func, args, kwargs, out) -> None:
@@ -212,7 +212,8 @@ def _fix_batchnorm(m: nn.modules.batchnorm._NormBase) -> None:
 def _fix_groupnorm(m: nn.GroupNorm) -> None:
     per_group = m.num_channels // m.num_groups
     m.num_channels = m.weight.shape[0]
-    m.num_groups = m.num_channels // per_group
+    if m.num_groups > 1:  # whole groups went; one group (a LayerNorm over C, H, W) stays one group
+        m.num_groups = m.num_channels // per_group
 
 
 def _fix_layernorm(m: nn.LayerNorm) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..context import TraceContext, arg, tensors
-from ..labels import FROZEN, NONE, along, per_index, recompact, unique_slots, varies
+from ..context import TraceContext, arg, op_name, tensors
+from ..labels import NONE, along, per_index, recompact, unique_slots, varies
 from .elementwise import same
 
 _LABEL_EQUIVALENT = {torch.Tensor.view: torch.Tensor.reshape}
@@ -19,7 +19,8 @@ _RESHAPES = {"view", "reshape", "flatten", "unflatten", "view_as", "reshape_as"}
 # Pieces proportional to the dim (chunk) scale with pruning when equal indices go together;
 # fixed sizes/indices (split sizes, slicing bounds, shifts) do not, so the channels they touch freeze.
 _PROPORTIONAL = {"chunk"}
-_FIXED_SIZES = {"split", "split_with_sizes", "hsplit", "vsplit", "dsplit", "unbind", "roll"}
+_SPLITS = {"split", "split_with_sizes"}
+_FIXED_SIZES = {"hsplit", "vsplit", "dsplit", "unbind", "roll"}
 _SELECTIONS = {"__getitem__", "narrow", "select", "masked_select", "diagonal", "tensor_split", "unfold"}
 _INDEXED = {"index_select", "gather", "take_along_dim"}  # hard-coded index tensors along a dim
 
@@ -45,26 +46,56 @@ def _reshape_groups(src: list[int], dst: list[int]) -> list[tuple[list[int], lis
 
 
 def _reshape_constraints(ctx: TraceContext, label_in: torch.Tensor, label_out: torch.Tensor) -> bool:
-    """Splitting a channel dim into (outer, inner) keeps the outer factor fixed (groups, heads):
-    slots sharing an inner index must then go together. Returns False if the reshape is too
+    """Splitting a channel dim into (outer..., inner) keeps the outer factors fixed (groups, heads,
+    q/k/v): slots sharing an inner index must then go together. Returns False if the reshape is too
     irregular to reason about (caller freezes)."""
     for gs, gd in _reshape_groups(list(label_in.shape), list(label_out.shape)):
         if len(gd) <= 1 or not any(varies(label_in, dim) for dim in gs):
             continue
         if len(gs) > 1:
             return False
-        outer = gd[0]
-        first = label_out.narrow(outer, 0, 1)
-        for k in range(1, label_out.shape[outer]):
-            ctx.couple(first, label_out.narrow(outer, k, 1))
+        for outer in gd[:-1]:
+            first = label_out.narrow(outer, 0, 1)
+            for k in range(1, label_out.shape[outer]):
+                ctx.couple(first, label_out.narrow(outer, k, 1), "a reshape")
     return True
+
+
+def _positions(label: torch.Tensor, dim: int) -> torch.Tensor:
+    """The slot of every position along `dim` (at index 0 of every other dim)."""
+    return label.movedim(dim, 0).reshape(label.shape[dim], -1)[:, 0]
+
+
+def _coupled_along(ctx: TraceContext, label: torch.Tensor, dim: int) -> bool:
+    """Whether every position along `dim` belongs to the same units (the extent of `dim` cannot change)."""
+    return not varies(label, dim) or ctx.uniform_head(label, [dim]) is not None
+
+
+def _sizes_given(args: tuple, kwargs: dict) -> list:
+    shape = kwargs.get("shape", kwargs.get("size", args[1:]))
+    if len(shape) == 1 and isinstance(shape[0], (list, tuple, torch.Size)):
+        shape = shape[0]
+    return list(shape)
+
+
+def _record_reshape_sizes(ctx: TraceContext, func, args, kwargs, label_out: torch.Tensor) -> None:
+    """A reshape to a literal extent along a dim whose channels can be pruned (`view(B, N, H, self.head_dim)`):
+    the module attribute holding that extent must follow the pruning."""
+    if getattr(func, "__name__", "") not in ("view", "reshape"):
+        return
+    sizes = _sizes_given(args, kwargs)
+    if len(sizes) != label_out.dim():
+        return
+    for dim, size in enumerate(sizes):
+        if type(size) is int and size > 1 and not _coupled_along(ctx, label_out, dim):
+            ctx.size_attribute(size, [_positions(label_out, dim)])
 
 
 def _freeze_indexed(ctx: TraceContext, func, args, kwargs, label_in: torch.Tensor, outs) -> None:
     dim = arg(args, kwargs, 1, "dim")
     if dim is None or varies(label_in, dim % label_in.dim()):
         for lab in outs:
-            ctx.table.mark(unique_slots(lab), FROZEN)
+            ctx.freeze(unique_slots(lab), f"{op_name(func)} with hard-coded indices")
 
 
 def move(ctx: TraceContext, func, args, kwargs, out) -> None:
@@ -86,19 +117,46 @@ def move(ctx: TraceContext, func, args, kwargs, out) -> None:
     except (RuntimeError, TypeError, NotImplementedError) as exc:  # e.g. not defined for int tensors
         ctx.unknown(func, args, kwargs, out, f"data movement that cannot be replayed on labels ({exc})")
         return
-    if name in _RESHAPES and not _reshape_constraints(ctx, label_args[0], label_out):
-        ctx.unknown(func, args, kwargs, out, "reshape that regroups several channel dims")
-        return
+    if name in _RESHAPES:
+        if not _reshape_constraints(ctx, label_args[0], label_out):
+            ctx.unknown(func, args, kwargs, out, "reshape that regroups several channel dims")
+            return
+        _record_reshape_sizes(ctx, func, args, kwargs, label_out)
     outs = tensors(label_out)
-    if name in _PROPORTIONAL:
+    if name in _SPLITS:
+        _split(ctx, func, args, kwargs, label_args[0], outs)
+    elif name == "unbind" and _coupled_along(ctx, label_args[0], arg(args, kwargs, 1, "dim", 0)):
+        pass  # q, k, v = qkv.unbind(0) after a reshape that coupled them: every piece keeps its units
+    elif name in _PROPORTIONAL:
         _couple_pieces(ctx, outs)
     elif name in _INDEXED and any(varies(label_args[0], d) for d in range(label_args[0].dim())):
         _freeze_indexed(ctx, func, args, kwargs, label_args[0], outs)
     elif name in _FIXED_SIZES | _SELECTIONS and _changes_channels(label_args[0], outs, name in _FIXED_SIZES):
+        kind = "hard-coded sizes" if name in _FIXED_SIZES else "hard-coded indices"
         for lab in outs:
-            ctx.table.mark(unique_slots(lab), FROZEN)
+            ctx.freeze(unique_slots(lab), f"{op_name(func)} with {kind}")
     for o, lab in zip(tensors(out), outs):
         ctx.set_label(o, recompact(lab))
+
+
+def _split(ctx: TraceContext, func, args, kwargs, label_in: torch.Tensor, outs: list[torch.Tensor]) -> None:
+    """split(x, sizes, dim): nothing to do along a dim without channels. Equal int-sized pieces
+    stay proportional (coupled, like chunk); sizes held by a module attribute (`self.splits`) are
+    rewritten by surgery; any other hard-coded sizes freeze the channels they cut."""
+    dim = arg(args, kwargs, 2, "dim", 0) % label_in.dim()
+    if len(outs) <= 1 or _coupled_along(ctx, label_in, dim):
+        return
+    size = arg(args, kwargs, 1, "split_size_or_sections", arg(args, kwargs, 1, "split_size"))
+    if size is None:
+        size = kwargs.get("split_sizes")
+    if type(size) is int and label_in.shape[dim] % size == 0:
+        _couple_pieces(ctx, outs)
+        ctx.size_attribute(size, [_positions(outs[0], dim)])
+        return
+    if isinstance(size, (list, tuple)) and ctx.size_attribute(list(size), [_positions(o, dim) for o in outs]):
+        return
+    for lab in outs:
+        ctx.freeze(unique_slots(lab), f"{op_name(func)} with hard-coded sizes")
 
 
 def _cat_compact(ctx: TraceContext, labels: list[torch.Tensor], dim: int, out: torch.Tensor) -> None:
@@ -115,7 +173,7 @@ def _cat_compact(ctx: TraceContext, labels: list[torch.Tensor], dim: int, out: t
 def _couple_pieces(ctx: TraceContext, pieces: list[torch.Tensor]) -> None:
     if len({tuple(p.shape) for p in pieces}) > 1:  # uneven pieces cannot stay proportional
         for p in pieces:
-            ctx.table.mark(unique_slots(p), FROZEN)
+            ctx.freeze(unique_slots(p), "chunk into uneven pieces")
         return
     for p in pieces[1:]:
         ctx.couple(pieces[0], p)
