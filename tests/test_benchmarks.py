@@ -239,3 +239,14 @@ def test_judges_summary_correlates_and_charges_each_judge():
     assert s["spearman"]["good"] == pytest.approx(0.8) and s["spearman"]["bad"] == pytest.approx(-0.8)
     assert s["regret"]["good"] == pytest.approx(0.1) and s["regret"]["bad"] == pytest.approx(0.3)
     assert s["cost"]["bad"] == pytest.approx(0.3) and s["truth_range"] == [0.5, 0.8]
+
+
+def test_coverage_benchmark_measures_share_removal_and_exactness():
+    from benchmarks import coverage
+
+    row = coverage.measure("resnet8", 32)
+    assert row["exact"] and row["max_rel_error"] <= 1e-4
+    assert 0.9 < row["prunable_share"] <= 1 and 0.5 < row["params_removed_at_0_5"] < 1
+    assert row["top_frozen_reason"] == "model output" and row["frozen_by_forward_check"] == []
+    table = coverage.render({"machine": "m", "torch": "t", "rows": [row, {"model": "x", "input": 32, "error": "E"}]})
+    assert "| resnet8 | 32² |" in table and "yes (" in table and "| x | 32² | fails: E |" in table

@@ -115,9 +115,17 @@ class TraceContext:
         self.rules = rules
         self.labels: dict[int, tuple[torch.Tensor, torch.Tensor, bool]] = {}
         self.names: dict[int, str] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
         for name, t in list(model.named_parameters()) + list(model.named_buffers()):
             self.names.setdefault(id(t), name)
+            self.shapes[name] = tuple(t.shape)
         self.costs: list[tuple[str, int]] = []
+        # conv/linear weights by name -> their output-channel dim; a weight used in other ops first
+        # (weight standardisation) gets slots along that dim, which the layer call then takes over
+        self.weight_dims: dict[str, int] = {
+            f"{m_name}.weight" if m_name else "weight": (1 if getattr(m, "transposed", False) else 0)
+            for m_name, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
+        self.derived: dict[int, str] = {}  # first slot of such a weight's output dim -> its name
         self.producers: list[tuple[str, int]] = []  # (conv/linear weight, its output-channel dim)
         self.unknowns: list[UnknownOp] = []
         self.module_stack: list[str] = []
@@ -149,6 +157,18 @@ class TraceContext:
         """The state_dict name of a model parameter/buffer, or None for a computed tensor."""
         return self.names.get(id(t)) if isinstance(t, torch.Tensor) else None
 
+    def source_weight(self, weight: torch.Tensor, out_dim: int) -> tuple[str, torch.Tensor] | None:
+        """(name, output slots) of the layer weight that a computed `weight` was derived from per output
+        channel (e.g. standardised over its fan-in), or None."""
+        label = self.label(weight)
+        if any(varies(label, d) for d in range(label.dim()) if d != out_dim):
+            return None
+        slots = per_index(self.table, label, out_dim)
+        name = self.derived.get(int(slots[0])) if len(slots) else None
+        if name is None or tuple(self.shapes[name]) != tuple(weight.shape):
+            return None
+        return name, slots
+
     def attach(self, t: Any, dim: int, slots: torch.Tensor) -> bool:
         """Dim `dim` of model tensor `t` follows `slots`; False if `t` is not a parameter/buffer."""
         name = self.param_name(t)
@@ -174,6 +194,12 @@ class TraceContext:
         big = [d for d, n in enumerate(t.shape) if n > 1]
         if not big:
             return none_like(t.shape)
+        out_dim = self.weight_dims.get(name)
+        if len(big) > 1 and out_dim is not None:  # a layer weight computed on (standardised, scaled...)
+            slots = self.fresh(t.shape[out_dim])
+            self.table.attach(name, out_dim, slots)
+            self.derived[int(slots[0])] = name
+            return along(slots, t.shape, out_dim)
         if len(big) == 1:
             slots = self.fresh(t.shape[big[0]])
             self.table.attach(name, big[0], slots)

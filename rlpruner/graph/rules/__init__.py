@@ -2,7 +2,7 @@
 
 The built-in rules live in small files by concern: elementwise.py (activations, arithmetic),
 movement.py (views, cat/split, slicing, pooling), reductions.py (mean, softmax...), layers.py
-(conv, linear, norms, PReLU, and the surgery fix-ups of their modules).
+(conv, linear, norms, PReLU, and the surgery fix-ups of their modules), attention.py (matmul, SDPA).
 
 A rule table maps a *target* to a `Rule`:
 - a torch function / Tensor method (what a TorchFunctionMode sees, e.g. `torch.einsum`), or
@@ -28,7 +28,7 @@ from torch import nn
 from ...errors import ConfigError
 from ...registry import Registry
 from ..context import Handler, MetaShortcut, Rule
-from . import elementwise, layers, movement, reductions
+from . import attention, elementwise, layers, movement, reductions
 from .layers import Fixup, Layer
 
 RuleLike = Rule | Handler
@@ -38,7 +38,7 @@ USER_RULES: Registry[tuple[Any, Rule]] = Registry("channel rule")
 USER_FIXUPS: Registry[tuple[type, Fixup]] = Registry("module fix-up")
 
 _NAMESPACES = (torch, torch.Tensor, F, torch.special)
-_FILES = (elementwise, movement, reductions, layers)
+_FILES = (elementwise, movement, reductions, layers, attention)
 
 
 @functools.lru_cache(maxsize=1)
@@ -68,6 +68,7 @@ def _in_table_order() -> Iterable[tuple[Handler, tuple[str, ...]]]:
     yield from movement.NAMES.items()
     yield from reductions.NAMES.items()
     yield from layers.NAMES.items()
+    yield from attention.NAMES.items()
     yield elementwise.setitem, elementwise.NAMES[elementwise.setitem]
 
 

@@ -40,14 +40,20 @@ def conv(ctx: TraceContext, func, args, kwargs, out) -> None:
     bias = arg(args, kwargs, 2, "bias")
     transposed = "transpose" in getattr(func, "__name__", "")
     groups = int(arg(args, kwargs, 6, "groups", 1) or 1)  # index 6 in both conv and conv_transpose
-    wname = ctx.param_name(weight)
+    out_dim, in_dim = (1, 0) if transposed else (0, 1)
+    wname, out_slots = ctx.param_name(weight), None
     if wname is None:
-        ctx.unknown(func, args, kwargs, out, "convolution whose weight is computed, not a parameter")
-        return
+        source = ctx.source_weight(weight, out_dim)
+        if source is None:
+            ctx.unknown(func, args, kwargs, out, "convolution whose weight is computed, not a parameter")
+            return
+        wname, out_slots = source
     in_slots = per_index(ctx.table, ctx.label(x), 1)
     cout = out.shape[1]
-    out_slots = ctx.fresh(cout)
-    out_dim, in_dim = (1, 0) if transposed else (0, 1)
+    if out_slots is None:
+        out_slots = ctx.fresh(cout)
+    else:  # a weight standardised over its fan-in: removing an input channel changes the others' scale
+        ctx.table.mark(in_slots, INEXACT)
     if groups == 1:
         ctx.table.attach(wname, in_dim, in_slots)
         ctx.table.attach(wname, out_dim, out_slots)
@@ -97,7 +103,15 @@ def linear(ctx: TraceContext, func, args, kwargs, out) -> None:
 
 
 def _attach_channel_params(ctx: TraceContext, params: list[Any], slots: torch.Tensor) -> bool:
-    return all(ctx.attach(t, 0, slots) for t in params if isinstance(t, torch.Tensor))
+    """Per-channel parameters follow `slots`; a computed one (`gain * scale`) must carry channel slots
+    itself, which are coupled to them. False when one is a constant (its size would not follow)."""
+    for t in params:
+        if not isinstance(t, torch.Tensor) or ctx.attach(t, 0, slots):
+            continue
+        if t.dim() != 1 or not ctx.has_slots(t):
+            return False
+        ctx.couple(ctx.label(t), slots, "a normalisation's computed affine parameters")
+    return True
 
 
 def batch_norm(ctx: TraceContext, func, args, kwargs, out) -> None:

@@ -20,7 +20,7 @@ _RESHAPES = {"view", "reshape", "flatten", "unflatten", "view_as", "reshape_as"}
 # fixed sizes/indices (split sizes, slicing bounds, shifts) do not, so the channels they touch freeze.
 _PROPORTIONAL = {"chunk"}
 _SPLITS = {"split", "split_with_sizes"}
-_FIXED_SIZES = {"hsplit", "vsplit", "dsplit", "unbind", "roll"}
+_FIXED_SIZES = {"hsplit", "vsplit", "dsplit", "unbind"}
 _SELECTIONS = {"__getitem__", "narrow", "select", "masked_select", "diagonal", "tensor_split", "unfold"}
 _INDEXED = {"index_select", "gather", "take_along_dim"}  # hard-coded index tensors along a dim
 
@@ -71,6 +71,12 @@ def _coupled_along(ctx: TraceContext, label: torch.Tensor, dim: int) -> bool:
     return not varies(label, dim) or ctx.uniform_head(label, [dim]) is not None
 
 
+def _rolls_channels(ctx: TraceContext, label: torch.Tensor, dims) -> bool:
+    """A roll wraps a different channel around once channels are removed, unless the dim holds one unit."""
+    dims = range(label.dim()) if dims is None else [dims] if isinstance(dims, int) else dims
+    return any(not _coupled_along(ctx, label, d % label.dim()) for d in dims)
+
+
 def _sizes_given(args: tuple, kwargs: dict) -> list:
     shape = kwargs.get("shape", kwargs.get("size", args[1:]))
     if len(shape) == 1 and isinstance(shape[0], (list, tuple, torch.Size)):
@@ -110,6 +116,9 @@ def move(ctx: TraceContext, func, args, kwargs, out) -> None:
             return
         label_args = (type(source)(labels),) + tuple(args[1:])
     else:
+        if any(t.device.type == "meta" for t in tensors(list(args[1:]) + list(kwargs.values()))):
+            # indices held in a tensor (table[index]) have no values on the meta device: trace for real
+            raise RuntimeError(f"{op_name(func)} with tensor indices needs their values")
         label_args = (ctx.label(source),) + tuple(args[1:])
     label_func = _LABEL_EQUIVALENT.get(func, func)
     try:
@@ -125,6 +134,8 @@ def move(ctx: TraceContext, func, args, kwargs, out) -> None:
     outs = tensors(label_out)
     if name in _SPLITS:
         _split(ctx, func, args, kwargs, label_args[0], outs)
+    elif name == "roll" and _rolls_channels(ctx, label_args[0], arg(args, kwargs, 2, "dims")):
+        ctx.freeze(unique_slots(label_args[0]), f"{op_name(func)} along a channel dim")  # wrap-around moves
     elif name == "unbind" and _coupled_along(ctx, label_args[0], arg(args, kwargs, 1, "dim", 0)):
         pass  # q, k, v = qkv.unbind(0) after a reshape that coupled them: every piece keeps its units
     elif name in _PROPORTIONAL:
