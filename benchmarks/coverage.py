@@ -24,7 +24,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 import rlpruner  # noqa: E402
 from rlpruner.graph import trace  # noqa: E402
 from rlpruner.io import atomic_write_json, atomic_write_text  # noqa: E402
-from rlpruner.isolate import breaking_groups, frozen_reasons  # noqa: E402
+from rlpruner.isolate import breaking_at_half, frozen_reasons  # noqa: E402
 from rlpruner.models import create_model, list_models  # noqa: E402
 from rlpruner.surgery import prune_channels  # noqa: E402
 from tests.masking import masked_reference, outputs, random_removals, randomize  # noqa: E402
@@ -71,8 +70,7 @@ def measure(name: str, size: int) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         graph = trace(model, x)
-        probe = {g.name: np.arange(max(1, g.size // 2)) for g in graph.prunable_groups()}
-        broken = breaking_groups(model, graph, probe, x)
+        broken = breaking_at_half(model, graph, x)
         graph = graph.freeze(frozen_reasons(broken))
         coverage = graph.coverage()
         errors = []

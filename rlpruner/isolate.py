@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 from torch import nn
 
 from .graph import DependencyGraph, ForwardFailure, Removals, forward_failure
@@ -41,6 +42,13 @@ def breaking_groups(model: nn.Module, graph: DependencyGraph, removals: Removals
         names = [n for n in names if n not in culprits]
         failure = check(names)
     return found
+
+
+def breaking_at_half(model: nn.Module, graph: DependencyGraph, example_inputs: Any) -> dict[str, ForwardFailure]:
+    """`breaking_groups` for half of the units of every prunable group: the probe run before a search
+    (and by benchmarks/coverage.py) to find the groups a hard-coded count forbids touching."""
+    probe = {g.name: np.arange(max(1, g.size // 2)) for g in graph.prunable_groups()}
+    return breaking_groups(model, graph, probe, example_inputs)
 
 
 def _narrow(names: list[str], failure: ForwardFailure, check: Check) -> tuple[list[str], ForwardFailure]:

@@ -16,7 +16,7 @@ from .allocation.fixed import FIXED
 from .allocation.budget import smallest_budget
 from .allocation.policy import capacity, max_budget
 from .errors import ConfigError, PruningError
-from .graph import DependencyGraph, trace, validate_forward
+from .graph import DependencyGraph, trace
 from .graph.rules import RuleLike
 from .importance import Calibration, Importance, get, lowest
 from .isolate import breaking_groups, frozen_reasons, warn_frozen
@@ -58,9 +58,7 @@ def prune(
         broken = breaking_groups(model, graph, removals, example_inputs, fixups)
         warn_frozen(broken, graph)
         removals = {name: units for name, units in removals.items() if name not in broken}
-    prune_channels(model, graph, removals, inplace=True, fixups=fixups)
-    if verify:
-        validate_forward(model, example_inputs)
+    prune_channels(model, graph, removals, inplace=True, fixups=fixups)  # verified above when verify=True
     return model
 
 
@@ -140,6 +138,5 @@ def prune_to_flops(model: nn.Module, example_inputs: Any, target: float, *, meth
             break
         warn_frozen(broken, graph)
         graph = graph.freeze(frozen_reasons(broken))
-    prune_channels(model, graph, removals, inplace=True)
-    validate_forward(model, example_inputs)
+    prune_channels(model, graph, removals, inplace=True)  # `breaking_groups` ran exactly these removals
     return model

@@ -17,7 +17,7 @@ from torch.overrides import TorchFunctionMode
 from ..errors import PruningError
 from .context import op_name
 from .rules import rule_table
-from .trace import shortcut, split_inputs, to_meta
+from .trace import module_stack_hooks, shortcut, split_inputs, to_meta
 from .twin import meta_twin
 
 
@@ -53,15 +53,7 @@ class _Locate(TorchFunctionMode):
 def _run(model: nn.Module, inputs: Any, on_meta: bool) -> ForwardFailure | None:
     args, kwargs = split_inputs(inputs)
     stack: list[str] = []
-
-    def leave() -> None:  # a forward hook must return None, or it replaces the module's output
-        if stack:
-            stack.pop()
-
-    hooks = []
-    for name, module in model.named_modules():
-        hooks.append(module.register_forward_pre_hook(lambda m, a, n=name: stack.append(n)))
-        hooks.append(module.register_forward_hook(lambda m, a, o: leave()))
+    hooks = module_stack_hooks(model, stack)
     locate = _Locate(on_meta)
     was = model.training
     model.eval()

@@ -28,20 +28,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..batches import (
-    tensors_of as tensors,  # every tensor in nested args/outputs (rules import it from here)
-)
+from ..batches import tensors_of as tensors  # every tensor in nested args/outputs (rules import it from here)
 from ..errors import UnsupportedOperation
-from .labels import (
-    FROZEN,
-    SlotTable,
-    along,
-    compact,
-    none_like,
-    per_index,
-    unique_slots,
-    varies,
-)
+from .labels import FROZEN, SlotTable, along, compact, none_like, per_index, unique_slots, varies
 
 Handler = Callable[["TraceContext", Any, tuple, dict, Any], None]
 MetaShortcut = Callable[[Any, tuple, dict], "torch.Tensor | None"]

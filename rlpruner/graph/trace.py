@@ -42,19 +42,6 @@ class _LabelMode(TorchFunctionMode):
         return out
 
 
-class ShapeMode(TorchFunctionMode):
-    """Runs a meta-device model with the slow shape-preserving decompositions short-circuited."""
-
-    def __init__(self, rules: Mapping[Any, Rule] | None = None):
-        super().__init__()
-        self.rules = rule_table() if rules is None else rules
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = shortcut(self.rules, func, args, kwargs)
-        return func(*args, **kwargs) if out is None else out
-
-
 def split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,), {}
@@ -75,29 +62,39 @@ def to_meta(example_inputs: Any) -> Any:
     return example_inputs
 
 
-def _install_hooks(model: nn.Module, ctx: TraceContext) -> list[Any]:
-    """Keep `ctx.module_stack` (for messages) and trace rule-bearing modules as leaves."""
-    stack = ctx.module_stack
+def module_stack_hooks(model: nn.Module, names: list[str], modules: list[nn.Module] | None = None) -> list[Any]:
+    """Keep `names` (and `modules`) holding the modules whose forward is running, innermost last.
+
+    After an exception the stack still names the module that raised (its exit hook never ran)."""
 
     def enter(name: str, module: nn.Module) -> None:
-        stack.append(name)
-        ctx.module_objects.append(module)
+        names.append(name)
+        if modules is not None:
+            modules.append(module)
 
     def leave() -> None:  # a forward hook must return None, or it replaces the module's output
-        if stack:
-            stack.pop()
-            ctx.module_objects.pop()
+        if names:
+            names.pop()
+            if modules:
+                modules.pop()
 
     handles = []
     for name, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(lambda m, a, n=name: enter(n, m)))
+        handles.append(module.register_forward_hook(lambda m, a, o: leave()))
+    return handles
+
+
+def _install_hooks(model: nn.Module, ctx: TraceContext) -> list[Any]:
+    """Keep `ctx.module_stack` (for messages) and trace rule-bearing modules as leaves."""
+    handles = []
+    for module in model.modules():
         rule = leaf_rule(ctx.rules, module)
         if rule is not None:  # registered before the stack hooks: the stack names the leaf while it records
             handles.append(module.register_forward_pre_hook(lambda m, a, k: _enter_leaf(ctx), with_kwargs=True))
             handles.append(module.register_forward_hook(
                 lambda m, a, k, o, r=rule: _leave_leaf(ctx, r, m, a, k, o), with_kwargs=True))
-        handles.append(module.register_forward_pre_hook(lambda m, a, n=name: enter(n, m)))
-        handles.append(module.register_forward_hook(lambda m, a, o: leave()))
-    return handles
+    return handles + module_stack_hooks(model, ctx.module_stack, ctx.module_objects)
 
 
 def _enter_leaf(ctx: TraceContext) -> None:
@@ -165,4 +162,4 @@ def _run(model: nn.Module, example_inputs: Any, strict: bool, table: dict[Any, R
     return ctx
 
 
-__all__ = ["TraceContext", "UnknownOp", "run_trace", "ShapeMode", "NONE"]
+__all__ = ["TraceContext", "UnknownOp", "run_trace", "NONE"]

@@ -29,7 +29,7 @@ from ..allocation.budget import smallest_passing
 from ..distill import OutputKD, output_kd
 from ..errors import ConfigError, PruningError
 from ..graph import DependencyGraph, trace
-from ..isolate import breaking_groups, frozen_reasons, warn_frozen
+from ..isolate import breaking_at_half, frozen_reasons, warn_frozen
 from ..surgery import prune_channels
 from ..task import Task, TaskError
 from ..train import resolve_device
@@ -180,8 +180,7 @@ def prepare(model: nn.Module, data: Any, config: CompressConfig, out_dir: Path, 
 def _breaking_groups(original: nn.Module, graph: DependencyGraph, example: Any) -> dict[str, str]:
     """Groups whose pruning (half of their units, on shape-only copies) breaks the forward: the search
     leaves them whole, with a warning naming the op and module (fail small)."""
-    probe = {g.name: np.arange(max(1, g.size // 2)) for g in graph.prunable_groups()}
-    found = breaking_groups(original, graph, probe, example)
+    found = breaking_at_half(original, graph, example)
     warn_frozen(found, graph)
     return frozen_reasons(found)
 
