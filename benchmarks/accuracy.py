@@ -239,9 +239,10 @@ def run(settings: AccuracySettings, results_path: Path, work: Path, log: Callabl
     results = _resume(results_path, settings)
     bases = base_jobs(settings, work)
     with _pool(settings.workers) as pool:
-        results["base"] = _gather(pool, train_base, bases, lambda row: log(
+        trained = _gather(pool, train_base, bases, lambda row: log(
             f"base {row['model']:>12s} on {row['dataset']:<14s} val {row['val_acc']:.2%} test {row['test_acc']:.2%} "
             f"({row['train_seconds']:.0f} s)"))
+        results["base"] = merge_bases(results["base"], trained)
         atomic_write_json(results_path, results)
         done = {row_key(r) for r in results["runs"]}
         todo = [j for j in run_jobs(settings, bases, work) if j.key not in done]
@@ -261,6 +262,13 @@ def run(settings: AccuracySettings, results_path: Path, work: Path, log: Callabl
 
         _gather(pool, run_one, todo, keep)
     return results
+
+
+def merge_bases(kept: list[Row], trained: list[Row]) -> list[Row]:
+    """The base rows of the file with this selection's replacing theirs: a run narrowed to some models
+    or datasets keeps the other bases (the latency part and the doc read them)."""
+    fresh = {(r["model"], r["dataset"]) for r in trained}
+    return [r for r in kept if (r["model"], r["dataset"]) not in fresh] + trained
 
 
 def _available(settings: AccuracySettings, log: Callable[[str], None]) -> AccuracySettings:

@@ -689,6 +689,7 @@ def render_doc(results: Mapping[str, Any], doc_path: Path, plots_dir: Path) -> s
     out += _judges_section(results_dir_of(plots_dir))
     out += _search_cost_section(results.get("search_cost"))
     out += _accuracy_section(accuracy, plots_dir, rel)
+    out += _headroom_section(results_dir_of(plots_dir))
     out += _latency_section(latency, plots_dir, rel)
     out += ["## Engine speed: trace + prune vs Torch-Pruning", ""]
     out += (["50% of the channels of every prunable layer by L2 magnitude, classifier excluded "
@@ -721,6 +722,21 @@ def _judges_section(results_dir: Path) -> list[str]:
         page = render_markdown(json.loads(path.read_text())).splitlines()
         out += [f"### {what.capitalize()}", "", *[line for line in page[1:] if not line.startswith("# ")], ""]
     return out if found else out + ["Not run (no judges.json).", ""]
+
+
+def _headroom_section(results_dir: Path) -> list[str]:
+    """The headroom study (benchmarks/headroom.py): how far apart architectures of equal FLOPs end
+    after the same recovery, and where each method's own architecture lands."""
+    import json
+
+    from benchmarks.headroom import render_markdown
+
+    path = results_dir / "headroom.json"
+    out = ["## How much the allocation can matter after recovery (benchmarks/headroom.py)", ""]
+    if not path.exists():
+        return out + ["Not run (no headroom.json).", ""]
+    page = render_markdown(json.loads(path.read_text())).splitlines()
+    return out + [line for line in page if not line.startswith("# ")] + [""]
 
 
 def _search_cost_section(cost: Mapping[str, Any] | None) -> list[str]:

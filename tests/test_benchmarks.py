@@ -171,6 +171,16 @@ def test_resume_keeps_rows_across_seed_changes_but_not_across_other_settings(tmp
     assert _resume(path, dataclasses.replace(settings, kd_lr=0.5))["runs"] == []
 
 
+def test_a_narrower_selection_keeps_the_other_base_models():
+    from benchmarks.accuracy import merge_bases
+
+    kept = [{"model": "resnet20", "dataset": "digits", "val_acc": 0.9},
+            {"model": "mobilenetv3s", "dataset": "digits", "val_acc": 0.5}]
+    trained = [{"model": "mobilenetv3s", "dataset": "digits", "val_acc": 0.8}]
+    merged = merge_bases(kept, trained)
+    assert [(r["model"], r["val_acc"]) for r in merged] == [("resnet20", 0.9), ("mobilenetv3s", 0.8)]
+
+
 def test_paths_in_results_are_stored_relative_to_the_repository():
     inside = presets.ROOT / "runs" / "bench" / "x"
     assert presets.portable(inside) == "runs/bench/x"
@@ -239,6 +249,54 @@ def test_judges_summary_correlates_and_charges_each_judge():
     assert s["spearman"]["good"] == pytest.approx(0.8) and s["spearman"]["bad"] == pytest.approx(-0.8)
     assert s["regret"]["good"] == pytest.approx(0.1) and s["regret"]["bad"] == pytest.approx(0.3)
     assert s["cost"]["bad"] == pytest.approx(0.3) and s["truth_range"] == [0.5, 0.8]
+
+
+def _arch(label, kind, test, std=0.01, judge=0.3, params_reduction=0.5):
+    return {"label": label, "kind": kind, "test": test, "test_std": std, "judge": judge, "pruned_val": judge,
+            "params_reduction": params_reduction, "flops_reduction": 0.5, "runs": []}
+
+
+def test_headroom_summary_measures_gains_against_uniform_and_renders_them():
+    from benchmarks.headroom import render_markdown, summarise
+
+    block = {"label": "resnet20 · digits · -50%", "base_test": 0.98, "complete": True,
+             "architectures": [_arch("uniform", "uniform", 0.90, judge=0.5, params_reduction=0.5),
+                               _arch("rl (its s0 run)", "recorded", 0.93, judge=0.7, params_reduction=0.4),
+                               _arch("random 1", "random", 0.91, judge=0.6, params_reduction=0.45),
+                               _arch("random 2", "random", 0.80, std=0.03, judge=0.2, params_reduction=0.6)]}
+    s = summarise(block)
+    assert s["best"] == "rl (its s0 run)" and s["best_gain"] == pytest.approx(0.03)
+    assert s["best_random_gain"] == pytest.approx(0.01) and s["worst_gain"] == pytest.approx(-0.10)
+    assert s["seed_spread"] == pytest.approx(0.015)
+    assert s["rho_judge"] == pytest.approx(1.0) and s["rho_params"] == pytest.approx(1.0)  # more params kept, better
+    block["summary"] = s
+    page = render_markdown({"settings": {"importance": "taylor", "bn_samples": 256, "kd_epochs": 20, "kd_lr": 0.01,
+                                         "seeds": [0, 1], "noise": 0.3}, "blocks": [block], "machine": {}})
+    assert "| resnet20 · digits · -50% | 90.0 | rl (its s0 run) | +3.0 | +1.0 | -10.0 | 1.5 | +1.00 | +1.00 |" in page
+    assert "| rl (its s0 run) | -50.0% | -40.0% | 70.0% | 70.0% | 93.0% ± 1.0 | +3.0 |" in page
+
+
+def test_headroom_architectures_reach_the_target_at_equal_flops():
+    import numpy as np
+    import torch
+
+    from benchmarks import headroom
+    from rlpruner.graph import trace
+    from rlpruner.models import create_model
+
+    model = create_model("resnet8", num_classes=4, in_channels=1)
+    graph = trace(model, torch.randn(1, 1, 16, 16))
+    settings = headroom.HeadroomSettings(mode="t", cells=(), random=3, widths_from="no/such/accuracy.json")
+    archs = headroom.architectures(settings, ("resnet8", "digits", 0.5), graph)
+    assert [a.kind for a in archs] == ["uniform", "random", "random", "random"]
+    base_flops = graph.count()[1]
+    sizes = {g.name: g.size for g in graph.prunable_groups()}
+    for arch in archs:
+        flops = graph.count({n: np.arange(c) for n, c in arch.counts.items()})[1]
+        assert 0.5 <= 1 - flops / base_flops < 0.6
+        assert all(0 < c < sizes[n] for n, c in arch.counts.items())
+    shares = [c / sizes[n] for n, c in archs[0].counts.items()]
+    assert max(shares) - min(shares) < 0.2        # uniform: about the same share of every group
 
 
 def test_coverage_benchmark_measures_share_removal_and_exactness():
