@@ -45,8 +45,8 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.settings import (ALLOW_IMPORTS, DIGITS, MOBILENET, RESNET, RESULTS, ROOT, SYNTHETIC,  # noqa: E402
-                                 METHODS, full, machine, portable)
+from benchmarks.settings import (ALLOW_IMPORTS, DIGITS, MOBILENET, RESNET, ROOT, SYNTHETIC,  # noqa: E402
+                                 METHODS, full, machine, portable, render_only, study_files)
 
 DATASETS = {d.label: d for d in (DIGITS, SYNTHETIC)}
 MODELS = {m.label: m for m in (RESNET, MOBILENET)}
@@ -120,16 +120,17 @@ def at_target(graph: Any, names: list[str], capacity: np.ndarray, pd: np.ndarray
               base_flops: int) -> dict[str, int]:
     """The smallest channel budget allocated along `pd` that removes `target` of the FLOPs."""
     from rlpruner.allocation import policy
-    from rlpruner.allocation.budget import smallest_passing
+    from rlpruner.allocation.budget import smallest_budget
 
     def counts_at(budget: int) -> np.ndarray:
         return policy.allocate(pd, budget, capacity)
 
-    def passes(budget: int) -> bool:
-        return 1.0 - graph.count(_removal_sizes(names, counts_at(budget)))[1] / base_flops >= target
+    def meets(counts: np.ndarray) -> bool:
+        return 1.0 - graph.count(_removal_sizes(names, counts))[1] / base_flops >= target
 
     most = int(capacity.sum())
-    counts = counts_at(smallest_passing(most, passes) if passes(most) else most)
+    counts = smallest_budget(counts_at, meets, most)
+    counts = counts_at(most) if counts is None else counts
     return {n: int(c) for n, c in zip(names, counts) if c > 0}
 
 
@@ -315,12 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     from rlpruner.io import atomic_write_json, atomic_write_text
 
     args = parse_args(argv)
-    results_dir = args.results or (ROOT / "runs" / "bench-quick" / "results" if args.quick else RESULTS)
-    json_path, md_path = results_dir / "headroom.json", results_dir / "headroom.md"
+    results_dir, json_path, md_path = study_files("headroom", args.results, args.quick)
     if args.render:
-        atomic_write_text(md_path, render_markdown(json.loads(json_path.read_text())))
-        print(f"wrote {md_path}")
-        return 0
+        return render_only(json_path, md_path, render_markdown)
     settings = quick_settings() if args.quick else full_settings()
     torch.set_num_threads(1)
     results_dir.mkdir(parents=True, exist_ok=True)

@@ -43,8 +43,8 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.settings import (ALLOW_IMPORTS, RESULTS, ROOT, WORK, DatasetSpec, ModelSpec,  # noqa: E402
-                                 machine, portable)
+from benchmarks.settings import (ALLOW_IMPORTS, WORK, DatasetSpec, ModelSpec, machine, portable,  # noqa: E402
+                                 render_only, study_files)
 
 JUDGE_ORDER = ("raw_full", "kl_raw", "bn_full", "bn_64", "bn_128", "bn_256", "kl_256", "flops_left")
 JUDGE_NOTES = {"raw_full": "top-1, whole val, stale BN", "kl_raw": "-KL to base, 256 imgs, stale BN",
@@ -384,12 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     from rlpruner.io import atomic_write_json, atomic_write_text
 
     args = parse_args(argv)
-    results_dir = args.results or (ROOT / "runs" / "bench-quick" / "results" if args.quick else RESULTS)
-    json_path, md_path = results_dir / "judges.json", results_dir / "judges.md"
+    results_dir, json_path, md_path = study_files("judges", args.results, args.quick)
     if args.render:
-        atomic_write_text(md_path, render_markdown(json.loads(json_path.read_text())))
-        print(f"wrote {md_path}")
-        return 0
+        return render_only(json_path, md_path, render_markdown)
     config = quick(args.candidates or 6) if args.quick else full(args.candidates or 16)
     if args.noise is not None:
         config = replace(config, noise=args.noise)

@@ -175,6 +175,22 @@ def full() -> Suite:
         engine_args=())  # engine_speed.py's own defaults: every zoo model at 32x32 and 224x224
 
 
+def study_files(name: str, results: Path | None, quick: bool) -> tuple[Path, Path, Path]:
+    """(folder, NAME.json, NAME.md) of a study script: `results`, else benchmarks/results, or
+    runs/bench-quick/results for a --quick smoke run."""
+    folder = results or (ROOT / "runs" / "bench-quick" / "results" if quick else RESULTS)
+    return folder, folder / f"{name}.json", folder / f"{name}.md"
+
+
+def render_only(json_path: Path, md_path: Path, render: Any) -> int:
+    """A study's --render: regenerate its page from its results file alone."""
+    from rlpruner.io import atomic_write_text
+
+    atomic_write_text(md_path, render(json.loads(json_path.read_text())))
+    print(f"wrote {md_path}")
+    return 0
+
+
 def portable(path: str | Path) -> str:
     """A path as stored in results files: relative to the repository when inside it."""
     try:
