@@ -61,3 +61,45 @@ class OnDevice:
 
     def __iter__(self) -> Iterator[Batch]:
         return (to_device(b, self.device) for b in self.batches)
+
+
+def batch_bytes(batch: Batch) -> int:
+    return sum(t.element_size() * t.numel() for t in tensors_of(batch))
+
+
+class CachedBatches:
+    """A split's batches, re-iterable any number of times: on `device`, and kept there after the first
+    complete pass when they fit in `limit_bytes`; otherwise read from `loader` again on every pass,
+    so memory holds a batch or two (and the loader's prefetch), never the split.
+
+    `streamed` says which: False while the split is cached (or not yet read through).
+    """
+
+    def __init__(self, loader: Iterable[Batch], device: torch.device | str, limit_bytes: int):
+        self.loader, self.device, self.limit_bytes = loader, device, limit_bytes
+        self.streamed = False
+        self._cache: list[Batch] | None = None
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self._cache is not None:
+            yield from self._cache
+            return
+        kept: list[Batch] | None = None if self.streamed else []
+        size = 0
+        for batch in self.loader:
+            batch = to_device(batch, self.device)
+            if kept is not None:
+                size += batch_bytes(batch)
+                if size <= self.limit_bytes:
+                    kept.append(batch)
+                else:
+                    kept, self.streamed = None, True
+            yield batch
+        if kept is not None:
+            self._cache = kept
+
+    def first(self) -> Batch:
+        """The first batch (without reading the rest)."""
+        for batch in self:
+            return batch
+        raise ValueError("no batches")

@@ -41,6 +41,7 @@ from .train import TrainConfig, fit_epoch, make_optimizer, make_scheduler
 @dataclass(frozen=True)
 class DistillConfig:
     epochs: int = 1                  # per recovery; the paper uses 20 on a GPU
+    max_batches: int | None = None   # training batches per epoch at most (ImageNet-size data); None: all
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -60,6 +61,7 @@ class DistillConfig:
     def __post_init__(self) -> None:
         checks = [
             ("epochs", self.epochs >= 0, "an integer >= 0"),
+            ("max_batches", self.max_batches is None or self.max_batches >= 1, "an integer >= 1 or None"),
             ("lr", self.lr > 0 and math.isfinite(self.lr), "a finite number > 0"),
             ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
             ("weight_decay", self.weight_decay >= 0, ">= 0"),
@@ -268,6 +270,7 @@ def _fit(student: nn.Module, teacher: nn.Module, loaders: TrainValLoaders, confi
          outputs: OutputKD | None) -> tuple[float, int]:
     optimizer = make_optimizer(student, config.optimizer_config())
     steps = _steps_per_epoch(loaders.train)
+    steps = steps if config.max_batches is None else min(steps, config.max_batches)
     scheduler = make_scheduler(optimizer, epochs=config.epochs, steps_per_epoch=steps,
                                warmup_epochs=config.warmup_epochs, min_lr_ratio=config.min_lr_ratio)
     chosen: list[OutputKD] = [outputs] if outputs is not None else []
@@ -284,7 +287,7 @@ def _fit(student: nn.Module, teacher: nn.Module, loaders: TrainValLoaders, confi
     best_val, best_epoch, best_state = -math.inf, 0, None
     for epoch in range(1, config.epochs + 1):
         fit = fit_epoch(student, loaders.train, optimizer, scheduler, batch_loss, device,
-                        progress=config.progress, desc=f"{desc} {epoch}/{config.epochs}")
+                        progress=config.progress, desc=f"{desc} {epoch}/{config.epochs}", max_batches=steps)
         val = task.evaluate(student, loaders.val, device)
         history.append({"epoch": epoch, "train_loss": fit["loss"], "val_top1": val})
         if val >= best_val:

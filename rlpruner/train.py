@@ -12,6 +12,7 @@ tables show percent.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
@@ -48,7 +49,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     device: str = "cpu"
-    workers: int = 0
+    workers: int | None = None      # DataLoader workers; None: 0 for in-memory data, more for streamed folders
     progress: bool | None = None    # tqdm bars; None: only when stderr is a terminal
 
     def __post_init__(self) -> None:
@@ -61,7 +62,7 @@ class TrainConfig:
             ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, f"in [0, epochs={self.epochs}]"),
             ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
-            ("workers", self.workers >= 0, ">= 0"),
+            ("workers", self.workers is None or self.workers >= 0, ">= 0 or None"),
         ]
         for option, ok, requirement in checks:
             if not ok:
@@ -140,12 +141,16 @@ BatchLoss = Callable[[nn.Module, Any], tuple[torch.Tensor, Any]]
 def fit_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.optim.Optimizer,
               scheduler: torch.optim.lr_scheduler.LRScheduler | None, batch_loss: BatchLoss,
               device: str | torch.device, *, progress: bool | None = None, desc: str = "train",
-              on_batch: Callable[[Any, Any], dict[str, str]] | None = None) -> dict[str, float]:
-    """One pass over `loader` (batches of any structure, moved to `device`), one optimizer step per
-    batch; returns the mean loss. `on_batch(outputs, batch)` may add fields to the progress bar."""
+              on_batch: Callable[[Any, Any], dict[str, str]] | None = None,
+              max_batches: int | None = None) -> dict[str, float]:
+    """One pass over `loader` (its first `max_batches` batches when given; batches of any structure,
+    moved to `device`), one optimizer step per batch; returns the mean loss. `on_batch(outputs,
+    batch)` may add fields to the progress bar."""
     model.train()
     total_loss, seen = 0.0, 0
-    bar = tqdm(loader, desc=desc, leave=False, disable=not _progress_enabled(progress), dynamic_ncols=True)
+    batches = loader if max_batches is None else itertools.islice(loader, max_batches)
+    bar = tqdm(batches, desc=desc, leave=False, disable=not _progress_enabled(progress), dynamic_ncols=True,
+               total=max_batches)
     for batch in bar:
         batch = to_device(batch, device)
         loss, outputs = batch_loss(model, batch)
@@ -255,7 +260,8 @@ def train(model: nn.Module, data: Splits | Loaders, config: TrainConfig, *,
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     loaders = data if isinstance(data, Loaders) else make_loaders(
-        data, config.batch_size, workers=config.workers, augment=config.augment, seed=config.seed)
+        data, config.batch_size, workers=config.workers, augment=config.augment, seed=config.seed,
+        pin_memory=device.type == "cuda")
     if len(loaders.train) == 0:
         raise ConfigError("the training split yields no batches")
     model.to(device)

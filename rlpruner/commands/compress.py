@@ -115,6 +115,8 @@ def _add_kd_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kd-ce-weight", type=float, default=d.ce_weight,
                        help="weight s of the hard-label loss (default: %(default)s)")
     group.add_argument("--kd-batch-size", type=int, default=d.batch_size, help="default: %(default)s")
+    group.add_argument("--kd-max-batches", type=int, default=d.max_batches, metavar="N",
+                       help="training batches per KD epoch at most, for ImageNet-size data (default: all)")
     group.add_argument("--kd-augment", action=_BOOL, default=d.augment, help="default: %(default)s")
     group.add_argument("--switch-teacher", action=_BOOL, default=d.switch_teacher,
                        help="the student becomes the teacher once better on validation (default: %(default)s)")
@@ -129,6 +131,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default=c.device, help="cpu, cuda, cuda:N, mps or auto (default: %(default)s)")
     add_threads_argument(group)
     group.add_argument("--eval-batch-size", type=int, default=c.eval_batch_size, help="default: %(default)s")
+    group.add_argument("--workers", type=int, default=c.workers,
+                       help="DataLoader worker processes for streamed image folders; results do not depend on it "
+                            "(default: up to 8)")
+    group.add_argument("--val-cache-mb", type=int, default=c.val_cache_mb,
+                       help="keep the validation split on the device when it fits in this many MiB, else read it "
+                            "again for every full evaluation (default: %(default)s)")
     group.add_argument("--latency-batch", type=int, default=c.latency_batch, help="default: %(default)s")
     group.add_argument("--latency-repeats", type=int, default=c.latency_repeats, help="default: %(default)s")
     group.add_argument("--latency-threads", type=int, default=c.latency_threads,
@@ -158,7 +166,8 @@ def config_from_args(args: argparse.Namespace) -> CompressConfig:
     kd = DistillConfig(epochs=args.kd_epochs, lr=args.kd_lr, momentum=args.kd_momentum,
                        weight_decay=args.kd_weight_decay, nesterov=args.kd_nesterov,
                        warmup_epochs=args.kd_warmup_epochs, temperature=args.kd_temperature,
-                       ce_weight=args.kd_ce_weight, batch_size=args.kd_batch_size, augment=args.kd_augment,
+                       ce_weight=args.kd_ce_weight, batch_size=args.kd_batch_size, max_batches=args.kd_max_batches,
+                       augment=args.kd_augment,
                        switch_teacher=args.switch_teacher, switch_margin=args.switch_margin)
     reward = Reward(args.strategy, args.flops_weight, args.params_weight, args.latency_weight)
     return CompressConfig(target=target_from_args(args), reward=reward, rl=rl, kd=kd,
@@ -166,8 +175,8 @@ def config_from_args(args: argparse.Namespace) -> CompressConfig:
                           keep=tuple(args.keep), eval_batch_size=args.eval_batch_size,
                           latency_batch=args.latency_batch, latency_repeats=args.latency_repeats,
                           latency_threads=args.latency_threads, report_batch=args.report_batch,
-                          seed=args.seed, device=args.device,
-                          progress=args.progress, method=args.method)
+                          seed=args.seed, device=args.device, workers=args.workers,
+                          val_cache_mb=args.val_cache_mb, progress=args.progress, method=args.method)
 
 
 def run(args: argparse.Namespace) -> int:

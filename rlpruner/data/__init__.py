@@ -8,19 +8,23 @@ Validation is for every choice made while training or pruning; test is only ever
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError
 from .augment import AugmentingCollate, augment_batch
 from .base import AugmentConfig, ImageDataset, Splits, stratified_split
+from .imagefolder import StreamingImages
 from .registry import DATASETS, DatasetEntry, default_root, get_dataset, list_datasets
 from .spec import DataSpec
+from .transforms import AugmentSampler, CropConfig
 
-__all__ = ["DATASETS", "AugmentConfig", "DataSpec", "DatasetEntry", "ImageDataset", "Loaders", "Splits",
-           "augment_batch", "default_root", "get_dataset", "list_datasets", "make_loaders", "stratified_split"]
+__all__ = ["DATASETS", "AugmentConfig", "CropConfig", "DataSpec", "DatasetEntry", "ImageDataset", "Loaders",
+           "Splits", "StreamingImages", "augment_batch", "default_root", "default_workers", "get_dataset",
+           "list_datasets", "make_loaders", "stratified_split"]
 
 
 @dataclass
@@ -30,23 +34,37 @@ class Loaders:
     test: DataLoader | None = None
 
 
-def make_loaders(splits: Splits, batch_size: int, *, workers: int = 0, augment: bool = True, seed: int = 0,
-                 eval_batch_size: int | None = None) -> Loaders:
-    """Seeded loaders: the training one shuffles and augments (with `splits.augment`), the others do not.
+def default_workers(dataset: object) -> int:
+    """DataLoader workers when none are asked for: up to 8 processes that decode a streamed folder's
+    images while the model computes; 0 for anything else (in memory, a worker would only copy tensors)."""
+    return max(1, min(8, os.cpu_count() or 1)) if isinstance(dataset, StreamingImages) else 0
+
+
+def make_loaders(splits: Splits, batch_size: int, *, workers: int | None = 0, augment: bool = True, seed: int = 0,
+                 eval_batch_size: int | None = None, pin_memory: bool = False) -> Loaders:
+    """Seeded loaders: the training one shuffles and augments, the others do not. In-memory images
+    are augmented per batch (`splits.augment`); streamed ones per sample, each with its own seed
+    (`AugmentSampler`), so the batches do not depend on `workers` (None: `default_workers`).
 
     The last incomplete training batch is dropped when the split is larger than one batch, so that
     BatchNorm never sees a batch of one.
     """
+    workers = default_workers(splits.train) if workers is None else workers
     if batch_size < 1 or workers < 0:
         raise ConfigError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
     eval_batch_size = eval_batch_size or max(batch_size, 256)
-    collate = AugmentingCollate(splits.augment, seed) if augment else None
-    train = DataLoader(splits.train, batch_size=batch_size, shuffle=True, num_workers=workers,
-                       collate_fn=collate, drop_last=len(splits.train) > batch_size,
-                       generator=torch.Generator().manual_seed(seed), persistent_workers=workers > 0)
+    generator = torch.Generator().manual_seed(seed)
+    per_sample = isinstance(splits.train, StreamingImages)
+    sampling: dict = ({"sampler": AugmentSampler(len(splits.train), generator)} if per_sample and augment
+                      else {"shuffle": True, "generator": generator})
+    collate = AugmentingCollate(splits.augment, seed) if augment and not per_sample else None
+    train = DataLoader(splits.train, batch_size=batch_size, num_workers=workers, collate_fn=collate,
+                       drop_last=len(splits.train) > batch_size, persistent_workers=workers > 0,
+                       pin_memory=pin_memory, **sampling)
 
-    def evaluation(dataset: ImageDataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=eval_batch_size, shuffle=False, num_workers=workers)
+    def evaluation(dataset: Dataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=eval_batch_size, shuffle=False, num_workers=workers,
+                          pin_memory=pin_memory)
 
     test = None if splits.test is None else evaluation(splits.test)
     return Loaders(train=train, val=evaluation(splits.val), test=test)

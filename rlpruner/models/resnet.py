@@ -1,5 +1,6 @@
 """CIFAR ResNets: 6n+2 nets (ResNet-8/20/32/56/110, widths 16-32-64) and ResNet-18 (basic) / -50
-(bottleneck) with a 3x3 stem and no max-pool. Projection (1x1 conv + BN) shortcuts where the
+(bottleneck) with a 3x3 stem and no max-pool, or with `stem="imagenet"` the 7x7 stride-2 stem and
+max-pool of the ImageNet models (at 224x224: 3.6 / 8.2 GFLOPs, i.e. 1.8 / 4.1 G multiply-adds). Projection (1x1 conv + BN) shortcuts where the
 shape changes ("option B"), identity elsewhere."""
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlpruner.errors import ConfigError
 from rlpruner.models.layers import ConvBNAct, init_weights
 from rlpruner.models.registry import register_model
 
@@ -67,8 +69,15 @@ class ResNet(nn.Sequential):
     """stem -> layer1..layerN (first stride 1, then 2) -> global average pool -> fc."""
 
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], depths: Sequence[int],
-                 widths: Sequence[int], num_classes: int, in_channels: int) -> None:
-        parts: list[tuple[str, nn.Module]] = [("stem", ConvBNAct(in_channels, widths[0], 3))]
+                 widths: Sequence[int], num_classes: int, in_channels: int, stem: str = "cifar") -> None:
+        if stem == "cifar":
+            parts: list[tuple[str, nn.Module]] = [("stem", ConvBNAct(in_channels, widths[0], 3))]
+        elif stem == "imagenet":
+            parts = [("stem", ConvBNAct(in_channels, widths[0], 7, stride=2)),
+                     ("maxpool", nn.MaxPool2d(3, stride=2, padding=1))]
+        else:
+            raise ConfigError(f"ResNet stem must be 'cifar' (3x3, no pooling) or 'imagenet' (7x7 stride 2 and "
+                              f"max-pool), got {stem!r}")
         channels = widths[0]
         for index, (depth, width) in enumerate(zip(depths, widths)):
             blocks = []
@@ -113,10 +122,10 @@ def resnet110(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
 
 
 @register_model("resnet18")
-def resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    return ResNet(BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), num_classes, in_channels)
+def resnet18(num_classes: int = 10, in_channels: int = 3, stem: str = "cifar") -> nn.Module:
+    return ResNet(BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), num_classes, in_channels, stem)
 
 
 @register_model("resnet50")
-def resnet50(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    return ResNet(Bottleneck, (3, 4, 6, 3), (64, 128, 256, 512), num_classes, in_channels)
+def resnet50(num_classes: int = 10, in_channels: int = 3, stem: str = "cifar") -> nn.Module:
+    return ResNet(Bottleneck, (3, 4, 6, 3), (64, 128, 256, 512), num_classes, in_channels, stem)

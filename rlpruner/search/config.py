@@ -147,8 +147,9 @@ class RLConfig:
         return policy.capacity(np.asarray(sizes), self.min_keep, self.round_to)
 
 
-# Options a run may be resumed with different values of: they change what is shown, not what is searched.
-PRESENTATION_OPTIONS = ("progress", "report_batch")
+# Options a run may be resumed with different values of: they change what is shown, or how fast the
+# data is read, not what is searched.
+PRESENTATION_OPTIONS = ("progress", "report_batch", "workers", "val_cache_mb")
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,9 @@ class CompressConfig:
     report_batch: int = 32               # the report also times both models at this batch size
     seed: int = 0
     device: str = "cpu"
+    workers: int | None = None           # DataLoader workers for streamed image folders; None: up to 8
+    val_cache_mb: int = 1024             # the validation split stays on the device when it fits in this;
+                                         # else it is read again for every full evaluation
     progress: bool | None = None         # tqdm bars; None: only on a terminal
     method: str = "rl"                   # an allocator registered in rlpruner.allocation.ALLOCATORS
 
@@ -181,9 +185,15 @@ class CompressConfig:
                                        ("report_batch", self.report_batch, 1),
                                        ("latency_repeats", self.latency_repeats, 1),
                                        ("latency_warmup", self.latency_warmup, 0),
-                                       ("latency_threads", self.latency_threads or 1, 1)):
+                                       ("latency_threads", self.latency_threads or 1, 1),
+                                       ("workers", 0 if self.workers is None else self.workers, 0),
+                                       ("val_cache_mb", self.val_cache_mb, 0)):
             if value < minimum:
                 raise ConfigError(f"{option} must be >= {minimum}, got {value}")
+
+    @property
+    def val_cache_bytes(self) -> int:
+        return self.val_cache_mb * 2**20
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

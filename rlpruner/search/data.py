@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, Subset
 
-from ..batches import Batch, batch_len, first_sample, to_device
-from ..data import AugmentConfig, Loaders, Splits, make_loaders
+from ..batches import Batch, CachedBatches, batch_len, first_sample, to_device
+from ..data import AugmentConfig, Loaders, Splits, default_workers, make_loaders
 from ..data.base import dataset_labels, stratified_subset
 from ..errors import ConfigError, DataError
 from ..importance import Calibration
@@ -43,6 +43,8 @@ class Source(Protocol):
 @dataclass(frozen=True)
 class SplitsSource:
     splits: Splits
+    workers: int | None = None   # DataLoader workers for streamed data; None: `default_workers`
+    pin_memory: bool = False
 
     @property
     def name(self) -> str:
@@ -52,11 +54,23 @@ class SplitsSource:
         splits = self.splits
         if splits.test is None:  # make_loaders builds a test loader too; it is never iterated here
             splits = replace(splits, test=splits.val)
-        return make_loaders(splits, batch_size, augment=augment, seed=seed).train
+        return make_loaders(splits, batch_size, augment=augment, seed=seed, workers=self.workers_for(splits.train),
+                            pin_memory=self.pin_memory).train
+
+    def workers_for(self, dataset: Any) -> int:
+        """In-memory data is always read in the main process (its batch augmentation draws would
+        otherwise depend on the worker count); streamed data by `workers` processes, which never
+        changes its batches (`AugmentSampler`)."""
+        default = default_workers(dataset)
+        return default if self.workers is None or default == 0 else self.workers
+
+    def evaluation(self, dataset: Any, batch_size: int) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, num_workers=self.workers_for(dataset),
+                          pin_memory=self.pin_memory)
 
     def test(self, batch_size: int) -> Iterable[Batch] | None:
         test = self.splits.test
-        return DataLoader(test, batch_size=batch_size) if test is not None and len(test) > 0 else None
+        return self.evaluation(test, batch_size) if test is not None and len(test) > 0 else None
 
 
 @dataclass(frozen=True)
@@ -78,7 +92,8 @@ class Data:
     source: Source
     example: Any                 # the model's inputs for one sample: tracing, counting, latency
     calibration: Calibration     # training batches for data-driven importance
-    val_batches: list[Batch]     # the whole validation split: guard, choices, report
+    val_batches: CachedBatches   # the whole validation split: guard, choices, report (cached on the
+                                 # device while it fits in `val_cache_mb`, else streamed every pass)
     score_batches: list[Batch]   # the scoring subset of validation: candidates
     bn_batches: list[Batch]      # training batches that recalibrate BatchNorm; [] off
 
@@ -113,55 +128,58 @@ def prepare_data(source: Source, config: CompressConfig, device: torch.device, t
     subset (candidates) and the BatchNorm recalibration batches (training data: unaugmented for
     rlpruner's own data; a user dataset's samples as its `__getitem__` gives them, drawn once)."""
     if isinstance(source, SplitsSource):
-        val, score, calibration, bn = _from_splits(source.splits, config, device)
+        source = replace(source, workers=config.workers, pin_memory=device.type == "cuda")
+        val, score, calibration, bn = _from_splits(source, config, device)
     else:
         with torch.random.fork_rng():  # a dataset that augments on access draws from torch's generator
             torch.manual_seed(config.seed)
             val, score, calibration, bn = _from_loaders(source, config, device)
-    example = first_sample(model_inputs(model, task.forward, val[0]))
+    example = first_sample(model_inputs(model, task.forward, val.first()))
     losses = Calibration(batches=tuple(calibration), forward=task.forward,
                          loss=lambda outputs, batch: task.batch_loss(outputs, batch, "importance"))
     return Data(source=source, example=example, calibration=losses, val_batches=val, score_batches=score,
                 bn_batches=bn)
 
 
-def _from_splits(splits: Splits, config: CompressConfig, device: torch.device) -> tuple[list, list, list, list]:
+def _from_splits(source: SplitsSource, config: CompressConfig, device: torch.device
+                 ) -> tuple[CachedBatches, list, list, list]:
     """Seeded, class-stratified samples."""
+    splits = source.splits
     if splits.val is None or len(splits.val) == 0:
         raise DataError(f"{splits.name}: the validation split is empty; RL-Pruner scores candidates on "
                         "validation (never on test), so use val_fraction > 0")
     if len(splits.train) == 0:
         raise DataError(f"{splits.name}: the training split is empty")
     rl, seed = config.rl, config.seed
-    val = subset_batches(splits.val, np.arange(len(splits.val)), config.eval_batch_size, device)
+    val = CachedBatches(source.evaluation(splits.val, config.eval_batch_size), device, config.val_cache_bytes)
     val_labels = dataset_labels(splits.val)
-    score = (val if rl.score_samples is None or rl.score_samples >= len(splits.val) else
+    score = (list(val) if rl.score_samples is None or rl.score_samples >= len(splits.val) else
              subset_batches(splits.val, stratified_subset(val_labels, rl.score_samples, seed),
-                            config.eval_batch_size, device))
-    train_labels = dataset_labels(splits.train)
+                            config.eval_batch_size, device, source.workers_for(splits.val)))
+    train_labels, workers = dataset_labels(splits.train), source.workers_for(splits.train)
     calibration = subset_batches(splits.train, stratified_subset(train_labels, rl.calibration_samples, seed + 1),
-                                 len(splits.train), device)[:1]
+                                 len(splits.train), device, workers)[:1]
     bn = (subset_batches(splits.train, stratified_subset(train_labels, rl.bn_samples, seed + 2),
-                         config.eval_batch_size, device) if rl.bn_samples else [])
+                         config.eval_batch_size, device, workers) if rl.bn_samples else [])
     return val, score, calibration, bn
 
 
-def subset_batches(dataset: Any, indices: np.ndarray, batch_size: int, device: torch.device | str = "cpu"
-                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def subset_batches(dataset: Any, indices: np.ndarray, batch_size: int, device: torch.device | str = "cpu",
+                   workers: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`(inputs, labels)` batches of `dataset[indices]`, in order, on `device`."""
-    loader = DataLoader(Subset(dataset, indices.tolist()), batch_size=batch_size)
+    loader = DataLoader(Subset(dataset, indices.tolist()), batch_size=batch_size, num_workers=workers)
     return [(x.to(device), torch.as_tensor(y).to(device)) for x, y in loader]
 
 
 def _from_loaders(source: LoaderSource, config: CompressConfig, device: torch.device
-                  ) -> tuple[list, list, list, list]:
+                  ) -> tuple[CachedBatches, list, list, list]:
     """Seeded random samples of the loaders' datasets (no labels to stratify by in general)."""
     rl, seed = config.rl, config.seed
-    val = [to_device(b, device) for b in source.val]
-    if not val:
-        raise DataError("the validation loader yields no batches; RL-Pruner scores candidates on validation")
+    val = CachedBatches(source.val, device, config.val_cache_bytes)
     total = sum(batch_len(b) for b in val)
-    score = (val if rl.score_samples is None or rl.score_samples >= total else
+    if not total:
+        raise DataError("the validation loader yields no batches; RL-Pruner scores candidates on validation")
+    score = (list(val) if rl.score_samples is None or rl.score_samples >= total else
              _sample(source.val, rl.score_samples, seed, None, device))
     calibration = _sample(source.train, rl.calibration_samples, seed + 1, rl.calibration_samples, device)
     if not calibration:
