@@ -696,6 +696,7 @@ def render_doc(results: Mapping[str, Any], doc_path: Path, plots_dir: Path) -> s
              f"({engine['threads']} threads, median of {engine['repeats']} run(s)).", "", *engine_table(engine), ""]
             if engine else ["Not run (no engine_speed.json).", ""])
     out += _sensitivity_section(sensitivity, plots_dir, rel)
+    out += _scale_section(results_dir_of(plots_dir))
     if READING.exists() and (results.get("suite") or {}).get("mode") == "full":
         out += ["## Reading", "", READING.read_text().strip(), ""]
     return "\n".join(out) + "\n"
@@ -735,6 +736,21 @@ def _headroom_section(results_dir: Path) -> list[str]:
     out = ["## How much the allocation can matter after recovery (benchmarks/headroom.py)", ""]
     if not path.exists():
         return out + ["Not run (no headroom.json).", ""]
+    page = render_markdown(json.loads(path.read_text())).splitlines()
+    return out + [line for line in page if not line.startswith("# ")] + [""]
+
+
+def _scale_section(results_dir: Path) -> list[str]:
+    """The scale study (benchmarks/scale.py): host memory and per-step cost of a streamed folder of
+    224x224 JPEGs as it grows."""
+    import json
+
+    from benchmarks.scale import render_markdown
+
+    path = results_dir / "scale.json"
+    out = ["## Scale: a streamed folder of JPEGs, as it grows (benchmarks/scale.py)", ""]
+    if not path.exists():
+        return out + ["Not run (no scale.json).", ""]
     page = render_markdown(json.loads(path.read_text())).splitlines()
     return out + [line for line in page if not line.startswith("# ")] + [""]
 

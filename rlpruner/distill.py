@@ -33,6 +33,7 @@ from torch import nn
 
 from .batches import batch_len, tensors_of
 from .errors import ConfigError, DivergenceError
+from .precision import Precision
 from .registry import Registry
 from .task import Task, TaskError
 from .train import TrainConfig, fit_epoch, make_optimizer, make_scheduler
@@ -221,11 +222,13 @@ class DistillResult:
 
 def distill(student: nn.Module, teacher: nn.Module, loaders: TrainValLoaders, config: DistillConfig, *,
             device: str | torch.device = "cpu", teacher_val: float | None = None, desc: str = "KD",
-            task: Task | None = None, outputs: OutputKD | None = None) -> DistillResult:
+            task: Task | None = None, outputs: OutputKD | None = None,
+            precision: Precision | None = None) -> DistillResult:
     """Fine-tune `student` in place against `teacher` for `config.epochs` epochs.
 
     `task` says how batches become outputs, the task loss and the metric (default: classification);
-    `outputs` how outputs are distilled (default: `config.outputs` resolved on the first batch). The
+    `outputs` how outputs are distilled (default: `config.outputs` resolved on the first batch);
+    `precision` gives the fp16 gradient scaler (its autocast is already in `task`'s forward). The
     student keeps the weights of its best validation epoch (the later one on ties, which is further
     down the cosine schedule). `teacher_val` saves one evaluation when the caller knows it.
     """
@@ -243,7 +246,7 @@ def distill(student: nn.Module, teacher: nn.Module, loaders: TrainValLoaders, co
         while True:
             try:
                 student_val, best_epoch = _fit(student, teacher, loaders, replace(config, lr=lr), device, desc,
-                                               history, task, outputs)
+                                               history, task, outputs, precision or Precision())
                 break
             except DivergenceError as exc:  # roll back to the weights it came in with; retry gentler
                 student.load_state_dict(came_in)
@@ -267,8 +270,9 @@ def _empty(batches: Iterable[Any]) -> bool:
 
 def _fit(student: nn.Module, teacher: nn.Module, loaders: TrainValLoaders, config: DistillConfig,
          device: str | torch.device, desc: str, history: list[dict[str, float]], task: Task,
-         outputs: OutputKD | None) -> tuple[float, int]:
+         outputs: OutputKD | None, precision: Precision) -> tuple[float, int]:
     optimizer = make_optimizer(student, config.optimizer_config())
+    scaler = precision.scaler()
     steps = _steps_per_epoch(loaders.train)
     steps = steps if config.max_batches is None else min(steps, config.max_batches)
     scheduler = make_scheduler(optimizer, epochs=config.epochs, steps_per_epoch=steps,
@@ -287,7 +291,8 @@ def _fit(student: nn.Module, teacher: nn.Module, loaders: TrainValLoaders, confi
     best_val, best_epoch, best_state = -math.inf, 0, None
     for epoch in range(1, config.epochs + 1):
         fit = fit_epoch(student, loaders.train, optimizer, scheduler, batch_loss, device,
-                        progress=config.progress, desc=f"{desc} {epoch}/{config.epochs}", max_batches=steps)
+                        progress=config.progress, desc=f"{desc} {epoch}/{config.epochs}", max_batches=steps,
+                        scaler=scaler)
         val = task.evaluate(student, loaders.val, device)
         history.append({"epoch": epoch, "train_loss": fit["loss"], "val_top1": val})
         if val >= best_val:

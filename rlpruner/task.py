@@ -153,8 +153,19 @@ class Task:
         """The metric of `model` on `batches` (a whole split: the guard, recovery, the report)."""
         if self.metric is None and self.forward is classify_forward:
             return evaluate(model, batches, device)["top1"]
-        if self.metric is None:
-            return self.score(model, list(batches), None)
+        if self.metric is None:  # top-1 batch by batch: a streamed split is never held whole
+            was = model.training
+            model.eval()
+            correct = seen = 0
+            try:
+                with torch.no_grad():
+                    for batch in batches:
+                        labels = labels_of(batch, "metric", "top-1")
+                        correct += int((self.forward(model, batch).argmax(1) == labels).sum())
+                        seen += len(labels)
+            finally:
+                model.train(was)
+            return correct / max(1, seen)
         return self._user_metric(model, batches)
 
     def score(self, model: nn.Module, batches: Sequence[Batch], outputs: list[Any] | None) -> float:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from .batches import batch_len, to_device
 from .data import Loaders, Splits, make_loaders
 from .errors import CheckpointError, ConfigError, DivergenceError
+from .precision import AMP_MODES, Precision
 
 # loss_fn(model_outputs, targets, inputs) -> scalar loss; `inputs` lets distillation run a teacher.
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -50,6 +51,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     workers: int | None = None      # DataLoader workers; None: 0 for in-memory data, more for streamed folders
+    amp: str = "auto"               # autocast: auto (bf16 on CUDA, fp16 + scaler on older GPUs, off on CPU)
+    channels_last: bool | None = None  # convolution memory format; None: on for CUDA
     progress: bool | None = None    # tqdm bars; None: only when stderr is a terminal
 
     def __post_init__(self) -> None:
@@ -63,6 +66,7 @@ class TrainConfig:
             ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
             ("workers", self.workers is None or self.workers >= 0, ">= 0 or None"),
+            ("amp", self.amp in AMP_MODES, f"one of {', '.join(AMP_MODES)}"),
         ]
         for option, ok, requirement in checks:
             if not ok:
@@ -142,10 +146,10 @@ def fit_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.optim.Op
               scheduler: torch.optim.lr_scheduler.LRScheduler | None, batch_loss: BatchLoss,
               device: str | torch.device, *, progress: bool | None = None, desc: str = "train",
               on_batch: Callable[[Any, Any], dict[str, str]] | None = None,
-              max_batches: int | None = None) -> dict[str, float]:
+              max_batches: int | None = None, scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
     """One pass over `loader` (its first `max_batches` batches when given; batches of any structure,
     moved to `device`), one optimizer step per batch; returns the mean loss. `on_batch(outputs,
-    batch)` may add fields to the progress bar."""
+    batch)` may add fields to the progress bar; `scaler` scales fp16 gradients (mixed precision)."""
     model.train()
     total_loss, seen = 0.0, 0
     batches = loader if max_batches is None else itertools.islice(loader, max_batches)
@@ -157,8 +161,13 @@ def fit_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.optim.Op
         if not torch.isfinite(loss):
             raise DivergenceError(f"{desc}: the training loss became {loss.item()}; lower the learning rate")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:  # fp16: scale the loss so small gradients do not underflow; skip steps that overflow
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         if scheduler is not None:
             scheduler.step()
         n = batch_len(batch)
@@ -171,13 +180,16 @@ def fit_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.optim.Op
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None, loss_fn: LossFn,
                     device: str | torch.device, *, progress: bool | None = None,
-                    desc: str = "train") -> dict[str, float]:
+                    desc: str = "train", precision: Precision | None = None) -> dict[str, float]:
     """One pass over `(inputs, targets)` batches; returns the mean loss and top-1 (fraction) on the
-    (augmented) training batches."""
+    (augmented) training batches. `precision`: autocast and the fp16 gradient scaler."""
     hits = {"correct": 0, "seen": 0}
+    precision = precision or Precision()
 
     def batch_loss(model: nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
-        outputs = model(batch[0])
+        with precision.autocast():
+            outputs = model(batch[0])
+        outputs = outputs.float()
         return loss_fn(outputs, batch[1], batch[0]), outputs
 
     def count(outputs: Any, batch: Any) -> dict[str, str]:
@@ -186,7 +198,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         return {"top1": f"{hits['correct'] / hits['seen']:.1%}"}
 
     fit = fit_epoch(model, loader, optimizer, scheduler, batch_loss, device, progress=progress, desc=desc,
-                    on_batch=count)
+                    on_batch=count, scaler=precision.scaler())
     return {"loss": fit["loss"], "top1": hits["correct"] / max(1, hits["seen"])}
 
 
@@ -264,7 +276,8 @@ def train(model: nn.Module, data: Splits | Loaders, config: TrainConfig, *,
         pin_memory=device.type == "cuda")
     if len(loaders.train) == 0:
         raise ConfigError("the training split yields no batches")
-    model.to(device)
+    precision = Precision.resolve(config.amp, config.channels_last, device)
+    precision.prepare(model.to(device))
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, epochs=config.epochs, steps_per_epoch=len(loaders.train),
                                warmup_epochs=config.warmup_epochs, min_lr_ratio=config.min_lr_ratio)
@@ -275,7 +288,8 @@ def train(model: nn.Module, data: Splits | Loaders, config: TrainConfig, *,
     for epoch in range(1, config.epochs + 1):
         t0, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
         fit = train_one_epoch(model, loaders.train, optimizer, scheduler, loss_fn, device,
-                              progress=config.progress, desc=f"epoch {epoch}/{config.epochs}")
+                              progress=config.progress, desc=f"epoch {epoch}/{config.epochs}",
+                              precision=precision)
         val = evaluate(model, loaders.val, device)
         stats = EpochStats(epoch, lr, fit["loss"], fit["top1"], val["loss"], val["top1"], val["top5"],
                            time.perf_counter() - t0)

@@ -2,7 +2,9 @@
 import dataclasses
 import json
 import math
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -308,3 +310,50 @@ def test_coverage_benchmark_measures_share_removal_and_exactness():
     assert row["top_frozen_reason"] == "model output" and row["frozen_by_forward_check"] == []
     table = coverage.render({"machine": "m", "torch": "t", "rows": [row, {"model": "x", "input": 32, "error": "E"}]})
     assert "| resnet8 | 32² |" in table and "yes (" in table and "| x | 32² | fails: E |" in table
+
+
+def test_scale_folder_is_deterministic_and_reused(tmp_path):
+    from benchmarks.scale import make_folder
+
+    a = make_folder(tmp_path / "a", 12, 3, (20, 30))
+    b = make_folder(tmp_path / "b", 12, 3, (20, 30))
+    files = sorted(p.relative_to(a) for p in a.rglob("*.jpg"))
+    assert len(files) == 12 and files == sorted(p.relative_to(b) for p in b.rglob("*.jpg"))
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+    stamp = (a / files[0]).stat().st_mtime_ns
+    make_folder(a, 12, 3, (20, 30))  # complete: not written again
+    assert (a / files[0]).stat().st_mtime_ns == stamp
+
+
+def test_scale_memory_meter_sees_this_process_and_its_children():
+    import subprocess
+
+    from benchmarks.scale import descendants, pss_bytes
+
+    own = pss_bytes([os.getpid()])
+    assert own > 1_000_000
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+    try:
+        for _ in range(50):
+            if child.pid in descendants(os.getpid()):
+                break
+            time.sleep(0.05)
+        assert child.pid in descendants(os.getpid())
+        assert pss_bytes(descendants(os.getpid())) > own
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_scale_quick_run_measures_and_renders(tmp_path):
+    from benchmarks import scale
+
+    assert scale.main(["--quick", "--results", str(tmp_path / "results"), "--work", str(tmp_path / "work")]) == 0
+    doc = json.loads((tmp_path / "results" / "scale.json").read_text())
+    assert [r["folder_images"] for r in doc["rows"]] == [60, 240]
+    for row in doc["rows"]:
+        assert row["peak_pss_bytes"] > 0 and row["steps"] and row["world_size"] == 1
+        summary = scale.step_summary(row)
+        assert summary["wall_s"] >= summary["eval"] > 0 and summary["candidates_per_s"] > 0
+    page = (tmp_path / "results" / "scale.md").read_text()
+    assert "| 240 (" in page and "peak host memory changes" in page

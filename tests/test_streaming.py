@@ -186,8 +186,8 @@ def _run(splits, tmp_path, name, **overrides):
                                                                       calibration_samples=8),
                             kd=DistillConfig(epochs=1, batch_size=8, max_batches=2, lr=0.01), final_epochs=1,
                             eval_batch_size=8, latency_repeats=1, latency_warmup=0, progress=False, **overrides)
-    model = create_model("simple_cnn", num_classes=splits.num_classes, in_channels=3, widths=(8, 16))
     torch.manual_seed(0)
+    model = create_model("simple_cnn", num_classes=splits.num_classes, in_channels=3, widths=(8, 16))
     return compress(model, splits, config, out_dir=tmp_path / name)
 
 

@@ -8,6 +8,7 @@ import torch
 
 from ..allocation import ALLOCATORS
 from ..distill import DistillConfig
+from ..precision import AMP_MODES
 from ..search import STRATEGIES, CompressConfig, RLConfig, Reward, Target
 from ..search.judges import JUDGES
 from .common import (add_model_arguments, add_data_arguments, add_out_argument, add_threads_argument,
@@ -131,6 +132,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default=c.device, help="cpu, cuda, cuda:N, mps or auto (default: %(default)s)")
     add_threads_argument(group)
     group.add_argument("--eval-batch-size", type=int, default=c.eval_batch_size, help="default: %(default)s")
+    group.add_argument("--amp", choices=AMP_MODES, default=c.amp,
+                       help="mixed precision: auto = bf16 on CUDA (fp16 with a gradient scaler on GPUs without "
+                            "bf16), off on CPU (default: %(default)s)")
+    group.add_argument("--channels-last", action=_BOOL, default=c.channels_last,
+                       help="channels_last memory format for convolutions (default: on for CUDA)")
     group.add_argument("--workers", type=int, default=c.workers,
                        help="DataLoader worker processes for streamed image folders; results do not depend on it "
                             "(default: up to 8)")
@@ -175,7 +181,8 @@ def config_from_args(args: argparse.Namespace) -> CompressConfig:
                           keep=tuple(args.keep), eval_batch_size=args.eval_batch_size,
                           latency_batch=args.latency_batch, latency_repeats=args.latency_repeats,
                           latency_threads=args.latency_threads, report_batch=args.report_batch,
-                          seed=args.seed, device=args.device, workers=args.workers,
+                          seed=args.seed, device=args.device, amp=args.amp, channels_last=args.channels_last,
+                          workers=args.workers,
                           val_cache_mb=args.val_cache_mb, progress=args.progress, method=args.method)
 
 

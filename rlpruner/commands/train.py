@@ -30,7 +30,8 @@ TRAIN_OPTIONS = (
     ("--label-smoothing", float, "cross-entropy label smoothing"),
     ("--seed", int, "model-init and training seed"),
     ("--device", str, "cpu, cuda, cuda:N, mps or auto"),
-    ("--workers", int, "DataLoader worker processes"),
+    ("--workers", int, "DataLoader worker processes; None: up to 8 for a streamed folder, else 0"),
+    ("--amp", str, "mixed precision: auto (bf16 on CUDA, fp16 on GPUs without bf16, off on CPU), off, bf16, fp16"),
 )
 
 
@@ -46,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         group.add_argument(flag, type=kind, default=getattr(defaults, _dest(flag)),
                            help=f"{text} (default: %(default)s)")
     group.add_argument("--no-augment", action="store_true", help="train without random crops/flips")
+    group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                       help="channels_last memory format for convolutions (default: on for CUDA)")
     add_threads_argument(group)
     add_out_argument(parser, "checkpoint to write (default: runs/<model>-<dataset>.safetensors); "
                              "<name>.train.json with the history goes next to it")
@@ -57,7 +60,7 @@ def _dest(flag: str) -> str:
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = {_dest(flag): getattr(args, _dest(flag)) for flag, _, _ in TRAIN_OPTIONS}
-    return TrainConfig(**values, augment=not args.no_augment)
+    return TrainConfig(**values, augment=not args.no_augment, channels_last=args.channels_last)
 
 
 def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:

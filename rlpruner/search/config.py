@@ -15,6 +15,7 @@ import numpy as np
 from ..allocation import ALLOCATORS, policy
 from ..distill import DistillConfig
 from ..errors import ConfigError, UnknownNameError
+from ..precision import AMP_MODES
 from ..registry import unknown_name_message
 from .judges import JUDGES
 from .targets import TARGETS, TargetKind
@@ -169,6 +170,9 @@ class CompressConfig:
     report_batch: int = 32               # the report also times both models at this batch size
     seed: int = 0
     device: str = "cpu"
+    amp: str = "auto"                    # autocast: auto (bf16 on CUDA, fp16 + grad scaler on older GPUs, off
+                                         # on CPU), off, bf16 or fp16
+    channels_last: bool | None = None    # convolution memory format; None: on for CUDA
     workers: int | None = None           # DataLoader workers for streamed image folders; None: up to 8
     val_cache_mb: int = 1024             # the validation split stays on the device when it fits in this;
                                          # else it is read again for every full evaluation
@@ -176,6 +180,8 @@ class CompressConfig:
     method: str = "rl"                   # an allocator registered in rlpruner.allocation.ALLOCATORS
 
     def __post_init__(self) -> None:
+        if self.amp not in AMP_MODES:
+            raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if self.method not in ALLOCATORS:
             raise UnknownNameError(unknown_name_message("pruning method", self.method, ALLOCATORS.names()))
         for option, value, minimum in (("post_train_period", self.post_train_period, 0),

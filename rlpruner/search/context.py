@@ -30,6 +30,7 @@ from ..distill import OutputKD, output_kd
 from ..errors import ConfigError, PruningError
 from ..graph import DependencyGraph, trace
 from ..isolate import breaking_at_half, frozen_reasons, warn_frozen
+from ..precision import Precision
 from ..surgery import prune_channels
 from ..task import Task, TaskError
 from ..train import resolve_device
@@ -83,6 +84,7 @@ class Context:
     timer: Timer
     log: Callable[[str], None]
     frozen: dict[str, str] = field(default_factory=dict)  # groups whose pruning breaks the forward: why
+    precision: Precision = field(default_factory=Precision)  # autocast and memory format (in task's forward)
 
     def graph_of(self, model: nn.Module) -> DependencyGraph:
         """The dependency graph of a model of this run (`keep` and the groups that break frozen)."""
@@ -143,8 +145,9 @@ def fingerprint(model: nn.Module) -> str:
 
 def prepare(model: nn.Module, data: Any, config: CompressConfig, out_dir: Path, log: Callable[[str], None],
             task: Task | None = None) -> Context:
-    task = task or Task()
     device = resolve_device(config.device)
+    precision = Precision.resolve(config.amp, config.channels_last, device)
+    task = precision.apply(task or Task())
     allocator = get_allocator(config.method, config.rl)
     original = copy.deepcopy(model).to(device).eval()
     prepared = prepare_data(as_source(data), config, device, task, original)
@@ -174,7 +177,7 @@ def prepare(model: nn.Module, data: Any, config: CompressConfig, out_dir: Path, 
                    names=names, original_sizes=sizes, base=base, target=target,
                    goal=target.goal(config.target.value, base_measure), step_budget=step_budget,
                    step_cost=step_cost, planned_steps=max(1, planned), allocator=allocator, out_dir=out_dir,
-                   timer=Timer(), log=log, frozen=frozen)
+                   timer=Timer(), log=log, frozen=frozen, precision=precision)
 
 
 def _breaking_groups(original: nn.Module, graph: DependencyGraph, example: Any) -> dict[str, str]:

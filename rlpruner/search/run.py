@@ -189,7 +189,8 @@ def _results(ctx: Context, state: State, base: dict, final: dict, model_path: Pa
     return {
         "model": spec.get("name", type(ctx.original).__name__), "dataset": ctx.data.source.name,
         "method": ctx.config.method, "metric": {"name": ctx.task.metric_name, "percent": ctx.task.is_percent},
-        "distill_outputs": ctx.distiller.name,
+        "distill_outputs": ctx.distiller.name, "device": str(ctx.device), "precision": ctx.precision.name,
+        "world_size": 1,
         "target": {"kind": ctx.config.target.kind, "value": ctx.config.target.value},
         "reached": {"sparsity": state.records[-1].sparsity if state.records else 0.0,
                     "flops": 1.0 - final["flops"] / base["flops"], "params": 1.0 - final["params"] / base["params"],

@@ -293,7 +293,7 @@ def distill_for(ctx: Context, model: nn.Module, teacher: Teacher, epochs: int, *
         loaders = _recovery_loaders(ctx, derived_seed(ctx.config.seed, *keys), kd.batch_size)
         result = distill(model, teacher.model, loaders, kd, device=ctx.device, teacher_val=teacher.val,
                          desc=f"KD {'final' if keys[-1] == FINAL else f'step {keys[0]}'}", task=ctx.task,
-                         outputs=ctx.distiller)
+                         outputs=ctx.distiller, precision=ctx.precision)
     if result.retries:
         ctx.log(f"KD {'final' if keys[-1] == FINAL else f'step {keys[0]}'}: the loss diverged; restarted "
                 f"{result.retries} time(s) from the last good weights, finished at lr {result.lr:g}")
