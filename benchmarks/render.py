@@ -725,34 +725,29 @@ def _judges_section(results_dir: Path) -> list[str]:
     return out if found else out + ["Not run (no judges.json).", ""]
 
 
-def _headroom_section(results_dir: Path) -> list[str]:
-    """The headroom study (benchmarks/headroom.py): how far apart architectures of equal FLOPs end
-    after the same recovery, and where each method's own architecture lands."""
+def _study_section(results_dir: Path, name: str, title: str) -> list[str]:
+    """A study script's page (benchmarks/NAME.py, from NAME.json) as a section of this one."""
+    import importlib
     import json
 
-    from benchmarks.headroom import render_markdown
-
-    path = results_dir / "headroom.json"
-    out = ["## How much the allocation can matter after recovery (benchmarks/headroom.py)", ""]
+    path = results_dir / f"{name}.json"
+    out = [f"## {title} (benchmarks/{name}.py)", ""]
     if not path.exists():
-        return out + ["Not run (no headroom.json).", ""]
+        return out + [f"Not run (no {name}.json).", ""]
+    render_markdown = importlib.import_module(f"benchmarks.{name}").render_markdown
     page = render_markdown(json.loads(path.read_text())).splitlines()
     return out + [line for line in page if not line.startswith("# ")] + [""]
+
+
+def _headroom_section(results_dir: Path) -> list[str]:
+    """The headroom study: how far apart architectures of equal FLOPs end after the same recovery,
+    and where each method's own architecture lands."""
+    return _study_section(results_dir, "headroom", "How much the allocation can matter after recovery")
 
 
 def _scale_section(results_dir: Path) -> list[str]:
-    """The scale study (benchmarks/scale.py): host memory and per-step cost of a streamed folder of
-    224x224 JPEGs as it grows."""
-    import json
-
-    from benchmarks.scale import render_markdown
-
-    path = results_dir / "scale.json"
-    out = ["## Scale: a streamed folder of JPEGs, as it grows (benchmarks/scale.py)", ""]
-    if not path.exists():
-        return out + ["Not run (no scale.json).", ""]
-    page = render_markdown(json.loads(path.read_text())).splitlines()
-    return out + [line for line in page if not line.startswith("# ")] + [""]
+    """The scale study: host memory and per-step cost of a streamed folder of 224x224 JPEGs as it grows."""
+    return _study_section(results_dir, "scale", "Scale: a streamed folder of JPEGs, as it grows")
 
 
 def _search_cost_section(cost: Mapping[str, Any] | None) -> list[str]:
