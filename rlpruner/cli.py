@@ -38,17 +38,24 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "_run"):
         parser.print_help()
         return 2
+    rank = os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") != "1" else "0"
+    prog = f"rlpruner {args.command}" + ("" if rank == "0" else f" [rank {rank}]")  # torchrun: whose message
     try:
         return int(args._run(args) or 0)
     except RLPrunerError as exc:
-        print(f"rlpruner {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
-        print(f"rlpruner {args.command}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` & co.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        if "rlpruner.distributed" in sys.modules:  # a torchrun run: leave the process group cleanly
+            from .distributed import leave
+
+            leave()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batches import batch_len, tensors_of
+from .distributed import World
 from .errors import ConfigError, DivergenceError
 from .precision import Precision
 from .registry import Registry
@@ -223,30 +224,37 @@ class DistillResult:
 def distill(student: nn.Module, teacher: nn.Module, loaders: TrainValLoaders, config: DistillConfig, *,
             device: str | torch.device = "cpu", teacher_val: float | None = None, desc: str = "KD",
             task: Task | None = None, outputs: OutputKD | None = None,
-            precision: Precision | None = None) -> DistillResult:
+            precision: Precision | None = None, world: World | None = None) -> DistillResult:
     """Fine-tune `student` in place against `teacher` for `config.epochs` epochs.
 
     `task` says how batches become outputs, the task loss and the metric (default: classification);
     `outputs` how outputs are distilled (default: `config.outputs` resolved on the first batch);
     `precision` gives the fp16 gradient scaler (its autocast is already in `task`'s forward). The
     student keeps the weights of its best validation epoch (the later one on ties, which is further
-    down the cosine schedule). `teacher_val` saves one evaluation when the caller knows it.
+    down the cosine schedule). `teacher_val` saves one evaluation when the caller knows it. With a
+    `world` of several processes, `loaders.train` yields this rank's parts of the batches, training
+    is DDP (`World.training`), and every validation metric is rank 0's.
     """
     start = time.perf_counter()
-    task = task or Task()
+    task, world = task or Task(), world or World()
+
+    def validation(model: nn.Module) -> float:
+        return world.first(lambda: task.evaluate(model, loaders.val, device), f"{desc}: validation")
+
     teacher_mode = teacher.training
     teacher.eval()
-    teacher_val = task.evaluate(teacher, loaders.val, device) if teacher_val is None else teacher_val
+    teacher_val = validation(teacher) if teacher_val is None else teacher_val
     history: list[dict[str, float]] = []
     retries, lr = 0, config.lr
     if config.epochs == 0 or _empty(loaders.train):
-        student_val, best_epoch = task.evaluate(student, loaders.val, device), 0
+        student_val, best_epoch = validation(student), 0
     else:
         came_in = copy.deepcopy(student.state_dict())
         while True:
             try:
                 student_val, best_epoch = _fit(student, teacher, loaders, replace(config, lr=lr), device, desc,
-                                               history, task, outputs, precision or Precision())
+                                               history, task, outputs, precision or Precision(), validation,
+                                               world)
                 break
             except DivergenceError as exc:  # roll back to the weights it came in with; retry gentler
                 student.load_state_dict(came_in)
@@ -270,7 +278,8 @@ def _empty(batches: Iterable[Any]) -> bool:
 
 def _fit(student: nn.Module, teacher: nn.Module, loaders: TrainValLoaders, config: DistillConfig,
          device: str | torch.device, desc: str, history: list[dict[str, float]], task: Task,
-         outputs: OutputKD | None, precision: Precision) -> tuple[float, int]:
+         outputs: OutputKD | None, precision: Precision, validation: Callable[[nn.Module], float],
+         world: World) -> tuple[float, int]:
     optimizer = make_optimizer(student, config.optimizer_config())
     scaler = precision.scaler()
     steps = _steps_per_epoch(loaders.train)
@@ -289,16 +298,17 @@ def _fit(student: nn.Module, teacher: nn.Module, loaders: TrainValLoaders, confi
         return loss + config.ce_weight * task.batch_loss(out, batch, desc), out
 
     best_val, best_epoch, best_state = -math.inf, 0, None
-    for epoch in range(1, config.epochs + 1):
-        fit = fit_epoch(student, loaders.train, optimizer, scheduler, batch_loss, device,
-                        progress=config.progress, desc=f"{desc} {epoch}/{config.epochs}", max_batches=steps,
-                        scaler=scaler)
-        val = task.evaluate(student, loaders.val, device)
-        history.append({"epoch": epoch, "train_loss": fit["loss"], "val_top1": val})
-        if val >= best_val:
-            best_val, best_epoch = val, epoch
-            if epoch < config.epochs:  # the last epoch's weights are already in place
-                best_state = copy.deepcopy(student.state_dict())
+    with world.training(student, torch.device(device)) as trainee:
+        for epoch in range(1, config.epochs + 1):
+            fit = fit_epoch(trainee, loaders.train, optimizer, scheduler, batch_loss, device,
+                            progress=config.progress, desc=f"{desc} {epoch}/{config.epochs}", max_batches=steps,
+                            scaler=scaler, world=world)
+            val = validation(student)
+            history.append({"epoch": epoch, "train_loss": fit["loss"], "val_top1": val})
+            if val >= best_val:
+                best_val, best_epoch = val, epoch
+                if epoch < config.epochs:  # the last epoch's weights are already in place
+                    best_state = copy.deepcopy(student.state_dict())
     if best_epoch != config.epochs:
         student.load_state_dict(best_state)
     return best_val, best_epoch

@@ -44,6 +44,7 @@ class StepRecord:
     latency_ms: float | None = None
     guard_reason: str = ""         # why the guard reset the distribution (empty: it did not)
     candidates: int = 0            # candidates the allocator scored in this step (the trim's rescore excluded)
+    scored_by: list[int] = field(default_factory=list)  # of those, how many each rank scored (torchrun)
     judge: str = ""                # what scored the candidates (rlpruner.search.judges), on how many images
     score_samples: int = 0
     bn_samples: int = 0            # training images that re-estimated BatchNorm statistics of each candidate

@@ -17,7 +17,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from .batches import batch_len, to_device
 from .data import Loaders, Splits, make_loaders
+from .distributed import World, join
 from .errors import CheckpointError, ConfigError, DivergenceError
 from .precision import AMP_MODES, Precision
 
@@ -146,31 +147,37 @@ def fit_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.optim.Op
               scheduler: torch.optim.lr_scheduler.LRScheduler | None, batch_loss: BatchLoss,
               device: str | torch.device, *, progress: bool | None = None, desc: str = "train",
               on_batch: Callable[[Any, Any], dict[str, str]] | None = None,
-              max_batches: int | None = None, scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+              max_batches: int | None = None, scaler: torch.amp.GradScaler | None = None,
+              world: World | None = None) -> dict[str, float]:
     """One pass over `loader` (its first `max_batches` batches when given; batches of any structure,
     moved to `device`), one optimizer step per batch; returns the mean loss. `on_batch(outputs,
-    batch)` may add fields to the progress bar; `scaler` scales fp16 gradients (mixed precision)."""
+    batch)` may add fields to the progress bar; `scaler` scales fp16 gradients (mixed precision).
+    With a `world` of several processes, `model` is DDP-wrapped (`World.training`) and `loader`
+    yields this rank's parts: each part's loss is weighted by its share of the whole batch."""
+    world = world or World()
     model.train()
     total_loss, seen = 0.0, 0
     batches = loader if max_batches is None else itertools.islice(loader, max_batches)
-    bar = tqdm(batches, desc=desc, leave=False, disable=not _progress_enabled(progress), dynamic_ncols=True,
-               total=max_batches)
+    bar = tqdm(batches, desc=desc, leave=False, disable=not (_progress_enabled(progress) and world.main),
+               dynamic_ncols=True, total=max_batches)
     for batch in bar:
         batch = to_device(batch, device)
         loss, outputs = batch_loss(model, batch)
-        if not torch.isfinite(loss):
+        n, finite = batch_len(batch), bool(torch.isfinite(loss))
+        weight = world.weight(n, finite, desc)  # 1.0 in one process; all ranks fail together
+        if not finite:
             raise DivergenceError(f"{desc}: the training loss became {loss.item()}; lower the learning rate")
         optimizer.zero_grad(set_to_none=True)
+        objective = loss if weight == 1.0 else loss * weight
         if scaler is None:
-            loss.backward()
+            objective.backward()
             optimizer.step()
         else:  # fp16: scale the loss so small gradients do not underflow; skip steps that overflow
-            scaler.scale(loss).backward()
+            scaler.scale(objective).backward()
             scaler.step(optimizer)
             scaler.update()
         if scheduler is not None:
             scheduler.step()
-        n = batch_len(batch)
         total_loss += loss.item() * n
         seen += n
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", **(on_batch(outputs, batch) if on_batch else {}))
@@ -180,9 +187,11 @@ def fit_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.optim.Op
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None, loss_fn: LossFn,
                     device: str | torch.device, *, progress: bool | None = None,
-                    desc: str = "train", precision: Precision | None = None) -> dict[str, float]:
+                    desc: str = "train", precision: Precision | None = None,
+                    world: World | None = None) -> dict[str, float]:
     """One pass over `(inputs, targets)` batches; returns the mean loss and top-1 (fraction) on the
-    (augmented) training batches. `precision`: autocast and the fp16 gradient scaler."""
+    (augmented) training batches (this rank's parts, with several processes). `precision`: autocast
+    and the fp16 gradient scaler."""
     hits = {"correct": 0, "seen": 0}
     precision = precision or Precision()
 
@@ -198,7 +207,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         return {"top1": f"{hits['correct'] / hits['seen']:.1%}"}
 
     fit = fit_epoch(model, loader, optimizer, scheduler, batch_loss, device, progress=progress, desc=desc,
-                    on_batch=count, scaler=precision.scaler())
+                    on_batch=count, scaler=precision.scaler(), world=world)
     return {"loss": fit["loss"], "top1": hits["correct"] / max(1, hits["seen"])}
 
 
@@ -268,16 +277,22 @@ def train(model: nn.Module, data: Splits | Loaders, config: TrainConfig, *,
     the best model so far is saved there (atomically) each time validation improves, with
     `checkpoint_meta` plus {"epoch", "val"} as its metadata. The test split is evaluated once, at the
     end, on the selected model.
+
+    Under `torchrun` (several processes), every rank trains its part of the batches one process
+    would see, with DistributedDataParallel (`rlpruner.distributed`); rank 0 evaluates, chooses
+    and writes the checkpoint, and every rank ends with the same weights and result.
     """
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
-    loaders = data if isinstance(data, Loaders) else make_loaders(
+    world = join(device)
+    device = world.device(device)
+    loaders = replace(data, train=world.shard(data.train)) if isinstance(data, Loaders) else make_loaders(
         data, config.batch_size, workers=config.workers, augment=config.augment, seed=config.seed,
-        pin_memory=device.type == "cuda")
+        pin_memory=device.type == "cuda", world=world)
     if len(loaders.train) == 0:
         raise ConfigError("the training split yields no batches")
     precision = Precision.resolve(config.amp, config.channels_last, device)
-    precision.prepare(model.to(device))
+    precision.prepare(world.sync(model.to(device)))
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, epochs=config.epochs, steps_per_epoch=len(loaders.train),
                                warmup_epochs=config.warmup_epochs, min_lr_ratio=config.min_lr_ratio)
@@ -285,23 +300,26 @@ def train(model: nn.Module, data: Splits | Loaders, config: TrainConfig, *,
     start = time.perf_counter()
     history: list[EpochStats] = []
     best_val, best_state, best_epoch = None, None, 0
-    for epoch in range(1, config.epochs + 1):
-        t0, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
-        fit = train_one_epoch(model, loaders.train, optimizer, scheduler, loss_fn, device,
-                              progress=config.progress, desc=f"epoch {epoch}/{config.epochs}",
-                              precision=precision)
-        val = evaluate(model, loaders.val, device)
-        stats = EpochStats(epoch, lr, fit["loss"], fit["top1"], val["loss"], val["top1"], val["top5"],
-                           time.perf_counter() - t0)
-        history.append(stats)
-        if _is_better(val, best_val):
-            best_val, best_epoch = val, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if checkpoint_path is not None:
-                _save_best(model, checkpoint_path, {**(checkpoint_meta or {}), "epoch": epoch, "val": val})
-        if on_epoch is not None:
-            on_epoch(stats)
+    with world.training(model, device) as trainee:
+        for epoch in range(1, config.epochs + 1):
+            t0, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
+            fit = train_one_epoch(trainee, loaders.train, optimizer, scheduler, loss_fn, device,
+                                  progress=config.progress, desc=f"epoch {epoch}/{config.epochs}",
+                                  precision=precision, world=world)
+            val = world.first(lambda: evaluate(model, loaders.val, device), f"epoch {epoch}: validation")
+            stats = EpochStats(epoch, lr, fit["loss"], fit["top1"], val["loss"], val["top1"], val["top5"],
+                               time.perf_counter() - t0)
+            history.append(stats)
+            if _is_better(val, best_val):
+                best_val, best_epoch = val, epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if checkpoint_path is not None:
+                    world.first(lambda: _save_best(model, checkpoint_path, {**(checkpoint_meta or {}), "epoch": epoch,
+                                                                            "val": val}), "writing the checkpoint")
+            if on_epoch is not None and world.main:
+                on_epoch(stats)
     model.load_state_dict(best_state)
-    test = evaluate(model, loaders.test, device) if loaders.test is not None else None
+    test = (world.first(lambda: evaluate(model, loaders.test, device), "the test split")
+            if loaders.test is not None else None)
     return TrainResult(best_epoch=best_epoch, best_val=best_val, test=test, history=history,
                        seconds=time.perf_counter() - start)

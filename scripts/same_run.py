@@ -2,8 +2,9 @@
 
     python scripts/same_run.py RUN_A RUN_B [--rel 1e-15]   # exit 0 when the runs are the same, 1 if not
 
-Used to show that a refactor changes no result: the saved model bytes must be identical, and
-results.json and every per-step record must match, numbers exactly or, with --rel, within that
+Used to show that a refactor changes no result: the saved model's tensors and header must be
+identical (the command line that made the run aside), and results.json and every per-step record
+must match, numbers exactly or, with --rel, within that
 relative difference (for a change in how a number is computed, e.g. c/n instead of (100·c/n)/100).
 """
 from __future__ import annotations
@@ -20,7 +21,8 @@ TIMED = ("time", "timing", "latency")  # measured on a clock: differs run to run
 def _results(path: Path) -> dict:
     def strip(value):
         if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if not k.startswith(TIMED) and not k.endswith("_s")}
+            return {k: strip(v) for k, v in value.items()
+                    if not k.startswith(TIMED) and not k.endswith("_s") and k != "command"}
         return value
 
     return strip(json.loads(path.read_text()))
@@ -28,6 +30,22 @@ def _results(path: Path) -> dict:
 
 def _steps(path: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if not k.startswith(TIMED)} for row in csv.DictReader(path.open())]
+
+
+def _model(path: Path) -> bytes | tuple:
+    """A saved model's bytes; for an rlpruner file, its tensors' bytes and its header without the
+    command line that made the run (a resumed run's differs from an uninterrupted one's)."""
+    data = path.read_bytes()
+    if path.suffix != ".rlp":
+        return data
+    from safetensors.torch import load
+
+    from rlpruner.io import read_header
+
+    header = read_header(path)
+    header.get("meta", {}).pop("command", None)
+    tensors = load(data)
+    return json.dumps(header, sort_keys=True), {k: t.numpy().tobytes() for k, t in sorted(tensors.items())}
 
 
 def _same(x, y, rel: float) -> bool:
@@ -46,7 +64,7 @@ def differences(a: Path, b: Path, rel: float = 0.0) -> list[str]:
     found = []
     for name in ("model.rlp", "model.safetensors"):
         if (a / name).exists() or (b / name).exists():
-            if not ((a / name).exists() and (b / name).exists()) or (a / name).read_bytes() != (b / name).read_bytes():
+            if not ((a / name).exists() and (b / name).exists()) or _model(a / name) != _model(b / name):
                 found.append(f"{name} differs")
     if not _same(_results(a / "results.json"), _results(b / "results.json"), rel):
         found.append("results.json differs (beyond timings)")
@@ -66,5 +84,5 @@ if __name__ == "__main__":
     args = parser.parse_args()
     diffs = differences(args.run_a, args.run_b, args.rel)
     exact = "" if args.rel == 0 else f", numbers within {args.rel:g} relative"
-    print("\n".join(diffs[:20]) if diffs else f"same run (identical model bytes{exact}; timings aside)")
+    print("\n".join(diffs[:20]) if diffs else f"same run (identical model tensors{exact}; timings and command line aside)")
     raise SystemExit(1 if diffs else 0)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,6 +35,8 @@ class Candidate:
 
 
 Scorer = Callable[[np.ndarray, np.ndarray, Plan], Candidate]  # (counts, pd, plan) -> scored candidate
+Job = tuple[np.ndarray, np.ndarray]                             # (counts, pd) of a candidate to score
+BatchScorer = Callable[[Sequence[Job], Plan], list[Candidate]]  # several at once (split across processes)
 CountsAt = Callable[[int], np.ndarray]                          # channel budget -> removals per group
 
 
@@ -61,6 +63,14 @@ class StepTask:
     log: Callable[[str], None] = lambda line: None
     timer: Callable[[str], contextlib.AbstractContextManager[None]] = _no_timer
     progress: bool = False
+    score_many: BatchScorer | None = None  # the search's: shares the jobs among the run's processes
+
+    def score_all(self, jobs: Sequence[Job], plan: Plan) -> list[Candidate]:
+        """Candidates for every `(counts, pd)` of `jobs`, in order: scored together (a multi-process
+        run splits them among its ranks), so an allocator that draws a round first loses nothing."""
+        if self.score_many is not None:
+            return self.score_many(jobs, plan)
+        return [self.score(counts, pd, plan) for counts, pd in jobs]
 
 
 @dataclass

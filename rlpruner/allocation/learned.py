@@ -7,7 +7,8 @@ replays bit for bit without saved generator state.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -90,22 +91,22 @@ class LearnedAllocator:
 
     def _explore(self, task: StepTask, pd: np.ndarray, rng: np.random.Generator,
                  bar: Any) -> tuple[policy.ReplayBuffer, np.ndarray]:
-        """`lr_epoch` rounds of `sample_num` candidates; the policy moves when a round beats the step's best."""
+        """`lr_epoch` rounds of `sample_num` candidates; the policy moves when a round beats the step's best.
+        A round's distributions (and their look-ahead) are all drawn before any is scored, in the order
+        one-at-a-time scoring would draw them, so the candidates can be scored together."""
         rl, plan = self.rl, task.plan
         buffer, step_best, stale = policy.ReplayBuffer(rl.sample_num), -math.inf, 0
         for _ in range(rl.lr_epoch):
             if rl.patience is not None and stale >= rl.patience:
                 bar.update(bar.total - bar.n)  # the distribution stopped moving: the step is decided
                 break
+            with task.timer("policy"):
+                drawn = [self._draw(task, plan, pd, rng) for _ in range(rl.sample_num)]
+            scored = iter(task.score_all([job for draw in drawn for job in draw.jobs()], plan))
             round_best: policy.Entry | None = None
-            for _ in range(rl.sample_num):
-                with task.timer("policy"):
-                    sampled = policy.sample(pd, rl.noise, rng, plan.capacity)
-                    along = self._along(sampled, plan)
-                    counts = along(task.budget_for(along))
-                candidate = task.score(counts, sampled, plan)
-                deeper = self._lookahead(task, plan, candidate, rl.sample_step - 1, rng) if rl.sample_step > 1 else []
-                entry = policy.Entry(policy.lookahead_q(candidate.q, deeper, rl.gamma), sampled, candidate)
+            for draw in drawn:
+                candidate, q = draw.value(scored, rl.gamma)
+                entry = policy.Entry(q, draw.pd, candidate)
                 buffer = buffer.add(entry)
                 round_best = entry if round_best is None or entry.q > round_best.q else round_best
                 bar.update(1)
@@ -117,20 +118,46 @@ class LearnedAllocator:
                 stale += 1
         return buffer, pd
 
-    def _lookahead(self, task: StepTask, plan: Plan, parent: Candidate, depth: int,
-                   rng: np.random.Generator) -> list[float]:
-        """Q of `lookahead_samples` candidates one more budget deeper than `parent` (recursively)."""
+    def _draw(self, task: StepTask, plan: Plan, pd: np.ndarray, rng: np.random.Generator) -> _Draw:
+        """One sampled distribution at the step's equal-cost budget, with its look-ahead tree."""
         rl = self.rl
-        room = plan.capacity - parent.counts
+        sampled = policy.sample(pd, rl.noise, rng, plan.capacity)
+        along = self._along(sampled, plan)
+        counts = along(task.budget_for(along))
+        return _Draw(counts, sampled, self._lookahead(plan, counts, sampled, rl.sample_step - 1, rng))
+
+    def _lookahead(self, plan: Plan, counts: np.ndarray, pd: np.ndarray, depth: int,
+                   rng: np.random.Generator) -> list[_Draw]:
+        """`lookahead_samples` allocations one more budget deeper than `counts` (recursively, `depth`
+        levels); they depend on the parent's counts and distribution only, not on its score."""
+        rl = self.rl
+        room = plan.capacity - counts
         budget = min(plan.budget, policy.max_budget(room, rl.round_to))
-        if budget <= 0:
+        if depth <= 0 or budget <= 0:
             return []
-        qs = []
+        children = []
         for _ in range(rl.lookahead_samples):
-            with task.timer("policy"):
-                pd = policy.sample(parent.pd, rl.noise, rng, room)
-                counts = parent.counts + policy.allocate(pd, budget, room, rl.round_to)
-            child = task.score(counts, pd, plan)
-            deeper = self._lookahead(task, plan, child, depth - 1, rng) if depth > 1 else []
-            qs.append(policy.lookahead_q(child.q, deeper, rl.gamma))
-        return qs
+            child_pd = policy.sample(pd, rl.noise, rng, room)
+            child_counts = counts + policy.allocate(child_pd, budget, room, rl.round_to)
+            children.append(_Draw(child_counts, child_pd, self._lookahead(plan, child_counts, child_pd, depth - 1,
+                                                                          rng)))
+        return children
+
+
+@dataclass(frozen=True)
+class _Draw:
+    """A drawn candidate and its look-ahead children, to be scored."""
+
+    counts: np.ndarray
+    pd: np.ndarray
+    children: list[_Draw]
+
+    def jobs(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """This candidate, then its children's trees: the order one-at-a-time scoring goes in."""
+        return [(self.counts, self.pd), *(job for child in self.children for job in child.jobs())]
+
+    def value(self, scored: Iterator[Candidate], gamma: float) -> tuple[Candidate, float]:
+        """(this candidate, its Q with the look-ahead term), taking scores from `scored` in `jobs` order."""
+        candidate = next(scored)
+        deeper = [child.value(scored, gamma)[1] for child in self.children]
+        return candidate, policy.lookahead_q(candidate.q, deeper, gamma)

@@ -187,7 +187,9 @@ def config_from_args(args: argparse.Namespace) -> CompressConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..distributed import join
     from ..search import compress
+    from ..train import resolve_device
 
     config = config_from_args(args)
     if args.tensorboard is not None:
@@ -195,19 +197,23 @@ def run(args: argparse.Namespace) -> int:
 
         require_tensorboard()  # before any data or model is loaded
     set_threads(args.threads)
+    world = join(resolve_device(config.device))  # torchrun's processes, or this one alone
+    say = (lambda line: print(line, flush=True)) if world.main else (lambda line: None)
     loaded = load_model_and_data(args, seed=config.seed)
     model, spec, splits = loaded.model, loaded.spec, loaded.splits
     if loaded.fresh:
-        print(f"note: {loaded.source} is freshly initialised (no trained weights); compress a checkpoint from "
-              "`rlpruner train`, or give --weights, for meaningful accuracy", flush=True)
+        say(f"note: {loaded.source} is freshly initialised (no trained weights); compress a checkpoint from "
+            "`rlpruner train`, or give --weights, for meaningful accuracy")
     check_fits(model, splits, torch.device("cpu"), loaded.source)
     out = Path(args.out) if args.out else Path("runs") / f"compress-{Path(loaded.source).stem.replace(':', '-')}"
-    print(f"compressing {loaded.source} on {spec.name}: target {config.target.kind} -{config.target.value:.0%}, "
-          f"method {config.method}, strategy {config.reward.strategy}, run directory {out}", flush=True)
+    processes = f", {world.size} processes" if world.active else ""
+    say(f"compressing {loaded.source} on {spec.name}: target {config.target.kind} -{config.target.value:.0%}, "
+        f"method {config.method}, strategy {config.reward.strategy}, run directory {out}{processes}")
     result = compress(model, splits, config, out_dir=out, resume=args.resume, overwrite=args.overwrite,
-                      log=lambda line: print(line, flush=True), evaluate_test=args.test,
+                      log=say, evaluate_test=args.test,
                       meta={"data": spec.resolved(splits).to_dict(), "command": command_line(args)},
                       tensorboard=args.tensorboard)
-    print_compress_summary(result.results)
-    print(f"wrote {result.paths['model']}; open {result.paths['html']} for the report")
+    if world.main:
+        print_compress_summary(result.results)
+        print(f"wrote {result.paths['model']}; open {result.paths['html']} for the report")
     return 0

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..data import Splits
+from ..distributed import join
 from ..errors import ConfigError
 from ..train import EpochStats, TrainConfig, TrainResult, resolve_device
 from .common import (add_data_arguments, add_out_argument, add_threads_argument, add_weights_arguments, apply_weights,
@@ -104,7 +105,7 @@ def summary_row(model_name: str, dataset: str, params: int, flops: int,
 
 def run(args: argparse.Namespace) -> int:
     config = train_config_from_args(args)  # every number is checked before any work starts
-    resolve_device(config.device)
+    world = join(resolve_device(config.device))  # torchrun's processes, or this one alone
     set_threads(args.threads)
     checkpoint, history_path = output_paths(args)
     check_weights_file(args)
@@ -122,11 +123,13 @@ def run(args: argparse.Namespace) -> int:
     if args.weights is not None:  # fine-tune from the user's weights
         apply_weights(model, args)
     counts = count(model, splits.example_inputs(1))
-    print(describe(args.model, splits, counts.params, counts.flops, config.epochs), flush=True)
-    meta = {"model": args.model, "data": spec.to_dict(), "train": asdict(config)}
+    if world.main:
+        print(describe(args.model, splits, counts.params, counts.flops, config.epochs), flush=True)
+    meta = {"model": args.model, "data": spec.to_dict(), "train": asdict(config), "world_size": world.size}
     result = train(model, splits, config, on_epoch=lambda stats: log_epoch(stats, config.epochs),
                    checkpoint_path=checkpoint, checkpoint_meta=meta)
-    atomic_write_json(history_path, {**meta, **counts.to_dict(), **result.to_dict()})
-    print(format_table([summary_row(args.model, spec.name, counts.params, counts.flops, result)]))
-    print(f"saved {checkpoint} (best on validation) and {history_path}")
+    if world.main:  # rank 0 alone writes (train() saved the checkpoint there too)
+        atomic_write_json(history_path, {**meta, **counts.to_dict(), **result.to_dict()})
+        print(format_table([summary_row(args.model, spec.name, counts.params, counts.flops, result)]))
+        print(f"saved {checkpoint} (best on validation) and {history_path}")
     return 0

@@ -73,12 +73,15 @@ def write_weights(model: nn.Module, path: Path, meta: Mapping[str, Any]) -> None
     io.atomic_write_bytes(path, safetensors_bytes(tensors))
 
 
-def read_weights(model: nn.Module, path: Path) -> None:
+def _read_tensors(path: Path) -> bytes:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; the run directory is incomplete")
+    return path.read_bytes()
+
+
+def _load_into(model: nn.Module, data: bytes, path: Path) -> None:
     try:
-        tensors = safetensors_load(path.read_bytes())
-        model.load_state_dict(tensors, strict=True)
+        model.load_state_dict(safetensors_load(data), strict=True)
     except Exception as exc:  # safetensors' own errors and load_state_dict's RuntimeError alike
         raise CheckpointError(f"{path}: does not fit the model rebuilt from the run's removals: "
                               f"{str(exc).splitlines()[0]}") from exc
@@ -186,22 +189,34 @@ def _replay(ctx: Context, removals: list[dict[str, list[int]]], teacher_step: in
 
 
 def resumed_state(ctx: Context) -> State:
-    saved = _read_state(ctx)
+    """The saved run, as it was after its last checkpoint. Rank 0 reads and checks the files and
+    sends them to the other ranks of a multi-process run (their nodes need not see the directory)."""
+    saved, weights, teacher_weights = ctx.world.first(lambda: _read_checkpoint(ctx), "reading the checkpoint")
     model, teacher = _replay(ctx, saved["removals"], saved["teacher_step"])
-    _read_checked(model, ctx.out_dir / saved["weights"], saved.get("weights_sha256"))
+    _load_into(model, weights, ctx.out_dir / saved["weights"])
     if saved["teacher_step"] is not None:
-        _read_checked(teacher, ctx.out_dir / saved["teacher_weights"], saved.get("teacher_sha256"))
+        _load_into(teacher, teacher_weights, ctx.out_dir / saved["teacher_weights"])
     return State(step=saved["step"], pd=np.asarray(saved["pd"], dtype=np.float64), model=model,
                   teacher=Teacher(teacher.eval(), saved["teacher_step"], saved["teacher_val"]),
                   acc_ref=saved["acc_ref"], removals=saved["removals"],
                   records=[StepRecord.from_dict(r) for r in saved["records"]], done=saved["done"])
 
 
-def _read_checked(model: nn.Module, path: Path, sha256: str | None) -> None:
-    if sha256 is not None and path.is_file() and file_digest(path) != sha256:
+def _read_checkpoint(ctx: Context) -> tuple[dict[str, Any], bytes, bytes | None]:
+    """state.json and the weights files it points at (the model's, the teacher's), checked."""
+    saved = _read_state(ctx)
+    weights = _read_checked(ctx.out_dir / saved["weights"], saved.get("weights_sha256"))
+    teacher = (None if saved["teacher_step"] is None else
+               _read_checked(ctx.out_dir / saved["teacher_weights"], saved.get("teacher_sha256")))
+    return saved, weights, teacher
+
+
+def _read_checked(path: Path, sha256: str | None) -> bytes:
+    data = _read_tensors(path)
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise CheckpointError(f"{path}: altered or damaged (its checksum differs from the one state.json "
                               "recorded); nothing was changed: restore it or start a new run (--overwrite)")
-    read_weights(model, path)
+    return data
 
 
 def fresh_state(ctx: Context) -> State:

@@ -27,6 +27,7 @@ from .. import importance, metrics
 from ..allocation import Allocator, get_allocator, policy
 from ..allocation.budget import smallest_passing
 from ..distill import OutputKD, output_kd
+from ..distributed import World
 from ..errors import ConfigError, PruningError
 from ..graph import DependencyGraph, trace
 from ..isolate import breaking_at_half, frozen_reasons, warn_frozen
@@ -85,6 +86,15 @@ class Context:
     log: Callable[[str], None]
     frozen: dict[str, str] = field(default_factory=dict)  # groups whose pruning breaks the forward: why
     precision: Precision = field(default_factory=Precision)  # autocast and memory format (in task's forward)
+    world: World = field(default_factory=World)           # the run's processes (rlpruner.distributed)
+
+    def latency_ms(self, model: nn.Module, batch_size: int | None = None, shared: bool = True) -> float:
+        """`model`'s median latency (`measure_ms`); `shared`: rank 0's measurement on every rank,
+        as a decision rests on it (`False`: this rank's own, for a candidate only this rank scores)."""
+        def measure() -> float:
+            return measure_ms(self.config, model, self.data.example, self.device, batch_size=batch_size)
+
+        return self.world.first(measure, "latency measurement") if shared else measure()
 
     def graph_of(self, model: nn.Module) -> DependencyGraph:
         """The dependency graph of a model of this run (`keep` and the groups that break frozen)."""
@@ -144,12 +154,13 @@ def fingerprint(model: nn.Module) -> str:
 # --------------------------------------------------------------------------------------------------
 
 def prepare(model: nn.Module, data: Any, config: CompressConfig, out_dir: Path, log: Callable[[str], None],
-            task: Task | None = None) -> Context:
-    device = resolve_device(config.device)
+            task: Task | None = None, world: World | None = None) -> Context:
+    world = world or World()
+    device = world.device(resolve_device(config.device))
     precision = Precision.resolve(config.amp, config.channels_last, device)
     task = precision.apply(task or Task())
     allocator = get_allocator(config.method, config.rl)
-    original = copy.deepcopy(model).to(device).eval()
+    original = world.sync(copy.deepcopy(model).to(device).eval())  # every rank starts from rank 0's weights
     prepared = prepare_data(as_source(data), config, device, task, original)
     importance.get(config.rl.importance, data=prepared.calibration)  # an unknown criterion fails here
     distiller = check_task(task, config, original, prepared)
@@ -160,12 +171,14 @@ def prepare(model: nn.Module, data: Any, config: CompressConfig, out_dir: Path, 
     if not groups:
         raise PruningError(f"{type(model).__name__} has no prunable channel group (all frozen or kept)")
     sizes = {g.name: g.size for g in groups}
-    base = _base_measurements(config, task, original, graph, prepared, device)
+    base = world.first(lambda: _base_measurements(config, task, original, graph, prepared, device),
+                       "measuring the original model")
     names, total = tuple(sizes), sum(sizes.values())
     step_budget = _initial_budget(config, total)
     target = config.target.rule
     base_measure = Measure(units=total, params=base["params"], flops=base["flops"], latency_ms=base["latency_ms"])
-    _check_reachable(config, target, graph, original, prepared, device, names, sizes, base_measure)
+    world.first(lambda: _check_reachable(config, target, graph, original, prepared, device, names, sizes,
+                                         base_measure), "checking the target")
     step_cost = _step_cost(config, target, graph, names, sizes, step_budget, base_measure)
     if config.rl.equal_cost:
         needed = target.proxy.amount(base_measure) - target.proxy.goal(config.target.value, base_measure)
@@ -177,7 +190,7 @@ def prepare(model: nn.Module, data: Any, config: CompressConfig, out_dir: Path, 
                    names=names, original_sizes=sizes, base=base, target=target,
                    goal=target.goal(config.target.value, base_measure), step_budget=step_budget,
                    step_cost=step_cost, planned_steps=max(1, planned), allocator=allocator, out_dir=out_dir,
-                   timer=Timer(), log=log, frozen=frozen, precision=precision)
+                   timer=Timer(), log=log, frozen=frozen, precision=precision, world=world)
 
 
 def _breaking_groups(original: nn.Module, graph: DependencyGraph, example: Any) -> dict[str, str]:

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset, Subset
 from ..batches import Batch, CachedBatches, batch_len, first_sample, to_device
 from ..data import AugmentConfig, Loaders, Splits, default_workers, make_loaders
 from ..data.base import dataset_labels, stratified_subset
+from ..distributed import World
 from ..errors import ConfigError, DataError
 from ..importance import Calibration
 from ..task import Task, model_inputs
@@ -33,8 +34,9 @@ from .config import CompressConfig
 class Source(Protocol):
     name: str
 
-    def recovery(self, seed: int, batch_size: int, augment: bool) -> Iterable[Batch]:
-        """Training batches for one recovery (iterated under torch's generator seeded by the caller)."""
+    def recovery(self, seed: int, batch_size: int, augment: bool, world: World) -> Iterable[Batch]:
+        """Training batches for one recovery (iterated under torch's generator seeded by the caller):
+        this rank's part of each (`World.part`), in a multi-process run."""
 
     def test(self, batch_size: int) -> Iterable[Batch] | None:
         """The test split, evaluated once at the end; None when there is none."""
@@ -50,12 +52,12 @@ class SplitsSource:
     def name(self) -> str:
         return self.splits.name
 
-    def recovery(self, seed: int, batch_size: int, augment: bool) -> Iterable[Batch]:
+    def recovery(self, seed: int, batch_size: int, augment: bool, world: World) -> Iterable[Batch]:
         splits = self.splits
         if splits.test is None:  # make_loaders builds a test loader too; it is never iterated here
             splits = replace(splits, test=splits.val)
         return make_loaders(splits, batch_size, augment=augment, seed=seed, workers=self.workers_for(splits.train),
-                            pin_memory=self.pin_memory).train
+                            pin_memory=self.pin_memory, world=world).train
 
     def workers_for(self, dataset: Any) -> int:
         """In-memory data is always read in the main process (its batch augmentation draws would
@@ -80,8 +82,8 @@ class LoaderSource:
     test_batches: Iterable[Batch] | None = None
     name: str = "loaders"
 
-    def recovery(self, seed: int, batch_size: int, augment: bool) -> Iterable[Batch]:
-        return self.train  # the user's batch size and augmentation
+    def recovery(self, seed: int, batch_size: int, augment: bool, world: World) -> Iterable[Batch]:
+        return world.shard(self.train)  # the user's batch size and augmentation
 
     def test(self, batch_size: int) -> Iterable[Batch] | None:
         return self.test_batches

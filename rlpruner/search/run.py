@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from ..batches import OnDevice
+from ..distributed import join
 from ..errors import CheckpointError, ConfigError, Interrupted
 from ..graph import trace
 from ..io.lock import directory_lock
@@ -22,6 +23,7 @@ from ..models.registry import SPEC_ATTR
 from ..report import StepRecord, summary_markdown, write_report
 from ..report_html import metric_format
 from ..task import Forward, Loss, Metric, Task
+from ..train import resolve_device
 from .checkpoint import (
     State,
     fresh_state,
@@ -30,7 +32,7 @@ from .checkpoint import (
     write_weights,
 )
 from .config import CompressConfig, Target
-from .context import FINAL, OVERHEAD_KEYS, Context, measure_ms, prepare
+from .context import FINAL, OVERHEAD_KEYS, Context, prepare
 from .signals import stop_signals
 from .step import distill_for, run_step, step_line
 from .tensorboard import TensorBoardLog, require_tensorboard
@@ -81,16 +83,19 @@ def compress(model: nn.Module, data: Any, config: CompressConfig | None = None, 
         raise ConfigError(f"output directory {out_dir} is a file")
     if tensorboard is not None:
         require_tensorboard()
-    with directory_lock(out_dir, "compression run"), contextlib.ExitStack() as cleanup:
-        _check_out_dir(out_dir, resume, overwrite)
-        ctx = prepare(model, data, config, out_dir, log or (lambda line: None), task)
-        if not resume:
-            _clear_run(out_dir)  # only once the new run's options and target have been checked
+    world = join(resolve_device(config.device))  # torchrun's processes, or this one alone
+    main = world.main  # rank 0 alone writes, logs and holds the directory's lock
+    with (directory_lock(out_dir, "compression run") if main else contextlib.nullcontext()), \
+            contextlib.ExitStack() as cleanup:
+        world.first(lambda: _check_out_dir(out_dir, resume, overwrite), "checking the run directory")
+        ctx = prepare(model, data, config, out_dir, (log if main else None) or (lambda line: None), task, world)
+        if not resume:  # only once the new run's options and target have been checked
+            world.first(lambda: _clear_run(out_dir), "clearing the run directory")
         state = resumed_state(ctx) if resume else fresh_state(ctx)
         if resume:
             ctx.log(f"resuming {out_dir} after step {state.step}")
         board = None
-        if tensorboard is not None:
+        if tensorboard is not None and main:
             board = TensorBoardLog(tensorboard, ctx.original_sizes, ctx.base, ctx.task.metric_name,
                                    resumed_after=state.step)
             cleanup.callback(board.close)
@@ -98,15 +103,16 @@ def compress(model: nn.Module, data: Any, config: CompressConfig | None = None, 
             while not state.done:
                 state = run_step(ctx, state)
                 with ctx.timer("checkpoint"):
-                    save_checkpoint(ctx, state)
+                    world.first(lambda: save_checkpoint(ctx, state), f"step {state.step}: writing the checkpoint")
                 ctx.log(step_line(state.records[-1]))
                 if board is not None:
                     board.step(state.records[-1])
-                if on_step is not None:
+                if on_step is not None and main:
                     on_step(state.records[-1])
-                if stop.requested:
-                    raise Interrupted(f"stopped by {stop.requested} after step {state.step}; {out_dir} holds the run: "
-                                      "resume it with --resume (Python: resume=True)")
+                if world.any(stop.requested is not None, "stop request"):  # every rank stops after the same step
+                    raise Interrupted(f"stopped by {stop.requested or 'a signal to another process'} after step "
+                                      f"{state.step}; {out_dir} holds the run: resume it with --resume (Python: "
+                                      "resume=True)")
             stop.at_once = True  # the final phase is redone from the last checkpoint on resume
             try:
                 result = _finish(ctx, state, evaluate_test, dict(meta or {}))
@@ -143,24 +149,36 @@ def _finish(ctx: Context, state: State, evaluate_test: bool, meta: dict[str, Any
         distill_for(ctx, model, state.teacher, ctx.config.final_epochs, state.step, FINAL)
     model.eval()
     params, flops = trace(model, ctx.data.example, keep=ctx.config.keep).count()
-    final = {"params": params, "flops": flops, "val_acc": ctx.task.evaluate(model, ctx.data.val_batches, ctx.device),
-             "latency_ms": measure_ms(ctx.config, model, ctx.data.example, ctx.device)}
+    evaluate = ctx.task.evaluate
+    final = {"params": params, "flops": flops,
+             "val_acc": ctx.world.first(lambda: evaluate(model, ctx.data.val_batches, ctx.device), "final validation"),
+             "latency_ms": ctx.latency_ms(model)}
     base = {k: ctx.base[k] for k in ("params", "flops", "val_acc")}
-    base["latency_ms"] = measure_ms(ctx.config, ctx.original, ctx.data.example, ctx.device)
+    base["latency_ms"] = ctx.latency_ms(ctx.original)
     for row, timed in ((base, ctx.original), (final, model)):
-        row["latency_batch_ms"] = measure_ms(ctx.config, timed, ctx.data.example, ctx.device,
-                                             batch_size=ctx.config.report_batch)
+        row["latency_batch_ms"] = ctx.latency_ms(timed, batch_size=ctx.config.report_batch)
     test = ctx.data.source.test(ctx.config.eval_batch_size) if evaluate_test else None
     if test is not None:
         test = OnDevice(test, ctx.device)
-        base["test_acc"] = ctx.task.evaluate(ctx.original, test, ctx.device)
-        final["test_acc"] = ctx.task.evaluate(model, test, ctx.device)
+        base["test_acc"], final["test_acc"] = ctx.world.first(
+            lambda: (evaluate(ctx.original, test, ctx.device), evaluate(model, test, ctx.device)), "the test split")
     model_path = ctx.out_dir / ("model.rlp" if getattr(model, SPEC_ATTR, None) else "model.safetensors")
     if ctx.data.input_shape is not None:
         meta.update(input_shape=ctx.data.input_shape)
     meta.update(compress={"target": ctx.config.to_dict()["target"], "steps": state.step})
     results = _results(ctx, state, base, final, model_path, time.perf_counter() - start)
     results["command"] = meta.get("command")  # the CLI's command line, shown in the report
+    paths = ctx.world.first(lambda: _write_final(ctx, model, model_path, meta, results, state),
+                            "writing the final model and report")
+    shown = metric_format(ctx.task.is_percent)
+    ctx.log(f"done: {state.step} steps; FLOPs {base['flops']:,} -> {flops:,}, params {base['params']:,} -> "
+            f"{params:,}, val {ctx.task.metric_name} {shown.format(base['val_acc'])} -> "
+            f"{shown.format(final['val_acc'])}; wrote {ctx.out_dir}")
+    return CompressResult(model=model, results=results, records=state.records, paths=paths)
+
+
+def _write_final(ctx: Context, model: nn.Module, model_path: Path, meta: dict[str, Any], results: dict[str, Any],
+                 state: State) -> dict[str, Path]:
     try:
         write_weights(model, model_path, meta)
         paths = write_report(ctx.out_dir, results, state.records, ctx.original_sizes)
@@ -168,12 +186,7 @@ def _finish(ctx: Context, state: State, evaluate_test: bool, meta: dict[str, Any
         raise CheckpointError(f"cannot write the final model and report in {ctx.out_dir}: {exc.strerror or exc}; "
                               "every step is checkpointed: free space there (or make it writable) and resume "
                               "to redo the final phase") from exc
-    paths["model"] = model_path
-    shown = metric_format(ctx.task.is_percent)
-    ctx.log(f"done: {state.step} steps; FLOPs {base['flops']:,} -> {flops:,}, params {base['params']:,} -> "
-            f"{params:,}, val {ctx.task.metric_name} {shown.format(base['val_acc'])} -> "
-            f"{shown.format(final['val_acc'])}; wrote {ctx.out_dir}")
-    return CompressResult(model=model, results=results, records=state.records, paths=paths)
+    return {**paths, "model": model_path}
 
 
 def _results(ctx: Context, state: State, base: dict, final: dict, model_path: Path,
@@ -190,7 +203,7 @@ def _results(ctx: Context, state: State, base: dict, final: dict, model_path: Pa
         "model": spec.get("name", type(ctx.original).__name__), "dataset": ctx.data.source.name,
         "method": ctx.config.method, "metric": {"name": ctx.task.metric_name, "percent": ctx.task.is_percent},
         "distill_outputs": ctx.distiller.name, "device": str(ctx.device), "precision": ctx.precision.name,
-        "world_size": 1,
+        "world_size": ctx.world.size,
         "target": {"kind": ctx.config.target.kind, "value": ctx.config.target.value},
         "reached": {"sparsity": state.records[-1].sparsity if state.records else 0.0,
                     "flops": 1.0 - final["flops"] / base["flops"], "params": 1.0 - final["params"] / base["params"],

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
@@ -21,6 +21,7 @@ import numpy as np
 from torch import nn
 
 from ..allocation import Candidate, Plan, StepTask, policy
+from ..allocation.base import Job
 from ..allocation.budget import smallest_passing
 from ..batches import batch_len
 from ..batchnorm import recalibrate
@@ -37,7 +38,6 @@ from .context import (
     Context,
     after_removal,
     derived_seed,
-    measure_ms,
     seeded,
 )
 from .judges import JUDGES
@@ -52,16 +52,33 @@ def run_step(ctx: Context, state: State) -> State:
     with ctx.timer("eval"):
         reference = ctx.task.outputs(state.model, ctx.data.score_batches) if judge.needs_reference else None
     scored: list[Candidate] = []
+    scored_by = [0] * ctx.world.size    # candidates each rank scored
     validated: dict[bytes, float] = {}  # the guard's check of the chosen counts serves the record too
 
+    def shared(jobs: Sequence[Job], plan: Plan) -> list[list[Candidate]]:
+        """Each rank scores its block of `jobs`; every rank gets all the blocks, in rank order."""
+        mine = ctx.world.share(len(jobs))
+        return ctx.world.gather(lambda: [score(ctx, state.model, plan, *jobs[i], reference) for i in mine],
+                                f"step {step}: scoring candidates")
+
+    def score_many(jobs: Sequence[Job], plan: Plan) -> list[Candidate]:
+        parts = shared(jobs, plan)
+        for rank, part in enumerate(parts):
+            scored_by[rank] += len(part)
+        scored.extend(c for part in parts for c in part)
+        return [c for part in parts for c in part]
+
     def scorer(counts: np.ndarray, pd: np.ndarray, plan: Plan) -> Candidate:
-        scored.append(score(ctx, state.model, plan, counts, pd, reference))
-        return scored[-1]
+        return score_many([(counts, pd)], plan)[0]
+
+    def rescore(counts: np.ndarray, pd: np.ndarray, plan: Plan) -> Candidate:  # the trim's: not a candidate
+        return shared([(counts, pd)], plan)[0][0]
 
     def validator(candidate: Candidate, plan: Plan) -> float:
         key = candidate.counts.tobytes()
         if key not in validated:
-            validated[key] = validate(ctx, state.model, plan, candidate)
+            validated[key] = ctx.world.first(lambda: validate(ctx, state.model, plan, candidate),
+                                             f"step {step}: validation")
         return validated[key]
 
     now = ctx.target.proxy.amount(after_removal(plan.graph, ctx.names, np.zeros_like(plan.sizes),
@@ -70,15 +87,15 @@ def run_step(ctx: Context, state: State) -> State:
                     budget_for=lambda counts_at: budget_for(ctx, plan, counts_at, now),
                     validate=validator, acc_ref=state.acc_ref,
                     seed=ctx.config.seed, planned_steps=ctx.planned_steps, log=ctx.log, timer=ctx.timer,
-                    progress=ctx.progress)
+                    progress=ctx.progress and ctx.world.main, score_many=score_many)
     proposal = ctx.allocator.propose(task)
     plan = proposal.plan
-    chosen, latency = trim(ctx, state.model, plan, proposal.chosen, proposal.counts_at, reference)
+    chosen, latency = trim(ctx, state.model, plan, proposal.chosen, proposal.counts_at, rescore)
     pruned_val = validator(chosen, plan)
     removals = _removals(ctx, plan, chosen.counts)
     with ctx.timer("surgery"):
         model = prune_channels(state.model, plan.graph, removals, inplace=True)
-        recalibrate(model, ctx.data.bn_batches, ctx.task.forward)
+        ctx.world.sync(recalibrate(model, ctx.data.bn_batches, ctx.task.forward))
     val, teacher = _recover(ctx, state.teacher, model, step)
     widths = plan.sizes - chosen.counts
     done = ctx.target.reached(_measure(chosen, latency, int(widths.sum())), ctx.goal)
@@ -87,7 +104,8 @@ def run_step(ctx: Context, state: State) -> State:
         done = True
     times = {k: v - before.get(k, 0.0) for k, v in ctx.timer.snapshot().items()}
     times["wall_s"] = time.perf_counter() - start
-    record = _step_record(ctx, step, chosen, widths, proposal.pd, {**proposal.info, "candidates": len(scored)},
+    record = _step_record(ctx, step, chosen, widths, proposal.pd,
+                          {**proposal.info, "candidates": len(scored), "scored_by": scored_by},
                           val=val, pruned_val=pruned_val, latency=latency, teacher=teacher, times=times)
     # the guard compares like with like: the next step's chosen candidate with this one, both just pruned
     return State(step=step, pd=proposal.pd, model=model, teacher=teacher, acc_ref=pruned_val,
@@ -112,7 +130,8 @@ def plan_step(ctx: Context, state: State, step: int) -> Plan:
             raise PruningError(f"step {step}: no channel can be removed any more (every group is at "
                                f"min_keep={ctx.config.rl.min_keep}) and the target is not reached")
     with ctx.timer("importance"):
-        order = _importance_order(ctx, state.model, graph, capacity, step)
+        order = ctx.world.first(lambda: _importance_order(ctx, state.model, graph, capacity, step),
+                                f"step {step}: importance")
     return Plan(graph, sizes, capacity, budget, order)
 
 
@@ -164,8 +183,7 @@ def score(ctx: Context, model: nn.Module, plan: Plan, counts: np.ndarray, pd: np
         outputs = ctx.task.outputs(candidate, batches) if judge.needs_reference or ctx.task.metric is None else None
         acc = ctx.task.score(candidate, batches, outputs)
         judged = judge.score(acc, outputs, reference, ctx.distiller)
-        latency = (measure_ms(ctx.config, candidate, ctx.data.example, ctx.device)
-                   if ctx.config.reward.needs_latency else None)
+        latency = ctx.latency_ms(candidate, shared=False) if ctx.config.reward.needs_latency else None
     return Candidate(counts, pd, acc, params, flops, latency, _reward(ctx, judged, params, flops, latency))
 
 
@@ -209,11 +227,11 @@ def _latency_if_needed(ctx: Context, model: nn.Module, plan: Plan, candidate: Ca
         return candidate.latency_ms
     pruned = prune_channels(model, plan.graph, _removals(ctx, plan, candidate.counts), inplace=False)
     with ctx.timer("eval"):
-        return measure_ms(ctx.config, pruned, ctx.data.example, ctx.device)
+        return ctx.latency_ms(pruned)
 
 
 def trim(ctx: Context, model: nn.Module, plan: Plan, chosen: Candidate, counts_at: Callable[[int], np.ndarray],
-         reference: list[Any] | None = None) -> tuple[Candidate, float | None]:
+         rescore: Callable[[np.ndarray, np.ndarray, Plan], Candidate]) -> tuple[Candidate, float | None]:
     """When the chosen candidate passes the goal, remove only as many units as needed: bisection over
     the step budget (`counts_at(budget)` allocates a smaller budget the way the candidate was), then
     whole chunks given back one group at a time while the goal still holds, so that one coarse unit
@@ -251,7 +269,7 @@ def trim(ctx: Context, model: nn.Module, plan: Plan, chosen: Candidate, counts_a
         counts = _give_back(counts, plan.capacity, multiple, kept)
     if np.array_equal(counts, chosen.counts):
         return chosen, latency
-    rescored = score(ctx, model, plan, counts, chosen.pd, reference)
+    rescored = rescore(counts, chosen.pd, plan)
     probe_latency = probe(counts)[1]
     return rescored, probe_latency if rescored.latency_ms is None else rescored.latency_ms
 
@@ -281,7 +299,7 @@ def _give_back(counts: np.ndarray, capacity: np.ndarray, multiple: int,
 
 def _recovery_loaders(ctx: Context, seed: int, batch_size: int) -> Any:
     """A freshly seeded training loader per recovery (so a resumed run shuffles identically)."""
-    train = ctx.data.source.recovery(seed, batch_size, ctx.config.kd.augment)
+    train = ctx.data.source.recovery(seed, batch_size, ctx.config.kd.augment, ctx.world)
     return SimpleNamespace(train=train, val=ctx.data.val_batches)
 
 
@@ -293,7 +311,7 @@ def distill_for(ctx: Context, model: nn.Module, teacher: Teacher, epochs: int, *
         loaders = _recovery_loaders(ctx, derived_seed(ctx.config.seed, *keys), kd.batch_size)
         result = distill(model, teacher.model, loaders, kd, device=ctx.device, teacher_val=teacher.val,
                          desc=f"KD {'final' if keys[-1] == FINAL else f'step {keys[0]}'}", task=ctx.task,
-                         outputs=ctx.distiller, precision=ctx.precision)
+                         outputs=ctx.distiller, precision=ctx.precision, world=ctx.world)
     if result.retries:
         ctx.log(f"KD {'final' if keys[-1] == FINAL else f'step {keys[0]}'}: the loss diverged; restarted "
                 f"{result.retries} time(s) from the last good weights, finished at lr {result.lr:g}")
@@ -305,7 +323,8 @@ def _recover(ctx: Context, teacher: Teacher, model: nn.Module, step: int) -> tup
     period, kd = ctx.config.post_train_period, ctx.config.kd
     if not period or step % period or kd.epochs == 0:
         with ctx.timer("recovery"):
-            return ctx.task.evaluate(model, ctx.data.val_batches, ctx.device), teacher
+            return ctx.world.first(lambda: ctx.task.evaluate(model, ctx.data.val_batches, ctx.device),
+                                   f"step {step}: validation"), teacher
     val = distill_for(ctx, model, teacher, kd.epochs, step, KD)
     if kd.switch_teacher and val > teacher.val + kd.switch_margin:
         return val, Teacher(copy.deepcopy(model).eval(), step, val)
@@ -324,7 +343,7 @@ def _step_record(ctx: Context, step: int, chosen: Candidate, widths: np.ndarray,
         reward=chosen.q, epsilon=info["epsilon"], explored=info["explored"], guard_resets=info["guard_resets"],
         teacher=teacher.label, latency_ms=latency, widths={n: int(w) for n, w in zip(ctx.names, widths)},
         pd={n: float(p) for n, p in zip(ctx.names, pd)}, times=times, guard_reason=info.get("guard_reason", ""),
-        candidates=info["candidates"], judge=ctx.config.rl.judge,
+        candidates=info["candidates"], scored_by=list(info.get("scored_by", [])), judge=ctx.config.rl.judge,
         score_samples=sum(batch_len(b) for b in ctx.data.score_batches),
         bn_samples=sum(batch_len(b) for b in ctx.data.bn_batches))
 
