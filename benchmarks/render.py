@@ -746,8 +746,9 @@ def _headroom_section(results_dir: Path) -> list[str]:
 
 
 def _scale_section(results_dir: Path) -> list[str]:
-    """The scale study: host memory and per-step cost of a streamed folder of 224x224 JPEGs as it grows."""
-    return _study_section(results_dir, "scale", "Scale: a streamed folder of JPEGs, as it grows")
+    """The scale study: host memory and per-step cost as the data grows (a streamed folder of 224x224
+    JPEGs, a CIFAR-size set in memory), with one process and with two."""
+    return _study_section(results_dir, "scale", "Scale: what a run costs as the data grows, in one process and in two")
 
 
 def _search_cost_section(cost: Mapping[str, Any] | None) -> list[str]:

@@ -224,7 +224,8 @@ class DistillResult:
 def distill(student: nn.Module, teacher: nn.Module, loaders: TrainValLoaders, config: DistillConfig, *,
             device: str | torch.device = "cpu", teacher_val: float | None = None, desc: str = "KD",
             task: Task | None = None, outputs: OutputKD | None = None,
-            precision: Precision | None = None, world: World | None = None) -> DistillResult:
+            precision: Precision | None = None, world: World | None = None,
+            evaluate: Callable[[nn.Module], float] | None = None) -> DistillResult:
     """Fine-tune `student` in place against `teacher` for `config.epochs` epochs.
 
     `task` says how batches become outputs, the task loss and the metric (default: classification);
@@ -232,13 +233,16 @@ def distill(student: nn.Module, teacher: nn.Module, loaders: TrainValLoaders, co
     `precision` gives the fp16 gradient scaler (its autocast is already in `task`'s forward). The
     student keeps the weights of its best validation epoch (the later one on ties, which is further
     down the cosine schedule). `teacher_val` saves one evaluation when the caller knows it. With a
-    `world` of several processes, `loaders.train` yields this rank's parts of the batches, training
-    is DDP (`World.training`), and every validation metric is rank 0's.
+    `world` of several processes, `loaders.train` yields this rank's parts of the batches and training
+    is DDP (`World.training`). `evaluate(model)` is the validation metric (default: the task's on
+    `loaders.val`; rank 0's with several processes).
     """
     start = time.perf_counter()
     task, world = task or Task(), world or World()
 
     def validation(model: nn.Module) -> float:
+        if evaluate is not None:
+            return evaluate(model)
         return world.first(lambda: task.evaluate(model, loaders.val, device), f"{desc}: validation")
 
     teacher_mode = teacher.training

@@ -151,22 +151,35 @@ class Task:
 
     def evaluate(self, model: nn.Module, batches: Iterable[Batch], device: torch.device | str) -> float:
         """The metric of `model` on `batches` (a whole split: the guard, recovery, the report)."""
-        if self.metric is None and self.forward is classify_forward:
-            return evaluate(model, batches, device)["top1"]
-        if self.metric is None:  # top-1 batch by batch: a streamed split is never held whole
-            was = model.training
-            model.eval()
-            correct = seen = 0
-            try:
-                with torch.no_grad():
-                    for batch in batches:
-                        labels = labels_of(batch, "metric", "top-1")
-                        correct += int((self.forward(model, batch).argmax(1) == labels).sum())
-                        seen += len(labels)
-            finally:
-                model.train(was)
+        if self.metric is None:
+            correct, seen = self.hits(model, batches, device)
             return correct / max(1, seen)
         return self._user_metric(model, batches)
+
+    @property
+    def counts(self) -> bool:
+        """Whether the metric is a ratio of counts (top-1), which parts of a split add up to: a
+        multi-process run then evaluates each rank's part (`hits`) and sums."""
+        return self.metric is None
+
+    def hits(self, model: nn.Module, batches: Iterable[Batch], device: torch.device | str) -> tuple[int, int]:
+        """(correct, seen) of top-1 on `batches`, batch by batch (a streamed split is never held
+        whole), in eval mode."""
+        if self.forward is classify_forward:
+            result = evaluate(model, batches, device)
+            return int(result["correct"]), int(result["samples"])
+        was = model.training
+        model.eval()
+        correct = seen = 0
+        try:
+            with torch.no_grad():
+                for batch in batches:
+                    labels = labels_of(batch, "metric", "top-1")
+                    correct += int((self.forward(model, batch).argmax(1) == labels).sum())
+                    seen += len(labels)
+        finally:
+            model.train(was)
+        return correct, seen
 
     def score(self, model: nn.Module, batches: Sequence[Batch], outputs: list[Any] | None) -> float:
         """The metric on the scoring set, for ranking candidates: top-1 from the `outputs` the search

@@ -5,7 +5,7 @@ The pieces are public so that distillation reuses them with its own loss:
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, epochs=..., steps_per_epoch=..., warmup_epochs=...)
     stats = train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device)
-    metrics = evaluate(model, loader, device)   # {"top1", "top5", "loss", "samples"}
+    metrics = evaluate(model, loader, device)   # {"top1", "top5", "loss", "samples", "correct"}
 
 Accuracies are fractions in [0, 1] everywhere (returned dicts, EpochStats, JSON files); only printed
 tables show percent.
@@ -213,7 +213,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = "cpu") -> dict[str, float]:
-    """Top-1 / top-5 accuracy (fractions in [0, 1]) and mean cross-entropy over `loader`, in eval mode.
+    """Top-1 / top-5 accuracy (fractions in [0, 1]) and mean cross-entropy over `loader`, in eval mode,
+    with the counts behind them (`correct` top-1 of `samples`).
 
     With fewer than 5 classes, top-5 is top-k over all classes (1.0). The model's train/eval mode
     is restored afterwards.
@@ -234,7 +235,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = 
     finally:
         model.train(was_training)
     n = max(1, seen)
-    return {"top1": top1 / n, "top5": top5 / n, "loss": total_loss / n, "samples": seen}
+    return {"top1": top1 / n, "top5": top5 / n, "loss": total_loss / n, "samples": seen, "correct": top1}
 
 
 def resolve_device(name: str) -> torch.device:

@@ -350,10 +350,13 @@ def test_scale_quick_run_measures_and_renders(tmp_path):
 
     assert scale.main(["--quick", "--results", str(tmp_path / "results"), "--work", str(tmp_path / "work")]) == 0
     doc = json.loads((tmp_path / "results" / "scale.json").read_text())
-    assert [r["folder_images"] for r in doc["rows"]] == [60, 240]
+    assert [(r["case"], r["folder_images"], r["processes"]) for r in doc["rows"]] == [
+        ("cifar", 300, 2), ("folder", 60, 1), ("folder", 240, 1)]
     for row in doc["rows"]:
-        assert row["peak_pss_bytes"] > 0 and row["steps"] and row["world_size"] == 1
+        assert row["peak_pss_bytes"] > 0 and row["steps"] and row["world_size"] == row["processes"]
         summary = scale.step_summary(row)
         assert summary["wall_s"] >= summary["eval"] > 0 and summary["candidates_per_s"] > 0
+        assert all(len(s["scored_by"]) == row["processes"] and sum(s["scored_by"]) == s["candidates"]
+                   for s in row["steps"])
     page = (tmp_path / "results" / "scale.md").read_text()
-    assert "| 240 (" in page and "peak host memory changes" in page
+    assert "| 240 (" in page and "peak host memory changes" in page and "| 300 (" in page

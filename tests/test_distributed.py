@@ -230,6 +230,7 @@ def test_two_processes_choose_exactly_what_one_process_chooses(runs):
     assert one["removals"] == both["removals"]
     for a, b in zip(one["records"], both["records"], strict=True):
         assert a["pd"] == b["pd"] and a["widths"] == b["widths"] and a["reward"] == b["reward"]
+        assert (a["val_acc_pruned"], a["val_acc"]) == (b["val_acc_pruned"], b["val_acc"])  # parts add up exactly
         assert sum(b["scored_by"]) == b["candidates"] and min(b["scored_by"]) > 0  # both ranks scored
         assert a["scored_by"] == [a["candidates"]]
     results_one, results_two = (json.loads((r / "results.json").read_text()) for r in (one_run, two_run))

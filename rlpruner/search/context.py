@@ -88,6 +88,10 @@ class Context:
     precision: Precision = field(default_factory=Precision)  # autocast and memory format (in task's forward)
     world: World = field(default_factory=World)           # the run's processes (rlpruner.distributed)
 
+    def evaluate(self, model: nn.Module) -> float:
+        """The task's metric of `model` on the whole validation split; the same value on every rank."""
+        return validation_metric(self.task, self.data, self.world, self.device, model)
+
     def latency_ms(self, model: nn.Module, batch_size: int | None = None, shared: bool = True) -> float:
         """`model`'s median latency (`measure_ms`); `shared`: rank 0's measurement on every rank,
         as a decision rests on it (`False`: this rank's own, for a candidate only this rank scores)."""
@@ -107,6 +111,16 @@ class Context:
     @property
     def progress(self) -> bool:
         return sys.stderr.isatty() if self.config.progress is None else self.config.progress
+
+
+def validation_metric(task: Task, data: Data, world: World, device: torch.device, model: nn.Module) -> float:
+    """The metric on the whole validation split. With several processes: a metric of counts is
+    summed over every rank's part (each evaluates only its own); any other metric is rank 0's."""
+    if data.val_part is not None:
+        correct, seen = task.hits(model, data.val_part, device)
+        total = world.total(torch.tensor([correct, seen], dtype=torch.float64), "validation")
+        return float(total[0]) / max(1.0, float(total[1]))  # the one-process value: exact integer sums
+    return world.first(lambda: task.evaluate(model, data.val_batches, device), "validation")
 
 
 def derived_seed(seed: int, *keys: int) -> int:
@@ -161,7 +175,7 @@ def prepare(model: nn.Module, data: Any, config: CompressConfig, out_dir: Path, 
     task = precision.apply(task or Task())
     allocator = get_allocator(config.method, config.rl)
     original = world.sync(copy.deepcopy(model).to(device).eval())  # every rank starts from rank 0's weights
-    prepared = prepare_data(as_source(data), config, device, task, original)
+    prepared = prepare_data(as_source(data), config, device, task, original, world)
     importance.get(config.rl.importance, data=prepared.calibration)  # an unknown criterion fails here
     distiller = check_task(task, config, original, prepared)
     graph = trace(original, prepared.example, keep=config.keep)
@@ -171,8 +185,9 @@ def prepare(model: nn.Module, data: Any, config: CompressConfig, out_dir: Path, 
     if not groups:
         raise PruningError(f"{type(model).__name__} has no prunable channel group (all frozen or kept)")
     sizes = {g.name: g.size for g in groups}
-    base = world.first(lambda: _base_measurements(config, task, original, graph, prepared, device),
-                       "measuring the original model")
+    base = {**world.first(lambda: _base_measurements(config, original, graph, prepared, device),
+                          "measuring the original model"),
+            "val_acc": validation_metric(task, prepared, world, device, original)}
     names, total = tuple(sizes), sum(sizes.values())
     step_budget = _initial_budget(config, total)
     target = config.target.rule
@@ -216,12 +231,11 @@ def check_task(task: Task, config: CompressConfig, model: nn.Module, data: Data)
     return distiller
 
 
-def _base_measurements(config: CompressConfig, task: Task, original: nn.Module, graph: Any, data: Data,
+def _base_measurements(config: CompressConfig, original: nn.Module, graph: Any, data: Data,
                        device: torch.device) -> dict[str, Any]:
     params, flops = graph.count()
-    val_acc = task.evaluate(original, data.val_batches, device)
     needs_latency = config.reward.needs_latency or config.target.rule.needs_latency
-    return {"params": params, "flops": flops, "val_acc": val_acc,
+    return {"params": params, "flops": flops,
             "latency_ms": measure_ms(config, original, data.example, device) if needs_latency else None}
 
 

@@ -98,6 +98,8 @@ class Data:
                                  # device while it fits in `val_cache_mb`, else streamed every pass)
     score_batches: list[Batch]   # the scoring subset of validation: candidates
     bn_batches: list[Batch]      # training batches that recalibrate BatchNorm; [] off
+    val_part: CachedBatches | None = None  # this rank's part of validation (several processes, a
+                                           # metric of counts: each rank evaluates its part, sums add up)
 
     @property
     def input_shape(self) -> list[int] | None:
@@ -125,10 +127,12 @@ def as_source(data: Any) -> Source:
 
 
 def prepare_data(source: Source, config: CompressConfig, device: torch.device, task: Task,
-                 model: nn.Module) -> Data:
+                 model: nn.Module, world: World | None = None) -> Data:
     """The fixed batches of the run: the calibration batch (importance), validation, its scoring
     subset (candidates) and the BatchNorm recalibration batches (training data: unaugmented for
-    rlpruner's own data; a user dataset's samples as its `__getitem__` gives them, drawn once)."""
+    rlpruner's own data; a user dataset's samples as its `__getitem__` gives them, drawn once).
+    With several processes and a metric of counts, also this rank's part of validation."""
+    world = world or World()
     if isinstance(source, SplitsSource):
         source = replace(source, workers=config.workers, pin_memory=device.type == "cuda")
         val, score, calibration, bn = _from_splits(source, config, device)
@@ -139,8 +143,20 @@ def prepare_data(source: Source, config: CompressConfig, device: torch.device, t
     example = first_sample(model_inputs(model, task.forward, val.first()))
     losses = Calibration(batches=tuple(calibration), forward=task.forward,
                          loss=lambda outputs, batch: task.batch_loss(outputs, batch, "importance"))
+    part = _val_part(source, config, device, world) if world.active and task.counts else None
     return Data(source=source, example=example, calibration=losses, val_batches=val, score_batches=score,
-                bn_batches=bn)
+                bn_batches=bn, val_part=part)
+
+
+def _val_part(source: Source, config: CompressConfig, device: torch.device, world: World) -> CachedBatches:
+    """This rank's contiguous block of the validation split (rlpruner's data: only its images are
+    read), or its part of every batch of the user's validation loader."""
+    limit = config.val_cache_bytes // world.size
+    if isinstance(source, SplitsSource):
+        block = world.share(len(source.splits.val))
+        part = Subset(source.splits.val, list(block))
+        return CachedBatches(source.evaluation(part, config.eval_batch_size), device, limit)
+    return CachedBatches(world.shard(source.val), device, limit)  # type: ignore[attr-defined]
 
 
 def _from_splits(source: SplitsSource, config: CompressConfig, device: torch.device

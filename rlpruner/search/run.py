@@ -151,7 +151,7 @@ def _finish(ctx: Context, state: State, evaluate_test: bool, meta: dict[str, Any
     params, flops = trace(model, ctx.data.example, keep=ctx.config.keep).count()
     evaluate = ctx.task.evaluate
     final = {"params": params, "flops": flops,
-             "val_acc": ctx.world.first(lambda: evaluate(model, ctx.data.val_batches, ctx.device), "final validation"),
+             "val_acc": ctx.evaluate(model),
              "latency_ms": ctx.latency_ms(model)}
     base = {k: ctx.base[k] for k in ("params", "flops", "val_acc")}
     base["latency_ms"] = ctx.latency_ms(ctx.original)

@@ -77,8 +77,7 @@ def run_step(ctx: Context, state: State) -> State:
     def validator(candidate: Candidate, plan: Plan) -> float:
         key = candidate.counts.tobytes()
         if key not in validated:
-            validated[key] = ctx.world.first(lambda: validate(ctx, state.model, plan, candidate),
-                                             f"step {step}: validation")
+            validated[key] = validate(ctx, state.model, plan, candidate)
         return validated[key]
 
     now = ctx.target.proxy.amount(after_removal(plan.graph, ctx.names, np.zeros_like(plan.sizes),
@@ -193,8 +192,7 @@ def validate(ctx: Context, model: nn.Module, plan: Plan, candidate: Candidate) -
     with ctx.timer("surgery"):
         pruned = apply_slices(model, plan.graph.slices(_removals(ctx, plan, candidate.counts)), inplace=False)
     with ctx.timer("eval"):
-        return ctx.task.evaluate(recalibrate(pruned, ctx.data.bn_batches, ctx.task.forward), ctx.data.val_batches,
-                                 ctx.device)
+        return ctx.evaluate(recalibrate(pruned, ctx.data.bn_batches, ctx.task.forward))
 
 
 def budget_for(ctx: Context, plan: Plan, counts_at: Callable[[int], np.ndarray], now: float) -> int:
@@ -311,7 +309,7 @@ def distill_for(ctx: Context, model: nn.Module, teacher: Teacher, epochs: int, *
         loaders = _recovery_loaders(ctx, derived_seed(ctx.config.seed, *keys), kd.batch_size)
         result = distill(model, teacher.model, loaders, kd, device=ctx.device, teacher_val=teacher.val,
                          desc=f"KD {'final' if keys[-1] == FINAL else f'step {keys[0]}'}", task=ctx.task,
-                         outputs=ctx.distiller, precision=ctx.precision, world=ctx.world)
+                         outputs=ctx.distiller, precision=ctx.precision, world=ctx.world, evaluate=ctx.evaluate)
     if result.retries:
         ctx.log(f"KD {'final' if keys[-1] == FINAL else f'step {keys[0]}'}: the loss diverged; restarted "
                 f"{result.retries} time(s) from the last good weights, finished at lr {result.lr:g}")
@@ -323,8 +321,7 @@ def _recover(ctx: Context, teacher: Teacher, model: nn.Module, step: int) -> tup
     period, kd = ctx.config.post_train_period, ctx.config.kd
     if not period or step % period or kd.epochs == 0:
         with ctx.timer("recovery"):
-            return ctx.world.first(lambda: ctx.task.evaluate(model, ctx.data.val_batches, ctx.device),
-                                   f"step {step}: validation"), teacher
+            return ctx.evaluate(model), teacher
     val = distill_for(ctx, model, teacher, kd.epochs, step, KD)
     if kd.switch_teacher and val > teacher.val + kd.switch_margin:
         return val, Teacher(copy.deepcopy(model).eval(), step, val)
