@@ -285,3 +285,23 @@ def test_base_training_under_torchrun_trains_like_one_process(runs):
     assert abs(one["best_val"]["top1"] - two["best_val"]["top1"]) <= 0.02
     for a, b in zip(one["history"], two["history"], strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=0.05)  # rank 0's parts vs whole batches
+
+
+@pytest.mark.slow
+def test_a_users_own_loaders_metric_and_loss_under_torchrun(tmp_path):
+    """Dict batches from the user's loaders (cut into parts on each rank), a metric that is not a
+    ratio of counts (rank 0 evaluates it), the user's loss and forward: the same run as one process."""
+    one = subprocess.run([sys.executable, str(RUNNER), "--api", "one"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600)
+    assert one.returncode == 0, one.stderr
+    two = _torchrun(tmp_path, "--api", "two")
+    assert two.returncode == 0, two.stderr
+    a, b = _state(tmp_path / "one"), _state(tmp_path / "two")
+    assert a["step"] == b["step"] >= 2 and a["removals"][0] == b["removals"][0]
+    first = (a["records"][0], b["records"][0])  # before any recovery: exactly the same
+    assert first[0]["pd"] == first[1]["pd"] and first[0]["val_acc_pruned"] == first[1]["val_acc_pruned"]
+    assert min(first[1]["scored_by"]) > 0
+    results = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert results["world_size"] == 2 and results["metric"]["name"] == "neg_mse"
+    assert results["final"]["val_acc"] == pytest.approx(
+        json.loads((tmp_path / "one" / "results.json").read_text())["final"]["val_acc"], rel=0.05)

@@ -84,10 +84,10 @@ def compress(model: nn.Module, data: Any, config: CompressConfig | None = None, 
     if tensorboard is not None:
         require_tensorboard()
     world = join(resolve_device(config.device))  # torchrun's processes, or this one alone
-    main = world.main  # rank 0 alone writes, logs and holds the directory's lock
-    with (directory_lock(out_dir, "compression run") if main else contextlib.nullcontext()), \
-            contextlib.ExitStack() as cleanup:
-        world.first(lambda: _check_out_dir(out_dir, resume, overwrite), "checking the run directory")
+    main = world.main  # rank 0 alone holds the directory's lock, writes and logs
+    with contextlib.ExitStack() as cleanup:
+        world.first(lambda: (cleanup.enter_context(directory_lock(out_dir, "compression run")),
+                             _check_out_dir(out_dir, resume, overwrite)), "checking the run directory")
         ctx = prepare(model, data, config, out_dir, (log if main else None) or (lambda line: None), task, world)
         if not resume:  # only once the new run's options and target have been checked
             world.first(lambda: _clear_run(out_dir), "clearing the run directory")
@@ -149,10 +149,7 @@ def _finish(ctx: Context, state: State, evaluate_test: bool, meta: dict[str, Any
         distill_for(ctx, model, state.teacher, ctx.config.final_epochs, state.step, FINAL)
     model.eval()
     params, flops = trace(model, ctx.data.example, keep=ctx.config.keep).count()
-    evaluate = ctx.task.evaluate
-    final = {"params": params, "flops": flops,
-             "val_acc": ctx.evaluate(model),
-             "latency_ms": ctx.latency_ms(model)}
+    final = {"params": params, "flops": flops, "val_acc": ctx.evaluate(model), "latency_ms": ctx.latency_ms(model)}
     base = {k: ctx.base[k] for k in ("params", "flops", "val_acc")}
     base["latency_ms"] = ctx.latency_ms(ctx.original)
     for row, timed in ((base, ctx.original), (final, model)):
@@ -161,7 +158,7 @@ def _finish(ctx: Context, state: State, evaluate_test: bool, meta: dict[str, Any
     if test is not None:
         test = OnDevice(test, ctx.device)
         base["test_acc"], final["test_acc"] = ctx.world.first(
-            lambda: (evaluate(ctx.original, test, ctx.device), evaluate(model, test, ctx.device)), "the test split")
+            lambda: tuple(ctx.task.evaluate(m, test, ctx.device) for m in (ctx.original, model)), "the test split")
     model_path = ctx.out_dir / ("model.rlp" if getattr(model, SPEC_ATTR, None) else "model.safetensors")
     if ctx.data.input_shape is not None:
         meta.update(input_shape=ctx.data.input_shape)

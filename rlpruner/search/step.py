@@ -65,8 +65,9 @@ def run_step(ctx: Context, state: State) -> State:
         parts = shared(jobs, plan)
         for rank, part in enumerate(parts):
             scored_by[rank] += len(part)
-        scored.extend(c for part in parts for c in part)
-        return [c for part in parts for c in part]
+        flat = [c for part in parts for c in part]
+        scored.extend(flat)
+        return flat
 
     def scorer(counts: np.ndarray, pd: np.ndarray, plan: Plan) -> Candidate:
         return score_many([(counts, pd)], plan)[0]
