@@ -278,11 +278,13 @@ def _whole_batch_norm(layer: _BN, x: torch.Tensor) -> torch.Tensor:
     dims = [0, *range(2, x.dim())]
     xf = x.float()
     channels = x.shape[1]
-    count = torch.full((1,), xf.numel() / channels, device=x.device, dtype=torch.float32)
-    sums = _Summed.apply(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))
+    count = torch.full((1,), xf.numel() / channels, device=x.device, dtype=torch.float64)
+    # float64 across the ranks: exact counts past 2**24 values per channel, and a steadier variance
+    sums = _Summed.apply(torch.cat([xf.sum(dims).double(), (xf * xf).sum(dims).double(), count]))
     n = sums[-1]
     mean = sums[:channels] / n
     var = (sums[channels:2 * channels] / n - mean * mean).clamp_min(0.0)
+    mean, var, n = mean.float(), var.float(), n.float()
     if layer.track_running_stats and layer.running_mean is not None:
         with torch.no_grad():
             layer.num_batches_tracked.add_(1)
