@@ -310,8 +310,10 @@ def render_markdown(results: dict[str, Any]) -> str:
                        f"{t['candidates_per_s']:.2f} | {row['wall_seconds']:.0f} |")
         out += [""] + _growth_lines(case, rows) + _process_lines(rows)
     out += ["Per-step columns are mean seconds per step (rlpruner's own phase timers, rank 0's clock); s/step "
-            "is the whole step, including the validation passes of the guard and of recovery, which grow with "
-            "the validation split. No GPU was used unless the device says so."]
+            "is the whole step. Scoring is the `eval` timer: the candidates' passes and the guard's pass over "
+            "the whole validation split, which grows with the split (so candidates/s, candidates per second of "
+            "it, falls as the data grows); recovery includes its validation passes. No GPU was used unless the "
+            "device says so."]
     return "\n".join(out) + "\n"
 
 
