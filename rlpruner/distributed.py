@@ -113,10 +113,6 @@ class World:
                     self._collective("model synchronisation", lambda t=tensor: dist.broadcast(t.data, src=0))
         return module
 
-    def barrier(self, what: str) -> None:
-        if self.active:
-            self._collective(what, dist.barrier)
-
     # ---------------------------------------------------------------------------------------------
     # Training: shards of the same batches, DDP, BatchNorm over the whole batch
     # ---------------------------------------------------------------------------------------------
