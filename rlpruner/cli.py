@@ -58,5 +58,18 @@ def main(argv: list[str] | None = None) -> int:
             leave()
 
 
+def entry(argv: list[str] | None = None) -> None:
+    """The process's entry point (`rlpruner`, `python -m rlpruner`): `main`, then exit with its code.
+    A torchrun worker, its process group destroyed by `main`, ends without the interpreter's teardown,
+    in which PyTorch's gloo threads can still abort a finished run (SIGABRT, "terminate called
+    without an active exception"); every file is closed and the output is flushed first."""
+    code = main(argv)
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

@@ -22,8 +22,10 @@ a `DistributedError`, and the last checkpoint stays whole.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
+import gc
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -101,7 +103,7 @@ class World:
         """The element-wise sum of `values` over the ranks (a new tensor, on `values`' device)."""
         if not self.active:
             return values.clone()
-        out = values.detach().clone().to(self._collective_device())
+        out = values.detach().clone().to(_collective_device())
         self._collective(what, lambda: dist.all_reduce(out))
         return out.to(values.device)
 
@@ -177,10 +179,6 @@ class World:
             torch.cuda.set_device(device)
         return device
 
-    def _collective_device(self) -> torch.device:
-        backend = dist.get_backend() if dist.is_initialized() else "gloo"
-        return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-
     def _collective(self, what: str, call: Callable[[], T]) -> T:
         try:
             return call()
@@ -213,16 +211,33 @@ def join(device: torch.device | str = "cpu") -> World:
         raise DistributedError(f"cannot start torch.distributed ({backend}, WORLD_SIZE={size}): "
                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; launch with "
                                "torchrun (it sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT)") from exc
+    # A process group still alive when the interpreter shuts down can abort the process (gloo's
+    # worker threads release tensors after Python is gone: SIGABRT, "terminate called without an
+    # active exception"). A user's script under torchrun rarely ends it, so it ends here at exit.
+    atexit.register(leave)
     return World(dist.get_rank(), dist.get_world_size(), local)
 
 
 def leave() -> None:
-    """End torch.distributed in this process, if it runs (the CLI's last act)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """End torch.distributed in this process, if it runs: the ranks first wait for each other (none
+    tears its connections down while another still talks to it; a dead peer is not waited for), then
+    what still holds the group (a DistributedDataParallel wrapper) is collected and the group
+    destroyed while the interpreter is whole. The CLI's last act, and registered at exit by `join`."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    with contextlib.suppress(RuntimeError):
+        if dist.get_world_size() > 1:
+            dist.all_reduce(torch.zeros(1, device=_collective_device()))
+    gc.collect()
+    dist.destroy_process_group()
 
 
 # --------------------------------------------------------------------------------------------------
+
+def _collective_device() -> torch.device:
+    backend = dist.get_backend() if dist.is_initialized() else "gloo"
+    return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+
 
 def _attempt(compute: Callable[[], T]) -> tuple[bool, Any]:
     try:

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 
-from rlpruner.cli import main
+from rlpruner.cli import entry
 from rlpruner.search import step as step_module
 
 
@@ -82,4 +82,4 @@ if __name__ == "__main__":
         argv = argv[2:]
     if argv[:1] == ["--"]:
         argv = argv[1:]
-    sys.exit(main(argv))
+    entry(argv)

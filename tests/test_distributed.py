@@ -188,10 +188,16 @@ SEARCH_ONLY = [*COMPRESS, "--kd-epochs", "0"]  # no recovery between steps: the 
 
 
 def _torchrun(cwd: Path, *args: str, processes: int = 2) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # a crash in a worker prints its Python stacks (faulthandler), so a failure says where it happened
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                            str(processes), str(RUNNER), *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=600)
+
+
+def _failure(done: subprocess.CompletedProcess) -> str:
+    """What a failed run printed: its errors (with any crashed worker's stacks), then where its output stopped."""
+    return f"{done.stderr[-6000:]}\n--- last output ---\n{done.stdout[-2000:]}"
 
 
 def _one_process(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -204,14 +210,14 @@ def runs(tmp_path_factory):
     """A base model; the search alone run by one process and by two; a run with recovery by two."""
     work = tmp_path_factory.mktemp("torchrun")
     done = _one_process(work, "train", "--model", "resnet8", "--dataset", "digits", "--epochs", "2", "-o", "base.rlp")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, _failure(done)
     logs = {}
     for name, launch, options in (("one", _one_process, SEARCH_ONLY), ("two", _torchrun, ["--", *SEARCH_ONLY]),
                                   ("two-kd", _torchrun, ["--", *COMPRESS])):
         (work / name).mkdir()
         done = launch(work / name, *options[:1], "compress", "../base.rlp", *options[1:], "--out", "run") \
             if launch is _torchrun else launch(work / name, "compress", "../base.rlp", *options, "--out", "run")
-        assert done.returncode == 0, done.stderr
+        assert done.returncode == 0, _failure(done)
         logs[name] = done
     return work, logs
 
@@ -259,7 +265,7 @@ def test_a_killed_rank_ends_the_run_with_one_clear_message_and_resume_finishes_i
     saved = _state(cwd / "run")["step"]
     assert saved == int(message.group(1)) - 1 >= 1  # the steps before the failure are all checkpointed
     resumed = _torchrun(cwd, "--", "compress", "../base.rlp", *COMPRESS, "--out", "run", "--resume")
-    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.returncode == 0, _failure(resumed)
     assert f"resuming run after step {saved}" in resumed.stdout
     same = subprocess.run([sys.executable, str(ROOT / "scripts" / "same_run.py"), str(work / "two-kd" / "run"),
                            str(cwd / "run")], capture_output=True, text=True)
@@ -277,7 +283,7 @@ def test_base_training_under_torchrun_trains_like_one_process(runs):
         cwd.mkdir()
         options = ["train", "--model", "resnet8", "--dataset", "digits", "--epochs", "3", "-o", "base.rlp"]
         done = launch(cwd, *(["--", *options] if launch is _torchrun else options))
-        assert done.returncode == 0, done.stderr
+        assert done.returncode == 0, _failure(done)
         assert sorted(p.name for p in cwd.iterdir()) == ["base.rlp", "base.train.json"]  # one set of files
         histories[name] = json.loads((cwd / "base.train.json").read_text())
     one, two = histories["train1"], histories["train2"]
@@ -297,7 +303,7 @@ def test_a_users_own_loaders_metric_and_loss_under_torchrun(tmp_path):
                          text=True, timeout=600)
     assert one.returncode == 0, one.stderr
     two = _torchrun(tmp_path, "--api", "two")
-    assert two.returncode == 0, two.stderr
+    assert two.returncode == 0, _failure(two)
     a, b = _state(tmp_path / "one"), _state(tmp_path / "two")
     assert a["step"] == b["step"] >= 2 and a["removals"][0] == b["removals"][0]
     first = (a["records"][0], b["records"][0])  # before any recovery: exactly the same
