@@ -69,6 +69,7 @@ def random_removals(graph: DependencyGraph, seed: int, fraction: float = 0.7, ex
 
 
 def assert_close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4) -> None:
+    a, b = a.detach(), b.detach()
     scale = max(float(a.abs().max()), 1e-6)
     err = float((a - b).abs().max())
     assert err <= rtol * scale, f"max abs diff {err:.3g} exceeds {rtol:g} x max|out| {scale:.3g}"
@@ -77,7 +78,7 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4) -> None:
 def outputs(model: nn.Module, x) -> list[torch.Tensor]:
     model.eval()
     with torch.no_grad():
-        out = model(x)
+        out = model(*x) if isinstance(x, tuple) else model(x)  # a tuple: several inputs
     return _flatten(out)
 
 

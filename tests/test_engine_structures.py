@@ -143,26 +143,6 @@ def test_window_attention_with_a_relative_position_table_prunes_exactly():
     assert pruned.attn.table.shape == model.attn.table.shape  # heads stay: the table indexes heads
 
 
-def test_multihead_attention_module_is_frozen_with_its_name_and_the_rest_prunes():
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inp, self.mha, self.fc, self.out = nn.Linear(8, 16), nn.MultiheadAttention(16, 2), nn.Linear(16, 12), \
-                nn.Linear(12, 3)
-
-        def forward(self, x):
-            h = self.inp(x)
-            return self.out(F.relu(self.fc(self.mha(h, h, h, need_weights=False)[0])))
-
-    model = randomize(Net()).eval()
-    x = torch.randn(5, 2, 8)
-    with pytest.warns(UserWarning, match="multi_head_attention_forward in mha"):
-        graph = rlpruner.trace(model, x)
-    assert not graph.group("inp").prunable and "multi_head_attention_forward" in graph.group("inp").reason
-    assert graph.group("fc").prunable
-    _equivalent(model, x, graph=graph)
-
-
 # --------------------------------------------------------------------------------------------------
 # Splits: selective kernel, mixed kernels (split-with-sizes), CSP partial split
 # --------------------------------------------------------------------------------------------------
@@ -207,6 +187,34 @@ class CSP(nn.Module):
         return torch.cat([a, F.relu(self.inner(b))], dim=1)
 
 
+class SplitInputSK(nn.Module):
+    """timm's selective kernel with split input: pieces of `self.in_channels // self.num_paths`
+    (a size no attribute holds; the total is in_channels), one conv per path, summed."""
+
+    def __init__(self, c=12, out=10, paths=2):
+        super().__init__()
+        self.in_channels, self.out_channels, self.num_paths = c, out, paths
+        self.paths = nn.ModuleList(nn.Conv2d(c // paths, out, 3, padding=1) for _ in range(paths))
+        self.post = nn.Conv2d(out, c, 1)
+
+    def forward(self, x):
+        pieces = torch.split(x, self.in_channels // self.num_paths, 1)
+        return self.post(F.relu(sum(conv(p) for conv, p in zip(self.paths, pieces))))
+
+
+class DerivedCSP(CSP):
+    """cspresnet's split by `self.expand_chs // 2`."""
+
+    def __init__(self, c=12):
+        super().__init__(c)
+        self.expand_chs = c
+        del self.half
+
+    def forward(self, x):
+        a, b = x.split(self.expand_chs // 2, dim=1)
+        return torch.cat([a, F.relu(self.inner(b))], dim=1)
+
+
 def _conv_net(block, c):
     class Net(nn.Module):
         def __init__(self):
@@ -220,8 +228,10 @@ def _conv_net(block, c):
     return randomize(Net()).eval()
 
 
-@pytest.mark.parametrize("block, c", [(SelectiveKernel(), 8), (MixedKernel(), 12), (CSP(), 12)],
-                         ids=["selective-kernel", "mixed-kernel-split-with-sizes", "csp-partial-split"])
+@pytest.mark.parametrize("block, c", [(SelectiveKernel(), 8), (MixedKernel(), 12), (CSP(), 12), (SplitInputSK(), 12),
+                                      (DerivedCSP(), 12)],
+                         ids=["selective-kernel", "mixed-kernel-split-with-sizes", "csp-partial-split",
+                              "sk-split-by-a-derived-size", "csp-split-by-a-derived-size"])
 def test_split_structures_prune_inside_each_piece_exactly(block, c):
     model = _conv_net(block, c)
     x = torch.randn(2, 3, 8, 8)
@@ -231,8 +241,12 @@ def test_split_structures_prune_inside_each_piece_exactly(block, c):
         pruned, _, removals = _equivalent(model, x, seed, graph)
         if isinstance(block, MixedKernel):
             assert pruned.block.splits == [c.out_channels for c in pruned.block.convs]
-        if isinstance(block, CSP):
+        if type(block) is CSP:
             assert pruned.block.half == pruned.block.inner.in_channels
+        if isinstance(block, DerivedCSP):
+            assert pruned.block.expand_chs == 2 * pruned.block.inner.in_channels
+        if isinstance(block, SplitInputSK):
+            assert pruned.block.in_channels == 2 * pruned.block.paths[0].in_channels
 
 
 def mixed_kernel_net(num_classes: int = 3, in_channels: int = 3) -> nn.Module:
@@ -301,6 +315,28 @@ def test_weight_standardised_convs_prune_their_filters_exactly():
     assert b.prunable and b.exact and {m.param for m in a.members} >= {"a.weight", "a.gain", "a.bias"}
     pruned, _, removals = _equivalent(model, x, graph=graph)
     assert pruned.b.weight.shape[0] == 12 - len(removals["b"])
+
+
+class ShapedScale(nn.Module):
+    """poolformer's layer scale: a (C,) parameter viewed as the tuple attribute `self.shape` = (C, 1, 1)."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.shape = (c, 1, 1)
+        self.scale = nn.Parameter(torch.rand(c) + 0.5)
+
+    def forward(self, x):
+        return x * self.scale.view(self.shape)
+
+
+def test_a_view_by_a_shape_attribute_follows_the_pruning():
+    model = _conv_net(ShapedScale(), 8)
+    x = torch.randn(2, 3, 8, 8)
+    graph = rlpruner.trace(model, x)
+    assert graph.group("stem").prunable
+    for seed in range(3):
+        pruned, _, removals = _equivalent(model, x, seed, graph)
+        assert pruned.block.shape == (pruned.block.scale.numel(), 1, 1) and isinstance(pruned.block.shape, tuple)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 The built-in rules live in small files by concern: elementwise.py (activations, arithmetic),
 movement.py (views, cat/split, slicing, pooling), reductions.py (mean, softmax...), layers.py
-(conv, linear, norms, PReLU, and the surgery fix-ups of their modules), attention.py (matmul, SDPA).
+(conv, linear, norms, PReLU, and the surgery fix-ups of their modules), attention.py (matmul, SDPA),
+mha.py (nn.MultiheadAttention, traced as one operation, with its fix-up and pruned form).
 
 A rule table maps a *target* to a `Rule`:
 - a torch function / Tensor method (what a TorchFunctionMode sees, e.g. `torch.einsum`), or
@@ -28,7 +29,7 @@ from torch import nn
 from ...errors import ConfigError
 from ...registry import Registry
 from ..context import Handler, MetaShortcut, Rule
-from . import attention, elementwise, layers, movement, reductions
+from . import attention, elementwise, layers, mha, movement, reductions
 from .layers import Fixup, Layer
 
 RuleLike = Rule | Handler
@@ -38,7 +39,8 @@ USER_RULES: Registry[tuple[Any, Rule]] = Registry("channel rule")
 USER_FIXUPS: Registry[tuple[type, Fixup]] = Registry("module fix-up")
 
 _NAMESPACES = (torch, torch.Tensor, F, torch.special)
-_FILES = (elementwise, movement, reductions, layers, attention)
+_FILES = (elementwise, movement, reductions, layers, attention, mha)
+_LAYERS = layers.LAYERS + mha.LAYERS  # first isinstance match wins
 
 
 @functools.lru_cache(maxsize=1)
@@ -56,6 +58,8 @@ def _builtin() -> Mapping[Any, Rule]:
     for file in _FILES:
         for prop, handler in getattr(file, "PROPERTIES", {}).items():
             table[getattr(torch.Tensor, prop).__get__] = Rule(handler)
+        for handler, module_types in getattr(file, "MODULES", {}).items():  # traced as leaves
+            table.update((cls, Rule(handler)) for cls in module_types)
     missing = [f for f in meta if f not in table]
     if missing:  # pragma: no cover - a shortcut must belong to a rule entry
         raise RuntimeError(f"internal: meta shortcuts without a rule: {missing}")
@@ -150,7 +154,7 @@ def unregister_fixup(module_type: type) -> None:
 
 
 def _builtin_layer(module: nn.Module) -> Layer | None:
-    return next((layer for cls, layer in layers.LAYERS if isinstance(module, cls)), None)
+    return next((layer for cls, layer in _LAYERS if isinstance(module, cls)), None)
 
 
 def fixups_for(module: nn.Module, extra: Mapping[type, Fixup] | None = None) -> list[Fixup]:

@@ -92,9 +92,16 @@ def _record_reshape_sizes(ctx: TraceContext, func, args, kwargs, label_out: torc
     sizes = _sizes_given(args, kwargs)
     if len(sizes) != label_out.dim():
         return
-    for dim, size in enumerate(sizes):
-        if type(size) is int and size > 1 and not _coupled_along(ctx, label_out, dim):
-            ctx.size_attribute(size, [_positions(label_out, dim)])
+    channel_dims = [d for d, size in enumerate(sizes)
+                    if type(size) is int and size > 1 and not _coupled_along(ctx, label_out, d)]
+    if channel_dims and all(type(size) is int and size >= 1 for size in sizes):
+        # the whole shape held by one attribute (`view(self.shape)`, a layer scale's (C, 1, 1))
+        pieces = [_positions(label_out, d) if d in channel_dims else torch.full((size,), NONE)
+                  for d, size in enumerate(sizes)]
+        if ctx.size_attribute([int(size) for size in sizes], pieces):
+            return
+    for dim in channel_dims:
+        ctx.size_attribute(sizes[dim], [_positions(label_out, dim)])
 
 
 def _freeze_indexed(ctx: TraceContext, func, args, kwargs, label_in: torch.Tensor, outs) -> None:
@@ -153,7 +160,10 @@ def move(ctx: TraceContext, func, args, kwargs, out) -> None:
 def _split(ctx: TraceContext, func, args, kwargs, label_in: torch.Tensor, outs: list[torch.Tensor]) -> None:
     """split(x, sizes, dim): nothing to do along a dim without channels. Equal int-sized pieces
     stay proportional (coupled, like chunk); sizes held by a module attribute (`self.splits`) are
-    rewritten by surgery; any other hard-coded sizes freeze the channels they cut."""
+    rewritten by surgery, and so is the attribute holding the total an equal size is computed from
+    (`self.in_channels // self.num_paths`, `self.expand_chs // 2`) when no attribute holds the size
+    itself; any other hard-coded sizes freeze the channels they cut (a size computed otherwise is
+    caught by the pruned model's forward check, which leaves its group whole)."""
     dim = arg(args, kwargs, 2, "dim", 0) % label_in.dim()
     if len(outs) <= 1 or _coupled_along(ctx, label_in, dim):
         return
@@ -162,7 +172,8 @@ def _split(ctx: TraceContext, func, args, kwargs, label_in: torch.Tensor, outs: 
         size = kwargs.get("split_sizes")
     if type(size) is int and label_in.shape[dim] % size == 0:
         _couple_pieces(ctx, outs)
-        ctx.size_attribute(size, [_positions(outs[0], dim)])
+        if not ctx.size_attribute(size, [_positions(outs[0], dim)]):
+            ctx.size_attribute(label_in.shape[dim], [_positions(label_in, dim)])
         return
     if isinstance(size, (list, tuple)) and ctx.size_attribute(list(size), [_positions(o, dim) for o in outs]):
         return
