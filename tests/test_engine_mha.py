@@ -109,6 +109,28 @@ def test_a_pruned_vit_is_saved_loaded_and_exported(tmp_path):
     assert report.max_abs_diff <= 1e-4
 
 
+def test_torchs_transformer_encoder_prunes_exactly_and_never_takes_a_fused_path_it_no_longer_fits():
+    """nn.TransformerEncoderLayer runs a fused kernel in eval mode that assumes the original layout."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+            self.inp, self.out = nn.Linear(6, 16), nn.Linear(16, 3)
+            self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+
+        def forward(self, x):
+            return self.out(self.enc(self.inp(x)).mean(1))
+
+    torch.manual_seed(0)
+    model = randomize(Net()).eval()
+    x = torch.randn(2, 5, 6)
+    graph = _traced(model, x)
+    assert graph.group("enc.layers.1.self_attn").exact and graph.group("enc.layers.1.linear1").exact
+    with torch.no_grad():  # where the fused path would be taken
+        _check(model, x)
+
+
 # --------------------------------------------------------------------------------------------------
 # Every option of torch's module
 # --------------------------------------------------------------------------------------------------

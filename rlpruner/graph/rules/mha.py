@@ -182,6 +182,9 @@ def _fix(m: nn.MultiheadAttention) -> None:
         m.qk_head_dim = m.q_proj_weight.shape[0] // heads
         m.kdim, m.vdim = m.k_proj_weight.shape[1], m.v_proj_weight.shape[1]
     m.head_dim, m.embed_dim = m.qk_head_dim, wo.shape[0]
+    # torch's fused kernels (nn.TransformerEncoderLayer's fast path) assume the original layout and
+    # check this flag first; this module reads `in_proj_weight is None` instead
+    m._qkv_same_embed_dim = False
 
 
 def _input_dims(m: nn.MultiheadAttention) -> frozenset[tuple[str, int]]:
