@@ -89,6 +89,33 @@ def test_a_torchvision_style_vit_prunes_its_attention_and_mlps_exactly():
     assert inner.scale == 8 ** -0.5  # the original scale, kept
 
 
+def test_a_position_embedding_follows_the_token_channels_it_is_added_to():
+    """(1, N, C) added to (B, N, C): its C dim is pruned with the tokens' channels (ViT's residual stream
+    then prunes too; through LayerNorm it is inexact, so here a linear layer reads the tokens)."""
+
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.patch, self.fc, self.head = nn.Conv2d(3, 12, 4, stride=4), nn.Linear(12, 8), nn.Linear(8, 3)
+            self.cls = nn.Parameter(torch.randn(1, 1, 12))
+            self.pos = nn.Parameter(torch.randn(1, 17, 12))
+
+        def forward(self, x):
+            t = self.patch(x).flatten(2).transpose(1, 2)
+            t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1) + self.pos
+            return self.head(torch.relu(self.fc(t)).mean(1))
+
+    torch.manual_seed(0)
+    model = randomize(Tokens()).eval()
+    x = torch.randn(2, 3, 16, 16)
+    graph = _traced(model, x)
+    assert graph.group("patch").prunable and graph.group("patch").exact
+    pruned = _check(model, x)
+    assert pruned.pos.shape[2] == pruned.cls.shape[2] == pruned.patch.out_channels < 12
+    vit_graph = _traced(vit(), x)
+    assert vit_graph.group("conv_proj").prunable and vit_graph.coverage().share > 0.95  # the residual stream too
+
+
 def test_ratio_half_removes_parameters_of_the_attention_blocks():
     model, x = vit(), torch.randn(2, 3, 16, 16)
     small = rlpruner.prune(copy.deepcopy(model), x, ratio=0.5)

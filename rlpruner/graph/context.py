@@ -172,6 +172,11 @@ class TraceContext:
         c = compact(label)
         self.labels[id(t)] = (t, label, bool(c.numel() and int(c.max()) >= 0))
 
+    def labelled(self, t: torch.Tensor) -> bool:
+        """Whether `t` has a label already (a parameter gets one when an op first reads it)."""
+        entry = self.labels.get(id(t))
+        return entry is not None and entry[0] is t
+
     def has_slots(self, t: torch.Tensor) -> bool:
         entry = self.labels.get(id(t))
         if entry is not None and entry[0] is t:

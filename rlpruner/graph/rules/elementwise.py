@@ -1,7 +1,8 @@
 """Element-wise rules: one output element per input element (activations, casts, arithmetic).
 
 - same:    output labels = labels of the first tensor argument (activations, dropout, casts, *_like)
-- binary:  element-wise with broadcasting; equal channels are coupled (residual add, SE gate mul)
+- binary:  element-wise with broadcasting; equal channels are coupled (residual add, SE gate mul); a
+           parameter of several dims (ViT's position embedding) takes the channels it meets
 - setitem: x[idx] = v couples v's channels to the written region of x
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..context import TraceContext, tensors
-from ..labels import compact, none_like, varies
+from ..labels import along, compact, none_like, per_index, varies
 
 
 def same(ctx: TraceContext, func, args, kwargs, out) -> None:
@@ -31,6 +32,7 @@ def binary(ctx: TraceContext, func, args, kwargs, out) -> None:
         return
     shape = outs[0].shape
     operands = [t for t in tensors(list(args) + list(kwargs.values())) if t.dim() > 0 or t.numel() > 1]
+    _parameters_meet_channels(ctx, operands, shape)
     labeled = [(t, ctx.label(t)) for t in operands]
     labeled = [(t, lab.broadcast_to(shape), _broadcast_dims(t.shape, shape)) for t, lab in labeled]
     real = [x for x in labeled if ctx.has_slots(x[0])]
@@ -53,6 +55,30 @@ def binary(ctx: TraceContext, func, args, kwargs, out) -> None:
             result = torch.where(result >= 0, result, label)
     for o in outs:
         ctx.set_label(o, result)
+
+
+def _parameters_meet_channels(ctx: TraceContext, operands: list[torch.Tensor], shape: torch.Size) -> None:
+    """A parameter of several dims first read here, with an activation whose channels lie along one
+    of its dims (`tokens + self.pos_embed`, (1, N, C) against (B, N, C)): that dim follows those
+    channels, so the parameter is pruned with them instead of freezing them as one whole tensor."""
+    for t in operands:
+        name = ctx.param_name(t)
+        if name is None or ctx.labelled(t) or name in ctx.weight_dims:
+            continue
+        big = [d for d, n in enumerate(t.shape) if n > 1]
+        pad = len(shape) - t.dim()
+        for other in operands:
+            if other is t or ctx.param_name(other) is not None or not ctx.has_slots(other) or len(big) < 2:
+                continue
+            label = ctx.label(other).broadcast_to(shape)
+            channel_dims = [d for d in range(len(shape))  # dims along which the units differ
+                            if varies(label, d) and ctx.uniform_head(label, [d]) is None]
+            if len(channel_dims) == 1 and channel_dims[0] - pad in big:
+                dim = channel_dims[0] - pad
+                slots = per_index(ctx.table, label, channel_dims[0])
+                ctx.table.attach(name, dim, slots)
+                ctx.set_label(t, along(slots, t.shape, dim))
+                break
 
 
 def setitem(ctx: TraceContext, func, args, kwargs, out) -> None:
