@@ -158,6 +158,48 @@ def test_torchs_transformer_encoder_prunes_exactly_and_never_takes_a_fused_path_
         _check(model, x)
 
 
+class LeViTAttention(nn.Module):
+    """timm's LeViT: per-head q/k/v interleaved in one projection, split by `[self.key_dim,
+    self.key_dim, self.val_dim]` (three attributes, no list of them), heads joined by `self.val_attn_dim`."""
+
+    def __init__(self, dim=12, key_dim=4, heads=2, ratio=2):
+        super().__init__()
+        self.num_heads, self.key_dim, self.val_dim = heads, key_dim, ratio * key_dim
+        self.val_attn_dim, self.scale = heads * ratio * key_dim, key_dim ** -0.5
+        self.qkv = nn.Linear(dim, heads * (2 * key_dim + ratio * key_dim))
+        self.proj = nn.Linear(self.val_attn_dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, self.num_heads, -1).split([self.key_dim, self.key_dim, self.val_dim], dim=3)
+        attn = (q.permute(0, 2, 1, 3) @ k.permute(0, 2, 3, 1) * self.scale).softmax(dim=-1)
+        return x + self.proj((attn @ v.permute(0, 2, 1, 3)).transpose(1, 2).reshape(B, N, self.val_attn_dim))
+
+
+def test_levit_attention_split_by_three_attributes_prunes_exactly():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.attn, self.head = nn.Linear(5, 12), LeViTAttention(), nn.Linear(12, 3)
+
+        def forward(self, x):
+            return self.head(self.attn(self.embed(x)).mean(1))
+
+    torch.manual_seed(0)
+    model = randomize(Net()).eval()
+    x = torch.randn(2, 6, 5)
+    graph = _traced(model, x)
+    assert graph.coverage().share > 0.8
+    for seed in range(3):
+        removals = random_removals(graph, seed, fraction=1.0)
+        pruned = prune_channels(model, graph, removals, inplace=False)
+        for got, want in zip(outputs(pruned, x), outputs(masked_reference(model, graph, removals), x), strict=True):
+            assert_close(got, want)
+        a = pruned.attn
+        assert a.qkv.out_features == a.num_heads * (2 * a.key_dim + a.val_dim)
+        assert a.val_attn_dim == a.num_heads * a.val_dim == a.proj.in_features
+
+
 # --------------------------------------------------------------------------------------------------
 # Every option of torch's module
 # --------------------------------------------------------------------------------------------------

@@ -210,18 +210,23 @@ class TraceContext:
         """The module whose forward is running (for messages); '' at the top level."""
         return self.module_stack[-1] if self.module_stack else ""
 
+    def size_holder(self, value: int | list[int]) -> str | None:
+        """The one attribute of the running module that holds `value`; None when none or several do."""
+        module = self.module_objects[-1] if self.module_objects else None
+        if module is None:
+            return None
+        wanted = [int(v) for v in value] if isinstance(value, (list, tuple)) else int(value)
+        names = [k for k, v in vars(module).items() if not k.startswith("_") and _holds(v, wanted)]
+        return names[0] if len(names) == 1 else None
+
     def size_attribute(self, value: int | list[int], pieces: list[torch.Tensor]) -> bool:
         """Record that the running module's attribute holding `value` counts the channels `pieces`
         (slot per position), so surgery can rewrite it. False if no single attribute holds it."""
-        module = self.module_objects[-1] if self.module_objects else None
-        if module is None:
+        name = self.size_holder(value)
+        if name is None:
             return False
-        wanted = [int(v) for v in value] if isinstance(value, (list, tuple)) else int(value)
-        names = [k for k, v in vars(module).items() if not k.startswith("_") and _holds(v, wanted)]
-        if len(names) != 1:
-            return False
-        self.sizes.append(SizeSite(self.module, names[0], tuple(p.reshape(-1) for p in pieces),
-                                   isinstance(wanted, list)))
+        self.sizes.append(SizeSite(self.module, name, tuple(p.reshape(-1) for p in pieces),
+                                   isinstance(value, (list, tuple))))
         return True
 
     def freeze(self, slots: torch.Tensor, why: str) -> None:

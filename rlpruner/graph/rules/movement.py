@@ -175,10 +175,28 @@ def _split(ctx: TraceContext, func, args, kwargs, label_in: torch.Tensor, outs: 
         if not ctx.size_attribute(size, [_positions(outs[0], dim)]):
             ctx.size_attribute(label_in.shape[dim], [_positions(label_in, dim)])
         return
-    if isinstance(size, (list, tuple)) and ctx.size_attribute(list(size), [_positions(o, dim) for o in outs]):
-        return
+    if isinstance(size, (list, tuple)):
+        pieces = [_positions(o, dim) for o in outs]
+        if ctx.size_attribute(list(size), pieces) or _sizes_held_one_by_one(ctx, size, outs, pieces):
+            return
     for lab in outs:
         ctx.freeze(unique_slots(lab), f"{op_name(func)} with hard-coded sizes")
+
+
+def _sizes_held_one_by_one(ctx: TraceContext, sizes, outs: list[torch.Tensor], pieces: list[torch.Tensor]) -> bool:
+    """`split(x, [self.key_dim, self.key_dim, self.val_dim])` (LeViT): every size held by one attribute.
+    Pieces counted by the same attribute must keep equal counts, so they are coupled (q and k are anyway)."""
+    holders = [ctx.size_holder(int(n)) if type(n) is int else None for n in sizes]
+    if None in holders:
+        return False
+    first: dict[str, int] = {}
+    for i, name in enumerate(holders):
+        if name in first:
+            ctx.couple(outs[first[name]], outs[i], f"split sizes counted by one attribute ({name})")
+        else:
+            first[name] = i
+            ctx.size_attribute(int(sizes[i]), [pieces[i]])
+    return True
 
 
 def _cat_compact(ctx: TraceContext, labels: list[torch.Tensor], dim: int, out: torch.Tensor) -> None:
