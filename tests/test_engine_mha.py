@@ -16,19 +16,25 @@ from torch import nn
 
 import rlpruner
 from masking import assert_close, masked_reference, outputs, random_removals, randomize
-from rlpruner.graph.rules.mha import PrunedMultiheadAttention
+from rlpruner.graph.rules import fixups_for
+from rlpruner.graph.rules.mha import PrunedMultiheadAttention, whole_heads
 from rlpruner.surgery import prune_channels
 
 
-def _traced(model: nn.Module, x):
+def fixup(module: nn.Module) -> None:
+    for fix in fixups_for(module):
+        fix(module)
+
+
+def _traced(model: nn.Module, x, rules=None):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no op of the model is unknown to the tracer
-        return rlpruner.trace(model, x)
+        return rlpruner.trace(model, x, rules=rules)
 
 
-def _check(model: nn.Module, x, seeds=(0, 1, 2)) -> nn.Module:
+def _check(model: nn.Module, x, seeds=(0, 1, 2), rules=None) -> nn.Module:
     """Random removals in every exact group, for several seeds: pruned == masked original."""
-    graph = _traced(model, x)
+    graph = _traced(model, x, rules)
     for seed in seeds:
         removals = random_removals(graph, seed, fraction=1.0)
         assert removals
@@ -200,6 +206,36 @@ def test_levit_attention_split_by_three_attributes_prunes_exactly():
         assert a.val_attn_dim == a.num_heads * a.val_dim == a.proj.in_features
 
 
+def test_whole_heads_prune_exactly_on_request_and_survive_save_and_load(tmp_path):
+    model, x = vit(), torch.randn(2, 3, 16, 16)
+    rules = {nn.MultiheadAttention: whole_heads}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        graph = rlpruner.trace(model, x, rules=rules)
+    heads = graph.group("layers.0.self_attention")
+    assert heads.prunable and heads.exact and heads.size == 3  # one unit per head
+    for seed in range(3):
+        removals = random_removals(graph, seed, fraction=1.0)
+        pruned = prune_channels(model, graph, removals, inplace=False)
+        for got, want in zip(outputs(pruned, x), outputs(masked_reference(model, graph, removals), x), strict=True):
+            assert_close(got, want)
+        for block, orig in zip(pruned.layers, model.layers):
+            attention = block.self_attention
+            kept = 3 - len(removals.get(graph.group(f"{_name(model, orig)}.self_attention").name, []))
+            assert attention.num_heads == kept and attention.head_dim == attention.v_head_dim == 8  # heads go whole
+    small = rlpruner.prune(model, x, ratio=0.5, rules=rules)
+    assert [b.self_attention.num_heads for b in small.layers] == [2, 2]  # 3 heads, half: 2 kept (rounded up)
+    spec = {"source": "import", "name": "test_engine_mha:vit", "kwargs": {"num_classes": 5, "in_channels": 3}}
+    rlpruner.save(small, tmp_path / "heads.rlp", spec=spec)
+    back = rlpruner.load(tmp_path / "heads.rlp", example_inputs=x, allow_imports=["test_engine_mha"])
+    assert [b.self_attention.num_heads for b in back.layers] == [2, 2]
+    assert torch.equal(outputs(back, x)[0], outputs(small, x)[0])
+
+
+def _name(model: nn.Module, module: nn.Module) -> str:
+    return next(name for name, m in model.named_modules() if m is module)
+
+
 # --------------------------------------------------------------------------------------------------
 # Every option of torch's module
 # --------------------------------------------------------------------------------------------------
@@ -240,16 +276,26 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("rules", [None, {nn.MultiheadAttention: whole_heads}], ids=["head-dims", "whole-heads"])
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
-def test_every_option_of_the_module_prunes_exactly(case):
+def test_every_option_of_the_module_prunes_exactly(case, rules):
     torch.manual_seed(0)
     model = randomize(Around(**CASES[case])).eval()
     first = model.mha.batch_first
     x = (torch.randn(2, 5, 6), torch.randn(2, 7, 5)) if first else (torch.randn(5, 2, 6), torch.randn(7, 2, 5))
-    graph = _traced(model, x)
-    assert graph.group("mha").prunable and graph.group("mha#1").prunable  # q/k and v/out_proj units
-    pruned = _check(model, x)
-    again = _traced(pruned, x)  # a pruned module traces and prunes again
+    graph = _traced(model, x, rules)
+    if rules is None:
+        assert graph.group("mha").prunable and graph.group("mha#1").prunable  # q/k and v/out_proj units
+    else:  # the heads; the attention weights returned by the module follow them
+        heads, call = graph.group("mha"), CASES[case]["call"]
+        assert heads.size == 3
+        if call.get("need_weights", True):
+            averaged = call.get("average_attn_weights", True)
+            assert (heads.prunable, heads.exact) == ((True, False) if averaged else (False, True))
+            return  # averaged: over fewer heads; per head: a model output
+        assert heads.prunable and heads.exact
+    pruned = _check(model, x, rules=rules)
+    again = _traced(pruned, x, rules)  # a pruned module traces and prunes again
     removals = random_removals(again, 7, fraction=1.0)
     twice = prune_channels(pruned, again, removals, inplace=False)
     for got, want in zip(outputs(twice, x), outputs(masked_reference(pruned, again, removals), x), strict=True):
@@ -262,9 +308,8 @@ def test_the_pruned_form_computes_what_torchs_module_computes(options):
     torch.manual_seed(0)
     torch_mha = nn.MultiheadAttention(8, 2, **options)
     ours = copy.deepcopy(torch_mha)
-    ours.__class__ = PrunedMultiheadAttention
-    ours.qk_head_dim = ours.v_head_dim = 4
-    ours.scale = 4 ** -0.5
+    fixup(ours)  # what surgery does to a module whose tensors it sliced
+    assert type(ours) is PrunedMultiheadAttention and ours.head_dim == ours.v_head_dim == 4 and ours.scale == 0.5
     batch_first = options.get("batch_first", False)
     q, k = (torch.randn(3, 4, 8), torch.randn(3, 6, 8)) if batch_first else (torch.randn(4, 3, 8), torch.randn(6, 3, 8))
     mask = torch.rand(4, 6) > 0.6

@@ -219,10 +219,11 @@ class TraceContext:
         names = [k for k, v in vars(module).items() if not k.startswith("_") and _holds(v, wanted)]
         return names[0] if len(names) == 1 else None
 
-    def size_attribute(self, value: int | list[int], pieces: list[torch.Tensor]) -> bool:
-        """Record that the running module's attribute holding `value` counts the channels `pieces`
-        (slot per position), so surgery can rewrite it. False if no single attribute holds it."""
-        name = self.size_holder(value)
+    def size_attribute(self, value: int | list[int], pieces: list[torch.Tensor], attr: str | None = None) -> bool:
+        """Record that the running module's attribute holding `value` (or named `attr`, when the rule
+        knows it) counts the channels `pieces` (slot per position), so surgery can rewrite it. False if
+        no single attribute holds it."""
+        name = attr or self.size_holder(value)
         if name is None:
             return False
         self.sizes.append(SizeSite(self.module, name, tuple(p.reshape(-1) for p in pieces),

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..context import TraceContext, arg
-from ..labels import along, per_index, varies
+from ..labels import INEXACT, along, per_index, varies
 from .layers import Layer
 
 _OP = "nn.MultiheadAttention"
@@ -40,16 +40,42 @@ def head_dims(m: nn.MultiheadAttention) -> tuple[int, int, float]:
 
 def multihead_attention(ctx: TraceContext, module: nn.MultiheadAttention, args: tuple, kwargs: dict,
                         out: Any) -> None:
+    """The default: head-dim channels, uniform across heads (row h * d + j of a projection is unit j)."""
+    heads = module.num_heads
+    dqk, dv, _ = head_dims(module)
+    qk, v = ctx.fresh(dqk), ctx.fresh(dv)
+    _attention(ctx, module, args, kwargs, out, qk.repeat(heads), v.repeat(heads))
+
+
+def whole_heads(ctx: TraceContext, module: nn.MultiheadAttention, args: tuple, kwargs: dict, out: Any) -> None:
+    """Whole heads instead (rows h * d ... h * d + d - 1 of q, k and v, and out_proj's matching columns,
+    are unit h), rewriting `num_heads`. Returned attention weights follow the heads (per head), or make
+    them inexact (averaged over the heads, which removing one changes). For it: `rlpruner.graph.register_rule(nn.MultiheadAttention, whole_heads)`
+    for the whole process (the search too), or `rules={nn.MultiheadAttention: whole_heads}` per call."""
+    dqk, dv, _ = head_dims(module)
+    heads = ctx.fresh(module.num_heads)
+    rows_qk, rows_v = heads.repeat_interleave(dqk), heads.repeat_interleave(dv)
+    if not _attention(ctx, module, args, kwargs, out, rows_qk, rows_v):
+        return
+    ctx.size_attribute(module.num_heads, [heads], attr="num_heads")
+    weights = out[1] if isinstance(out, tuple) and len(out) > 1 else None
+    if weights is None:
+        return
+    if arg(args, kwargs, 6, "average_attn_weights", True):  # the mean over the heads that remain
+        ctx.table.mark(heads, INEXACT)
+    else:  # one map per head: (N, heads, L, S)
+        ctx.set_label(weights, along(heads, weights.shape, -3))
+
+
+def _attention(ctx: TraceContext, module: nn.MultiheadAttention, args: tuple, kwargs: dict, out: Any,
+               rows_qk: torch.Tensor, rows_v: torch.Tensor) -> bool:
+    """The module's channels, with the units of its q/k rows and v rows given; False if frozen."""
     inputs = [arg(args, kwargs, i, name) for i, name in enumerate(("query", "key", "value"))]
     labels = [ctx.label(t) for t in inputs]
     if any(varies(label, d) for label in labels for d in range(label.dim() - 1)):
         ctx.unknown(module, args, kwargs, out, "attention with channels along the token or batch dim")
-        return
+        return False
     ins = [per_index(ctx.table, label, -1) for label in labels]
-    heads = module.num_heads
-    dqk, dv, _ = head_dims(module)
-    qk, v = ctx.fresh(dqk), ctx.fresh(dv)
-    rows_qk, rows_v = qk.repeat(heads), v.repeat(heads)  # row h * d + j of a projection is unit j
     packed = module.in_proj_weight is not None
     if packed:  # one weight's columns read query, key and value alike
         ctx.couple(ins[0], ins[1], f"{_OP} (one input projection for query and key)")
@@ -69,7 +95,7 @@ def multihead_attention(ctx: TraceContext, module: nn.MultiheadAttention, args: 
     facts += [(wo, 1, rows_v), (wo, 0, out_slots)] + ([(bo, 0, out_slots)] if bo is not None else [])
     if not all(ctx.param_name(t) is not None for t, _, _ in facts):
         ctx.unknown(module, args, kwargs, out, f"{_OP} whose projections are computed, not parameters")
-        return
+        return False
     for t, dim, slots in facts:
         ctx.attach(t, dim, slots)
     tokens = [t.numel() // t.shape[-1] for t in inputs]
@@ -81,6 +107,7 @@ def multihead_attention(ctx: TraceContext, module: nn.MultiheadAttention, args: 
     ctx.add_cost(ctx.param_name(wo), tokens[0])
     result = out[0] if isinstance(out, tuple) else out
     ctx.set_label(result, along(out_slots, result.shape, -1))
+    return True
 
 
 # --- the module a pruned one becomes ---------------------------------------------------------------
@@ -91,9 +118,21 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
     same parameters and call (query, key, value, key_padding_mask, need_weights, attn_mask,
     average_attn_weights, is_causal) and the same outputs; scores keep the original scale."""
 
-    qk_head_dim: int
-    v_head_dim: int
     scale: float
+
+    @property
+    def v_head_dim(self) -> int:
+        return self.out_proj.weight.shape[1] // self.num_heads
+
+    @property
+    def qk_head_dim(self) -> int:
+        if self.in_proj_weight is not None:
+            return (self.in_proj_weight.shape[0] - self.out_proj.weight.shape[1]) // (2 * self.num_heads)
+        return self.q_proj_weight.shape[0] // self.num_heads
+
+    @property
+    def head_dim(self) -> int:  # torch's name for it
+        return self.qk_head_dim
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
@@ -173,15 +212,14 @@ def _fix(m: nn.MultiheadAttention) -> None:
     if not isinstance(m, PrunedMultiheadAttention):
         _, _, m.scale = head_dims(m)  # the original 1/sqrt(head_dim), kept
         m.__class__ = PrunedMultiheadAttention
-    heads, wo = m.num_heads, m.out_proj.weight
-    m.v_head_dim = wo.shape[1] // heads
+        vars(m).pop("head_dim", None)  # now read from the weights
+    # the head dims are read from the weights and `num_heads` (which whole-head pruning rewrites after
+    # this fix-up); the attributes torch's module keeps are updated for whoever reads them
     if m.in_proj_weight is not None:
-        m.qk_head_dim = (m.in_proj_weight.shape[0] - wo.shape[1]) // (2 * heads)
         m.kdim = m.vdim = m.in_proj_weight.shape[1]
     else:
-        m.qk_head_dim = m.q_proj_weight.shape[0] // heads
         m.kdim, m.vdim = m.k_proj_weight.shape[1], m.v_proj_weight.shape[1]
-    m.head_dim, m.embed_dim = m.qk_head_dim, wo.shape[0]
+    m.embed_dim = m.out_proj.weight.shape[0]
     # torch's fused kernels (nn.TransformerEncoderLayer's fast path) assume the original layout and
     # check this flag first; this module reads `in_proj_weight is None` instead
     m._qkv_same_embed_dim = False
@@ -192,5 +230,5 @@ def _input_dims(m: nn.MultiheadAttention) -> frozenset[tuple[str, int]]:
                      if getattr(m, name, None) is not None)
 
 
-MODULES = {multihead_attention: (nn.MultiheadAttention,)}
+MODULES = {multihead_attention: (nn.MultiheadAttention,)}  # whole_heads: on request
 LAYERS: tuple[tuple[type, Layer], ...] = ((nn.MultiheadAttention, Layer(_fix, _input_dims)),)
