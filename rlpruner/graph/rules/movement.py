@@ -94,12 +94,13 @@ def _record_reshape_sizes(ctx: TraceContext, func, args, kwargs, label_out: torc
         return
     channel_dims = [d for d, size in enumerate(sizes)
                     if type(size) is int and size > 1 and not _coupled_along(ctx, label_out, d)]
-    if channel_dims and all(type(size) is int and size >= 1 for size in sizes):
+    whole = [int(size) for size in sizes] if all(type(size) is int and size >= 1 for size in sizes) else None
+    if channel_dims and whole is not None and ctx.size_holder(whole) is not None:
         # the whole shape held by one attribute (`view(self.shape)`, a layer scale's (C, 1, 1))
         pieces = [_positions(label_out, d) if d in channel_dims else torch.full((size,), NONE)
-                  for d, size in enumerate(sizes)]
-        if ctx.size_attribute([int(size) for size in sizes], pieces):
-            return
+                  for d, size in enumerate(whole)]
+        ctx.size_attribute(whole, pieces)
+        return
     for dim in channel_dims:
         ctx.size_attribute(sizes[dim], [_positions(label_out, dim)])
 
