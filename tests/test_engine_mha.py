@@ -232,6 +232,22 @@ def test_whole_heads_prune_exactly_on_request_and_survive_save_and_load(tmp_path
     assert torch.equal(outputs(back, x)[0], outputs(small, x)[0])
 
 
+def test_a_per_head_mask_keeps_the_heads_whole():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.mha, self.out = nn.Linear(4, 8), nn.MultiheadAttention(8, 2), nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = self.inp(x)
+            mask = torch.zeros(x.shape[1] * 2, x.shape[0], x.shape[0])  # (batch * heads, L, S)
+            return self.out(self.mha(h, h, h, attn_mask=mask, need_weights=False)[0])
+
+    graph = _traced(Net().eval(), torch.randn(5, 2, 4), {nn.MultiheadAttention: whole_heads})
+    heads = graph.group("mha")
+    assert not heads.prunable and "per-head attn_mask" in heads.reason
+
+
 def _name(model: nn.Module, module: nn.Module) -> str:
     return next(name for name, m in model.named_modules() if m is module)
 

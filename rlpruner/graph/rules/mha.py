@@ -50,12 +50,17 @@ def multihead_attention(ctx: TraceContext, module: nn.MultiheadAttention, args: 
 def whole_heads(ctx: TraceContext, module: nn.MultiheadAttention, args: tuple, kwargs: dict, out: Any) -> None:
     """Whole heads instead (rows h * d ... h * d + d - 1 of q, k and v, and out_proj's matching columns,
     are unit h), rewriting `num_heads`. Returned attention weights follow the heads (per head), or make
-    them inexact (averaged over the heads, which removing one changes). For it: `rlpruner.graph.register_rule(nn.MultiheadAttention, whole_heads)`
-    for the whole process (the search too), or `rules={nn.MultiheadAttention: whole_heads}` per call."""
+    them inexact (averaged over the heads, which removing one changes); a per-head attn_mask (N * heads,
+    L, S) freezes them. For it: `rlpruner.graph.register_rule(nn.MultiheadAttention, whole_heads)` for
+    the whole process (the search too), or `rules={nn.MultiheadAttention: whole_heads}` per call."""
     dqk, dv, _ = head_dims(module)
     heads = ctx.fresh(module.num_heads)
     rows_qk, rows_v = heads.repeat_interleave(dqk), heads.repeat_interleave(dv)
     if not _attention(ctx, module, args, kwargs, out, rows_qk, rows_v):
+        return
+    mask = arg(args, kwargs, 5, "attn_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 3:
+        ctx.freeze(heads, f"{_OP} with a per-head attn_mask (its size counts the heads)")
         return
     ctx.size_attribute(module.num_heads, [heads], attr="num_heads")
     weights = out[1] if isinstance(out, tuple) and len(out) > 1 else None
