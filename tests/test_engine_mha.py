@@ -32,15 +32,21 @@ def _traced(model: nn.Module, x, rules=None):
         return rlpruner.trace(model, x, rules=rules)
 
 
+def _pruned_as_masked(model: nn.Module, graph, x, seed: int) -> tuple[nn.Module, dict]:
+    """Random removals in every exact group: the pruned model computes what the masked original computes."""
+    removals = random_removals(graph, seed, fraction=1.0)
+    assert removals
+    pruned = prune_channels(model, graph, removals, inplace=False)
+    for got, want in zip(outputs(pruned, x), outputs(masked_reference(model, graph, removals), x), strict=True):
+        assert_close(got, want)
+    return pruned, removals
+
+
 def _check(model: nn.Module, x, seeds=(0, 1, 2), rules=None) -> nn.Module:
-    """Random removals in every exact group, for several seeds: pruned == masked original."""
+    """`_pruned_as_masked` for several seeds; the last pruned model."""
     graph = _traced(model, x, rules)
     for seed in seeds:
-        removals = random_removals(graph, seed, fraction=1.0)
-        assert removals
-        pruned = prune_channels(model, graph, removals, inplace=False)
-        for got, want in zip(outputs(pruned, x), outputs(masked_reference(model, graph, removals), x), strict=True):
-            assert_close(got, want)
+        pruned, _ = _pruned_as_masked(model, graph, x, seed)
     return pruned
 
 
@@ -197,10 +203,7 @@ def test_levit_attention_split_by_three_attributes_prunes_exactly():
     graph = _traced(model, x)
     assert graph.coverage().share > 0.8
     for seed in range(3):
-        removals = random_removals(graph, seed, fraction=1.0)
-        pruned = prune_channels(model, graph, removals, inplace=False)
-        for got, want in zip(outputs(pruned, x), outputs(masked_reference(model, graph, removals), x), strict=True):
-            assert_close(got, want)
+        pruned, removals = _pruned_as_masked(model, graph, x, seed)
         a = pruned.attn
         assert a.qkv.out_features == a.num_heads * (2 * a.key_dim + a.val_dim)
         assert a.val_attn_dim == a.num_heads * a.val_dim == a.proj.in_features
@@ -215,10 +218,7 @@ def test_whole_heads_prune_exactly_on_request_and_survive_save_and_load(tmp_path
     heads = graph.group("layers.0.self_attention")
     assert heads.prunable and heads.exact and heads.size == 3  # one unit per head
     for seed in range(3):
-        removals = random_removals(graph, seed, fraction=1.0)
-        pruned = prune_channels(model, graph, removals, inplace=False)
-        for got, want in zip(outputs(pruned, x), outputs(masked_reference(model, graph, removals), x), strict=True):
-            assert_close(got, want)
+        pruned, removals = _pruned_as_masked(model, graph, x, seed)
         for block, orig in zip(pruned.layers, model.layers):
             attention = block.self_attention
             kept = 3 - len(removals.get(graph.group(f"{_name(model, orig)}.self_attention").name, []))
@@ -311,11 +311,7 @@ def test_every_option_of_the_module_prunes_exactly(case, rules):
             return  # averaged: over fewer heads; per head: a model output
         assert heads.prunable and heads.exact
     pruned = _check(model, x, rules=rules)
-    again = _traced(pruned, x, rules)  # a pruned module traces and prunes again
-    removals = random_removals(again, 7, fraction=1.0)
-    twice = prune_channels(pruned, again, removals, inplace=False)
-    for got, want in zip(outputs(twice, x), outputs(masked_reference(pruned, again, removals), x), strict=True):
-        assert_close(got, want)
+    _pruned_as_masked(pruned, _traced(pruned, x, rules), x, 7)  # a pruned module traces and prunes again
 
 
 @pytest.mark.parametrize("options", [{}, {"batch_first": True}, {"add_bias_kv": True, "add_zero_attn": True}])

@@ -66,9 +66,11 @@ def _parameters_meet_channels(ctx: TraceContext, operands: list[torch.Tensor], s
         if name is None or ctx.labelled(t) or name in ctx.weight_dims:
             continue
         big = [d for d, n in enumerate(t.shape) if n > 1]
+        if len(big) < 2:  # one dim: `_param_label` lays it along its channels already
+            continue
         pad = len(shape) - t.dim()
         for other in operands:
-            if other is t or ctx.param_name(other) is not None or not ctx.has_slots(other) or len(big) < 2:
+            if other is t or ctx.param_name(other) is not None or not ctx.has_slots(other):
                 continue
             label = ctx.label(other).broadcast_to(shape)
             channel_dims = [d for d in range(len(shape))  # dims along which the units differ
