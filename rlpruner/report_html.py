@@ -95,6 +95,7 @@ def comparison_rows(results: Mapping[str, Any], *, short: bool = False) -> list[
     params, val = ("params", "val") if short else ("parameters", "validation")
     specs = (("params", params, "{:,.0f}"), ("flops", "FLOPs", "{:,.0f}"),
              ("latency_ms", f"latency, batch {batches.get('batch', 1)} (ms)", "{:.3f}"),
+             ("predicted_latency_ms", f"predicted latency, batch {batches.get('batch', 1)} (ms)", "{:.3f}"),
              ("latency_batch_ms", f"latency, batch {batches.get('report_batch', '?')} (ms)", "{:.3f}"),
              ("val_acc", f"{val} {metric['name']}", score), ("test_acc", f"test {metric['name']}", score))
     return [(label, fmt.format(base[key]), fmt.format(final[key]),
@@ -107,8 +108,10 @@ def _summary_table(results: Mapping[str, Any]) -> str:
     where = ""
     if timing:
         threads = timing.get("threads")
-        where = (f"<p class='sub'>Latency: median forward pass on {escape(str(timing.get('device', 'cpu')))}"
-                 f"{f', {threads} thread(s)' if threads else ''}, eval mode, same run for both models.</p>")
+        runtime = timing.get("runtime", "torch")
+        where = (f"<p class='sub'>Latency: median forward pass on {escape(str(timing.get('device', 'cpu')))} "
+                 f"({escape(str(runtime))}){f', {threads} thread(s)' if threads else ''}, eval mode, same run for "
+                 "both models; predicted: the run's latency table.</p>")
     return _table(("", "original", "compressed", "change"), comparison_rows(results), (False, True, True, True),
                   table_id="summary") + where
 

@@ -36,7 +36,7 @@ def test_each_kind_reads_its_own_amount_and_goal():
     assert flops.goal(0.5, base) == 2500 and flops.reached(half, 2500)
     assert params.goal(0.5, base) == 500 and params.reached(half, 500)
     assert not latency.reached(half, latency.goal(0.5, base))          # 1.2 ms > 1.0 ms
-    assert latency.needs_latency and latency.proxy.name == "flops"     # steps planned by FLOPs
+    assert latency.needs_latency and latency.proxy.name == "latency"   # steps of equal predicted latency
     assert sparsity.goal(0.4, base) == 60 and sparsity.reached(half, 60)
     assert sparsity.goal(0.401, base) == 59 and not sparsity.reached(half, 59)
     # sparsity fixes the step budget exactly: the units still to remove, in multiples

@@ -9,6 +9,7 @@ import torch
 from rlpruner import io, metrics
 from rlpruner.distill import DistillConfig
 from rlpruner.errors import CheckpointError, ConfigError, DataError
+from rlpruner.latency import Runtime
 from rlpruner.models import create_model
 from rlpruner.search import CompressConfig, Reward, RLConfig, Target, compress
 
@@ -272,10 +273,11 @@ def test_latency_target_and_reward_with_a_deterministic_clock(splits, trained, t
     from types import SimpleNamespace
 
     # "latency" proportional to FLOPs, so that the test checks the logic, not this machine's timer
-    monkeypatch.setattr(metrics, "measure_latency", lambda model, example, **options:
-                        SimpleNamespace(median_ms=metrics.count(model, example).flops / 1e4))
-    config = _config(target=Target("latency", 0.3), reward=Reward("latency"), final_epochs=0)
-    result = compress(trained, splits, config, out_dir=tmp_path, evaluate_test=False)
+    monkeypatch.setattr(Runtime, "time_ms", lambda self, module, inputs, watch:
+                        metrics.count(module, inputs).flops / 1e4)
+    config = _config(target=Target("latency", 0.3), reward=Reward("latency"), final_epochs=0,
+                     latency_cache=str(tmp_path / "cache"))
+    result = compress(trained, splits, config, out_dir=tmp_path / "run", evaluate_test=False)
     base_ms = result.results["base"]["latency_ms"]
     assert result.results["reached"]["latency"] >= 0.3
     assert result.records[-2].latency_ms > 0.7 * base_ms >= result.records[-1].latency_ms

@@ -245,6 +245,8 @@ def print_compress_summary(results: dict) -> None:
                      f"ms @{batches.get('batch', 1)}": row["latency_ms"]})
         if row.get("latency_batch_ms") is not None:
             rows[-1][f"ms @{batches.get('report_batch')}"] = row["latency_batch_ms"]
+        if row.get("predicted_latency_ms") is not None:
+            rows[-1][f"predicted ms @{batches.get('batch', 1)}"] = row["predicted_latency_ms"]
         rows[-1]["val top-1"] = 100 * row["val_acc"]
         if row.get("test_acc") is not None:
             rows[-1]["test top-1"] = 100 * row["test_acc"]

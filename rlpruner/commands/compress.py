@@ -96,7 +96,9 @@ def _add_rl_arguments(parser: argparse.ArgumentParser) -> None:
                        help="every candidate of a step removes the same FLOPs/params (else the same number of "
                             "channels, as in the paper) (default: %(default)s)")
     group.add_argument("--min-keep", type=int, default=d.min_keep, help="channels every group keeps (default: %(default)s)")
-    group.add_argument("--round-to", type=int, default=d.round_to, help="keep every layer's width a multiple of N (default: %(default)s)")
+    group.add_argument("--round-to", type=_round_to, default=d.round_to, metavar="N|auto",
+                       help="keep every layer's width a multiple of N; auto: 1, or with a latency target or "
+                            "reward the multiple the latency runtime likes, measured (default: %(default)s)")
     group.add_argument("--keep", action="append", default=[], metavar="MODULE", help="never prune this module (repeatable)")
 
 
@@ -147,6 +149,13 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--latency-repeats", type=int, default=c.latency_repeats, help="default: %(default)s")
     group.add_argument("--latency-threads", type=int, default=c.latency_threads,
                        help="threads while timing (default: %(default)s)")
+    group.add_argument("--latency-runtime", default=c.latency_runtime,
+                       help="where latency is measured and predicted: torch-cpu, torch-cuda, onnxruntime-cpu; "
+                            "auto: PyTorch on --device (default: %(default)s)")
+    group.add_argument("--latency-cache", default=c.latency_cache, metavar="DIR",
+                       help="directory of latency tables, reused across runs (default: ~/.cache/rlpruner/latency)")
+    group.add_argument("--latency-points", type=int, default=c.latency_points,
+                       help="widths timed per layer and axis when a latency table is built (default: %(default)s)")
     group.add_argument("--test", action=_BOOL, default=True,
                        help="evaluate the test split once, on the final model (default: %(default)s)")
     group.add_argument("--progress", action=_BOOL, default=None, help="progress bars (default: on a terminal)")
@@ -156,6 +165,16 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--report-batch", type=int, default=c.report_batch,
                        help="the report times both models at batch 1 (--latency-batch) and at this batch size "
                             "(default: %(default)s)")
+
+
+def _round_to(text: str) -> int | str:
+    """--round-to: a positive integer or 'auto' (RLConfig validates the number)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {text!r}") from None
 
 
 def target_from_args(args: argparse.Namespace) -> Target:
@@ -181,6 +200,8 @@ def config_from_args(args: argparse.Namespace) -> CompressConfig:
                           keep=tuple(args.keep), eval_batch_size=args.eval_batch_size,
                           latency_batch=args.latency_batch, latency_repeats=args.latency_repeats,
                           latency_threads=args.latency_threads, report_batch=args.report_batch,
+                          latency_runtime=args.latency_runtime, latency_cache=args.latency_cache,
+                          latency_points=args.latency_points,
                           seed=args.seed, device=args.device, amp=args.amp, channels_last=args.channels_last,
                           workers=args.workers,
                           val_cache_mb=args.val_cache_mb, progress=args.progress, method=args.method)

@@ -15,6 +15,7 @@ import numpy as np
 from ..allocation import ALLOCATORS, policy
 from ..distill import DistillConfig
 from ..errors import ConfigError, UnknownNameError
+from ..latency import RUNTIMES
 from ..precision import AMP_MODES
 from ..registry import unknown_name_message
 from .judges import JUDGES
@@ -23,6 +24,7 @@ from .targets import TARGETS, TargetKind
 TARGET_KINDS = tuple(TARGETS.names())
 STRATEGIES = ("accuracy", "flops", "params", "latency")
 DEFAULT_REWARD_WEIGHT = 0.25  # the paper's alpha/beta for its FLOPs- and params-aware rewards
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,9 @@ class RLConfig:
     bn_samples: int = 256                # training images that re-estimate BatchNorm statistics of every
                                          # candidate before it is scored; 0: off
     min_keep: int = 1                    # units every group keeps at least
-    round_to: int = 1                    # every group keeps a width that is a multiple of this
+    round_to: int | str = "auto"         # every group keeps a width that is a multiple of this; "auto": 1,
+                                         # unless the run optimises latency: then the multiple the latency
+                                         # runtime likes, measured (rlpruner.latency.choose_round_to)
 
     def __post_init__(self) -> None:
         checks = [
@@ -137,7 +141,9 @@ class RLConfig:
             ("judge", self.judge in JUDGES, f"one of {', '.join(JUDGES.names())}"),
             ("score_samples", self.score_samples is None or self.score_samples >= 1, ">= 1 or None"),
             ("bn_samples", self.bn_samples >= 0, ">= 0"),
-            ("min_keep", self.min_keep >= 1, ">= 1"), ("round_to", self.round_to >= 1, ">= 1"),
+            ("min_keep", self.min_keep >= 1, ">= 1"),
+            ("round_to", self.round_to == AUTO or (isinstance(self.round_to, int) and self.round_to >= 1),
+             f">= 1 or {AUTO!r}"),
         ]
         for option, ok, requirement in checks:
             if not ok:
@@ -145,7 +151,14 @@ class RLConfig:
 
     def capacity(self, sizes: Any) -> np.ndarray:
         """Units each group of these widths may lose (`min_keep`, widths kept multiples of `round_to`)."""
-        return policy.capacity(np.asarray(sizes), self.min_keep, self.round_to)
+        return policy.capacity(np.asarray(sizes), self.min_keep, self.multiple)
+
+    @property
+    def multiple(self) -> int:
+        """`round_to` as a number; "auto" must have been resolved (`search.context.prepare` does)."""
+        if not isinstance(self.round_to, int):
+            raise ConfigError(f"round_to={self.round_to!r} must be resolved to a multiple before use")
+        return self.round_to
 
 
 # Options a run may be resumed with different values of: they change what is shown, or how fast the
@@ -167,6 +180,10 @@ class CompressConfig:
     latency_repeats: int = 20
     latency_warmup: int = 3
     latency_threads: int | None = 1      # single-threaded timing is stable on a busy machine; None: torch's
+    latency_runtime: str = AUTO          # where latency is measured and predicted (rlpruner.latency.RUNTIMES):
+                                         # torch-cpu, torch-cuda, onnxruntime-cpu; auto: torch on `device`
+    latency_cache: str | None = None     # directory of latency tables; None: ~/.cache/rlpruner/latency
+    latency_points: int = 6              # widths timed per layer and axis in a latency table
     report_batch: int = 32               # the report also times both models at this batch size
     seed: int = 0
     device: str = "cpu"
@@ -182,6 +199,9 @@ class CompressConfig:
     def __post_init__(self) -> None:
         if self.amp not in AMP_MODES:
             raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        if self.latency_runtime != AUTO and self.latency_runtime not in RUNTIMES:
+            raise UnknownNameError(unknown_name_message("latency runtime", self.latency_runtime,
+                                                        [AUTO, *RUNTIMES.names()]))
         if self.method not in ALLOCATORS:
             raise UnknownNameError(unknown_name_message("pruning method", self.method, ALLOCATORS.names()))
         for option, value, minimum in (("post_train_period", self.post_train_period, 0),
@@ -192,6 +212,7 @@ class CompressConfig:
                                        ("latency_repeats", self.latency_repeats, 1),
                                        ("latency_warmup", self.latency_warmup, 0),
                                        ("latency_threads", self.latency_threads or 1, 1),
+                                       ("latency_points", self.latency_points, 2),
                                        ("workers", 0 if self.workers is None else self.workers, 0),
                                        ("val_cache_mb", self.val_cache_mb, 0)):
             if value < minimum:

@@ -15,7 +15,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import importance, metrics
+from .. import importance
 from ..allocation import Allocator, get_allocator, policy
 from ..allocation.budget import smallest_passing
 from ..distill import OutputKD, output_kd
@@ -32,11 +32,12 @@ from ..errors import ConfigError, PruningError
 from ..graph import DependencyGraph, trace
 from ..isolate import breaking_at_half, frozen_reasons, warn_frozen
 from ..precision import Precision
-from ..surgery import prune_channels
 from ..task import Task, TaskError
 from ..train import resolve_device
+from ..latency import LatencyTable, Runtime, TorchCPU
 from .config import CompressConfig
 from .data import Data, as_source, prepare_data
+from .latency import measure_ms, runtime_for, table_for, with_round_to
 from .targets import Measure, TargetKind
 
 IMPORTANCE, KD, FINAL = 1, 2, 3  # purposes mixed into derived seeds
@@ -87,6 +88,14 @@ class Context:
     frozen: dict[str, str] = field(default_factory=dict)  # groups whose pruning breaks the forward: why
     precision: Precision = field(default_factory=Precision)  # autocast and memory format (in task's forward)
     world: World = field(default_factory=World)           # the run's processes (rlpruner.distributed)
+    runtime: Runtime = field(default_factory=TorchCPU)    # where latency is measured (rlpruner.latency)
+    latency_table: LatencyTable | None = None             # predicts candidates' latency when the run optimises it
+
+    def predicted_ms(self, graph: DependencyGraph, removals: Any = None, *, slices: Any = None) -> float | None:
+        """The latency table's prediction for `graph`'s model after `removals` (None without a table)."""
+        if self.latency_table is None:
+            return None
+        return self.latency_table.predict(graph.new_shapes(removals, slices=slices))
 
     def evaluate(self, model: nn.Module) -> float:
         """The task's metric of `model` on the whole validation split; the same value on every rank."""
@@ -96,7 +105,7 @@ class Context:
         """`model`'s median latency (`measure_ms`); `shared`: rank 0's measurement on every rank,
         as a decision rests on it (`False`: this rank's own, for a candidate only this rank scores)."""
         def measure() -> float:
-            return measure_ms(self.config, model, self.data.example, self.device, batch_size=batch_size)
+            return measure_ms(self.config, self.runtime, model, self.data.example, batch_size=batch_size)
 
         return self.world.first(measure, "latency measurement") if shared else measure()
 
@@ -136,18 +145,6 @@ def seeded(ctx: Context, *keys: int) -> Iterator[None]:
         yield
 
 
-REPORT_TIMING_S = 3.0  # per model, for the report's second batch size
-
-
-def measure_ms(config: CompressConfig, model: nn.Module, example: torch.Tensor, device: torch.device,
-               batch_size: int | None = None) -> float:
-    """Median latency at `config.latency_batch`, or at `batch_size` within a few seconds (the report's)."""
-    budget = None if batch_size is None else REPORT_TIMING_S
-    return metrics.measure_latency(model, example, batch_size=batch_size or config.latency_batch,
-                                   warmup=config.latency_warmup, repeats=config.latency_repeats, device=device,
-                                   threads=config.latency_threads, max_seconds=budget).median_ms
-
-
 def first_units(names: tuple[str, ...], counts: np.ndarray) -> dict[str, np.ndarray]:
     """Any `counts` units per group: enough for counting params/FLOPs, which depend on counts only."""
     return {n: np.arange(c) for n, c in zip(names, counts) if c > 0}
@@ -173,7 +170,7 @@ def prepare(model: nn.Module, data: Any, config: CompressConfig, out_dir: Path, 
     device = world.device(resolve_device(config.device))
     precision = Precision.resolve(config.amp, config.channels_last, device)
     task = precision.apply(task or Task())
-    allocator = get_allocator(config.method, config.rl)
+    runtime = runtime_for(config, device)
     original = world.sync(copy.deepcopy(model).to(device).eval())  # every rank starts from rank 0's weights
     prepared = prepare_data(as_source(data), config, device, task, original, world)
     importance.get(config.rl.importance, data=prepared.calibration)  # an unknown criterion fails here
@@ -184,28 +181,33 @@ def prepare(model: nn.Module, data: Any, config: CompressConfig, out_dir: Path, 
     groups = graph.prunable_groups()
     if not groups:
         raise PruningError(f"{type(model).__name__} has no prunable channel group (all frozen or kept)")
+    config = world.first(lambda: with_round_to(config, original, graph, prepared.example, runtime, log),
+                         "choosing the width multiple")
+    allocator = get_allocator(config.method, config.rl)
+    table = world.first(lambda: table_for(config, original, graph, prepared.example, runtime, log),
+                        "building the latency table")
     sizes = {g.name: g.size for g in groups}
-    base = {**world.first(lambda: _base_measurements(config, original, graph, prepared, device),
-                          "measuring the original model"),
+    params, flops = graph.count()
+    base = {"params": params, "flops": flops, "latency_ms": None if table is None else table.predict(graph.shapes),
             "val_acc": validation_metric(task, prepared, world, device, original)}
     names, total = tuple(sizes), sum(sizes.values())
     step_budget = _initial_budget(config, total)
     target = config.target.rule
     base_measure = Measure(units=total, params=base["params"], flops=base["flops"], latency_ms=base["latency_ms"])
-    world.first(lambda: _check_reachable(config, target, graph, original, prepared, device, names, sizes,
-                                         base_measure), "checking the target")
-    step_cost = _step_cost(config, target, graph, names, sizes, step_budget, base_measure)
+    _check_reachable(config, target, graph, names, sizes, base_measure, table)
+    step_cost = _step_cost(config, target, graph, names, sizes, step_budget, base_measure, table)
     if config.rl.equal_cost:
         needed = target.proxy.amount(base_measure) - target.proxy.goal(config.target.value, base_measure)
         planned = math.ceil(needed / step_cost)
     else:
-        planned = math.ceil(_planned_units(config, target, graph, names, sizes, base_measure) / step_budget)
+        planned = math.ceil(_planned_units(config, target, graph, names, sizes, base_measure, table) / step_budget)
     return Context(config=config, device=device, task=task, distiller=distiller, data=prepared, original=original,
                    fingerprint=fingerprint(original),
                    names=names, original_sizes=sizes, base=base, target=target,
                    goal=target.goal(config.target.value, base_measure), step_budget=step_budget,
                    step_cost=step_cost, planned_steps=max(1, planned), allocator=allocator, out_dir=out_dir,
-                   timer=Timer(), log=log, frozen=frozen, precision=precision, world=world)
+                   timer=Timer(), log=log, frozen=frozen, precision=precision, world=world, runtime=runtime,
+                   latency_table=table)
 
 
 def _breaking_groups(original: nn.Module, graph: DependencyGraph, example: Any) -> dict[str, str]:
@@ -231,28 +233,24 @@ def check_task(task: Task, config: CompressConfig, model: nn.Module, data: Data)
     return distiller
 
 
-def _base_measurements(config: CompressConfig, original: nn.Module, graph: Any, data: Data,
-                       device: torch.device) -> dict[str, Any]:
-    params, flops = graph.count()
-    needs_latency = config.reward.needs_latency or config.target.rule.needs_latency
-    return {"params": params, "flops": flops,
-            "latency_ms": measure_ms(config, original, data.example, device) if needs_latency else None}
-
-
 def _initial_budget(config: CompressConfig, total_units: int) -> int:
-    multiple = config.rl.round_to
+    multiple = config.rl.multiple
     chunks = round(config.rl.prune_filter_ratio * total_units / multiple)
     return max(1, chunks) * multiple
 
 
-def after_removal(graph: Any, names: tuple[str, ...], counts: np.ndarray, units_now: int) -> Measure:
-    """What the graph's model keeps after removing `counts` units per group (analytic)."""
-    params, flops = graph.count(first_units(names, counts))
-    return Measure(units=units_now - int(counts.sum()), params=params, flops=flops)
+def after_removal(graph: Any, names: tuple[str, ...], counts: np.ndarray, units_now: int,
+                  table: LatencyTable | None = None) -> Measure:
+    """What the graph's model keeps after removing `counts` units per group (analytic; latency
+    predicted by `table` when there is one)."""
+    removals = first_units(names, counts)
+    params, flops = graph.count(removals)
+    latency = None if table is None else table.predict(graph.new_shapes(removals))
+    return Measure(units=units_now - int(counts.sum()), params=params, flops=flops, latency_ms=latency)
 
 
 def _step_cost(config: CompressConfig, target: TargetKind, graph: Any, names: tuple[str, ...],
-               sizes: dict[str, int], step_budget: int, base: Measure) -> float:
+               sizes: dict[str, int], step_budget: int, base: Measure, table: LatencyTable | None) -> float:
     """What one step removes, in the target's proxy unit: the expected cost of `step_budget` channels
     spread over the groups in proportion to their widths, from each group's cost per unit. (Counting
     one integer allocation instead would be lumpy: a few channels that happen to fall on a residual
@@ -265,18 +263,15 @@ def _step_cost(config: CompressConfig, target: TargetKind, graph: Any, names: tu
     for i in np.flatnonzero(shares > 0):
         one = np.zeros(len(widths), dtype=np.int64)
         one[i] = 1
-        cost += shares[i] * (now - target.proxy.amount(after_removal(graph, names, one, base.units)))
+        cost += shares[i] * (now - target.proxy.amount(after_removal(graph, names, one, base.units, table)))
     return max(float(cost), 1e-12)
 
 
-def _check_reachable(config: CompressConfig, target: TargetKind, graph: Any, original: nn.Module, data: Data,
-                     device: torch.device, names: tuple[str, ...], sizes: dict[str, int], base: Measure) -> None:
+def _check_reachable(config: CompressConfig, target: TargetKind, graph: Any, names: tuple[str, ...],
+                     sizes: dict[str, int], base: Measure, table: LatencyTable | None) -> None:
     """ConfigError when even pruning every group down to min_keep misses the target."""
     capacity = config.rl.capacity(list(sizes.values()))
-    smallest = after_removal(graph, names, capacity, base.units)
-    if target.needs_latency:
-        smallest_model = prune_channels(original, graph, first_units(names, capacity), inplace=False)
-        smallest = replace(smallest, latency_ms=measure_ms(config, smallest_model, data.example, device))
+    smallest = after_removal(graph, names, capacity, base.units, table)
     problem = target.unreachable(config.target.value, base, smallest,
                                  f"pruning every group down to min_keep={config.rl.min_keep} unit(s)")
     if problem:
@@ -284,16 +279,16 @@ def _check_reachable(config: CompressConfig, target: TargetKind, graph: Any, ori
 
 
 def _planned_units(config: CompressConfig, target: TargetKind, graph: Any, names: tuple[str, ...],
-                   sizes: dict[str, int], base: Measure) -> int:
+                   sizes: dict[str, int], base: Measure, table: LatencyTable | None) -> int:
     """Units the density-proportional distribution must remove to reach the target, judged by the
     target's analytic proxy: sets the planned number of steps, which only the epsilon schedule uses."""
-    proxy, multiple = target.proxy, config.rl.round_to
+    proxy, multiple = target.proxy, config.rl.multiple
     capacity = config.rl.capacity(list(sizes.values()))
     pd = policy.density_init(np.array(list(sizes.values())), capacity)
     goal = proxy.goal(config.target.value, base)
 
     def passes(chunks: int) -> bool:
         counts = policy.allocate(pd, chunks * multiple, capacity, multiple)
-        return proxy.reached(after_removal(graph, names, counts, base.units), goal)
+        return proxy.reached(after_removal(graph, names, counts, base.units, table), goal)
 
     return smallest_passing(policy.max_budget(capacity, multiple) // multiple, passes) * multiple

@@ -148,10 +148,14 @@ def _finish(ctx: Context, state: State, evaluate_test: bool, meta: dict[str, Any
     if ctx.config.final_epochs > 0:
         distill_for(ctx, model, state.teacher, ctx.config.final_epochs, state.step, FINAL)
     model.eval()
-    params, flops = trace(model, ctx.data.example, keep=ctx.config.keep).count()
+    graph = trace(model, ctx.data.example, keep=ctx.config.keep)
+    params, flops = graph.count()
     final = {"params": params, "flops": flops, "val_acc": ctx.evaluate(model), "latency_ms": ctx.latency_ms(model)}
     base = {k: ctx.base[k] for k in ("params", "flops", "val_acc")}
     base["latency_ms"] = ctx.latency_ms(ctx.original)
+    if ctx.latency_table is not None:  # beside the measurements: what the search believed
+        base["predicted_latency_ms"] = ctx.base["latency_ms"]
+        final["predicted_latency_ms"] = ctx.latency_table.predict(graph.shapes)
     for row, timed in ((base, ctx.original), (final, model)):
         row["latency_batch_ms"] = ctx.latency_ms(timed, batch_size=ctx.config.report_batch)
     test = ctx.data.source.test(ctx.config.eval_batch_size) if evaluate_test else None
@@ -206,7 +210,9 @@ def _results(ctx: Context, state: State, base: dict, final: dict, model_path: Pa
                     "flops": 1.0 - final["flops"] / base["flops"], "params": 1.0 - final["params"] / base["params"],
                     "latency": 1.0 - final["latency_ms"] / base["latency_ms"]},
         "latency": {"batch": ctx.config.latency_batch, "report_batch": ctx.config.report_batch,
-                    "threads": ctx.config.latency_threads, "device": str(ctx.device)},
+                    "threads": ctx.config.latency_threads, "device": str(ctx.device), "runtime": ctx.runtime.name,
+                    "round_to": ctx.config.rl.round_to,
+                    "table": None if ctx.latency_table is None else ctx.latency_table.key},
         "steps": state.step, "time_s": timing.get("wall_s", 0.0) + final_s + checkpoint_s,
         "base": base, "final": final, "model_path": model_path.name,
         "timing": {"eval_s": eval_s, "search_s": search_s, "overhead": search_s / eval_s if eval_s else None,

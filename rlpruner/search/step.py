@@ -82,7 +82,7 @@ def run_step(ctx: Context, state: State) -> State:
         return validated[key]
 
     now = ctx.target.proxy.amount(after_removal(plan.graph, ctx.names, np.zeros_like(plan.sizes),
-                                                int(plan.sizes.sum())))
+                                                int(plan.sizes.sum()), ctx.latency_table))
     task = StepTask(step=step, model=state.model, plan=plan, names=ctx.names, pd=state.pd, score=scorer,
                     budget_for=lambda counts_at: budget_for(ctx, plan, counts_at, now),
                     validate=validator, acc_ref=state.acc_ref,
@@ -122,8 +122,8 @@ def plan_step(ctx: Context, state: State, step: int) -> Plan:
         graph = ctx.graph_of(state.model)
     with ctx.timer("policy"):
         sizes, capacity = _group_table(ctx, graph)
-        budget = min(ctx.step_budget, policy.max_budget(capacity, ctx.config.rl.round_to))
-        cap = ctx.target.budget_cap(Measure(int(sizes.sum()), 0, 0), ctx.goal, ctx.config.rl.round_to)
+        budget = min(ctx.step_budget, policy.max_budget(capacity, ctx.config.rl.multiple))
+        cap = ctx.target.budget_cap(Measure(int(sizes.sum()), 0, 0), ctx.goal, ctx.config.rl.multiple)
         if cap is not None:
             budget = min(budget, cap)
         if budget <= 0:
@@ -183,7 +183,7 @@ def score(ctx: Context, model: nn.Module, plan: Plan, counts: np.ndarray, pd: np
         outputs = ctx.task.outputs(candidate, batches) if judge.needs_reference or ctx.task.metric is None else None
         acc = ctx.task.score(candidate, batches, outputs)
         judged = judge.score(acc, outputs, reference, ctx.distiller)
-        latency = ctx.latency_ms(candidate, shared=False) if ctx.config.reward.needs_latency else None
+        latency = ctx.predicted_ms(plan.graph, slices=slices)  # the latency table's (no timing)
     return Candidate(counts, pd, acc, params, flops, latency, _reward(ctx, judged, params, flops, latency))
 
 
@@ -201,14 +201,15 @@ def budget_for(ctx: Context, plan: Plan, counts_at: Callable[[int], np.ndarray],
     the current model (which has `now` of it): equal-cost candidates, the distribution decides where,
     the step decides how much. The plan's channel budget when the run compares candidates at equal
     channels."""
-    multiple = ctx.config.rl.round_to
+    multiple = ctx.config.rl.multiple
     most = policy.max_budget(plan.capacity, multiple)
     if not ctx.config.rl.equal_cost:
         return plan.budget
     proxy, units_now = ctx.target.proxy, int(plan.sizes.sum())
 
     def removes_enough(chunks: int) -> bool:
-        left = proxy.amount(after_removal(plan.graph, ctx.names, counts_at(chunks * multiple), units_now))
+        left = proxy.amount(after_removal(plan.graph, ctx.names, counts_at(chunks * multiple), units_now,
+                                          ctx.latency_table))
         return now - left >= ctx.step_cost
 
     limit = most if ctx.target.trims else plan.budget  # sparsity: the plan's budget is already exact
@@ -221,12 +222,10 @@ def _measure(candidate: Candidate, latency_ms: float | None, units_left: int) ->
     return Measure(units=units_left, params=candidate.params, flops=candidate.flops, latency_ms=latency_ms)
 
 
-def _latency_if_needed(ctx: Context, model: nn.Module, plan: Plan, candidate: Candidate) -> float | None:
-    if candidate.latency_ms is not None or not ctx.target.needs_latency:
+def _predicted(ctx: Context, plan: Plan, candidate: Candidate) -> float | None:
+    if candidate.latency_ms is not None:
         return candidate.latency_ms
-    pruned = prune_channels(model, plan.graph, _removals(ctx, plan, candidate.counts), inplace=False)
-    with ctx.timer("eval"):
-        return ctx.latency_ms(pruned)
+    return ctx.predicted_ms(plan.graph, _removals(ctx, plan, candidate.counts))
 
 
 def trim(ctx: Context, model: nn.Module, plan: Plan, chosen: Candidate, counts_at: Callable[[int], np.ndarray],
@@ -235,11 +234,11 @@ def trim(ctx: Context, model: nn.Module, plan: Plan, chosen: Candidate, counts_a
     the step budget (`counts_at(budget)` allocates a smaller budget the way the candidate was), then
     whole chunks given back one group at a time while the goal still holds, so that one coarse unit
     (a residual group spans many layers) does not carry finer ones past the target."""
-    latency = _latency_if_needed(ctx, model, plan, chosen)
+    latency = _predicted(ctx, plan, chosen)
     units_before = int(plan.sizes.sum())
     if not ctx.target.trims or not ctx.target.reached(_measure(chosen, latency, units_before), ctx.goal):
         return chosen, latency
-    multiple = ctx.config.rl.round_to
+    multiple = ctx.config.rl.multiple
     probes: dict[bytes, tuple[Candidate, float | None, bool]] = {}
 
     def probe(counts: np.ndarray) -> tuple[Candidate, float | None, bool]:
@@ -248,7 +247,7 @@ def trim(ctx: Context, model: nn.Module, plan: Plan, chosen: Candidate, counts_a
             with ctx.timer("surgery"):
                 params, flops = plan.graph.count(_removals(ctx, plan, counts))
             candidate = replace(chosen, counts=counts, params=params, flops=flops, latency_ms=None)
-            probe_latency = _latency_if_needed(ctx, model, plan, candidate)
+            probe_latency = _predicted(ctx, plan, candidate)
             reached = ctx.target.reached(_measure(candidate, probe_latency, units_before - int(counts.sum())),
                                          ctx.goal)
             probes[key] = (candidate, probe_latency, reached)
@@ -259,13 +258,12 @@ def trim(ctx: Context, model: nn.Module, plan: Plan, chosen: Candidate, counts_a
     top = -(-int(chosen.counts.sum()) // multiple)
     chunks = smallest_passing(top, lambda k: probe(counts_at(k * multiple))[2])
     counts = counts_at(chunks * multiple) if probe(counts_at(chunks * multiple))[2] else chosen.counts
-    if not ctx.target.needs_latency:  # giving back probes many models: only for analytic targets
-        def kept(c: np.ndarray) -> float | None:  # what a passing allocation keeps, in the target's unit
-            candidate, probe_latency, reached = probe(c)
-            units = units_before - int(c.sum())
-            return ctx.target.amount(_measure(candidate, probe_latency, units)) if reached else None
+    def kept(c: np.ndarray) -> float | None:  # what a passing allocation keeps, in the target's unit
+        candidate, probe_latency, reached = probe(c)
+        units = units_before - int(c.sum())
+        return ctx.target.amount(_measure(candidate, probe_latency, units)) if reached else None
 
-        counts = _give_back(counts, plan.capacity, multiple, kept)
+    counts = _give_back(counts, plan.capacity, multiple, kept)
     if np.array_equal(counts, chosen.counts):
         return chosen, latency
     rescored = rescore(counts, chosen.pd, plan)
@@ -348,7 +346,7 @@ def _step_record(ctx: Context, step: int, chosen: Candidate, widths: np.ndarray,
 
 def step_line(record: StepRecord) -> str:
     """The one-line log of a step, as the CLI prints it."""
-    latency = "" if record.latency_ms is None else f"  latency {record.latency_ms:.3f} ms"
+    latency = "" if record.latency_ms is None else f"  latency {record.latency_ms:.3f} ms (predicted)"
     guard = f"  guard resets {record.guard_resets}" if record.guard_resets else ""
     judged = f"  [{record.judge} on {record.score_samples}, BN {record.bn_samples}]" if record.judge else ""
     return (f"step {record.step:3d}  removed {record.removed:4d} (total {record.removed_total}, "

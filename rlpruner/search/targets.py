@@ -2,11 +2,12 @@
 
 A target says "remove this fraction of the original X". Each kind knows how much X a (candidate)
 model still has (`amount`), the goal in absolute terms (`goal`), whether a model reached it
-(`reached`), and how the search plans its steps towards it (`proxy`). A new kind (latency from a
-lookup table, a user metric) is one new class added to `TARGETS`.
+(`reached`), and how the search plans its steps towards it (`proxy`). A new kind (a user metric)
+is one new class added to `TARGETS`.
 
 Amounts are read off a `Measure`: what a model keeps, counted by the dependency graph (units,
-params, FLOPs) or timed (latency). Lower is more compressed; `reached` is `amount <= goal`.
+params, FLOPs) or predicted by the run's latency table (rlpruner.latency). Lower is more
+compressed; `reached` is `amount <= goal`.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from ..registry import Registry
 
 @dataclass(frozen=True)
 class Measure:
-    """What a model keeps: prunable units, parameters, FLOPs and (when timed) latency."""
+    """What a model keeps: prunable units, parameters, FLOPs and (with a latency table) latency."""
 
     units: int
     params: int
@@ -30,7 +31,7 @@ class TargetKind:
     """Behaviour of one target kind. Subclasses set `name` and `amount`."""
 
     name = ""
-    needs_latency = False   # the search must time candidates to judge this target
+    needs_latency = False   # the run builds a latency table (rlpruner.latency) to judge this target
     trims = True            # a step that overshoots is trimmed to the goal by bisection
 
     def amount(self, m: Measure) -> float:
@@ -98,18 +99,15 @@ class Params(TargetKind):
 
 
 class Latency(TargetKind):
-    """Measured latency of the model (timed, so the search times candidates that reach the goal)."""
+    """Latency on the run's runtime, as its latency table predicts it: steps of equal predicted
+    latency, candidates never timed (the final model is)."""
 
     name, needs_latency = "latency", True
 
     def amount(self, m: Measure) -> float:
         if m.latency_ms is None:
-            raise ValueError("a latency target needs a timed model")
+            raise ValueError("a latency target needs the run's latency table")
         return m.latency_ms
-
-    @property
-    def proxy(self) -> TargetKind:
-        return Flops()
 
 
 TARGETS: Registry[TargetKind] = Registry("target kind")

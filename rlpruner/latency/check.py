@@ -1,0 +1,109 @@
+"""How far a latency table can be trusted, and which width multiple a runtime likes.
+
+`prediction_error` times random pruned models (every group keeps its own random share, unlike the
+uniform models the table was fitted on) and compares with the table's prediction.
+`choose_round_to` times the model's costliest layers at many widths and picks the smallest width
+multiple whose widths are (almost) as cheap per channel as the best multiple's.
+"""
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..graph import DependencyGraph
+from .runtimes import Runtime, Stopwatch
+from .table import TABLE_WATCH, LatencyTable, Op
+
+
+@dataclass(frozen=True)
+class PredictionError:
+    samples: list[dict[str, float]]  # keep range, predicted and measured ms of each random model
+
+    @property
+    def errors(self) -> list[float]:
+        return [abs(s["predicted_ms"] - s["measured_ms"]) / s["measured_ms"] for s in self.samples]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.errors)
+
+    @property
+    def worst(self) -> float:
+        return max(self.errors)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"median": self.median, "worst": self.worst, "samples": self.samples}
+
+
+def random_removals(graph: DependencyGraph, rng: np.random.Generator, low: float = 0.25,
+                    multiple: int = 1) -> dict[str, np.ndarray]:
+    """Every prunable group keeps its own random share in [low, 1] (whole multiples of `multiple`)."""
+    out = {}
+    for g in graph.prunable_groups():
+        kept = max(1, int(round(g.size * rng.uniform(low, 1.0))))
+        if multiple > 1 and g.size > multiple:
+            kept = min(g.size, max(multiple, int(round(kept / multiple)) * multiple))
+        if kept < g.size:
+            out[g.name] = np.sort(rng.choice(g.size, g.size - kept, replace=False))
+    return out
+
+
+def prediction_error(model: nn.Module, graph: DependencyGraph, table: LatencyTable, runtime: Runtime,
+                     example: Any, *, samples: int = 8, seed: int = 0, multiple: int = 1,
+                     watch: Stopwatch = TABLE_WATCH, log: Callable[[str], None] = lambda s: None) -> PredictionError:
+    """Predicted against measured latency of `samples` random pruned models."""
+    from ..metrics import _latency_inputs
+    from ..surgery import prune_channels
+
+    rng = np.random.default_rng(seed)
+    inputs = _latency_inputs(example, int(table.key["batch"]), torch.device("cpu"))
+    rows = []
+    for i in range(samples):
+        removals = random_removals(graph, rng, multiple=multiple)
+        pruned = prune_channels(model, graph, removals, inplace=False)
+        predicted, measured = table.predict(graph.new_shapes(removals)), runtime.time_ms(pruned, inputs, watch)
+        rows.append({"predicted_ms": predicted, "measured_ms": measured,
+                     "flops_kept": graph.count(removals)[1] / graph.count()[1]})
+        log(f"latency check {i + 1}/{samples}: predicted {predicted:.3f} ms, measured {measured:.3f} ms "
+            f"({(predicted - measured) / measured:+.1%})")
+    return PredictionError(rows)
+
+
+ROUNDING_CHOICES = (1, 2, 4, 8, 16, 32)
+ROUNDING_TOLERANCE = 0.03  # a multiple is good enough within this share of the best cost per channel
+
+
+def rounding_costs(ops: Sequence[Op], runtime: Runtime, batch: int, *, layers: int = 3, widths: int = 24,
+                   watch: Stopwatch = Stopwatch(warmup=2, repeats=3, rounds=2, per_round_s=0.03)) -> dict[int, float]:
+    """For each width multiple, the mean latency per output channel of the costliest `layers` ops at
+    the widths in [full/2, full] that are multiples of it (`widths` widths per op are timed)."""
+    distinct = {op.signature: op for op in ops if op.out_axis and op.out >= 16}
+    chosen = sorted(distinct.values(), key=lambda op: -op.out * op.inner * op.mult)[:layers]
+    per_multiple: dict[int, list[float]] = {m: [] for m in ROUNDING_CHOICES}
+    for op in chosen:
+        candidates = sorted({w for m in ROUNDING_CHOICES for w in range(op.out // 2, op.out + 1) if w % m == 0})
+        picks = sorted(set(np.linspace(0, len(candidates) - 1, min(widths, len(candidates))).round().astype(int)))
+        timed = {}
+        for w in (candidates[i] for i in picks):
+            module, inputs = op.build(w, op.inner, batch)
+            timed[w] = runtime.time_ms(module, inputs, watch) / w
+        best = min(timed.values())
+        for m in ROUNDING_CHOICES:
+            costs = [c / best for w, c in timed.items() if w % m == 0]
+            if costs:
+                per_multiple[m].append(float(np.mean(costs)))
+    return {m: float(np.mean(v)) for m, v in per_multiple.items() if v}
+
+
+def choose_round_to(costs: dict[int, float], tolerance: float = ROUNDING_TOLERANCE) -> int:
+    """The smallest multiple whose cost per channel is within `tolerance` of the cheapest multiple's."""
+    if not costs:
+        return 1
+    best = min(costs.values())
+    return min(m for m, c in costs.items() if c <= best * (1.0 + tolerance))

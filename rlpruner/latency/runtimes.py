@@ -1,0 +1,191 @@
+"""Where a model's latency is measured: one object per runtime, registered by name.
+
+A runtime turns (module, inputs) into a call that runs one forward pass the way the deployment
+would: PyTorch eager on the CPU with a fixed intra-op thread count, PyTorch eager on CUDA (calls
+bracketed by synchronisations), or ONNX Runtime's CPU provider on the module exported to ONNX.
+`key()` names everything a measurement depends on, so that a cached latency table is reused only
+on the same runtime, threads, library versions and processor.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import platform
+import statistics
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..metrics import time_calls
+from ..registry import Registry
+
+Call = Callable[[], object]
+
+
+@dataclass(frozen=True)
+class Stopwatch:
+    """How one latency is measured: `rounds` passes of `warmup` untimed and `repeats` timed calls;
+    the latency is the smallest pass median (a burst of outside load slows a whole pass, the best
+    pass is the model's own cost)."""
+
+    warmup: int = 3
+    repeats: int = 10
+    rounds: int = 2
+    budget_s: float | None = None  # shrink warm-up and repeats (to 1 and 3) so the timed calls take about this
+    per_round_s: float | None = None  # grow repeats (`repeats` at least) until a pass takes about this long:
+                                      # fast calls are timed many times, slow ones a few
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.repeats < 1 or self.rounds < 1:
+            raise ConfigError(f"stopwatch: need warmup >= 0, repeats >= 1, rounds >= 1; got "
+                              f"{self.warmup}, {self.repeats}, {self.rounds}")
+
+    def within(self, first_ms: float) -> "Stopwatch":
+        """This stopwatch sized for calls that take `first_ms` each (`budget_s`, `per_round_s`)."""
+        warmup, repeats = self.warmup, self.repeats
+        if self.per_round_s is not None:
+            repeats = max(repeats, min(500, int(1000.0 * self.per_round_s / max(first_ms, 1e-3))))
+        if self.budget_s is not None:
+            affordable = int(1000.0 * self.budget_s / max(first_ms, 1e-3))
+            warmup, repeats = min(warmup, max(0, affordable // 5)), max(3, min(repeats, affordable // self.rounds))
+        return Stopwatch(warmup=warmup, repeats=repeats, rounds=self.rounds)
+
+
+def processor() -> str:
+    """The processor's model name (the same machine type gives the same table)."""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+class Runtime:
+    """Behaviour of one runtime. Subclasses set `name` and implement `prepare`."""
+
+    name = ""
+    device = torch.device("cpu")
+
+    def __init__(self, threads: int | None = 1) -> None:
+        if threads is not None and threads < 1:
+            raise ConfigError(f"latency runtime {self.name}: threads must be >= 1, got {threads}")
+        self.threads = threads
+
+    def key(self) -> dict[str, object]:
+        return {"runtime": self.name, "threads": self.threads, "torch": torch.__version__,
+                "processor": processor()}
+
+    def prepare(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Call:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _threads(self) -> Iterator[None]:
+        old = torch.get_num_threads()
+        torch.set_num_threads(self.threads or old)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old)
+
+    def time_ms(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], watch: Stopwatch) -> float:
+        """Latency in ms of one forward pass of `module` on `inputs` (see `Stopwatch`). The module is
+        left on its device and in its mode."""
+        place = next(module.parameters(), torch.empty(0)).device
+        was_training = module.training
+        try:
+            with self._threads(), torch.inference_mode():
+                call = self.prepare(module, inputs)
+                if watch.budget_s is not None or watch.per_round_s is not None:
+                    watch = watch.within(time_calls(call, warmup=0, repeats=1, device=self.device)[0])
+                medians = [statistics.median(time_calls(call, warmup=watch.warmup, repeats=watch.repeats,
+                                                        device=self.device)) for _ in range(watch.rounds)]
+        finally:
+            module.to(place).train(was_training)
+        return min(medians)
+
+    def __repr__(self) -> str:
+        return f"{self.name}(threads={self.threads})"
+
+
+class TorchCPU(Runtime):
+    """PyTorch eager mode on the CPU, at a fixed intra-op thread count."""
+
+    name = "torch-cpu"
+
+    def prepare(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Call:
+        module = module.to(self.device).eval()
+        inputs = tuple(t.to(self.device) for t in inputs)
+        return lambda: module(*inputs)
+
+
+class TorchCUDA(TorchCPU):
+    """PyTorch eager mode on the current CUDA device (threads only affect host-side work)."""
+
+    name = "torch-cuda"
+
+    def __init__(self, threads: int | None = None) -> None:
+        if not torch.cuda.is_available():
+            raise ConfigError("latency runtime torch-cuda: no CUDA device is available; use torch-cpu or onnxruntime-cpu")
+        super().__init__(threads)
+        self.device = torch.device("cuda")
+
+    def key(self) -> dict[str, object]:
+        return {**super().key(), "processor": torch.cuda.get_device_name(self.device)}
+
+
+class OnnxRuntimeCPU(Runtime):
+    """ONNX Runtime's CPU execution provider (the usual edge runtime), on the module exported to ONNX
+    with every graph optimisation on and `threads` intra-op threads."""
+
+    name = "onnxruntime-cpu"
+
+    def __init__(self, threads: int | None = 1) -> None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError("latency runtime onnxruntime-cpu needs onnxruntime: pip install 'rlpruner[onnx]'") from exc
+        super().__init__(threads)
+
+    def key(self) -> dict[str, object]:
+        import onnxruntime
+
+        return {**super().key(), "onnxruntime": onnxruntime.__version__}
+
+    def prepare(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Call:
+        import onnxruntime
+
+        buffer = io.BytesIO()
+        module = module.cpu().eval()
+        with torch.no_grad(), warnings_quiet():
+            torch.onnx.export(module, inputs, buffer, dynamo=False, input_names=[f"x{i}" for i in range(len(inputs))])
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 4
+        options.intra_op_num_threads = self.threads or 0
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        feed = {f"x{i}": t.detach().cpu().numpy() for i, t in enumerate(inputs)}
+        return lambda: session.run(None, feed)
+
+
+@contextlib.contextmanager
+def warnings_quiet() -> Iterator[None]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+RUNTIMES: Registry[type[Runtime]] = Registry("latency runtime")
+for _runtime in (TorchCPU, TorchCUDA, OnnxRuntimeCPU):
+    RUNTIMES.add(_runtime.name, _runtime)
+
+
+def get_runtime(name: str, threads: int | None = 1) -> Runtime:
+    """The runtime registered as `name`, measuring with `threads` intra-op threads."""
+    return RUNTIMES.get(name)(threads)

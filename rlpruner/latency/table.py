@@ -1,0 +1,357 @@
+"""A measured latency model of one model on one runtime: a lookup table, built once, cached on disk.
+
+Every conv/linear layer the dependency graph counts is an *op*. Each distinct op (same layer type,
+kernel, stride, input size, widths) is timed alone on the runtime at the user's batch size: at full
+width, along a grid of output widths and along a grid of input widths. An op's latency at any
+widths is the product form
+
+    T(out, in) = T_full * g(out) * f(in)    (g, f: the measured ratios, interpolated)
+
+which is exact for a cost that is bilinear in the two widths, and keeps what the runtime does at
+each measured width (kernels that change with the width, odd widths). What the ops do not cover
+(normalisation, activations, pooling, additions, framework overhead) is fitted on a few timed whole
+models, uniformly pruned:
+
+    latency(model) = scale * sum_ops T + constant + per_element * (output elements / original's)
+
+with non-negative coefficients. `check.prediction_error` reports how well this predicts random
+pruned models (the table's honest error). A table is keyed by the model's structure, the runtime
+(name, threads, library versions, processor), batch, input size and grid, and stored as JSON under
+the cache directory, so a later run on the same machine reuses it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..graph import DependencyGraph
+from ..io import atomic_write_json
+from .runtimes import Runtime, Stopwatch
+
+TABLE_VERSION = 1
+CALIBRATION_KEEP = (1.0, 0.75, 0.5, 0.3)  # uniform widths of the whole models the rest term is fitted on
+Shapes = Mapping[str, Sequence[int]]
+CONVS = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Conv3d: "conv3d"}
+TABLE_WATCH = Stopwatch(warmup=2, repeats=3, rounds=3, per_round_s=0.05)  # each latency of a table
+
+
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/rlpruner/latency, else ~/.cache/rlpruner/latency."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "rlpruner" / "latency"
+
+
+@dataclass(frozen=True)
+class Op:
+    """One conv/linear call of the model: how to rebuild it alone at other widths."""
+
+    weight: str                 # state_dict name of its weight
+    kind: str                   # conv1d / conv2d / conv3d / linear
+    out: int                    # output channels (features)
+    inner: int                  # input channels per group (weight.shape[1])
+    groups: int
+    bias: bool
+    sample_shape: tuple[int, ...]  # one sample of its input, without the batch dim
+    mult: int                   # output positions per sample (the FLOPs multiplier)
+    options: tuple[tuple[str, Any], ...] = ()  # kernel_size, stride, padding, dilation, padding_mode
+    out_axis: bool = True       # its output width can change (a prunable group owns weight dim 0)
+    in_axis: bool = True        # its input width can change (weight dim 1)
+
+    @property
+    def signature(self) -> str:
+        return json.dumps([self.kind, self.out, self.inner, self.groups, self.bias, self.sample_shape,
+                           self.options, self.out_axis, self.in_axis])
+
+    def widths(self, shape: Sequence[int]) -> tuple[int, int]:
+        """(out, inner) of a (pruned) weight of this op."""
+        return int(shape[0]), int(shape[1])
+
+    def build(self, out: int, inner: int, batch: int) -> tuple[nn.Module, tuple[torch.Tensor]]:
+        """The op alone at these widths and a random input batch for it."""
+        groups = self.groups
+        if groups > 1:  # whole groups go together: channels per group stay, the group count follows
+            groups = max(1, out * self.groups // self.out)
+        in_channels = inner * groups
+        generator = torch.Generator().manual_seed(0)
+        if self.kind == "linear":
+            module: nn.Module = nn.Linear(in_channels, out, bias=self.bias)
+            shape = (batch, *self.sample_shape[:-1], in_channels)
+        else:
+            conv = {v: k for k, v in CONVS.items()}[self.kind]
+            module = conv(in_channels, out, groups=groups, bias=self.bias, **dict(self.options))
+            shape = (batch, in_channels, *self.sample_shape[1:])
+        return module.eval(), (torch.randn(shape, generator=generator),)
+
+
+@dataclass
+class Curve:
+    """Measured latency of one op: at full width and along each axis (the other at full)."""
+
+    full_ms: float
+    out_grid: list[int] = field(default_factory=list)
+    out_ms: list[float] = field(default_factory=list)
+    in_grid: list[int] = field(default_factory=list)
+    in_ms: list[float] = field(default_factory=list)
+
+    def ms(self, out: int, inner: int) -> float:
+        return self.full_ms * _ratio(self.out_grid, self.out_ms, self.full_ms, out) * \
+            _ratio(self.in_grid, self.in_ms, self.full_ms, inner)
+
+
+def _ratio(grid: list[int], times: list[float], full: float, width: int) -> float:
+    """Latency at `width` over latency at full width, along one axis (1 when the axis is fixed)."""
+    if not grid:
+        return 1.0
+    if width < grid[0]:  # below the smallest measured width: proportional to the width
+        return times[0] / full * width / grid[0]
+    return float(np.interp(width, grid, times)) / full
+
+
+@dataclass(frozen=True)
+class Fit:
+    """latency = scale * sum of op latencies + constant_ms + per_element_ms * relative elements."""
+
+    scale: float
+    constant_ms: float
+    per_element_ms: float
+
+
+@dataclass
+class LatencyTable:
+    key: dict[str, Any]
+    ops: list[Op]
+    curves: dict[str, Curve]     # op signature -> measurements
+    fit: Fit
+    calibration: list[dict[str, float]] = field(default_factory=list)  # the whole models timed for the fit
+
+    def op_ms(self, shapes: Shapes) -> float:
+        """Sum of the op latencies of a model whose weights have `shapes` (a pruned one's)."""
+        total = 0.0
+        for op in self.ops:
+            out, inner = op.widths(shapes[op.weight])
+            total += self.curves[op.signature].ms(out, inner)
+        return total
+
+    def elements(self, shapes: Shapes) -> float:
+        """Output elements of the ops, relative to the original model's."""
+        full = sum(op.out * op.mult for op in self.ops) or 1
+        return sum(int(shapes[op.weight][0]) * op.mult for op in self.ops) / full
+
+    def predict(self, shapes: Shapes) -> float:
+        """Predicted latency in ms of the model with these weight shapes (`graph.new_shapes(...)`)."""
+        f = self.fit
+        return max(f.scale * self.op_ms(shapes) + f.constant_ms + f.per_element_ms * self.elements(shapes), 1e-6)
+
+    def predict_removal(self, graph: DependencyGraph, removals: Mapping[str, Sequence[int]]) -> float:
+        return self.predict(graph.new_shapes(removals))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": TABLE_VERSION, "key": self.key, "ops": [asdict(op) for op in self.ops],
+                "curves": {s: asdict(c) for s, c in self.curves.items()}, "fit": asdict(self.fit),
+                "calibration": self.calibration}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "LatencyTable":
+        ops = [Op(**{**o, "sample_shape": tuple(o["sample_shape"]),
+                     "options": tuple((k, _tuple(v)) for k, v in o["options"])}) for o in data["ops"]]
+        return cls(key=dict(data["key"]), ops=ops, curves={s: Curve(**c) for s, c in data["curves"].items()},
+                   fit=Fit(**data["fit"]), calibration=list(data.get("calibration", [])))
+
+
+def _tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+# --------------------------------------------------------------------------------------------------
+# Finding the ops
+# --------------------------------------------------------------------------------------------------
+
+def find_ops(model: nn.Module, graph: DependencyGraph, example: Any) -> list[Op]:
+    """Every conv/linear module call the graph counts, with its input shape (from one forward pass)."""
+    counted = {w for w, _ in graph.costs}
+    modules = {f"{name}.weight" if name else "weight": m for name, m in model.named_modules()
+               if isinstance(m, (nn.Linear, *CONVS)) and (f"{name}.weight" if name else "weight") in counted}
+    prunable = {(m.param, m.dim) for g in graph.prunable_groups() for m in g.members}
+    calls: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
+
+    def hook(weight: str) -> Callable:
+        return lambda module, args, out: calls.append((weight, tuple(args[0].shape), tuple(out.shape)))
+
+    handles = [m.register_forward_hook(hook(w)) for w, m in modules.items()]
+    try:
+        with torch.no_grad():
+            inputs = example if isinstance(example, tuple) else (example,)
+            was = model.training
+            model.eval()
+            model(*inputs)
+            model.train(was)
+    finally:
+        for h in handles:
+            h.remove()
+    ops = []
+    for weight, in_shape, out_shape in calls:
+        m = modules[weight]
+        out, inner = int(m.weight.shape[0]), int(m.weight.shape[1])
+        if isinstance(m, nn.Linear):
+            kind, groups, options, mult = "linear", 1, (), math.prod(out_shape[1:-1]) if len(out_shape) > 2 else 1
+        else:
+            kind, groups, mult = CONVS[type(m)], m.groups, math.prod(out_shape[2:])
+            options = (("kernel_size", tuple(m.kernel_size)), ("stride", tuple(m.stride)),
+                       ("padding", m.padding if isinstance(m.padding, str) else tuple(m.padding)),
+                       ("dilation", tuple(m.dilation)), ("padding_mode", m.padding_mode))
+        ops.append(Op(weight=weight, kind=kind, out=out, inner=inner, groups=groups, bias=m.bias is not None,
+                      sample_shape=tuple(int(d) for d in in_shape[1:]), mult=int(mult), options=options,
+                      out_axis=(weight, 0) in prunable, in_axis=(weight, 1) in prunable and groups == 1))
+    return ops
+
+
+# --------------------------------------------------------------------------------------------------
+# Building, fitting, caching
+# --------------------------------------------------------------------------------------------------
+
+def grid(full: int, points: int, multiple: int = 1) -> list[int]:
+    """`points` widths from about full/points to full (multiples of `multiple`), ascending, full included."""
+    if points < 2:
+        raise ConfigError(f"latency table: points must be >= 2, got {points}")
+    widths = {full}
+    for k in range(1, points):
+        w = int(round(full * k / points / multiple)) * multiple
+        if 1 <= w < full:
+            widths.add(w)
+    return sorted(widths)
+
+
+def measure_curve(op: Op, runtime: Runtime, batch: int, points: int, multiple: int, watch: Stopwatch) -> Curve:
+    def timed(out: int, inner: int) -> float:
+        module, inputs = op.build(out, inner, batch)
+        return runtime.time_ms(module, inputs, watch)
+
+    curve = Curve(full_ms=timed(op.out, op.inner))
+    if op.out_axis and op.out > 1:
+        curve.out_grid = grid(op.out, points, _step(op.out, multiple, op.groups))
+        curve.out_ms = [curve.full_ms if w == op.out else timed(w, op.inner) for w in curve.out_grid]
+    if op.in_axis and op.inner > 1:
+        curve.in_grid = grid(op.inner, points, _step(op.inner, multiple))
+        curve.in_ms = [curve.full_ms if w == op.inner else timed(op.out, w) for w in curve.in_grid]
+    return curve
+
+
+def _step(full: int, multiple: int, groups: int = 1) -> int:
+    """The grid's spacing: the rounding multiple where the width allows it; grouped convs in whole groups."""
+    step = multiple if full >= 2 * multiple else 1
+    if groups > 1:
+        step = max(step, full // groups) if full % groups == 0 else step
+    return step
+
+
+def fit_rest(table_ops: LatencyTable, shapes: Sequence[Shapes], measured: Sequence[float]) -> Fit:
+    """Non-negative least squares of the whole-model measurements on (sum of ops, 1, elements),
+    each row weighted by 1/measured so that the fit minimises relative error."""
+    from scipy.optimize import nnls
+
+    rows = np.array([[table_ops.op_ms(s), 1.0, table_ops.elements(s)] for s in shapes])
+    y = np.asarray(measured, dtype=float)
+    weights = 1.0 / np.maximum(y, 1e-9)
+    coef, _ = nnls(rows * weights[:, None], y * weights)
+    return Fit(scale=float(coef[0]), constant_ms=float(coef[1]), per_element_ms=float(coef[2]))
+
+
+def uniform_removals(graph: DependencyGraph, keep: float, multiple: int = 1) -> dict[str, np.ndarray]:
+    """Removals that keep about `keep` of every prunable group (whole multiples of `multiple`)."""
+    out = {}
+    for g in graph.prunable_groups():
+        kept = max(1, int(round(g.size * keep)))
+        if multiple > 1 and g.size > multiple:
+            kept = max(multiple, int(round(kept / multiple)) * multiple)
+        kept = min(kept, g.size)
+        if kept < g.size:
+            out[g.name] = np.arange(g.size - kept)
+    return out
+
+
+def structure_key(model: nn.Module, graph: DependencyGraph) -> str:
+    """A digest of what latency depends on: module types, tensor shapes and the prunable groups."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([(n, type(m).__qualname__) for n, m in model.named_modules()]).encode())
+    digest.update(json.dumps(sorted((k, list(v)) for k, v in graph.shapes.items())).encode())
+    digest.update(json.dumps([(g.name, g.size) for g in graph.prunable_groups()]).encode())
+    return digest.hexdigest()[:20]
+
+
+def table_key(model: nn.Module, graph: DependencyGraph, example: Any, runtime: Runtime, batch: int,
+              points: int, multiple: int) -> dict[str, Any]:
+    inputs = example if isinstance(example, tuple) else (example,)
+    return {"version": TABLE_VERSION, "structure": structure_key(model, graph), **runtime.key(), "batch": batch,
+            "input": [list(t.shape[1:]) for t in inputs], "points": points, "round_to": multiple}
+
+
+def build_table(model: nn.Module, graph: DependencyGraph, example: Any, runtime: Runtime, *, batch: int = 1,
+                points: int = 6, multiple: int = 1, watch: Stopwatch = TABLE_WATCH,
+                log: Callable[[str], None] = lambda s: None) -> LatencyTable:
+    """Time every distinct op along its widths and fit the rest on uniformly pruned whole models."""
+    from ..metrics import _latency_inputs
+    from ..surgery import prune_channels
+
+    ops = find_ops(model, graph, example)
+    curves: dict[str, Curve] = {}
+    distinct = list(dict.fromkeys(op.signature for op in ops))
+    by_signature = {op.signature: op for op in ops}
+    for i, signature in enumerate(distinct):
+        curves[signature] = measure_curve(by_signature[signature], runtime, batch, points, multiple, watch)
+        if (i + 1) % 10 == 0 or i + 1 == len(distinct):
+            log(f"latency table: {i + 1}/{len(distinct)} distinct layers timed on {runtime!r} at batch {batch}")
+    table = LatencyTable(key=table_key(model, graph, example, runtime, batch, points, multiple), ops=ops,
+                         curves=curves, fit=Fit(1.0, 0.0, 0.0))
+    inputs = _latency_inputs(example if isinstance(example, (tuple, torch.Tensor)) else tuple(example), batch,
+                             torch.device("cpu"))
+    shapes, measured = [], []
+    for keep in CALIBRATION_KEEP:
+        removals = uniform_removals(graph, keep, multiple)
+        pruned = prune_channels(model, graph, removals, inplace=False) if removals else model
+        shapes.append(graph.new_shapes(removals))
+        measured.append(runtime.time_ms(pruned, inputs, watch))
+    table.fit = fit_rest(table, shapes, measured)
+    table.calibration = [{"keep": k, "measured_ms": m, "predicted_ms": table.predict(s)}
+                         for k, s, m in zip(CALIBRATION_KEEP, shapes, measured)]
+    log(f"latency table: fit {table.fit}; the original model measures {measured[0]:.3f} ms, "
+        f"predicted {table.calibration[0]['predicted_ms']:.3f} ms")
+    return table
+
+
+def cached_table(model: nn.Module, graph: DependencyGraph, example: Any, runtime: Runtime, *, batch: int = 1,
+                 points: int = 6, multiple: int = 1, cache_dir: Path | None = None, watch: Stopwatch = TABLE_WATCH,
+                 log: Callable[[str], None] = lambda s: None) -> LatencyTable:
+    """The table for this model, runtime and batch from `cache_dir` when one was built before, else
+    built now and stored there. An unreadable cache file is rebuilt (it is a cache, not an input)."""
+    key = table_key(model, graph, example, runtime, batch, points, multiple)
+    directory = default_cache_dir() if cache_dir is None else Path(cache_dir)
+    path = directory / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]}.json"
+    if path.exists():
+        try:
+            table = LatencyTable.from_dict(json.loads(path.read_text(encoding="utf-8")))
+            if table.key == key:
+                log(f"latency table: reusing {path}")
+                return table
+            log(f"latency table: {path} was built for another setting; rebuilding it")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log(f"latency table: {path} is unreadable ({type(exc).__name__}: {exc}); rebuilding it")
+    table = build_table(model, graph, example, runtime, batch=batch, points=points, multiple=multiple,
+                        watch=watch, log=log)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, table.to_dict())
+        log(f"latency table: stored {path}")
+    except OSError as exc:
+        log(f"latency table: cannot store it in {directory} ({exc.strerror or exc}); it is used for this run only")
+    return table

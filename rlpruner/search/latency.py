@@ -1,0 +1,97 @@
+"""The search's view of latency: which runtime times the models, the latency table that predicts
+every candidate (no candidate is timed), and the width multiple "auto" stands for.
+
+A run builds a table only when it optimises latency (a latency target or a latency reward); its
+other timings (the original and final models, for the report) are real measurements on the runtime.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..graph import DependencyGraph
+from ..io import atomic_write_json
+from ..latency import LatencyTable, Runtime, Stopwatch, cached_table, choose_round_to, find_ops, get_runtime
+from ..latency.check import rounding_costs
+from ..latency.table import default_cache_dir, table_key
+from ..metrics import _latency_inputs
+from .config import AUTO, CompressConfig
+
+REPORT_TIMING_S = 3.0  # per model, for the report's second batch size
+
+
+def optimises_latency(config: CompressConfig) -> bool:
+    return config.target.rule.needs_latency or config.reward.needs_latency
+
+
+def runtime_for(config: CompressConfig, device: torch.device) -> Runtime:
+    """The run's latency runtime: the configured one, or ("auto") PyTorch on the run's device."""
+    name = config.latency_runtime
+    if name == AUTO:
+        name = "torch-cuda" if device.type == "cuda" else "torch-cpu"
+    return get_runtime(name, config.latency_threads)
+
+
+def measure_ms(config: CompressConfig, runtime: Runtime, model: nn.Module, example: Any,
+               batch_size: int | None = None) -> float:
+    """Measured median latency at `config.latency_batch`, or at `batch_size` within a few seconds
+    (the report's second batch size)."""
+    watch = Stopwatch(warmup=config.latency_warmup, repeats=config.latency_repeats, rounds=1,
+                      budget_s=None if batch_size is None else REPORT_TIMING_S)
+    inputs = _latency_inputs(example, batch_size or config.latency_batch, runtime.device)
+    return runtime.time_ms(model, inputs, watch)
+
+
+def _cache_dir(config: CompressConfig) -> Path:
+    return default_cache_dir() if config.latency_cache is None else Path(config.latency_cache)
+
+
+def with_round_to(config: CompressConfig, model: nn.Module, graph: DependencyGraph, example: Any,
+                  runtime: Runtime, log: Callable[[str], None]) -> CompressConfig:
+    """`config` with round_to "auto" resolved: 1 unless the run optimises latency, else the smallest
+    width multiple the runtime runs (almost) as cheaply per channel as any (measured once per model
+    structure, runtime and batch; cached beside the latency tables, so a resumed run gets the same)."""
+    if config.rl.round_to != AUTO:
+        return config
+    multiple = 1
+    if optimises_latency(config):
+        multiple = _measured_multiple(config, model, graph, example, runtime, log)
+    return replace(config, rl=replace(config.rl, round_to=multiple))
+
+
+def _measured_multiple(config: CompressConfig, model: nn.Module, graph: DependencyGraph, example: Any,
+                       runtime: Runtime, log: Callable[[str], None]) -> int:
+    key = {**table_key(model, graph, example, runtime, config.latency_batch, 0, 0), "kind": "round_to"}
+    path = _cache_dir(config) / f"round-to-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]}.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("key") == key:
+            return int(saved["round_to"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    costs = rounding_costs(find_ops(model, graph, example), runtime, config.latency_batch)
+    multiple = choose_round_to(costs)
+    log(f"round_to auto: {multiple} on {runtime!r} (latency per channel of the costliest layers, relative to "
+        f"the cheapest width: {', '.join(f'{m}: {c:.3f}' for m, c in costs.items())})")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, {"key": key, "round_to": multiple, "costs": costs})
+    except OSError:
+        pass  # a cache: the run goes on with the measured value
+    return multiple
+
+
+def table_for(config: CompressConfig, model: nn.Module, graph: DependencyGraph, example: Any, runtime: Runtime,
+              log: Callable[[str], None]) -> LatencyTable | None:
+    """The run's latency table when it optimises latency (cached on disk), else None."""
+    if not optimises_latency(config):
+        return None
+    return cached_table(model, graph, example, runtime, batch=config.latency_batch, points=config.latency_points,
+                        multiple=config.rl.multiple, cache_dir=_cache_dir(config), log=log)

@@ -1,0 +1,197 @@
+"""The latency model (rlpruner.latency): ops rebuilt alone, the table's predictions, its cache, the
+width multiple it chooses, and how the search uses it (no candidate is ever timed)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from rlpruner import metrics
+from rlpruner.errors import ConfigError, UnknownNameError
+from rlpruner.graph import trace
+from rlpruner.latency import (
+    Runtime,
+    Stopwatch,
+    build_table,
+    cached_table,
+    choose_round_to,
+    find_ops,
+    get_runtime,
+    prediction_error,
+    random_removals,
+    rounding_costs,
+)
+from rlpruner.models import create_model
+from rlpruner.search import CompressConfig, Reward, RLConfig, Target, compress
+
+
+def _flops_clock(calls=None, penalty=None):
+    """A deterministic 'runtime': latency = FLOPs / 1e4 (+ `penalty(module)`), each call recorded."""
+    def time_ms(self, module, inputs, watch):
+        if calls is not None:
+            calls.append(module)
+        return metrics.count(module, inputs).flops / 1e4 + (penalty(module) if penalty else 0.0)
+    return time_ms
+
+
+def _mobilenet():
+    torch.manual_seed(0)
+    return create_model("mobilenetv2", num_classes=5, width_mult=0.25).eval(), torch.randn(1, 3, 16, 16)
+
+
+def test_every_op_rebuilt_alone_at_full_width_computes_the_layers_flops():
+    model, x = _mobilenet()
+    graph = trace(model, x)
+    ops = find_ops(model, graph, x)
+    assert {op.weight for op in ops} == {w for w, _ in graph.costs}
+    assert any(op.groups > 1 for op in ops) and any(op.kind == "linear" for op in ops)
+    by_weight = dict(graph.costs)
+    for op in ops:
+        module, inputs = op.build(op.out, op.inner, batch=1)
+        assert metrics.count(module, inputs).flops == 2 * by_weight[op.weight] * int(np.prod(graph.shapes[op.weight]))
+
+
+def test_a_depthwise_op_rebuilt_narrower_keeps_one_channel_per_group():
+    model, x = _mobilenet()
+    op = next(op for op in find_ops(model, trace(model, x), x) if op.groups > 1)
+    module, (inputs,) = op.build(op.out // 2, op.inner, batch=2)
+    assert module.groups == module.in_channels == module.out_channels == op.out // 2
+    assert module(inputs).shape[:2] == (2, op.out // 2)
+
+
+def test_the_table_predicts_random_pruned_models_exactly_on_a_bilinear_clock(monkeypatch):
+    monkeypatch.setattr(Runtime, "time_ms", _flops_clock())
+    model, x = _mobilenet()
+    graph = trace(model, x)
+    table = build_table(model, graph, x, get_runtime("torch-cpu"), batch=2, points=4)
+    assert table.fit.scale == pytest.approx(1.0, rel=1e-6)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        removals = random_removals(graph, rng, low=0.1)
+        expected = 2 * graph.count(removals)[1] / 1e4  # batch 2
+        assert table.predict(graph.new_shapes(removals)) == pytest.approx(expected, rel=1e-6)
+    error = prediction_error(model, graph, table, get_runtime("torch-cpu"), x, samples=3)
+    assert error.worst < 1e-6 and len(error.samples) == 3
+
+
+def test_odd_widths_are_seen_by_the_table_at_its_grid_and_rounding_picks_their_multiple(monkeypatch):
+    def slow_when_not_a_multiple_of_4(module):
+        convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+        return 20.0 * sum(m.out_channels % 4 != 0 for m in convs)
+
+    monkeypatch.setattr(Runtime, "time_ms", _flops_clock(penalty=slow_when_not_a_multiple_of_4))
+    torch.manual_seed(0)
+    model = create_model("simple_cnn", num_classes=3, widths=[32, 64]).eval()
+    x = torch.randn(1, 3, 16, 16)
+    costs = rounding_costs(find_ops(model, trace(model, x), x), get_runtime("torch-cpu"), batch=1)
+    assert choose_round_to(costs) == 4
+    assert costs[1] > costs[4] == pytest.approx(1.0, rel=0.05)
+
+
+def test_choose_round_to_takes_the_smallest_multiple_within_the_tolerance():
+    assert choose_round_to({1: 1.30, 2: 1.10, 4: 1.02, 8: 1.00, 16: 1.00}) == 4
+    assert choose_round_to({1: 1.0, 8: 1.0}) == 1
+    assert choose_round_to({}) == 1
+
+
+def test_the_cache_reuses_a_table_rebuilds_a_corrupt_one_and_keys_the_batch(monkeypatch, tmp_path):
+    calls, logs = [], []
+    monkeypatch.setattr(Runtime, "time_ms", _flops_clock(calls))
+    model, x = _mobilenet()
+    graph = trace(model, x)
+    runtime = get_runtime("torch-cpu")
+    first = cached_table(model, graph, x, runtime, batch=1, points=3, cache_dir=tmp_path, log=logs.append)
+    built = len(calls)
+    again = cached_table(model, graph, x, runtime, batch=1, points=3, cache_dir=tmp_path, log=logs.append)
+    assert len(calls) == built
+    assert json.loads(json.dumps(again.to_dict())) == json.loads(json.dumps(first.to_dict()))
+    assert [op.signature for op in again.ops] == [op.signature for op in first.ops]
+    assert again.predict(graph.shapes) == pytest.approx(first.predict(graph.shapes))
+    (path,) = tmp_path.glob("*.json")
+    path.write_text("{not json")
+    cached_table(model, graph, x, runtime, batch=1, points=3, cache_dir=tmp_path, log=logs.append)
+    assert len(calls) == 2 * built and any("unreadable" in line for line in logs)
+    cached_table(model, graph, x, runtime, batch=4, points=3, cache_dir=tmp_path, log=logs.append)
+    assert len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_real_runtimes_time_a_layer_and_name_what_the_time_depends_on():
+    conv, inputs = nn.Conv2d(8, 16, 3, padding=1), (torch.randn(2, 8, 16, 16),)
+    watch = Stopwatch(warmup=1, repeats=3, rounds=1)
+    for name in ("torch-cpu", "onnxruntime-cpu"):
+        runtime = get_runtime(name, threads=1)
+        assert runtime.time_ms(conv, inputs, watch) > 0
+        key = runtime.key()
+        assert key["runtime"] == name and key["threads"] == 1 and key["processor"]
+    assert "onnxruntime" in get_runtime("onnxruntime-cpu").key()
+    assert conv.training  # the layer's mode is restored
+
+
+def test_the_real_clock_gives_a_finite_error_report():
+    torch.manual_seed(0)
+    model, x = create_model("simple_cnn", num_classes=3, widths=[16, 32]).eval(), torch.randn(1, 3, 16, 16)
+    graph = trace(model, x)
+    runtime = get_runtime("torch-cpu")
+    quick = Stopwatch(warmup=1, repeats=3, rounds=1)
+    table = build_table(model, graph, x, runtime, points=3, watch=quick)
+    error = prediction_error(model, graph, table, runtime, x, samples=3, watch=quick)
+    assert np.isfinite(error.median) and error.median <= error.worst and error.to_dict()["samples"]
+
+
+def test_bad_latency_options_get_one_clear_message():
+    with pytest.raises(UnknownNameError, match="latency runtime 'tensorrt'.*onnxruntime-cpu"):
+        CompressConfig(latency_runtime="tensorrt")
+    with pytest.raises(ConfigError, match="round_to must be >= 1 or 'auto'"):
+        RLConfig(round_to="sometimes")
+    with pytest.raises(ConfigError, match="latency_points"):
+        CompressConfig(latency_points=1)
+    with pytest.raises(ConfigError, match="threads"):
+        get_runtime("torch-cpu", threads=0)
+    with pytest.raises(ConfigError, match="must be resolved"):
+        RLConfig().capacity([4, 8])
+
+
+def _latency_config(tmp_path, **rl):
+    from rlpruner.distill import DistillConfig
+
+    return CompressConfig(target=Target("latency", 0.4), reward=Reward("latency"),
+                          rl=RLConfig(lr_epoch=2, sample_num=3, prune_filter_ratio=0.1, calibration_samples=16,
+                                      score_samples=32, bn_samples=16, **rl),
+                          kd=DistillConfig(epochs=0), final_epochs=0, report_batch=2,
+                          latency_cache=str(tmp_path / "cache"), progress=False)
+
+
+def test_a_latency_search_times_no_candidate_and_reports_predicted_beside_measured(
+        tiny_splits, tiny_trained, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(Runtime, "time_ms", _flops_clock(calls))
+    result = compress(tiny_trained, tiny_splits, _latency_config(tmp_path, round_to=1), out_dir=tmp_path / "run",
+                      evaluate_test=False)
+    whole_models = [m for m in calls if any(isinstance(c, nn.Linear) for c in m.modules())
+                    and any(isinstance(c, nn.Conv2d) for c in m.modules())]
+    # 4 calibration models of the table, then base and final at the latency batch and the report batch
+    assert len(whole_models) == 4 + 4
+    assert sum(r.candidates for r in result.records) > 8
+    base, final = result.results["base"], result.results["final"]
+    assert final["predicted_latency_ms"] == pytest.approx(final["latency_ms"], rel=1e-6)
+    assert base["predicted_latency_ms"] == pytest.approx(base["latency_ms"], rel=1e-6)
+    assert result.results["reached"]["latency"] >= 0.4
+    assert result.results["latency"]["runtime"] == "torch-cpu" and result.results["latency"]["table"]["batch"] == 1
+    for record in result.records:
+        assert record.latency_ms is not None
+
+
+def test_round_to_auto_measures_the_multiple_for_a_latency_run_only(tiny_splits, tiny_trained, tmp_path, monkeypatch):
+    def slow_when_not_a_multiple_of_4(module):
+        return 20.0 * sum(m.out_channels % 4 != 0 for m in module.modules() if isinstance(m, nn.Conv2d))
+
+    monkeypatch.setattr(Runtime, "time_ms", _flops_clock(penalty=slow_when_not_a_multiple_of_4))
+    result = compress(tiny_trained, tiny_splits, _latency_config(tmp_path), out_dir=tmp_path / "run",
+                      evaluate_test=False)
+    assert result.results["latency"]["round_to"] == 4
+    assert all(w % 4 == 0 for w in result.records[-1].widths.values())
+    flops_run = compress(tiny_trained, tiny_splits, CompressConfig(
+        target=Target("flops", 0.3), rl=RLConfig(lr_epoch=1, sample_num=2, prune_filter_ratio=0.2), final_epochs=0,
+        progress=False), out_dir=tmp_path / "flops", evaluate_test=False)
+    assert flops_run.results["latency"]["round_to"] == 1 and flops_run.results["latency"]["table"] is None
