@@ -691,6 +691,8 @@ def render_doc(results: Mapping[str, Any], doc_path: Path, plots_dir: Path) -> s
     out += _accuracy_section(accuracy, plots_dir, rel)
     out += _headroom_section(results_dir_of(plots_dir))
     out += _latency_section(latency, plots_dir, rel)
+    out += _study_section(results_dir_of(plots_dir), "latency_model",
+                          "Latency model: the table's error and the speed-up per method")
     out += ["## Engine speed: trace + prune vs Torch-Pruning", ""]
     out += (["50% of the channels of every prunable layer by L2 magnitude, classifier excluded "
              f"({engine['threads']} threads, median of {engine['repeats']} run(s)).", "", *engine_table(engine), ""]

@@ -5,10 +5,11 @@ kernel, stride, input size, widths) is timed alone on the runtime at the user's 
 width, along a grid of output widths and along a grid of input widths. An op's latency at any
 widths is the product form
 
-    T(out, in) = T_full * g(out) * f(in)    (g, f: the measured ratios, interpolated)
+    T(out, in) = c + (T_full - c) * g(out) * f(in)    (g, f: the measured ratios above c, interpolated)
 
-which is exact for a cost that is bilinear in the two widths, and keeps what the runtime does at
-each measured width (kernels that change with the width, odd widths). What the ops do not cover
+where c, the op's cost at no width (call overhead), is where the measured widths extrapolate to.
+This is exact for a cost that is a constant plus a bilinear term in the two widths, and keeps what
+the runtime does at each measured width (kernels that change with the width, odd widths). What the ops do not cover
 (normalisation, activations, pooling, additions, framework overhead) is fitted on a few timed whole
 models, uniformly pruned:
 
@@ -26,7 +27,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from ..graph import DependencyGraph
 from ..io import atomic_write_json
 from .runtimes import Runtime, Stopwatch
 
-TABLE_VERSION = 1
+TABLE_VERSION = 2
 CALIBRATION_KEEP = (1.0, 0.75, 0.5, 0.3)  # uniform widths of the whole models the rest term is fitted on
 Shapes = Mapping[str, Sequence[int]]
 CONVS = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Conv3d: "conv3d"}
@@ -103,19 +104,34 @@ class Curve:
     out_ms: list[float] = field(default_factory=list)
     in_grid: list[int] = field(default_factory=list)
     in_ms: list[float] = field(default_factory=list)
+    fixed_ms: float = 0.0  # the part that does not shrink with the widths (call overhead)
 
     def ms(self, out: int, inner: int) -> float:
-        return self.full_ms * _ratio(self.out_grid, self.out_ms, self.full_ms, out) * \
-            _ratio(self.in_grid, self.in_ms, self.full_ms, inner)
+        scaled = self.full_ms - self.fixed_ms
+        return self.fixed_ms + scaled * _ratio(self.out_grid, self.out_ms, self, out) * \
+            _ratio(self.in_grid, self.in_ms, self, inner)
+
+    def with_fixed_part(self) -> "Curve":
+        """This curve with `fixed_ms` estimated: the smallest intercept at width 0 of a straight
+        line through each axis's measurements, kept within [0, 0.9 x the fastest measurement]."""
+        intercepts = [float(np.polyfit(grid, times, 1)[1]) for grid, times in
+                      ((self.out_grid, self.out_ms), (self.in_grid, self.in_ms)) if len(grid) >= 2]
+        if not intercepts:
+            return self
+        fastest = min([self.full_ms, *self.out_ms, *self.in_ms])
+        return replace(self, fixed_ms=min(max(min(intercepts), 0.0), 0.9 * fastest))
 
 
-def _ratio(grid: list[int], times: list[float], full: float, width: int) -> float:
-    """Latency at `width` over latency at full width, along one axis (1 when the axis is fixed)."""
+def _ratio(grid: list[int], times: list[float], curve: Curve, width: int) -> float:
+    """The width-dependent part of the latency at `width` over that at full width, along one axis
+    (1 when the axis is fixed)."""
     if not grid:
         return 1.0
+    scaled = np.asarray(times) - curve.fixed_ms
+    full = max(curve.full_ms - curve.fixed_ms, 1e-12)
     if width < grid[0]:  # below the smallest measured width: proportional to the width
-        return times[0] / full * width / grid[0]
-    return float(np.interp(width, grid, times)) / full
+        return float(scaled[0]) / full * width / grid[0]
+    return float(np.interp(width, grid, scaled)) / full
 
 
 @dataclass(frozen=True)
@@ -244,7 +260,7 @@ def measure_curve(op: Op, runtime: Runtime, batch: int, points: int, multiple: i
     if op.in_axis and op.inner > 1:
         curve.in_grid = grid(op.inner, points, _step(op.inner, multiple))
         curve.in_ms = [curve.full_ms if w == op.inner else timed(op.out, w) for w in curve.in_grid]
-    return curve
+    return curve.with_fixed_part()
 
 
 def _step(full: int, multiple: int, groups: int = 1) -> int:

@@ -1,5 +1,6 @@
 """MobileNetV2 and MobileNetV3-Large/-Small for CIFAR: stride-1 stem and the first stride-2 block made
-stride 1, so 32x32 inputs end at 4x4. `width_mult` scales every width (rounded to multiples of 8)."""
+stride 1, so 32x32 inputs end at 4x4 (MobileNetV2 `strides="imagenet"`: the paper's strides, for 224x224). `width_mult`
+scales every width (rounded to multiples of 8)."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -9,6 +10,7 @@ from torch import nn
 
 from rlpruner.models.layers import (ActivationFactory, ConvBNAct, SqueezeExcite, check_dropout,
                                     check_width_mult, init_weights, make_divisible)
+from rlpruner.errors import ConfigError
 from rlpruner.models.registry import register_model
 
 
@@ -39,11 +41,17 @@ _V2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96
 
 
 class MobileNetV2(nn.Module):
-    def __init__(self, num_classes: int, in_channels: int, width_mult: float, dropout: float) -> None:
+    def __init__(self, num_classes: int, in_channels: int, width_mult: float, dropout: float,
+                 strides: str = "cifar") -> None:
         super().__init__()
+        if strides not in ("cifar", "imagenet"):
+            raise ConfigError(f"MobileNetV2 strides must be 'cifar' (stride-1 stem and second stage) or "
+                              f"'imagenet' (the paper's: 224x224 inputs end at 7x7), got {strides!r}")
+        imagenet = strides == "imagenet"
         channels = make_divisible(32 * width_mult)
-        layers: list[nn.Module] = [ConvBNAct(in_channels, channels, 3, act=nn.ReLU6)]
-        for expand_ratio, width, repeats, stride in _V2_STAGES:
+        layers: list[nn.Module] = [ConvBNAct(in_channels, channels, 3, stride=2 if imagenet else 1, act=nn.ReLU6)]
+        for stage, (expand_ratio, width, repeats, stride) in enumerate(_V2_STAGES):
+            stride = 2 if imagenet and stage == 1 else stride
             out_channels = make_divisible(width * width_mult)
             for index in range(repeats):
                 layers.append(InvertedResidualV2(channels, out_channels, stride if index == 0 else 1,
@@ -131,8 +139,8 @@ class MobileNetV3(nn.Module):
 
 @register_model("mobilenetv2")
 def mobilenetv2(num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0,
-                dropout: float = 0.2) -> nn.Module:
-    return MobileNetV2(num_classes, in_channels, check_width_mult(width_mult), check_dropout(dropout))
+                dropout: float = 0.2, strides: str = "cifar") -> nn.Module:
+    return MobileNetV2(num_classes, in_channels, check_width_mult(width_mult), check_dropout(dropout), strides)
 
 
 @register_model("mobilenetv3_large")

@@ -1,0 +1,285 @@
+"""Latency you can bank on: the latency table's error, and the speed-up each method's model gets.
+
+    python benchmarks/latency_model.py                      # writes benchmarks/results/latency_model.{json,md}
+    python benchmarks/latency_model.py --models resnet56    # only some models (the others' rows are kept)
+    python benchmarks/latency_model.py --quick              # a smoke run under runs/bench-quick/
+
+Models at realistic sizes, random weights (latency does not depend on them): ResNet-18, ResNet-50
+and MobileNetV2 with their ImageNet strides at 224x224, and the CIFAR ResNet-56 at 32x32.
+
+1. **The table's error.** For every runtime (PyTorch eager on the CPU at 1 and 2 threads, ONNX
+   Runtime CPU at 1 thread) a latency table at batch 1 is built (`rlpruner.latency.build_table`)
+   and checked on random pruned models (every group keeps its own random share in [0.25, 1]):
+   median and worst relative error of predicted against measured latency.
+2. **The speed-up.** Each method prunes the model to -50% FLOPs (RL with a latency target: to -50%
+   predicted latency on PyTorch CPU, 1 thread, batch 1) and the result is timed on every runtime
+   at batch 1 and 32. The ratio of latency reduction to FLOPs reduction is the issue's measure
+   (goal: >= 0.8 for a latency-aware or rounded configuration).
+
+RL-Pruner runs a cheap search here (3 sampling rounds of 4 candidates, 10 % steps, candidates scored
+on 8 random images, no recovery), because the weights are random: its choices rest on the equal-cost
+steps and on the latency table, not on accuracy, so only the latency side of these rows is evidence.
+The accuracy side is the accuracy benchmark's.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.settings import RESULTS, ROOT, WORK, machine  # noqa: E402
+
+MODELS: dict[str, tuple[str, dict[str, Any], int, int]] = {  # label: (zoo name, options, input size, classes)
+    "resnet18": ("resnet18", {"stem": "imagenet"}, 224, 1000),
+    "resnet50": ("resnet50", {"stem": "imagenet"}, 224, 1000),
+    "mobilenetv2": ("mobilenetv2", {"strides": "imagenet"}, 224, 1000),
+    "resnet56": ("resnet56", {}, 32, 10),
+}
+METHODS = ("uniform", "global", "uniform-r8", "rl-flops", "rl-latency")
+
+
+@dataclass(frozen=True)
+class LatencyModelSettings:
+    models: tuple[str, ...] = tuple(MODELS)
+    runtimes: tuple[tuple[str, int], ...] = (("torch-cpu", 1), ("torch-cpu", 2), ("onnxruntime-cpu", 1))
+    batches: tuple[int, ...] = (1, 32)
+    target: float = 0.5
+    check_samples: int = 6
+    points: int = 6
+    methods: tuple[str, ...] = METHODS
+    rl: dict[str, Any] = field(default_factory=lambda: {
+        "lr_epoch": 3, "sample_num": 4, "prune_filter_ratio": 0.1, "score_samples": 8, "bn_samples": 8,
+        "calibration_samples": 8, "importance": "l2", "guard_threshold": None})
+    size_override: int | None = None  # --quick: smaller inputs
+
+
+def quick() -> LatencyModelSettings:
+    return LatencyModelSettings(models=("resnet56",), runtimes=(("torch-cpu", 1), ("onnxruntime-cpu", 1)),
+                                batches=(1, 4), check_samples=2, points=3, size_override=16)
+
+
+def _watch(batch: int) -> Any:
+    from rlpruner.latency import Stopwatch
+
+    return Stopwatch(warmup=1, repeats=5, rounds=2, per_round_s=0.3) if batch == 1 else \
+        Stopwatch(warmup=1, repeats=2, rounds=2)
+
+
+def _build(label: str, settings: LatencyModelSettings) -> tuple[Any, Any, int]:
+    import torch
+
+    from rlpruner.models import create_model
+
+    name, options, size, classes = MODELS[label]
+    size = settings.size_override or size
+    torch.manual_seed(0)
+    return create_model(name, num_classes=classes, **options).eval(), torch.randn(1, 3, size, size), classes
+
+
+def _random_splits(example: Any, classes: int) -> tuple[Any, Any]:
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    size = example.shape[-1]
+
+    def loader(n: int) -> Any:
+        data = TensorDataset(torch.randn(n, 3, size, size, generator=g), torch.randint(0, classes, (n,), generator=g))
+        return DataLoader(data, batch_size=8)
+
+    return loader(16), loader(16)
+
+
+def prune_with(method: str, model: Any, example: Any, classes: int, settings: LatencyModelSettings,
+               work: Path) -> tuple[Any, dict[str, Any]]:
+    """The model pruned by `method`, and what the method reports about its run."""
+    from rlpruner.distill import DistillConfig
+    from rlpruner.pruner import prune_to_flops
+    from rlpruner.search import CompressConfig, Reward, RLConfig, Target, compress
+
+    if method in ("uniform", "global", "uniform-r8"):
+        allocation = "global" if method == "global" else "uniform"
+        pruned = prune_to_flops(copy.deepcopy(model), example, settings.target, method=allocation,
+                                round_to=8 if method == "uniform-r8" else 1)
+        return pruned, {}
+    latency = method == "rl-latency"
+    config = CompressConfig(target=Target("latency" if latency else "flops", settings.target),
+                            reward=Reward("latency" if latency else "accuracy"), rl=RLConfig(**settings.rl),
+                            kd=DistillConfig(epochs=0), final_epochs=0, report_batch=1,
+                            latency_cache=str(work / "cache"), progress=False, eval_batch_size=8)
+    result = compress(model, _random_splits(example, classes), config, out_dir=work / method, overwrite=True,
+                      evaluate_test=False, log=lambda line: None)  # a ConfigError (unreachable) is recorded
+    info = {"steps": result.results["steps"], "round_to": result.results["latency"]["round_to"],
+            "search_s": result.results["timing"]["eval_s"] + result.results["timing"]["search_s"]}
+    return result.model, info
+
+
+def run_model(label: str, settings: LatencyModelSettings, work: Path, log: Any) -> dict[str, Any]:
+    import rlpruner
+    from rlpruner.errors import ConfigError
+    from rlpruner.graph import trace
+    from rlpruner.latency import build_table, get_runtime, prediction_error
+    from rlpruner.metrics import _latency_inputs
+
+    model, example, classes = _build(label, settings)
+    graph = trace(model, example)
+    base = rlpruner.count(model, example)
+    base_flops, base_params = base.flops, base.params
+    row: dict[str, Any] = {"model": label, "input": list(example.shape[1:]), "flops": base_flops,
+                           "params": base_params, "tables": [], "methods": []}
+    tables = {}
+    for name, threads in settings.runtimes:
+        runtime = get_runtime(name, threads)
+        start = time.perf_counter()
+        table = build_table(model, graph, example, runtime, batch=1, points=settings.points, watch=_watch(1))
+        built = time.perf_counter() - start
+        error = prediction_error(model, graph, table, runtime, example, samples=settings.check_samples,
+                                 watch=_watch(1))
+        tables[(name, threads)] = table
+        row["tables"].append({"runtime": name, "threads": threads, "batch": 1, "build_s": built,
+                              "layers": len(table.ops), "distinct": len(table.curves), "fit": asdict(table.fit),
+                              **error.to_dict()})
+        log(f"{label}: table {name}/{threads}t built in {built:.0f} s; error median {error.median:.1%}, "
+            f"worst {error.worst:.1%}")
+    pruned_models = {"base": model}
+    for method in settings.methods:
+        start = time.perf_counter()
+        try:
+            pruned, info = prune_with(method, model, example, classes, settings, work / label)
+        except ConfigError as exc:  # e.g. a latency target the runtime's overhead makes unreachable
+            row.setdefault("refused", {})[method] = str(exc)
+            log(f"{label}: {method} refused: {exc}")
+            continue
+        counts = rlpruner.count(pruned, example)
+        pruned_graph = trace(pruned, example)
+        predicted = {f"{n}/{t}": tables[(n, t)].predict(pruned_graph.shapes) for (n, t) in tables}
+        row["methods"].append({"method": method, "flops_reduction": 1 - counts.flops / base_flops,
+                               "params_reduction": 1 - counts.params / base_params, "prune_s": time.perf_counter() - start,
+                               "predicted_b1_ms": predicted, "latency": {}, **info})
+        pruned_models[method] = pruned
+        log(f"{label}: {method} FLOPs -{row['methods'][-1]['flops_reduction']:.1%}")
+    row["base_ms"] = {}
+    for name, threads in settings.runtimes:
+        runtime = get_runtime(name, threads)
+        for batch in settings.batches:
+            inputs = _latency_inputs(example, batch, runtime.device)
+            key = f"{name}/{threads}t/b{batch}"
+            base_times = [runtime.time_ms(model, inputs, _watch(batch))]
+            for m in row["methods"]:
+                m["latency"][key] = runtime.time_ms(pruned_models[m["method"]], inputs, _watch(batch))
+            base_times.append(runtime.time_ms(model, inputs, _watch(batch)))  # before and after: drift shows
+            row["base_ms"][key] = min(base_times)
+            for m in row["methods"]:
+                reduction = 1 - m["latency"][key] / row["base_ms"][key]
+                m.setdefault("ratio", {})[key] = reduction / m["flops_reduction"]
+            log(f"{label}: timed on {key}: base {row['base_ms'][key]:.2f} ms; " + ", ".join(
+                f"{m['method']} {m['latency'][key]:.2f} ({m['ratio'][key]:.2f})" for m in row["methods"]))
+    return row
+
+
+def run(settings: LatencyModelSettings, out: Path, work: Path, log: Any = print) -> dict[str, Any]:
+    import json
+
+    from rlpruner.io import atomic_write_json, atomic_write_text
+
+    path = out.with_suffix(".json")
+    results = json.loads(path.read_text()) if path.exists() else {"kind": "latency_model", "rows": []}
+    results.update(machine=machine(), settings=asdict(settings))
+    for label in settings.models:
+        start = time.perf_counter()
+        row = run_model(label, settings, work, log)
+        row["seconds"] = time.perf_counter() - start
+        results["rows"] = [r for r in results["rows"] if r["model"] != label] + [row]
+        atomic_write_json(path, results)
+    atomic_write_text(out.with_suffix(".md"), "\n".join(table(results)) + "\n")
+    return results
+
+
+def table(results: dict[str, Any]) -> list[str]:
+    """The markdown tables of a results file (generated, never typed)."""
+    lines = [f"Random weights; latency tables at batch 1; machine: {results['machine']['cpu']}, commit "
+             f"{results['machine']['commit']}. Command: `python benchmarks/latency_model.py`.", "",
+             "**The table's error** (predicted against measured latency of random pruned models):", "",
+             "| model | input | runtime | threads | layers (distinct) | build | median error | worst error |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for row in results["rows"]:
+        for t in row["tables"]:
+            lines.append(f"| {row['model']} | {'x'.join(map(str, row['input']))} | {t['runtime']} | {t['threads']} | "
+                         f"{t['layers']} ({t['distinct']}) | {t['build_s']:.0f} s | {t['median']:.1%} | {t['worst']:.1%} |")
+    errors = [t["median"] for row in results["rows"] for t in row["tables"]]
+    if errors:
+        lines += ["", f"Median of the tables' median errors: {statistics.median(errors):.1%} (goal <= 10%)."]
+    lines += ["", "**The speed-up** at -50% FLOPs (RL latency: -50% predicted latency, PyTorch CPU, 1 thread, "
+              "batch 1); each cell: latency reduction (ratio to the FLOPs reduction; goal >= 0.8):", ""]
+    for row in results["rows"]:
+        keys = list(row["base_ms"])
+        lines += [f"*{row['model']}* at {'x'.join(map(str, row['input']))}: base "
+                  + ", ".join(f"{k} {row['base_ms'][k]:.1f} ms" for k in keys), "",
+                  "| method | FLOPs | params | " + " | ".join(keys) + " |",
+                  "|---|---:|---:|" + "---:|" * len(keys)]
+        for m in row["methods"]:
+            cells = [f"-{1 - m['latency'][k] / row['base_ms'][k]:.0%} ({m['ratio'][k]:.2f})" for k in keys]
+            name = m["method"] + (f" (round_to {m['round_to']})" if m.get("round_to", 1) != 1 else "")
+            lines.append(f"| {name} | -{m['flops_reduction']:.0%} | -{m['params_reduction']:.0%} | "
+                         + " | ".join(cells) + " |")
+        for method, why in row.get("refused", {}).items():
+            lines.append(f"{method}: refused: {why}")
+        lines.append("")
+    lines += goal_lines(results)
+    return lines
+
+
+AWARE = ("uniform-r8", "rl-latency")  # the latency-aware or rounded configurations of the goal
+
+
+def goal_lines(results: dict[str, Any]) -> list[str]:
+    """Per 224x224 model and timing: does a latency-aware or rounded configuration reach >= 0.8?"""
+    met, total, missed = 0, 0, []
+    for row in results["rows"]:
+        if row["input"][-1] < 224:
+            continue
+        for key in row["base_ms"]:
+            if not key.startswith(("torch-cpu", "onnxruntime-cpu")):
+                continue
+            ratios = {m["method"]: m["ratio"][key] for m in row["methods"] if m["method"] in AWARE}
+            total += 1
+            if ratios and max(ratios.values()) >= 0.8:
+                met += 1
+            else:
+                missed.append(f"{row['model']} {key} (best {max(ratios.values(), default=float('nan')):.2f})")
+    if not total:
+        return []
+    return [f"Goal (latency reduction >= 0.8 x FLOPs reduction with {' or '.join(AWARE)}, every 224x224 model, "
+            f"every CPU timing): met in {met} of {total}" + (f"; missed: {', '.join(missed)}." if missed else "."), ""]
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    return "\n".join(table(results))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run under runs/bench-quick/")
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=None)
+    args = parser.parse_args(argv)
+    settings = quick() if args.quick else LatencyModelSettings()
+    if args.models:
+        settings = LatencyModelSettings(**{**asdict(settings), "models": tuple(args.models)})
+    mode = "quick" if args.quick else "full"
+    out = (ROOT / "runs" / "bench-quick" / "results" if args.quick else RESULTS) / "latency_model"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run(settings, out, WORK / mode / "latency_model", lambda line: print(line, flush=True))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
