@@ -22,6 +22,7 @@ from rlpruner.latency import (
     random_removals,
     rounding_costs,
 )
+from rlpruner.latency.table import CALIBRATION_KEEP, CALIBRATION_RANDOM
 from rlpruner.models import create_model
 from rlpruner.search import CompressConfig, Reward, RLConfig, Target, compress
 
@@ -170,8 +171,8 @@ def test_a_latency_search_times_no_candidate_and_reports_predicted_beside_measur
                       evaluate_test=False)
     whole_models = [m for m in calls if any(isinstance(c, nn.Linear) for c in m.modules())
                     and any(isinstance(c, nn.Conv2d) for c in m.modules())]
-    # 4 calibration models of the table, then base and final at the latency batch and the report batch
-    assert len(whole_models) == 4 + 4
+    # the table's calibration models, then base and final at the latency batch and the report batch
+    assert len(whole_models) == len(CALIBRATION_KEEP) + CALIBRATION_RANDOM + 4
     assert sum(r.candidates for r in result.records) > 8
     base, final = result.results["base"], result.results["final"]
     assert final["predicted_latency_ms"] == pytest.approx(final["latency_ms"], rel=1e-6)
@@ -183,14 +184,15 @@ def test_a_latency_search_times_no_candidate_and_reports_predicted_beside_measur
 
 
 def test_round_to_auto_measures_the_multiple_for_a_latency_run_only(tiny_splits, tiny_trained, tmp_path, monkeypatch):
-    def slow_when_not_a_multiple_of_4(module):
-        return 20.0 * sum(m.out_channels % 4 != 0 for m in module.modules() if isinstance(m, nn.Conv2d))
+    def slow_when_odd(module):
+        return 20.0 * sum(m.out_channels % 2 != 0 for m in module.modules() if isinstance(m, nn.Conv2d))
 
-    monkeypatch.setattr(Runtime, "time_ms", _flops_clock(penalty=slow_when_not_a_multiple_of_4))
+    monkeypatch.setattr(Runtime, "time_ms", _flops_clock(penalty=slow_when_odd))
     result = compress(tiny_trained, tiny_splits, _latency_config(tmp_path), out_dir=tmp_path / "run",
                       evaluate_test=False)
-    assert result.results["latency"]["round_to"] == 4
-    assert all(w % 4 == 0 for w in result.records[-1].widths.values())
+    # even widths run fastest; 4 would too, but a multiple is at most a quarter of the narrowest group (8)
+    assert result.results["latency"]["round_to"] == 2
+    assert all(w % 2 == 0 for w in result.records[-1].widths.values())
     flops_run = compress(tiny_trained, tiny_splits, CompressConfig(
         target=Target("flops", 0.3), rl=RLConfig(lr_epoch=1, sample_num=2, prune_filter_ratio=0.2), final_epochs=0,
         progress=False), out_dir=tmp_path / "flops", evaluate_test=False)

@@ -2,8 +2,10 @@
 
 `prediction_error` times random pruned models (every group keeps its own random share, unlike the
 uniform models the table was fitted on) and compares with the table's prediction.
-`choose_round_to` times the model's costliest layers at many widths and picks the smallest width
-multiple whose widths are (almost) as cheap per channel as the best multiple's.
+`rounding_costs` times the model's costliest layers at many widths; a width's penalty is how much
+slower it runs than the fastest width at least as wide (1: no wider width is faster, so the width
+is a fair choice). `choose_round_to` picks the smallest multiple whose widths have (almost) the
+lowest mean penalty.
 """
 from __future__ import annotations
 
@@ -80,29 +82,32 @@ ROUNDING_TOLERANCE = 0.03  # a multiple is good enough within this share of the 
 
 
 def rounding_costs(ops: Sequence[Op], runtime: Runtime, batch: int, *, layers: int = 3, widths: int = 24,
+                   largest: int | None = None,
                    watch: Stopwatch = Stopwatch(warmup=2, repeats=3, rounds=2, per_round_s=0.03)) -> dict[int, float]:
-    """For each width multiple, the mean latency per output channel of the costliest `layers` ops at
-    the widths in [full/2, full] that are multiples of it (`widths` widths per op are timed)."""
+    """For each width multiple (at most `largest`), the mean penalty of its widths in [full/2, full)
+    over the costliest `layers` ops (`widths` widths per op are timed)."""
+    choices = [m for m in ROUNDING_CHOICES if largest is None or m <= largest]
     distinct = {op.signature: op for op in ops if op.out_axis and op.out >= 16}
     chosen = sorted(distinct.values(), key=lambda op: -op.out * op.inner * op.mult)[:layers]
-    per_multiple: dict[int, list[float]] = {m: [] for m in ROUNDING_CHOICES}
+    per_multiple: dict[int, list[float]] = {m: [] for m in choices}
     for op in chosen:
-        candidates = sorted({w for m in ROUNDING_CHOICES for w in range(op.out // 2, op.out + 1) if w % m == 0})
+        candidates = sorted({w for m in choices for w in range(op.out // 2, op.out + 1) if w % m == 0} | {op.out})
         picks = sorted(set(np.linspace(0, len(candidates) - 1, min(widths, len(candidates))).round().astype(int)))
         timed = {}
         for w in (candidates[i] for i in picks):
             module, inputs = op.build(w, op.inner, batch)
-            timed[w] = runtime.time_ms(module, inputs, watch) / w
-        best = min(timed.values())
-        for m in ROUNDING_CHOICES:
-            costs = [c / best for w, c in timed.items() if w % m == 0]
+            timed[w] = runtime.time_ms(module, inputs, watch)
+        order = sorted(timed)
+        penalty = {w: timed[w] / min(timed[v] for v in order if v >= w) for w in order if w < op.out}
+        for m in choices:
+            costs = [c for w, c in penalty.items() if w % m == 0]
             if costs:
                 per_multiple[m].append(float(np.mean(costs)))
     return {m: float(np.mean(v)) for m, v in per_multiple.items() if v}
 
 
 def choose_round_to(costs: dict[int, float], tolerance: float = ROUNDING_TOLERANCE) -> int:
-    """The smallest multiple whose cost per channel is within `tolerance` of the cheapest multiple's."""
+    """The smallest multiple whose mean penalty is within `tolerance` of the lowest."""
     if not costs:
         return 1
     best = min(costs.values())

@@ -11,7 +11,7 @@ where c, the op's cost at no width (call overhead), is where the measured widths
 This is exact for a cost that is a constant plus a bilinear term in the two widths, and keeps what
 the runtime does at each measured width (kernels that change with the width, odd widths). What the ops do not cover
 (normalisation, activations, pooling, additions, framework overhead) is fitted on a few timed whole
-models, uniformly pruned:
+models, pruned uniformly and at random widths:
 
     latency(model) = scale * sum_ops T + constant + per_element * (output elements / original's)
 
@@ -41,7 +41,9 @@ from ..io import atomic_write_json
 from .runtimes import Runtime, Stopwatch
 
 TABLE_VERSION = 2
-CALIBRATION_KEEP = (1.0, 0.75, 0.5, 0.3)  # uniform widths of the whole models the rest term is fitted on
+CALIBRATION_KEEP = (1.0, 0.75, 0.5, 0.3)  # uniform widths of whole models the rest term is fitted on, and
+CALIBRATION_RANDOM = 4                    # this many with random widths per group (what a search makes)
+CALIBRATION_SEED = 12345                  # not the error check's seed: the check uses unseen models
 Shapes = Mapping[str, Sequence[int]]
 CONVS = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Conv3d: "conv3d"}
 TABLE_WATCH = Stopwatch(warmup=2, repeats=3, rounds=3, per_round_s=0.05)  # each latency of a table
@@ -331,15 +333,19 @@ def build_table(model: nn.Module, graph: DependencyGraph, example: Any, runtime:
                          curves=curves, fit=Fit(1.0, 0.0, 0.0))
     inputs = _latency_inputs(example if isinstance(example, (tuple, torch.Tensor)) else tuple(example), batch,
                              torch.device("cpu"))
+    from .check import random_removals
+
+    rng = np.random.default_rng(CALIBRATION_SEED)
+    plans = [(f"uniform {keep:g}", uniform_removals(graph, keep, multiple)) for keep in CALIBRATION_KEEP]
+    plans += [(f"random {i}", random_removals(graph, rng, multiple=multiple)) for i in range(CALIBRATION_RANDOM)]
     shapes, measured = [], []
-    for keep in CALIBRATION_KEEP:
-        removals = uniform_removals(graph, keep, multiple)
+    for _, removals in plans:
         pruned = prune_channels(model, graph, removals, inplace=False) if removals else model
         shapes.append(graph.new_shapes(removals))
         measured.append(runtime.time_ms(pruned, inputs, watch))
     table.fit = fit_rest(table, shapes, measured)
-    table.calibration = [{"keep": k, "measured_ms": m, "predicted_ms": table.predict(s)}
-                         for k, s, m in zip(CALIBRATION_KEEP, shapes, measured)]
+    table.calibration = [{"model": name, "measured_ms": m, "predicted_ms": table.predict(s)}
+                         for (name, _), s, m in zip(plans, shapes, measured)]
     log(f"latency table: fit {table.fit}; the original model measures {measured[0]:.3f} ms, "
         f"predicted {table.calibration[0]['predicted_ms']:.3f} ms")
     return table

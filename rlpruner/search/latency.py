@@ -56,8 +56,9 @@ def _cache_dir(config: CompressConfig) -> Path:
 def with_round_to(config: CompressConfig, model: nn.Module, graph: DependencyGraph, example: Any,
                   runtime: Runtime, log: Callable[[str], None]) -> CompressConfig:
     """`config` with round_to "auto" resolved: 1 unless the run optimises latency, else the smallest
-    width multiple the runtime runs (almost) as cheaply per channel as any (measured once per model
-    structure, runtime and batch; cached beside the latency tables, so a resumed run gets the same)."""
+    width multiple (up to a quarter of the narrowest group) whose widths the runtime runs about as
+    fast as any wider width (`latency.choose_round_to`; measured once per model structure, runtime
+    and batch, cached beside the latency tables, so a resumed run gets the same)."""
     if config.rl.round_to != AUTO:
         return config
     multiple = 1
@@ -76,10 +77,12 @@ def _measured_multiple(config: CompressConfig, model: nn.Module, graph: Dependen
             return int(saved["round_to"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    costs = rounding_costs(find_ops(model, graph, example), runtime, config.latency_batch)
+    smallest = min(g.size for g in graph.prunable_groups())
+    costs = rounding_costs(find_ops(model, graph, example), runtime, config.latency_batch,
+                           largest=max(1, smallest // 4))  # a multiple leaves every group room to shrink
     multiple = choose_round_to(costs)
-    log(f"round_to auto: {multiple} on {runtime!r} (latency per channel of the costliest layers, relative to "
-        f"the cheapest width: {', '.join(f'{m}: {c:.3f}' for m, c in costs.items())})")
+    log(f"round_to auto: {multiple} on {runtime!r} (mean slowdown of each multiple's widths against the "
+        f"fastest wider width: {', '.join(f'{m}: {c:.3f}' for m, c in costs.items())})")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, {"key": key, "round_to": multiple, "costs": costs})
