@@ -10,7 +10,7 @@ from typing import NoReturn
 from .errors import RLPrunerError
 
 # Each module defines HELP, add_arguments(parser) and run(args) -> int.
-COMMANDS = ("train", "evaluate", "prune", "compress", "demo", "export")
+COMMANDS = ("train", "evaluate", "prune", "compress", "demo", "export", "latency")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -197,3 +197,28 @@ def test_round_to_auto_measures_the_multiple_for_a_latency_run_only(tiny_splits,
         target=Target("flops", 0.3), rl=RLConfig(lr_epoch=1, sample_num=2, prune_filter_ratio=0.2), final_epochs=0,
         progress=False), out_dir=tmp_path / "flops", evaluate_test=False)
     assert flops_run.results["latency"]["round_to"] == 1 and flops_run.results["latency"]["table"] is None
+
+
+def test_the_latency_command_builds_checks_reuses_and_writes_json(capsys, tmp_path):
+    from tests.test_cli_foundation import run_cli
+
+    argv = ("latency", "simple_cnn", "--input", "3x16x16", "--num-classes", "3", "--check", "2", "--points", "3",
+            "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "t.json"))
+    code, out, _ = run_cli(capsys, *argv)
+    assert code == 0 and "median" in out and "stored" in out
+    report = json.loads((tmp_path / "t.json").read_text())
+    assert report["key"]["runtime"] == "torch-cpu" and len(report["error"]["samples"]) == 2
+    code, out, _ = run_cli(capsys, *argv)
+    assert code == 0 and "reusing" in out
+
+
+@pytest.mark.parametrize("argv, match", [
+    (("--input", "3xbig"), "--input '3xbig' must look like 3x224x224"),
+    (("--runtime", "tensorrt"), "unknown latency runtime 'tensorrt'"),
+    (("--batch", "0"), "--batch must be >= 1"),
+])
+def test_the_latency_command_refuses_bad_input_in_one_line(capsys, tmp_path, argv, match):
+    from tests.test_cli_foundation import assert_user_error
+
+    assert_user_error(capsys, "latency", "simple_cnn", "--cache", str(tmp_path), *argv, match=match)
+    assert not list(tmp_path.iterdir())
