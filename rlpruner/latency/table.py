@@ -40,9 +40,9 @@ from ..graph import DependencyGraph
 from ..io import atomic_write_json
 from .runtimes import Runtime, Stopwatch
 
-TABLE_VERSION = 2
+TABLE_VERSION = 3
 CALIBRATION_KEEP = (1.0, 0.75, 0.5, 0.3)  # uniform widths of whole models the rest term is fitted on, and
-CALIBRATION_RANDOM = 4                    # this many with random widths per group (what a search makes)
+CALIBRATION_RANDOM = 8                    # this many with random widths per group (what a search makes)
 CALIBRATION_SEED = 12345                  # not the error check's seed: the check uses unseen models
 Shapes = Mapping[str, Sequence[int]]
 CONVS = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Conv3d: "conv3d"}
@@ -70,6 +70,11 @@ class Op:
     options: tuple[tuple[str, Any], ...] = ()  # kernel_size, stride, padding, dilation, padding_mode
     out_axis: bool = True       # its output width can change (a prunable group owns weight dim 0)
     in_axis: bool = True        # its input width can change (weight dim 1)
+
+    @property
+    def family(self) -> str:
+        """What the fit scales together: linear, conv (dense) or grouped conv (depthwise included)."""
+        return "linear" if self.kind == "linear" else ("grouped conv" if self.groups > 1 else "conv")
 
     @property
     def signature(self) -> str:
@@ -138,9 +143,11 @@ def _ratio(grid: list[int], times: list[float], curve: Curve, width: int) -> flo
 
 @dataclass(frozen=True)
 class Fit:
-    """latency = scale * sum of op latencies + constant_ms + per_element_ms * relative elements."""
+    """latency = sum over op kinds of scale[kind] * their latencies + constant_ms + per_element_ms *
+    relative elements. Kinds (dense conv, grouped conv, linear) get their own scale because a
+    runtime fuses and lays out each differently inside a whole model than alone."""
 
-    scale: float
+    scales: dict[str, float]
     constant_ms: float
     per_element_ms: float
 
@@ -154,12 +161,18 @@ class LatencyTable:
     calibration: list[dict[str, float]] = field(default_factory=list)  # the whole models timed for the fit
 
     def op_ms(self, shapes: Shapes) -> float:
-        """Sum of the op latencies of a model whose weights have `shapes` (a pruned one's)."""
-        total = 0.0
+        """Sum of the op latencies (alone) of a model whose weights have `shapes` (a pruned one's)."""
+        return sum(self.op_ms_by_kind(shapes, self.kinds()))
+
+    def kinds(self) -> list[str]:
+        return sorted({op.family for op in self.ops})
+
+    def op_ms_by_kind(self, shapes: Shapes, kinds: Sequence[str]) -> list[float]:
+        totals = dict.fromkeys(kinds, 0.0)
         for op in self.ops:
             out, inner = op.widths(shapes[op.weight])
-            total += self.curves[op.signature].ms(out, inner)
-        return total
+            totals[op.family] += self.curves[op.signature].ms(out, inner)
+        return [totals[k] for k in kinds]
 
     def elements(self, shapes: Shapes) -> float:
         """Output elements of the ops, relative to the original model's."""
@@ -169,7 +182,9 @@ class LatencyTable:
     def predict(self, shapes: Shapes) -> float:
         """Predicted latency in ms of the model with these weight shapes (`graph.new_shapes(...)`)."""
         f = self.fit
-        return max(f.scale * self.op_ms(shapes) + f.constant_ms + f.per_element_ms * self.elements(shapes), 1e-6)
+        kinds = list(f.scales)
+        ops = sum(f.scales[k] * t for k, t in zip(kinds, self.op_ms_by_kind(shapes, kinds)))
+        return max(ops + f.constant_ms + f.per_element_ms * self.elements(shapes), 1e-6)
 
     def predict_removal(self, graph: DependencyGraph, removals: Mapping[str, Sequence[int]]) -> float:
         return self.predict(graph.new_shapes(removals))
@@ -274,15 +289,17 @@ def _step(full: int, multiple: int, groups: int = 1) -> int:
 
 
 def fit_rest(table_ops: LatencyTable, shapes: Sequence[Shapes], measured: Sequence[float]) -> Fit:
-    """Non-negative least squares of the whole-model measurements on (sum of ops, 1, elements),
+    """Non-negative least squares of the whole-model measurements on (ops of each kind, 1, elements),
     each row weighted by 1/measured so that the fit minimises relative error."""
     from scipy.optimize import nnls
 
-    rows = np.array([[table_ops.op_ms(s), 1.0, table_ops.elements(s)] for s in shapes])
+    kinds = table_ops.kinds()
+    rows = np.array([[*table_ops.op_ms_by_kind(s, kinds), 1.0, table_ops.elements(s)] for s in shapes])
     y = np.asarray(measured, dtype=float)
     weights = 1.0 / np.maximum(y, 1e-9)
     coef, _ = nnls(rows * weights[:, None], y * weights)
-    return Fit(scale=float(coef[0]), constant_ms=float(coef[1]), per_element_ms=float(coef[2]))
+    return Fit(scales={k: float(c) for k, c in zip(kinds, coef)}, constant_ms=float(coef[-2]),
+               per_element_ms=float(coef[-1]))
 
 
 def uniform_removals(graph: DependencyGraph, keep: float, multiple: int = 1) -> dict[str, np.ndarray]:
@@ -330,7 +347,7 @@ def build_table(model: nn.Module, graph: DependencyGraph, example: Any, runtime:
         if (i + 1) % 10 == 0 or i + 1 == len(distinct):
             log(f"latency table: {i + 1}/{len(distinct)} distinct layers timed on {runtime!r} at batch {batch}")
     table = LatencyTable(key=table_key(model, graph, example, runtime, batch, points, multiple), ops=ops,
-                         curves=curves, fit=Fit(1.0, 0.0, 0.0))
+                         curves=curves, fit=Fit({}, 0.0, 0.0))
     inputs = _latency_inputs(example if isinstance(example, (tuple, torch.Tensor)) else tuple(example), batch,
                              torch.device("cpu"))
     from .check import random_removals
