@@ -71,7 +71,7 @@ def quick() -> LatencyModelSettings:
 def _watch(batch: int) -> Any:
     from rlpruner.latency import Stopwatch
 
-    return Stopwatch(warmup=1, repeats=5, rounds=2, per_round_s=0.3) if batch == 1 else \
+    return Stopwatch(warmup=2, repeats=5, rounds=3, per_round_s=0.3) if batch == 1 else \
         Stopwatch(warmup=1, repeats=2, rounds=2)
 
 

@@ -40,7 +40,7 @@ from ..graph import DependencyGraph
 from ..io import atomic_write_json
 from .runtimes import Runtime, Stopwatch
 
-TABLE_VERSION = 3
+TABLE_VERSION = 4
 CALIBRATION_KEEP = (1.0, 0.75, 0.5, 0.3)  # uniform widths of whole models the rest term is fitted on, and
 CALIBRATION_RANDOM = 8                    # this many with random widths per group (what a search makes)
 CALIBRATION_SEED = 12345                  # not the error check's seed: the check uses unseen models
@@ -112,11 +112,23 @@ class Curve:
     in_grid: list[int] = field(default_factory=list)
     in_ms: list[float] = field(default_factory=list)
     fixed_ms: float = 0.0  # the part that does not shrink with the widths (call overhead)
+    block: int = 1         # widths that are not multiples of this run on the `odd` curves
+    out_odd_grid: list[int] = field(default_factory=list)
+    out_odd_ms: list[float] = field(default_factory=list)
+    in_odd_grid: list[int] = field(default_factory=list)
+    in_odd_ms: list[float] = field(default_factory=list)
 
     def ms(self, out: int, inner: int) -> float:
         scaled = self.full_ms - self.fixed_ms
-        return self.fixed_ms + scaled * _ratio(self.out_grid, self.out_ms, self, out) * \
-            _ratio(self.in_grid, self.in_ms, self, inner)
+        return self.fixed_ms + scaled * self._along(out, self.out_grid, self.out_ms, self.out_odd_grid,
+                                                    self.out_odd_ms) * \
+            self._along(inner, self.in_grid, self.in_ms, self.in_odd_grid, self.in_odd_ms)
+
+    def _along(self, width: int, grid: list[int], times: list[float], odd_grid: list[int],
+               odd_times: list[float]) -> float:
+        if odd_grid and width % self.block:
+            return _ratio(odd_grid, odd_times, self, width)
+        return _ratio(grid, times, self, width)
 
     def with_fixed_part(self) -> "Curve":
         """This curve with `fixed_ms` estimated: the smallest intercept at width 0 of a straight
@@ -125,7 +137,7 @@ class Curve:
                       ((self.out_grid, self.out_ms), (self.in_grid, self.in_ms)) if len(grid) >= 2]
         if not intercepts:
             return self
-        fastest = min([self.full_ms, *self.out_ms, *self.in_ms])
+        fastest = min([self.full_ms, *self.out_ms, *self.in_ms, *self.out_odd_ms, *self.in_odd_ms])
         return replace(self, fixed_ms=min(max(min(intercepts), 0.0), 0.9 * fastest))
 
 
@@ -265,19 +277,54 @@ def grid(full: int, points: int, multiple: int = 1) -> list[int]:
     return sorted(widths)
 
 
-def measure_curve(op: Op, runtime: Runtime, batch: int, points: int, multiple: int, watch: Stopwatch) -> Curve:
+def measure_curve(op: Op, runtime: Runtime, batch: int, points: int, multiple: int, watch: Stopwatch,
+                  block: int = 1) -> Curve:
+    """An op's latency at full width and along each axis. With a `block` the runtime favours (and
+    widths that need not be multiples of it), the grid is in multiples of the block and a second
+    grid, one channel short of each, times the widths that are not."""
     def timed(out: int, inner: int) -> float:
         module, inputs = op.build(out, inner, batch)
         return runtime.time_ms(module, inputs, watch)
 
-    curve = Curve(full_ms=timed(op.out, op.inner))
+    odd = block > 1 and multiple % block != 0
+    curve = Curve(full_ms=timed(op.out, op.inner), block=block if odd else 1)
     if op.out_axis and op.out > 1:
-        curve.out_grid = grid(op.out, points, _step(op.out, multiple, op.groups))
+        step = _step(op.out, max(multiple, block) if odd and op.groups == 1 else multiple, op.groups)
+        curve.out_grid = grid(op.out, points, step)
         curve.out_ms = [curve.full_ms if w == op.out else timed(w, op.inner) for w in curve.out_grid]
+        if odd and op.groups == 1:
+            curve.out_odd_grid = [w - 1 for w in curve.out_grid if w > 1]
+            curve.out_odd_ms = [timed(w, op.inner) for w in curve.out_odd_grid]
     if op.in_axis and op.inner > 1:
-        curve.in_grid = grid(op.inner, points, _step(op.inner, multiple))
+        curve.in_grid = grid(op.inner, points, _step(op.inner, max(multiple, block) if odd else multiple))
         curve.in_ms = [curve.full_ms if w == op.inner else timed(op.out, w) for w in curve.in_grid]
+        if odd:
+            curve.in_odd_grid = [w - 1 for w in curve.in_grid if w > 1]
+            curve.in_odd_ms = [timed(op.out, w) for w in curve.in_odd_grid]
     return curve.with_fixed_part()
+
+
+BLOCKS = (2, 4, 8, 16)
+BLOCK_PENALTY = 1.1  # widths off the block must be this much slower per channel for a block to count
+
+
+def detect_block(ops: Sequence[Op], runtime: Runtime, batch: int, watch: Stopwatch, span: int = 32) -> int:
+    """The channel block the runtime favours: on the costliest layer, `span` consecutive output
+    widths below three quarters of its width are timed; the block is the one whose non-multiples
+    are slowest per channel against its multiples (1 when none is `BLOCK_PENALTY` slower)."""
+    dense = [op for op in ops if op.out_axis and op.groups == 1 and op.out >= 2 * span]
+    if not dense:
+        return 1
+    op = max(dense, key=lambda o: o.out * o.inner * o.mult)
+    start = (3 * op.out // 4 - span) // 16 * 16 + 1
+    per_channel = {}
+    for w in range(max(start, 1), max(start, 1) + span):
+        module, inputs = op.build(w, op.inner, batch)
+        per_channel[w] = runtime.time_ms(module, inputs, watch) / w
+    penalties = {b: float(np.median([c for w, c in per_channel.items() if w % b]) /
+                          np.median([c for w, c in per_channel.items() if w % b == 0])) for b in BLOCKS}
+    best = max(penalties, key=lambda b: penalties[b])
+    return best if penalties[best] >= BLOCK_PENALTY else 1
 
 
 def _step(full: int, multiple: int, groups: int = 1) -> int:
@@ -339,11 +386,15 @@ def build_table(model: nn.Module, graph: DependencyGraph, example: Any, runtime:
     from ..surgery import prune_channels
 
     ops = find_ops(model, graph, example)
+    block = detect_block(ops, runtime, batch, watch)
+    if block > 1:
+        log(f"latency table: {runtime!r} runs widths in multiples of {block} faster per channel; widths off "
+            "that block are timed on their own grid")
     curves: dict[str, Curve] = {}
     distinct = list(dict.fromkeys(op.signature for op in ops))
     by_signature = {op.signature: op for op in ops}
     for i, signature in enumerate(distinct):
-        curves[signature] = measure_curve(by_signature[signature], runtime, batch, points, multiple, watch)
+        curves[signature] = measure_curve(by_signature[signature], runtime, batch, points, multiple, watch, block)
         if (i + 1) % 10 == 0 or i + 1 == len(distinct):
             log(f"latency table: {i + 1}/{len(distinct)} distinct layers timed on {runtime!r} at batch {batch}")
     table = LatencyTable(key=table_key(model, graph, example, runtime, batch, points, multiple), ops=ops,
