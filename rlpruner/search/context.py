@@ -32,9 +32,9 @@ from ..errors import ConfigError, PruningError
 from ..graph import DependencyGraph, trace
 from ..isolate import breaking_at_half, frozen_reasons, warn_frozen
 from ..precision import Precision
+from ..latency import LatencyTable, Runtime, TorchCPU
 from ..task import Task, TaskError
 from ..train import resolve_device
-from ..latency import LatencyTable, Runtime, TorchCPU
 from .config import CompressConfig
 from .data import Data, as_source, prepare_data
 from .latency import measure_ms, runtime_for, table_for, with_round_to
@@ -101,13 +101,11 @@ class Context:
         """The task's metric of `model` on the whole validation split; the same value on every rank."""
         return validation_metric(self.task, self.data, self.world, self.device, model)
 
-    def latency_ms(self, model: nn.Module, batch_size: int | None = None, shared: bool = True) -> float:
-        """`model`'s median latency (`measure_ms`); `shared`: rank 0's measurement on every rank,
-        as a decision rests on it (`False`: this rank's own, for a candidate only this rank scores)."""
-        def measure() -> float:
-            return measure_ms(self.config, self.runtime, model, self.data.example, batch_size=batch_size)
-
-        return self.world.first(measure, "latency measurement") if shared else measure()
+    def latency_ms(self, model: nn.Module, batch_size: int | None = None) -> float:
+        """`model`'s measured median latency on the run's runtime (`measure_ms`), rank 0's on every
+        rank. Only the original and final models are timed; candidates are predicted."""
+        return self.world.first(lambda: measure_ms(self.config, self.runtime, model, self.data.example,
+                                                   batch_size=batch_size), "latency measurement")
 
     def graph_of(self, model: nn.Module) -> DependencyGraph:
         """The dependency graph of a model of this run (`keep` and the groups that break frozen)."""
@@ -254,16 +252,20 @@ def _step_cost(config: CompressConfig, target: TargetKind, graph: Any, names: tu
     """What one step removes, in the target's proxy unit: the expected cost of `step_budget` channels
     spread over the groups in proportion to their widths, from each group's cost per unit. (Counting
     one integer allocation instead would be lumpy: a few channels that happen to fall on a residual
-    group, which spans many layers, cost several times more than the same number elsewhere.)"""
+    group, which spans many layers, cost several times more than the same number elsewhere.) A
+    group's cost per unit is read off removing a tenth of its removable units: the same as one unit
+    for FLOPs and params (linear in one group's width), and past the width effects (odd widths) a
+    measured latency table holds."""
     capacity = config.rl.capacity(list(sizes.values()))
     widths = np.array(list(sizes.values()))
     shares = policy.density_init(widths, capacity) * step_budget
     now = target.proxy.amount(base)
     cost = 0.0
     for i in np.flatnonzero(shares > 0):
-        one = np.zeros(len(widths), dtype=np.int64)
-        one[i] = 1
-        cost += shares[i] * (now - target.proxy.amount(after_removal(graph, names, one, base.units, table)))
+        some = np.zeros(len(widths), dtype=np.int64)
+        some[i] = max(1, int(capacity[i]) // 10)
+        removed = now - target.proxy.amount(after_removal(graph, names, some, base.units, table))
+        cost += shares[i] * removed / some[i]
     return max(float(cost), 1e-12)
 
 
