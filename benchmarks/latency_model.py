@@ -233,7 +233,8 @@ def table(results: dict[str, Any]) -> list[str]:
         if errors:
             lines += ["", f"Median of the tables' median errors, {kind}: {statistics.median(errors):.1%} (goal <= 10%)."]
     lines += ["", "**The speed-up** at -50% FLOPs (RL latency: -50% predicted latency, PyTorch CPU, 1 thread, "
-              "batch 1); each cell: latency reduction (ratio to the FLOPs reduction; goal >= 0.8):", ""]
+              "batch 1); each cell: latency change against the original (latency reduction / FLOPs reduction; goal "
+              ">= 0.8; a + is a model slower than the original):", ""]
     for row in results["rows"]:
         keys = list(row["base_ms"])
         lines += [f"*{row['model']}* at {'x'.join(map(str, row['input']))}: base "
@@ -241,7 +242,7 @@ def table(results: dict[str, Any]) -> list[str]:
                   "| method | FLOPs | params | " + " | ".join(keys) + " |",
                   "|---|---:|---:|" + "---:|" * len(keys)]
         for m in row["methods"]:
-            cells = [f"-{1 - m['latency'][k] / row['base_ms'][k]:.0%} ({m['ratio'][k]:.2f})" for k in keys]
+            cells = [f"{m['latency'][k] / row['base_ms'][k] - 1:+.0%} ({m['ratio'][k]:.2f})" for k in keys]
             name = m["method"] + (f" (round_to {m['round_to']})" if m.get("round_to", 1) != 1 else "")
             if m["method"] == "rl-latency" and m.get("target") is not None:
                 name += f", latency target -{m['target']:.0%}"

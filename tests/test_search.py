@@ -270,7 +270,6 @@ def test_cli_compress_refuses_a_checkpoint_that_does_not_fit_the_dataset(checkpo
 
 
 def test_latency_target_and_reward_with_a_deterministic_clock(splits, trained, tmp_path, monkeypatch):
-    from types import SimpleNamespace
 
     # "latency" proportional to FLOPs, so that the test checks the logic, not this machine's timer
     monkeypatch.setattr(Runtime, "time_ms", lambda self, module, inputs, watch:

@@ -8,9 +8,11 @@
 The search uses a table for latency targets and latency rewards (rlpruner.search), so candidates
 are never timed; the final model is.
 """
-from .check import PredictionError, choose_round_to, prediction_error, random_removals, rounding_costs
+from .check import PredictionError, choose_round_to, prediction_error, rounding_costs
+from .ops import random_removals
 from .runtimes import RUNTIMES, OnnxRuntimeCPU, Runtime, Stopwatch, TorchCPU, TorchCUDA, get_runtime
-from .table import LatencyTable, Op, build_table, cached_table, default_cache_dir, find_ops, uniform_removals
+from .ops import Op, find_ops, uniform_removals
+from .table import LatencyTable, build_table, cached_table, default_cache_dir
 
 __all__ = ["RUNTIMES", "Runtime", "TorchCPU", "TorchCUDA", "OnnxRuntimeCPU", "Stopwatch", "get_runtime",
            "LatencyTable", "Op", "build_table", "cached_table", "default_cache_dir", "find_ops", "uniform_removals",

@@ -20,7 +20,8 @@ from torch import nn
 
 from ..graph import DependencyGraph
 from .runtimes import Runtime, Stopwatch
-from .table import TABLE_WATCH, LatencyTable, Op
+from .ops import Op, random_removals
+from .table import TABLE_WATCH, LatencyTable
 
 
 @dataclass(frozen=True)
@@ -41,19 +42,6 @@ class PredictionError:
 
     def to_dict(self) -> dict[str, Any]:
         return {"median": self.median, "worst": self.worst, "samples": self.samples}
-
-
-def random_removals(graph: DependencyGraph, rng: np.random.Generator, low: float = 0.25,
-                    multiple: int = 1) -> dict[str, np.ndarray]:
-    """Every prunable group keeps its own random share in [low, 1] (whole multiples of `multiple`)."""
-    out = {}
-    for g in graph.prunable_groups():
-        kept = max(1, int(round(g.size * rng.uniform(low, 1.0))))
-        if multiple > 1 and g.size > multiple:
-            kept = min(g.size, max(multiple, int(round(kept / multiple)) * multiple))
-        if kept < g.size:
-            out[g.name] = np.sort(rng.choice(g.size, g.size - kept, replace=False))
-    return out
 
 
 def prediction_error(model: nn.Module, graph: DependencyGraph, table: LatencyTable, runtime: Runtime,
