@@ -313,6 +313,11 @@ def build_table(model: nn.Module, graph: DependencyGraph, example: Any, runtime:
     return table
 
 
+def cache_path(directory: Path, key: Mapping[str, Any], prefix: str = "") -> Path:
+    """The file under `directory` that holds what was measured for `key` (a digest of it names it)."""
+    return directory / f"{prefix}{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]}.json"
+
+
 def cached_table(model: nn.Module, graph: DependencyGraph, example: Any, runtime: Runtime, *, batch: int = 1,
                  points: int = 6, multiple: int = 1, cache_dir: Path | None = None, watch: Stopwatch = TABLE_WATCH,
                  log: Callable[[str], None] = lambda s: None) -> LatencyTable:
@@ -320,7 +325,7 @@ def cached_table(model: nn.Module, graph: DependencyGraph, example: Any, runtime
     built now and stored there. An unreadable cache file is rebuilt (it is a cache, not an input)."""
     key = table_key(model, graph, example, runtime, batch, points, multiple)
     directory = default_cache_dir() if cache_dir is None else Path(cache_dir)
-    path = directory / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]}.json"
+    path = cache_path(directory, key)
     if path.exists():
         try:
             table = LatencyTable.from_dict(json.loads(path.read_text(encoding="utf-8")))

@@ -6,7 +6,6 @@ other timings (the original and final models, for the report) are real measureme
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import replace
@@ -20,7 +19,7 @@ from ..graph import DependencyGraph
 from ..io import atomic_write_json
 from ..latency import LatencyTable, Runtime, Stopwatch, cached_table, choose_round_to, find_ops, get_runtime
 from ..latency.check import rounding_costs
-from ..latency.table import default_cache_dir, table_key
+from ..latency.table import cache_path, default_cache_dir, table_key
 from ..metrics import _latency_inputs
 from .config import AUTO, CompressConfig
 
@@ -70,7 +69,7 @@ def with_round_to(config: CompressConfig, model: nn.Module, graph: DependencyGra
 def _measured_multiple(config: CompressConfig, model: nn.Module, graph: DependencyGraph, example: Any,
                        runtime: Runtime, log: Callable[[str], None]) -> int:
     key = {**table_key(model, graph, example, runtime, config.latency_batch, 0, 0), "kind": "round_to"}
-    path = _cache_dir(config) / f"round-to-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]}.json"
+    path = cache_path(_cache_dir(config), key, prefix="round-to-")
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
         if saved.get("key") == key:
