@@ -119,7 +119,7 @@ def compress_config(settings: AccuracySettings, method: str, target: float, seed
         method=method, target=Target("flops", target), seed=seed, progress=False,
         rl=RLConfig(prune_filter_ratio=settings.prune_filter_ratio,
                     **{k: v for k, v in (("lr_epoch", settings.lr_epoch), ("sample_num", settings.sample_num))
-                       if v is not None}),
+                       if v is not None}, **dict(settings.rl_options)),
         kd=DistillConfig(epochs=settings.kd_epochs, lr=settings.kd_lr), post_train_period=1 if recovery else 0,
         final_epochs=0)
 
@@ -219,7 +219,7 @@ def base_jobs(settings: AccuracySettings, work: Path) -> list[BaseJob]:
 def run_jobs(settings: AccuracySettings, bases: list[BaseJob], work: Path) -> list[RunJob]:
     """Seed by seed (a suite stopped early still has whole tables, with fewer seeds); within a seed the
     recovery runs (the headline table) first, then the no-recovery series."""
-    jobs = []
+    jobs, runs = [], work / ("runs-" + settings.variant if settings.variant else "runs")  # one base for all
     for seed in settings.seeds:
         for recovery in (True, False) if settings.no_recovery else (True,):
             for target in settings.targets:
@@ -227,7 +227,7 @@ def run_jobs(settings: AccuracySettings, bases: list[BaseJob], work: Path) -> li
                     for method in settings.methods:
                         name = (f"{base.model.label}-{base.dataset.label}-{method}-{int(round(target * 100))}"
                                 f"-s{seed}{'' if recovery else '-norec'}")
-                        jobs.append(RunJob(base, method, target, seed, recovery, work / "runs" / name))
+                        jobs.append(RunJob(base, method, target, seed, recovery, runs / name))
     return jobs
 
 
@@ -323,7 +323,7 @@ def _comparable(settings: dict) -> dict:
     """Settings that change what a row means. Seeds, methods, models, datasets, targets and whether
     the no-recovery series runs only add or skip rows (each row names its own)."""
     rows = ("seeds", "methods", "workers", "models", "datasets", "targets", "no_recovery")
-    return {k: v for k, v in settings.items() if k not in rows}
+    return {"rl_options": [], **{k: v for k, v in settings.items() if k not in rows}}  # older files: no variant
 
 
 def _label(item: Any) -> str:

@@ -46,11 +46,15 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 from benchmarks.settings import (ALLOW_IMPORTS, WORK, DatasetSpec, ModelSpec, machine, portable,  # noqa: E402
                                  render_only, study_files)
 
-JUDGE_ORDER = ("raw_full", "kl_raw", "bn_full", "bn_64", "bn_128", "bn_256", "kl_256", "flops_left")
+JUDGE_ORDER = ("raw_full", "kl_raw", "bn_full", "bn_64", "bn_128", "bn_256", "kl_256", "loss_full", "loss_128",
+               "probe1_128", "probe3_128", "flops_left")
 JUDGE_NOTES = {"raw_full": "top-1, whole val, stale BN", "kl_raw": "-KL to base, 256 imgs, stale BN",
                "bn_full": "top-1, whole val, BN recal.", "kl_256": "-KL to base, 256 imgs, BN recal.",
+               "loss_full": "-cross-entropy, whole val, BN recal.",
                "flops_left": "share of FLOPs kept, no forward pass",
-               **{f"bn_{s}": f"top-1, {s}-img subset, BN recal." for s in (64, 128, 256)}}
+               **{f"bn_{s}": f"top-1, {s}-img subset, BN recal." for s in (64, 128, 256)},
+               **{f"loss_{s}": f"-cross-entropy, {s}-img subset, BN recal." for s in (64, 128, 256)},
+               **{f"probe{k}_128": f"top-1, 128-img subset, after {k} KD step(s) on the BN batches" for k in (1, 3)}}
 LEVEL_SEED = 17  # mixed into the candidate generator's seed
 
 
@@ -74,6 +78,8 @@ class JudgeSettings:
     noise: float = 0.3                        # policy.sample noise (the search's default is 0.04)
     subsets: tuple[int, ...] = (64, 128, 256)
     kl_subset: int = 256
+    loss_subsets: tuple[int, ...] = (128,)    # subsets also judged by the task's loss (same forward pass)
+    probe_steps: tuple[int, ...] = (1, 3)     # KD steps on the BN batches before top-1 on the 128 subset
     bn_samples: int = 256
     calibration_samples: int = 256
     importance: str = "taylor"
@@ -164,9 +170,15 @@ def _logits(model: torch.nn.Module, batches: list) -> list[torch.Tensor]:
 
 def _kl_score(logits: list[torch.Tensor], labels: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
     from rlpruner.distill import LogitsKD
-    from rlpruner.search.judges import JUDGES
+    from rlpruner.search.judges import JUDGES, Evidence
 
-    return JUDGES.get("kl").score(0.0, logits, reference, LogitsKD())
+    return JUDGES.get("kl").score(Evidence(0.0, logits, reference, distiller=LogitsKD()))
+
+
+def _loss_score(logits: list[torch.Tensor], labels: list[torch.Tensor]) -> float:
+    """Minus the mean cross-entropy: the search's ``loss`` judge for a classifier."""
+    total = sum(float(torch.nn.functional.cross_entropy(z, y, reduction="sum")) for z, y in zip(logits, labels))
+    return -total / max(1, sum(len(y) for y in labels))
 
 
 def measure_setting(setting: Setting, config: JudgeSettings, levels: tuple[float, ...],
@@ -236,9 +248,9 @@ def _candidate(model, graph, removals, counts, data, subsets, reference, splits,
     """Every judge's score and cost for one candidate, then its accuracy after one KD epoch."""
     from rlpruner.batchnorm import recalibrate
     from rlpruner.data import make_loaders
-    from rlpruner.distill import DistillConfig, distill
+    from rlpruner.distill import DistillConfig, distill, probe
     from rlpruner.surgery import apply_slices
-    from rlpruner.task import classify_forward, top1
+    from rlpruner.task import Task, classify_forward, top1
 
     clock = Clock()
 
@@ -255,18 +267,33 @@ def _candidate(model, graph, removals, counts, data, subsets, reference, splits,
     judges["raw_full"] = clock("raw_full", lambda: top1(_logits(candidate, data.val_batches), val_labels))
     judges["kl_raw"] = clock("kl_raw", lambda: _kl_score(_logits(candidate, kl_batches), kl_labels, reference))
     clock("bn", lambda: recalibrate(candidate, data.bn_batches, classify_forward))
-    judges["bn_full"] = clock("bn_full", lambda: top1(_logits(candidate, data.val_batches), val_labels))
+    shared = {"loss_full": "bn_full", **{f"loss_{s}": f"bn_{s}" for s in config.loss_subsets}}  # same logits
+    full_logits = clock("bn_full", lambda: _logits(candidate, data.val_batches))
+    judges["bn_full"] = top1(full_logits, val_labels)
+    judges["loss_full"] = _loss_score(full_logits, val_labels)
     for size in config.subsets:
         batches = subsets[size]
-        judges[f"bn_{size}"] = clock(f"bn_{size}", lambda: top1(_logits(candidate, batches), [y for _, y in batches]))
+        logits = clock(f"bn_{size}", lambda: _logits(candidate, batches))
+        judges[f"bn_{size}"] = top1(logits, [y for _, y in batches])
+        if size in config.loss_subsets:
+            judges[f"loss_{size}"] = _loss_score(logits, [y for _, y in batches])
     judges[f"kl_{config.kl_subset}"] = clock(f"kl_{config.kl_subset}",
                                              lambda: _kl_score(_logits(candidate, kl_batches), kl_labels, reference))
+    references = _logits(model, data.bn_batches)  # the base is the teacher, as in the ground truth
+    kd = DistillConfig(epochs=config.kd_epochs, lr=config.kd_lr, batch_size=config.batch_size, progress=False)
+    probe_batches = subsets[128]
+    for steps in config.probe_steps:
+        def probed(steps=steps):
+            torch.manual_seed(config.seed)
+            tuned = probe(candidate, data.bn_batches, references, kd, Task(), None, steps)
+            return top1(_logits(tuned, probe_batches), [y for _, y in probe_batches])
+        judges[f"probe{steps}_128"] = clock(f"probe{steps}_128", probed)
     judges["flops_left"] = flops / base_flops
-    costs = {name: clock.seconds.get(name, 0.0) + (clock.seconds["bn"] if name.startswith(("bn_", "kl_")) and
-                                                  name != "kl_raw" else 0.0) for name in judges}
+    costs = {name: clock.seconds.get(shared.get(name, name), 0.0) +
+             (clock.seconds["bn"] if name.startswith(("bn_", "kl_", "loss_", "probe")) and name != "kl_raw" else 0.0)
+             for name in judges}
     # ground truth: the recalibrated candidate (as the search cuts it) after one identically seeded KD epoch
     student = copy.deepcopy(candidate)
-    kd = DistillConfig(epochs=config.kd_epochs, lr=config.kd_lr, batch_size=config.batch_size, progress=False)
 
     def recover() -> float:
         torch.manual_seed(config.seed)

@@ -690,6 +690,7 @@ def render_doc(results: Mapping[str, Any], doc_path: Path, plots_dir: Path) -> s
     out += _search_cost_section(results.get("search_cost"))
     out += _accuracy_section(accuracy, plots_dir, rel)
     out += _headroom_section(results_dir_of(plots_dir))
+    out += _variants_section(results_dir_of(plots_dir))
     out += _latency_section(latency, plots_dir, rel)
     out += _study_section(results_dir_of(plots_dir), "latency_model",
                           "Latency model: the table's error and the speed-up per method")
@@ -745,6 +746,33 @@ def _headroom_section(results_dir: Path) -> list[str]:
     """The headroom study: how far apart architectures of equal FLOPs end after the same recovery,
     and where each method's own architecture lands."""
     return _study_section(results_dir, "headroom", "How much the allocation can matter after recovery")
+
+
+def _variants_section(results_dir: Path) -> list[str]:
+    """Variant studies (run_all.py --rl FIELD=VALUE --results benchmarks/results/variants/NAME): RL-Pruner
+    with some RLConfig fields changed, beside the methods run with it on the same base models. The
+    base models are trained on the machine that ran the variant, so compare within a table."""
+    import json
+
+    folders = sorted(p.parent for p in (results_dir / "variants").glob("*/accuracy.json"))
+    if not folders:
+        return []
+    out = ["## Variant studies: RL-Pruner with options changed", "",
+           "Each table is one `python benchmarks/run_all.py --full --only accuracy --rl FIELD=VALUE ... --results "
+           "benchmarks/results/variants/NAME` (same budget and protocol as above). Its RL-Pruner column is the "
+           "variant; tables that share a machine and commit start from the same base models.", ""]
+    for folder in folders:
+        accuracy, partial = complete_seeds(json.loads((folder / "accuracy.json").read_text()))
+        options = ", ".join(f"`{k}={v}`" for k, v in accuracy["settings"].get("rl_options", [])) or "none"
+        m = accuracy.get("machine", {})
+        out += [f"### {folder.name}: {options}", "",
+                f"{m.get('cpu', '?')}, commit {m.get('commit', '?')}, {m.get('date', '?')}; seeds "
+                f"{', '.join(map(str, seeds_run(accuracy)))}"
+                + (f" (left out, unfinished: {', '.join(map(str, partial))})" if partial else "") + ".", "",
+                *accuracy_table(accuracy, True), ""]
+        if len(methods_run(accuracy)) > 1:
+            out += [best_verdict_line(best_verdict(accuracy, True), "after KD recovery"), ""]
+    return out
 
 
 def _scale_section(results_dir: Path) -> list[str]:

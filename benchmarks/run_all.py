@@ -44,9 +44,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--datasets", nargs="+", default=None, metavar="LABEL",
                         help="accuracy: only these datasets of the preset (e.g. digits synthetic-hard)")
     parser.add_argument("--targets", type=float, nargs="+", default=None, help="accuracy: only these FLOPs targets")
+    parser.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                        help="accuracy: only these methods of the preset (e.g. rl)")
+    parser.add_argument("--rl", nargs="+", default=[], metavar="FIELD=VALUE", type=_rl_option,
+                        help="accuracy: a variant study, RL-Pruner with these RLConfig fields changed (e.g. "
+                             "judge=loss); needs its own --results folder, the main tables use the defaults")
     parser.add_argument("--no-recovery-series", action="store_true",
                         help="accuracy: skip the series that runs every method without KD")
     return parser.parse_args(argv)
+
+
+def _rl_option(text: str) -> tuple[str, object]:
+    """'judge=loss' -> ('judge', 'loss'); the value read as JSON when it is a number, bool or null."""
+    from dataclasses import fields
+
+    from rlpruner.search import RLConfig
+
+    name, sep, raw = text.partition("=")
+    if not sep or name not in {f.name for f in fields(RLConfig)}:
+        raise argparse.ArgumentTypeError(f"{text!r} is not FIELD=VALUE with FIELD an RLConfig field")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return name, value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     suite = replace(suite, accuracy=select(suite.accuracy, args))
     quick_dir = presets.ROOT / "runs" / "bench-quick"
     results_dir = args.results or (presets.RESULTS if args.mode == "full" else quick_dir / "results")
-    doc = args.doc or (presets.ROOT / "docs" / "benchmarks.md" if args.mode == "full" else quick_dir / "benchmarks.md")
+    if args.rl and results_dir.resolve() in (presets.RESULTS.resolve(), (quick_dir / "results").resolve()):
+        raise SystemExit("run_all: a variant (--rl) needs its own --results folder; the main results use the defaults")
+    default_doc = presets.ROOT / "docs" / "benchmarks.md" if args.mode == "full" else quick_dir / "benchmarks.md"
+    doc = args.doc or (results_dir / "benchmarks.md" if args.rl else default_doc)  # a variant's page: by its results
     work = presets.WORK / args.mode
     results_dir.mkdir(parents=True, exist_ok=True)
     suite_path = results_dir / "suite.json"
@@ -113,7 +137,9 @@ def select(settings: presets.AccuracySettings, args: argparse.Namespace) -> pres
                              f"{', '.join(str(label(i)) for i in items)}")
         return chosen
 
-    return replace(settings, models=pick(settings.models, args.models, lambda m: m.label, "model"),
+    return replace(settings, methods=pick(settings.methods, args.methods, lambda m: m, "method"),
+                   rl_options=tuple(args.rl),
+                   models=pick(settings.models, args.models, lambda m: m.label, "model"),
                    datasets=pick(settings.datasets, args.datasets, lambda d: d.label, "dataset"),
                    targets=pick(settings.targets, args.targets, lambda t: t, "target"),
                    no_recovery=settings.no_recovery and not args.no_recovery_series)

@@ -93,6 +93,13 @@ class AccuracySettings:
     kd_budget: int = 20                   # KD epochs per run in all: the per-step ones, the rest as a final fine-tune
     no_recovery: bool = True              # also run every method with no KD at all
     workers: int = 2                      # parallel processes, one thread each
+    rl_options: tuple[tuple[str, Any], ...] = ()  # RLConfig fields set away from the defaults: a variant study,
+                                          # written to its own results folder (the main tables use none)
+
+    @property
+    def variant(self) -> str:
+        """'' for the defaults, else a folder name for the variant's runs, e.g. 'judge-loss'."""
+        return "_".join(f"{k}-{v}" for k, v in self.rl_options)
 
 
 @dataclass(frozen=True)

@@ -324,3 +324,24 @@ def _steps_per_epoch(batches: Iterable[Any]) -> int:
     except TypeError as exc:
         raise TaskError("the training loader has no length; recovery's learning-rate schedule needs the "
                         "number of batches per epoch (give a DataLoader or a sized iterable)") from exc
+
+
+def probe(student: nn.Module, batches: list[Any], references: list[Any], config: DistillConfig, task: Task,
+          outputs: OutputKD | None, steps: int) -> nn.Module:
+    """A copy of `student` after `steps` KD steps on fixed `batches` (cycled) against the teacher's
+    `references` on them, at `config.lr`, then BatchNorm re-estimated on the same batches: a cheap
+    look at how a candidate starts to recover (the search's probe; `student` is not changed)."""
+    from .batchnorm import recalibrate
+
+    trainee = copy.deepcopy(student)  # a structural copy shares tensors with the model it came from
+    optimizer = make_optimizer(trainee, config.optimizer_config())
+    trainee.train()
+    for i in range(steps):
+        batch, reference = batches[i % len(batches)], references[i % len(batches)]
+        out = task.forward(trainee, batch)
+        kd = outputs or output_kd(config, reference, batch)
+        loss = kd.loss(out, reference, 1.0 - config.ce_weight) + config.ce_weight * task.batch_loss(out, batch, "probe")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return recalibrate(trainee, batches, task.forward)

@@ -48,6 +48,7 @@ class StepRecord:
     judge: str = ""                # what scored the candidates (rlpruner.search.judges), on how many images
     score_samples: int = 0
     bn_samples: int = 0            # training images that re-estimated BatchNorm statistics of each candidate
+    probe_steps: int = 0           # KD steps each candidate took on those images before it was scored
     widths: dict[str, int] = field(default_factory=dict)
     pd: dict[str, float] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)  # eval_s, search_s, recovery_s, checkpoint_s
@@ -62,7 +63,8 @@ class StepRecord:
 
 _SCALARS = ("step", "removed", "removed_total", "sparsity", "flops", "params", "flops_reduction",
             "params_reduction", "latency_ms", "val_acc_pruned", "val_acc", "reward", "epsilon",
-            "explored", "guard_resets", "teacher", "guard_reason", "candidates", "judge", "score_samples", "bn_samples")
+            "explored", "guard_resets", "teacher", "guard_reason", "candidates", "judge", "score_samples", "bn_samples",
+            "probe_steps")
 
 
 def write_logs(out_dir: str | Path, records: Sequence[StepRecord]) -> tuple[Path, Path]:

@@ -135,6 +135,20 @@ def test_doc_renders_from_files_and_says_what_is_missing(tmp_path, accuracy):
     assert "](../results/plots/accuracy_kd.png)" in doc
 
 
+def test_a_variant_study_renders_as_its_own_table_with_its_options(tmp_path, accuracy):
+    results = tmp_path / "results"
+    (results / "variants" / "probe-1").mkdir(parents=True)
+    variant = {**accuracy, "settings": {**accuracy["settings"], "rl_options": [["probe_steps", 1]]},
+               "machine": {"cpu": "some CPU", "commit": "abc", "date": "today"}}
+    (results / "variants" / "probe-1" / "accuracy.json").write_text(json.dumps(variant))
+    doc = render.write_doc(results, tmp_path / "docs" / "benchmarks.md").read_text()
+    section = doc.split("## Variant studies")[1]
+    assert "### probe-1: `probe_steps=1`" in section and "some CPU, commit abc" in section
+    assert "| resnet | digits | -50% | 95.0 | 90.0 | **91.0** | — | -1.0 |" in section
+    assert "RL-Pruner ≥ best baseline (after KD recovery) in 0 of 2 settings" in section
+    assert "## Variant studies" not in render.write_doc(tmp_path / "empty", tmp_path / "e.md").read_text()
+
+
 def test_an_empty_results_folder_still_renders(tmp_path):
     doc = render.render_doc(render.load_results(tmp_path), tmp_path / "b.md", tmp_path / "plots")
     assert "No results yet." in doc and "Not run (no accuracy.json)." in doc
@@ -171,6 +185,33 @@ def test_resume_keeps_rows_across_seed_changes_but_not_across_other_settings(tmp
     assert [m["label"] for m in kept["settings"]["models"]] == [m.label for m in settings.models]
     assert kept["settings"]["no_recovery"] == settings.no_recovery
     assert _resume(path, dataclasses.replace(settings, kd_lr=0.5))["runs"] == []
+
+
+def test_a_variant_study_changes_only_rl_pruner_and_keeps_its_own_runs_and_results(tmp_path, accuracy):
+    from benchmarks import run_all
+    from benchmarks.accuracy import _resume, compress_config
+
+    settings = presets.quick().accuracy
+    args = run_all.parse_args(["--full", "--rl", "judge=loss", "score_samples=null", "--methods", "rl",
+                               "--results", str(tmp_path / "variant")])
+    variant = run_all.select(settings, args)
+    assert variant.methods == ("rl",) and variant.variant == "judge-loss_score_samples-None"
+    rl = compress_config(variant, "rl", 0.5, 0, True).rl
+    assert (rl.judge, rl.score_samples) == ("loss", None)
+    assert compress_config(settings, "rl", 0.5, 0, True).rl.judge == "accuracy"  # the defaults otherwise
+    jobs = run_jobs(variant, base_jobs(variant, tmp_path), tmp_path)
+    assert jobs and all(j.out_dir.parent.name == "runs-" + variant.variant for j in jobs)
+    assert {j.base.path for j in jobs} == {b.path for b in base_jobs(settings, tmp_path)}  # the same base models
+    # results made before variants existed stay comparable with the defaults, not with a variant
+    path = tmp_path / "accuracy.json"
+    old = _resume(path, settings)
+    old["runs"] = accuracy["runs"]
+    del old["settings"]["rl_options"]
+    path.write_text(json.dumps(old))
+    assert len(_resume(path, settings)["runs"]) == len(accuracy["runs"])
+    assert _resume(path, variant)["runs"] == []
+    with pytest.raises(SystemExit, match="own --results"):
+        run_all.main(["--full", "--only", "accuracy", "--rl", "judge=loss"])
 
 
 def test_a_narrower_selection_keeps_the_other_base_models():

@@ -11,10 +11,12 @@ from rlpruner.batchnorm import recalibrate
 from rlpruner.data import get_dataset
 from rlpruner.data.base import stratified_subset
 from rlpruner.distill import DistillConfig, LogitsKD, RegressionKD
+from rlpruner.errors import ConfigError
 from rlpruner.importance import get
 from rlpruner.models import create_model
 from rlpruner.search import CompressConfig, RLConfig, Target, compress
-from rlpruner.search.judges import JUDGES
+from rlpruner.search.judges import JUDGES, Evidence
+from rlpruner.task import Task
 from rlpruner.surgery import apply_slices
 from rlpruner.train import TrainConfig, train
 
@@ -73,9 +75,21 @@ def test_variance_criterion_prefers_channels_that_vary():
 def test_kl_judge_is_zero_for_the_reference_and_negative_otherwise(distiller, shape):
     ref = [torch.randn(*shape)]
     judge = JUDGES.get("kl")
-    assert judge.score(0.5, ref, ref, distiller) == pytest.approx(0.0, abs=1e-6)
-    assert judge.score(0.5, [ref[0] + torch.randn(*shape)], ref, distiller) < 0
-    assert JUDGES.get("accuracy").score(0.5, None, None, distiller) == 0.5
+    assert judge.score(Evidence(0.5, ref, ref, distiller=distiller)) == pytest.approx(0.0, abs=1e-6)
+    assert judge.score(Evidence(0.5, [ref[0] + torch.randn(*shape)], ref, distiller=distiller)) < 0
+    assert JUDGES.get("accuracy").score(Evidence(0.5)) == 0.5
+
+
+def test_loss_judge_is_minus_the_mean_loss_and_prefers_the_more_confident_right_answer():
+    labels = torch.tensor([0, 1, 1])
+    batches = [(torch.zeros(2, 1), labels[:2]), (torch.zeros(1, 1), labels[2:])]
+    sure = [torch.tensor([[4.0, 0.0], [0.0, 4.0]]), torch.tensor([[0.0, 4.0]])]
+    unsure = [torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[0.0, 1.0]])]  # the same top-1
+    judge = JUDGES.get("loss")
+    scores = [judge.score(Evidence(1.0, out, batches=batches, task=Task())) for out in (sure, unsure)]
+    expected = -torch.nn.functional.cross_entropy(torch.cat(sure), labels).item()  # weighted by batch size
+    assert scores[0] == pytest.approx(expected, rel=1e-6)
+    assert scores[0] > scores[1]
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +153,60 @@ def test_records_say_how_candidates_were_judged_and_why_the_guard_fired(trained,
     fired = [r for r in result.records if r.guard_resets]
     assert fired and all("below the previous pruned model" in r.guard_reason for r in fired)
     assert all(r.guard_reason == "" for r in result.records if not r.guard_resets)
+
+
+def test_the_loss_judge_scores_candidates_with_the_tasks_own_loss(trained, tmp_path):
+    model, splits = trained
+    seen = []
+
+    def loss(outputs, batch):  # a user's loss: constant, so every candidate's reward is minus it
+        seen.append(len(batch[1]))
+        return outputs.sum() * 0.0 + 7.0
+
+    config = dataclasses.replace(_config(judge="loss", importance="l1", score_samples=16, guard_threshold=None))
+    result = compress(model, splits, config, out_dir=tmp_path, evaluate_test=False, loss=loss)
+    assert result.records and all(r.judge == "loss" for r in result.records)
+    assert all(r.reward == pytest.approx(-7.0) for r in result.records)
+    assert 16 in seen  # called on the scoring subset's batches (one batch of 16 images)
+
+
+def test_a_probe_trains_a_private_copy_of_a_candidate_towards_the_teacher(trained):
+    from rlpruner.distill import output_kd, probe
+
+    model, splits = trained
+    model.eval()
+    graph = rlpruner.trace(model, splits.example_inputs())
+    group = graph.prunable_groups()[1]
+    candidate = apply_slices(model, graph.slices({group.name: np.arange(group.size // 2)}), inplace=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.stack([splits.train[i][0] for i in range(32)])
+    batches = [(images, torch.tensor([splits.train[i][1] for i in range(32)]))]
+    with torch.no_grad():
+        references = [model(images)]
+    config = DistillConfig(lr=0.05)
+    kd = output_kd(config, references[0], batches[0])
+
+    def kd_distance(net):
+        with torch.no_grad():
+            return kd.distance(net.eval()(images), references[0])
+
+    start = kd_distance(recalibrate(candidate, batches, Task().forward))
+    tuned = probe(candidate, batches, references, config, Task(), None, 5)
+    assert tuned is not candidate and kd_distance(tuned) < start
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # shared tensors untouched
+    assert kd_distance(candidate) == pytest.approx(start)
+
+
+def test_a_probed_search_says_so_in_its_records_and_log(trained, tmp_path):
+    model, splits = trained
+    lines = []
+    config = _config(probe_steps=1, bn_samples=32, guard_threshold=None)
+    result = compress(model, splits, config, out_dir=tmp_path, evaluate_test=False, log=lines.append)
+    assert all(r.probe_steps == 1 for r in result.records)
+    assert "BN 32, probe 1]" in "\n".join(lines)
+    assert result.results["timing"]["probe_s"] > 0
+    with pytest.raises(ConfigError, match="probe_steps"):
+        RLConfig(probe_steps=1, bn_samples=0)
 
 
 def test_patience_ends_a_step_once_the_distribution_stops_improving(trained, tmp_path, monkeypatch):

@@ -83,8 +83,8 @@ def _add_rl_arguments(parser: argparse.ArgumentParser) -> None:
                        help="l1, l2, taylor, activation, bn_scale or random (default: %(default)s)")
     group.add_argument("--calibration-samples", type=int, default=d.calibration_samples, help="default: %(default)s")
     group.add_argument("--judge", choices=JUDGES.names(), default=d.judge,
-                       help="what scores a candidate: accuracy, or kl (label-free: closeness to the current "
-                            "model's predictions) (default: %(default)s)")
+                       help="what scores a candidate: accuracy, loss (minus the task's loss), or kl (label-free: "
+                            "closeness to the current model's predictions) (default: %(default)s)")
     group.add_argument("--score-samples", type=int, default=d.score_samples,
                        help="validation images (class-stratified) that score candidates (default: %(default)s)")
     group.add_argument("--all-val", dest="score_samples", action="store_const", const=None,
@@ -92,6 +92,10 @@ def _add_rl_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--bn-samples", type=int, default=d.bn_samples,
                        help="training images that re-estimate each candidate's BatchNorm statistics; 0: off "
                             "(default: %(default)s)")
+    group.add_argument("--probe-steps", type=int, default=d.probe_steps,
+                       help="KD steps each candidate takes on the BN images before it is scored; 0: off "
+                            "(default: %(default)s)")
+    group.add_argument("--probe-lr", type=float, default=d.probe_lr, help="their learning rate (default: %(default)s)")
     group.add_argument("--equal-cost", action=_BOOL, default=d.equal_cost,
                        help="every candidate of a step removes the same FLOPs/params (else the same number of "
                             "channels, as in the paper) (default: %(default)s)")

@@ -117,6 +117,9 @@ class RLConfig:
                                          # None: the whole split. The guard and final choices use all of it
     bn_samples: int = 256                # training images that re-estimate BatchNorm statistics of every
                                          # candidate before it is scored; 0: off
+    probe_steps: int = 0                 # KD steps (on the BN images, against the run's teacher) each candidate
+                                         # takes before it is scored: a look past the step at how it recovers
+    probe_lr: float = 0.01               # their learning rate (the benchmark's KD rate; a step at 1e-3 barely moves)
     min_keep: int = 1                    # units every group keeps at least
     round_to: int | str = "auto"         # every group keeps a width that is a multiple of this; "auto": 1,
                                          # unless the run optimises latency: then the multiple the latency
@@ -141,6 +144,9 @@ class RLConfig:
             ("judge", self.judge in JUDGES, f"one of {', '.join(JUDGES.names())}"),
             ("score_samples", self.score_samples is None or self.score_samples >= 1, ">= 1 or None"),
             ("bn_samples", self.bn_samples >= 0, ">= 0"),
+            ("probe_steps", self.probe_steps >= 0, ">= 0"),
+            ("probe_lr", self.probe_lr > 0 and np.isfinite(self.probe_lr), "a finite number > 0"),
+            ("probe_steps", self.probe_steps == 0 or self.bn_samples > 0, "0 when bn_samples is 0 (it trains on them)"),
             ("min_keep", self.min_keep >= 1, ">= 1"),
             ("round_to", self.round_to == AUTO or (isinstance(self.round_to, int) and self.round_to >= 1),
              f">= 1 or {AUTO!r}"),

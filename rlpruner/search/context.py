@@ -48,7 +48,8 @@ OVERHEAD_KEYS = ("trace", "importance", "policy", "surgery")  # the search's wor
 class Timer:
     """Wall seconds per activity. 'eval': candidate forward passes (and latency measurements); the
     search overhead: 'trace', 'importance', 'policy' (sampling, allocation, updates), 'surgery'
-    (structural copies and analytic counts); then 'recovery' and 'checkpoint'."""
+    (structural copies and analytic counts), 'probe' (the candidates' KD steps); then 'recovery' and
+    'checkpoint'."""
 
     seconds: dict[str, float] = field(default_factory=dict)
 

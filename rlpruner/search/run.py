@@ -217,7 +217,7 @@ def _results(ctx: Context, state: State, base: dict, final: dict, model_path: Pa
         "base": base, "final": final, "model_path": model_path.name,
         "timing": {"eval_s": eval_s, "search_s": search_s, "overhead": search_s / eval_s if eval_s else None,
                    **{f"{k}_s": timing.get(k, 0.0) for k in OVERHEAD_KEYS},
-                   "recovery_s": timing.get("recovery", 0.0), "final_s": final_s, "checkpoint_s": checkpoint_s},
+                   "probe_s": timing.get("probe", 0.0), "recovery_s": timing.get("recovery", 0.0), "final_s": final_s, "checkpoint_s": checkpoint_s},
         "widths": {n: [ctx.original_sizes[n], state.records[-1].widths[n] if state.records else ctx.original_sizes[n]]
                    for n in ctx.names},
         "config": ctx.config.to_dict(),

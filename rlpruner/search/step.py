@@ -13,11 +13,12 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from ..allocation import Candidate, Plan, StepTask, policy
@@ -25,7 +26,7 @@ from ..allocation.base import Job
 from ..allocation.budget import smallest_passing
 from ..batches import batch_len
 from ..batchnorm import recalibrate
-from ..distill import distill
+from ..distill import distill, probe
 from ..errors import PruningError
 from ..importance import get as get_importance
 from ..report import StepRecord
@@ -40,7 +41,7 @@ from .context import (
     derived_seed,
     seeded,
 )
-from .judges import JUDGES
+from .judges import JUDGES, Evidence
 from .targets import Measure
 
 
@@ -48,9 +49,11 @@ def run_step(ctx: Context, state: State) -> State:
     step, before = state.step + 1, ctx.timer.snapshot()
     start = time.perf_counter()
     plan = plan_step(ctx, state, step)
-    judge = JUDGES.get(ctx.config.rl.judge)
+    judge, rl = JUDGES.get(ctx.config.rl.judge), ctx.config.rl
     with ctx.timer("eval"):
-        reference = ctx.task.outputs(state.model, ctx.data.score_batches) if judge.needs_reference else None
+        reference = References(
+            ctx.task.outputs(state.model, ctx.data.score_batches) if judge.needs_reference else None,
+            ctx.task.outputs(state.teacher.model, ctx.data.bn_batches) if rl.probe_steps else None)
     scored: list[Candidate] = []
     scored_by = [0] * ctx.world.size    # candidates each rank scored
     validated: dict[bytes, float] = {}  # the guard's check of the chosen counts serves the record too
@@ -169,20 +172,36 @@ def _reward(ctx: Context, judged: float, params: int, flops: int, latency_ms: fl
     return q
 
 
+@dataclass(frozen=True)
+class References:
+    """What a step computes once for all its candidates: the current model's outputs on the scoring
+    set (for a judge that needs them) and the teacher's on the BN images (for the probe)."""
+
+    judge: list[Any] | None = None
+    probe: list[Any] | None = None
+
+
 def score(ctx: Context, model: nn.Module, plan: Plan, counts: np.ndarray, pd: np.ndarray,
-          reference: list[Any] | None = None) -> Candidate:
-    """Build one candidate as a structural copy, re-estimate its BatchNorm statistics, and score it
-    on the scoring subset of validation with the run's judge."""
+          reference: References | None = None) -> Candidate:
+    """Build one candidate as a structural copy, re-estimate its BatchNorm statistics, (with
+    `probe_steps`) let a private copy take a few KD steps, and score it on the scoring subset of
+    validation with the run's judge."""
+    reference, rl = reference or References(), ctx.config.rl
     with ctx.timer("surgery"):
         slices = plan.graph.slices(_removals(ctx, plan, counts))
         candidate = apply_slices(model, slices, inplace=False)
         params, flops = plan.graph.count(slices=slices)
     with ctx.timer("eval"):
         recalibrate(candidate, ctx.data.bn_batches, ctx.task.forward)
-        judge, batches = JUDGES.get(ctx.config.rl.judge), ctx.data.score_batches
-        outputs = ctx.task.outputs(candidate, batches) if judge.needs_reference or ctx.task.metric is None else None
+    if rl.probe_steps:
+        with ctx.timer("probe"), torch.enable_grad():
+            candidate = probe(candidate, ctx.data.bn_batches, reference.probe, replace(ctx.config.kd, lr=rl.probe_lr),
+                              ctx.task, ctx.distiller, rl.probe_steps)
+    with ctx.timer("eval"):
+        judge, batches = JUDGES.get(rl.judge), ctx.data.score_batches
+        outputs = ctx.task.outputs(candidate, batches) if judge.needs_outputs or ctx.task.metric is None else None
         acc = ctx.task.score(candidate, batches, outputs)
-        judged = judge.score(acc, outputs, reference, ctx.distiller)
+        judged = judge.score(Evidence(acc, outputs, reference.judge, batches, ctx.task, ctx.distiller))
         latency = ctx.predicted_ms(plan.graph, slices=slices)  # the latency table's (no timing)
     return Candidate(counts, pd, acc, params, flops, latency, _reward(ctx, judged, params, flops, latency))
 
@@ -341,14 +360,15 @@ def _step_record(ctx: Context, step: int, chosen: Candidate, widths: np.ndarray,
         pd={n: float(p) for n, p in zip(ctx.names, pd)}, times=times, guard_reason=info.get("guard_reason", ""),
         candidates=info["candidates"], scored_by=list(info.get("scored_by", [])), judge=ctx.config.rl.judge,
         score_samples=sum(batch_len(b) for b in ctx.data.score_batches),
-        bn_samples=sum(batch_len(b) for b in ctx.data.bn_batches))
+        bn_samples=sum(batch_len(b) for b in ctx.data.bn_batches), probe_steps=ctx.config.rl.probe_steps)
 
 
 def step_line(record: StepRecord) -> str:
     """The one-line log of a step, as the CLI prints it."""
     latency = "" if record.latency_ms is None else f"  latency {record.latency_ms:.3f} ms (predicted)"
     guard = f"  guard resets {record.guard_resets}" if record.guard_resets else ""
-    judged = f"  [{record.judge} on {record.score_samples}, BN {record.bn_samples}]" if record.judge else ""
+    probed = f", probe {record.probe_steps}" if record.probe_steps else ""
+    judged = f"  [{record.judge} on {record.score_samples}, BN {record.bn_samples}{probed}]" if record.judge else ""
     return (f"step {record.step:3d}  removed {record.removed:4d} (total {record.removed_total}, "
             f"sparsity {record.sparsity:.1%})  FLOPs left {1 - record.flops_reduction:.1%}  "
             f"params left {1 - record.params_reduction:.1%}  val {record.val_acc:.2%} "
