@@ -757,22 +757,44 @@ def _variants_section(results_dir: Path) -> list[str]:
     folders = sorted(p.parent for p in (results_dir / "variants").glob("*/accuracy.json"))
     if not folders:
         return []
+    studies = {folder.name: json.loads((folder / "accuracy.json").read_text()) for folder in folders}
     out = ["## Variant studies: RL-Pruner with options changed", "",
            "Each table is one `python benchmarks/run_all.py --full --only accuracy --rl FIELD=VALUE ... --results "
            "benchmarks/results/variants/NAME` (same budget and protocol as above). Its RL-Pruner column is the "
-           "variant; tables that share a machine and commit start from the same base models.", ""]
-    for folder in folders:
-        accuracy, partial = complete_seeds(json.loads((folder / "accuracy.json").read_text()))
+           "variant. A study that ran RL-Pruner alone is shown beside the baselines of another study that "
+           "started from the very same base models (same checkpoints and base accuracies) and settings.", ""]
+    for name, study in studies.items():
+        study, lender = with_peer_baselines(study, {k: v for k, v in studies.items() if k != name})
+        accuracy, partial = complete_seeds(study)
         options = ", ".join(f"`{k}={v}`" for k, v in accuracy["settings"].get("rl_options", [])) or "none"
         m = accuracy.get("machine", {})
-        out += [f"### {folder.name}: {options}", "",
+        out += [f"### {name}: {options}", "",
                 f"{m.get('cpu', '?')}, commit {m.get('commit', '?')}, {m.get('date', '?')}; seeds "
                 f"{', '.join(map(str, seeds_run(accuracy)))}"
-                + (f" (left out, unfinished: {', '.join(map(str, partial))})" if partial else "") + ".", "",
+                + (f" (left out, unfinished: {', '.join(map(str, partial))})" if partial else "") + "."
+                + (f" Baselines from study {lender}." if lender else ""), "",
                 *accuracy_table(accuracy, True), ""]
         if len(methods_run(accuracy)) > 1:
             out += [best_verdict_line(best_verdict(accuracy, True), "after KD recovery"), ""]
     return out
+
+
+def with_peer_baselines(study: Mapping[str, Any], others: Mapping[str, Mapping[str, Any]]
+                        ) -> tuple[dict[str, Any], str | None]:
+    """A study that ran RL-Pruner alone, with the other methods' runs of the first other study that
+    shares its base models and every setting but the RL options (and the methods); else unchanged."""
+    if methods_run(study) != ["rl"]:
+        return dict(study), None
+
+    def protocol(s: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in s["settings"].items() if k not in ("methods", "rl_options", "workers")}
+
+    for name, other in others.items():
+        if other.get("base") == study.get("base") and protocol(other) == protocol(study):
+            peers = [r for r in other["runs"] if r["method"] != "rl"]
+            if peers:
+                return {**study, "runs": [*study["runs"], *peers]}, name
+    return dict(study), None
 
 
 def _scale_section(results_dir: Path) -> list[str]:

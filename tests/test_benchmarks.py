@@ -149,6 +149,23 @@ def test_a_variant_study_renders_as_its_own_table_with_its_options(tmp_path, acc
     assert "## Variant studies" not in render.write_doc(tmp_path / "empty", tmp_path / "e.md").read_text()
 
 
+def test_an_rl_only_variant_is_shown_beside_the_baselines_of_a_study_on_the_same_base(tmp_path, accuracy):
+    results = tmp_path / "results"
+    rl_only = {**accuracy, "runs": [r for r in accuracy["runs"] if r["method"] == "rl"],
+               "settings": {**accuracy["settings"], "methods": ["rl"], "rl_options": [["probe_steps", 0]]}}
+    with_peers = {**accuracy, "settings": {**accuracy["settings"], "rl_options": [["probe_steps", 1]]}}
+    other_base = {**with_peers, "base": [{**accuracy["base"][0], "test_acc": 0.5}]}
+    merged, lender = render.with_peer_baselines(rl_only, {"other-base": other_base, "probe-1": with_peers})
+    assert lender == "probe-1" and render.methods_run(merged) == ["rl", "uniform", "global"]
+    assert [r for r in merged["runs"] if r["method"] == "rl"] == rl_only["runs"]  # its own RL runs, not the lender's
+    assert render.with_peer_baselines(rl_only, {"other-base": other_base}) == (rl_only, None)
+    for name, study in (("defaults", rl_only), ("probe-1", with_peers)):
+        (results / "variants" / name).mkdir(parents=True)
+        (results / "variants" / name / "accuracy.json").write_text(json.dumps(study))
+    section = render.write_doc(results, tmp_path / "b.md").read_text().split("### defaults")[1].split("###")[0]
+    assert "Baselines from study probe-1." in section and "global magnitude" in section
+
+
 def test_an_empty_results_folder_still_renders(tmp_path):
     doc = render.render_doc(render.load_results(tmp_path), tmp_path / "b.md", tmp_path / "plots")
     assert "No results yet." in doc and "Not run (no accuracy.json)." in doc
