@@ -77,14 +77,15 @@ def train_base(job: BaseJob) -> Row:
     if job.path.exists():
         model, meta = io.load_checkpoint(job.path, allow_imports=ALLOW_IMPORTS)
         if meta.get("bench") == wanted:
-            return _base_row(job, model, splits, meta["train_seconds"])
+            return _base_row(job, model, splits, meta["train_seconds"], meta.get("trained_on"))
     torch.manual_seed(0)
     model = job.model.create(splits.num_classes, splits.in_channels)
     start = time.perf_counter()
     train(model, splits, TrainConfig(epochs=job.settings.train_epochs, seed=0, progress=False))
     seconds = time.perf_counter() - start
-    io.save(model.eval(), job.path, meta={"bench": wanted, "train_seconds": seconds})
-    return _base_row(job, model, splits, seconds)
+    trained_on = {k: v for k, v in machine().items() if k in ("cpu", "commit", "date")}
+    io.save(model.eval(), job.path, meta={"bench": wanted, "train_seconds": seconds, "trained_on": trained_on})
+    return _base_row(job, model, splits, seconds, trained_on)
 
 
 def _base_meta(job: BaseJob) -> dict[str, Any]:
@@ -92,7 +93,10 @@ def _base_meta(job: BaseJob) -> dict[str, Any]:
             "epochs": job.settings.train_epochs}
 
 
-def _base_row(job: BaseJob, model: torch.nn.Module, splits: Any, seconds: float) -> Row:
+def _base_row(job: BaseJob, model: torch.nn.Module, splits: Any, seconds: float,
+              trained_on: dict[str, Any] | None) -> Row:
+    """The base model's figures, and where it was trained: a cell's runs start from it, so a grid
+    resumed on another machine says which cells are whose (None: a checkpoint from before that)."""
     import rlpruner
     from rlpruner.train import evaluate
 
@@ -100,7 +104,8 @@ def _base_row(job: BaseJob, model: torch.nn.Module, splits: Any, seconds: float)
     return {"model": job.model.label, "dataset": job.dataset.label, "family": job.model.family,
             "val_acc": evaluate(model, _loader(splits.val))["top1"],
             "test_acc": evaluate(model, _loader(splits.test))["top1"],
-            "params": params, "flops": flops, "train_seconds": seconds, "checkpoint": portable(job.path)}
+            "params": params, "flops": flops, "train_seconds": seconds, "checkpoint": portable(job.path),
+            "trained_on": trained_on}
 
 
 def _loader(dataset: Any) -> Any:

@@ -97,7 +97,13 @@ def methods_run(accuracy: Mapping[str, Any]) -> list[str]:
 
 
 def method_name(method: str) -> str:
-    return METHOD_NAMES.get(method, method)
+    """A method's column title; `rl@NAME` is the RL-Pruner of study NAME, shown for reference."""
+    return f"RL-Pruner ({method[3:]})" if method.startswith("rl@") else METHOD_NAMES.get(method, method)
+
+
+def is_baseline(method: str) -> bool:
+    """What RL-Pruner is judged against: every method but RL-Pruner itself, in any study's version."""
+    return method != "rl" and not method.startswith("rl@")
 
 
 def rows_of(accuracy: Mapping[str, Any], key: tuple[str, str, float], method: str, recovery: bool) -> list[dict]:
@@ -171,6 +177,25 @@ def _reached(accuracy: Mapping[str, Any], key: tuple[str, str, float], method: s
     return f"-{100 * flops[0]:.1f}%" + ("" if params is None else f" / -{100 * params[0]:.1f}%")
 
 
+def selection_gap_table(accuracy: Mapping[str, Any]) -> list[str]:
+    """Per (model, dataset) and method: mean validation − test top-1 (points) of the recovered
+    models, and RL-Pruner's gap minus uniform's."""
+    methods = methods_run(accuracy)
+    lines = [_row(["model", "dataset", *[method_name(m) for m in methods], "RL − uniform"]),
+             _row(["---"] * 2 + ["---:"] * (len(methods) + 1))]
+    for model, dataset in dict.fromkeys((k[0], k[1]) for k in settings_keys(accuracy)):
+        gaps = {m: mean_spread(r["val_acc"] - r["test_acc"] for r in accuracy["runs"]
+                               if r["model"] == model and r["dataset"] == dataset and r["method"] == m
+                               and r["recovery"] and r.get("val_acc") is not None and r.get("test_acc") is not None)
+                for m in methods}
+        if all(g is None for g in gaps.values()):
+            continue
+        both = gaps.get("rl") and gaps.get("uniform")
+        lines.append(_row([model, dataset, *(MISSING if gaps[m] is None else f"{100 * gaps[m][0]:+.1f}" for m in methods),
+                           f"{100 * (gaps['rl'][0] - gaps['uniform'][0]):+.1f}" if both else MISSING]))
+    return lines
+
+
 def _kd_epochs(accuracy: Mapping[str, Any], key: tuple[str, str, float], methods: Sequence[str],
                recovery: bool) -> str:
     """The KD epochs of the row's runs: one number when every method and seed used the same."""
@@ -219,7 +244,7 @@ def step_cost_table(accuracy: Mapping[str, Any]) -> list[str]:
 
 
 def _margin(stats: Mapping[str, Any]) -> str:
-    others = [s[0] for m, s in stats.items() if m != "rl" and s is not None]
+    others = [s[0] for m, s in stats.items() if is_baseline(m) and s is not None]
     if stats.get("rl") is None or not others:
         return MISSING
     return f"{100 * (stats['rl'][0] - max(others)):+.1f}"
@@ -265,7 +290,7 @@ def best_verdict(accuracy: Mapping[str, Any], recovery: bool = True) -> dict[str
     wins, clear, seeded, losses, over = 0, 0, 0, [], []
     for key in settings_keys(accuracy):
         rl = cell(accuracy, key, "rl", recovery)
-        others = {m: cell(accuracy, key, m, recovery) for m in methods_run(accuracy) if m != "rl"}
+        others = {m: cell(accuracy, key, m, recovery) for m in methods_run(accuracy) if is_baseline(m)}
         others = {m: s for m, s in others.items() if s is not None}
         if rl is None or not others:
             continue
@@ -566,12 +591,16 @@ def setup_lines(results: Mapping[str, Any]) -> list[str]:
     accuracy, suite = results.get("accuracy"), results.get("suite") or {}
     machine = (accuracy or results.get("latency") or results.get("sensitivity") or {}).get("machine", {})
     lines = [f"- Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores; Python {machine.get('python', '?')}, "
-             f"torch {machine.get('torch', '?')}; commit {machine.get('commit') or '?'}; {machine.get('date', '?')}."]
+             f"torch {machine.get('torch', '?')}; commit {machine.get('commit') or '?'}; {machine.get('date', '?')}.",
+             *other_machine_lines(accuracy)]
     if suite or accuracy:
         lines.append(f"- Mode `{suite.get('mode', '?')}`. Time: {time_summary(accuracy, suite)}.")
     commands = suite.get("commands") or ({"all parts": suite["command"]} if suite.get("command") else {})
     for part, command in commands.items():
-        lines.append(f"- Command ({part}): `{command}`.")
+        history = [command] if isinstance(command, str) else command
+        lines.append(f"- Command ({part}): `{history[0]}`." if len(history) == 1 else
+                     f"- Commands ({part}, each adding its cells to the same results file): "
+                     + "; ".join(f"`{c}`" for c in history) + ".")
     if accuracy:
         s = accuracy["settings"]
         models = ", ".join(f"{m['label']} ({m['family']}: `{m['name']}` {m['options'] or ''})".replace(" )", ")")
@@ -590,6 +619,21 @@ def setup_lines(results: Mapping[str, Any]) -> list[str]:
                   *_peer_lines(s),
                   f"- Seeds {', '.join(map(str, seeds_run(accuracy)))} (pruning search and KD shuffling; the base model "
                   "is fixed). Cells are mean ± sample standard deviation over seeds."]
+    return lines
+
+
+def other_machine_lines(accuracy: Mapping[str, Any] | None) -> list[str]:
+    """The cells whose base model (and so whose runs) came from another machine than the file's first
+    run: a grid resumed elsewhere. Compare methods within such a cell, not its numbers with others'."""
+    if not accuracy:
+        return []
+    first = accuracy.get("machine", {}).get("cpu")
+    lines = []
+    for b in accuracy.get("base", []):
+        where = b.get("trained_on") or {}
+        if where.get("cpu") and where["cpu"] != first:
+            lines.append(f"- {b['model']} · {b['dataset']}: base model and runs on {where['cpu']}, commit "
+                         f"{where.get('commit', '?')}, {where.get('date', '?')} (every method of the cell starts from it).")
     return lines
 
 
@@ -758,13 +802,17 @@ def _variants_section(results_dir: Path) -> list[str]:
     if not folders:
         return []
     studies = {folder.name: json.loads((folder / "accuracy.json").read_text()) for folder in folders}
+    main = results_dir / "accuracy.json"
+    lenders = {**studies, **({"main tables": json.loads(main.read_text())} if main.exists() else {})}
     out = ["## Variant studies: RL-Pruner with options changed", "",
            "Each table is one `python benchmarks/run_all.py --full --only accuracy --rl FIELD=VALUE ... --results "
            "benchmarks/results/variants/NAME` (same budget and protocol as above). Its RL-Pruner column is the "
-           "variant. A study that ran RL-Pruner alone is shown beside the baselines of another study that "
-           "started from the very same base models (same checkpoints and base accuracies) and settings.", ""]
+           "variant. A study that ran RL-Pruner alone is shown, cell by cell, beside the runs of another study "
+           "that started from the same base model (same accuracies, params and FLOPs) under the same settings: "
+           "its baselines, and its RL-Pruner as a reference column \"RL-Pruner (NAME)\" that the verdict does "
+           "not count as a baseline.", ""]
     for name, study in studies.items():
-        study, lender = with_peer_baselines(study, {k: v for k, v in studies.items() if k != name})
+        study, lender = with_peer_baselines(study, {k: v for k, v in lenders.items() if k != name})
         accuracy, partial = complete_seeds(study)
         options = ", ".join(f"`{k}={v}`" for k, v in accuracy["settings"].get("rl_options", [])) or "none"
         m = accuracy.get("machine", {})
@@ -781,20 +829,40 @@ def _variants_section(results_dir: Path) -> list[str]:
 
 def with_peer_baselines(study: Mapping[str, Any], others: Mapping[str, Mapping[str, Any]]
                         ) -> tuple[dict[str, Any], str | None]:
-    """A study that ran RL-Pruner alone, with the other methods' runs of the first other study that
-    shares its base models and every setting but the RL options (and the methods); else unchanged."""
+    """A study that ran RL-Pruner alone, with, cell by cell (model, dataset), the runs of the first other
+    study that started from the same base model under the same loop settings: its baselines as they
+    are, and its RL-Pruner as a reference column (`rl@NAME`, not a baseline). The same base model
+    means the same figures (accuracies, params, FLOPs): base training is seeded, so a retrained
+    base that agrees on all of them is that model. Only the study's targets and seeds are taken, and
+    the series without recovery only if the study ran it too."""
     if methods_run(study) != ["rl"]:
         return dict(study), None
+    targets = {float(t) for t in study["settings"].get("targets", [])}
+    seeds = set(study["settings"].get("seeds", []))
+    runs, lenders = list(study["runs"]), []
+    for cell, base in _base_figures(study).items():
+        for name, other in others.items():
+            if _base_figures(other).get(cell) != base or _protocol(other) != _protocol(study):
+                continue
+            taken = [dict(r, method=r["method"] if r["method"] != "rl" else f"rl@{name}") for r in other["runs"]
+                     if (r["model"], r["dataset"]) == cell and float(r["target"]) in targets and r["seed"] in seeds
+                     and (r["recovery"] or study["settings"].get("no_recovery"))]
+            if any(r["method"] in (*METHODS, *PEERS) for r in taken):
+                runs += taken
+                lenders.append(name)
+                break
+    return {**study, "runs": runs}, ", ".join(dict.fromkeys(lenders)) or None
 
-    def protocol(s: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in s["settings"].items() if k not in ("methods", "rl_options", "workers")}
 
-    for name, other in others.items():
-        if other.get("base") == study.get("base") and protocol(other) == protocol(study):
-            peers = [r for r in other["runs"] if r["method"] != "rl"]
-            if peers:
-                return {**study, "runs": [*study["runs"], *peers]}, name
-    return dict(study), None
+def _base_figures(accuracy: Mapping[str, Any]) -> dict[tuple[str, str], tuple]:
+    return {(b["model"], b["dataset"]): (b.get("val_acc"), b.get("test_acc"), b.get("params"), b.get("flops"))
+            for b in accuracy.get("base", [])}
+
+
+def _protocol(accuracy: Mapping[str, Any]) -> dict[str, Any]:
+    """The loop settings two studies must share for their runs to sit in one table."""
+    return {k: v for k, v in accuracy["settings"].items()
+            if k not in ("methods", "rl_options", "workers", "models", "datasets", "targets", "seeds", "no_recovery")}
 
 
 def _scale_section(results_dir: Path) -> list[str]:
@@ -832,6 +900,11 @@ def _accuracy_section(accuracy: Mapping[str, Any] | None, plots_dir: Path, rel: 
             "FLOPs / params reduction reached and KD epochs used, per method (means over seeds):", "",
             *reached_table(accuracy, True), "",
             *_figure(plot_accuracy(accuracy, plots_dir / "accuracy_kd.png", True), rel, "accuracy after recovery"),
+            "How optimistic the validation split is, per method: validation minus test top-1 of the final model "
+            "(points, mean over targets and seeds, after recovery). Every method picks its KD epoch and teacher "
+            "on validation; RL-Pruner also picks each step's candidate on a subset of it, so a larger gap than "
+            "the others' is the price of that selection (scores it won by noise), not a better model.", "",
+            *selection_gap_table(accuracy), "",
             *_no_recovery_section(accuracy, plots_dir, rel),
             "Accuracy cost of ONE pruning step before its recovery, in the KD runs above: validation points lost "
             "between the recovered model of the previous step and the pruned model of this step, averaged over the "

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {part}", flush=True)
         value = fn()
         record["wall_seconds"][part] = time.perf_counter() - start
-        record["commands"][part] = record["command"]
+        record["commands"][part] = _with_command(record["commands"].get(part), record["command"])
         atomic_write_json(suite_path, record)
         return value
 
@@ -154,6 +154,13 @@ def _suite_record(path: Path, suite: presets.Suite, argv: list[str] | None) -> d
         record["wall_seconds"] = old.get("wall_seconds", {})
         record["commands"] = old.get("commands", {})
     return record
+
+
+def _with_command(earlier: str | list[str] | None, command: str) -> list[str]:
+    """The distinct commands that wrote a part's results, oldest first: partial reruns add cells to the
+    same results file, so the last command alone would not say what made it."""
+    history = [earlier] if isinstance(earlier, str) else list(earlier or [])
+    return history if command in history else [*history, command]
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ class StepRecord:
     teacher: str                   # "original" or "step N"
     latency_ms: float | None = None
     guard_reason: str = ""         # why the guard reset the distribution (empty: it did not)
+    anchored: bool = False         # no sampled candidate cleared the anchor margin: the step kept the
+                                   # allocation along the distribution itself
     candidates: int = 0            # candidates the allocator scored in this step (the trim's rescore excluded)
     scored_by: list[int] = field(default_factory=list)  # of those, how many each rank scored (torchrun)
     judge: str = ""                # what scored the candidates (rlpruner.search.judges), on how many images
@@ -63,7 +65,7 @@ class StepRecord:
 
 _SCALARS = ("step", "removed", "removed_total", "sparsity", "flops", "params", "flops_reduction",
             "params_reduction", "latency_ms", "val_acc_pruned", "val_acc", "reward", "epsilon",
-            "explored", "guard_resets", "teacher", "guard_reason", "candidates", "judge", "score_samples", "bn_samples",
+            "explored", "anchored", "guard_resets", "teacher", "guard_reason", "candidates", "judge", "score_samples", "bn_samples",
             "probe_steps")
 
 

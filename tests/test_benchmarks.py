@@ -155,10 +155,29 @@ def test_an_rl_only_variant_is_shown_beside_the_baselines_of_a_study_on_the_same
                "settings": {**accuracy["settings"], "methods": ["rl"], "rl_options": [["probe_steps", 0]]}}
     with_peers = {**accuracy, "settings": {**accuracy["settings"], "rl_options": [["probe_steps", 1]]}}
     other_base = {**with_peers, "base": [{**accuracy["base"][0], "test_acc": 0.5}]}
-    merged, lender = render.with_peer_baselines(rl_only, {"other-base": other_base, "probe-1": with_peers})
-    assert lender == "probe-1" and render.methods_run(merged) == ["rl", "uniform", "global"]
+    retrained = {**with_peers, "base": [{**accuracy["base"][0], "checkpoint": "elsewhere", "train_seconds": 9.0}]}
+    merged, lender = render.with_peer_baselines(rl_only, {"other-base": other_base, "probe-1": retrained})
+    assert lender == "probe-1" and render.methods_run(merged) == ["rl", "uniform", "global", "rl@probe-1"]
     assert [r for r in merged["runs"] if r["method"] == "rl"] == rl_only["runs"]  # its own RL runs, not the lender's
+    assert render.method_name("rl@probe-1") == "RL-Pruner (probe-1)"
+    # the lender's RL-Pruner is a reference column, not a baseline: the verdict is against uniform and global
+    shifted = {**merged, "runs": [dict(r, test_acc=r["test_acc"] + 0.5) if r["method"] == "rl@probe-1" else r
+                                  for r in merged["runs"]]}
+    assert render.best_verdict(shifted) == render.best_verdict({**merged, "runs": [
+        r for r in merged["runs"] if r["method"] != "rl@probe-1"]})
     assert render.with_peer_baselines(rl_only, {"other-base": other_base}) == (rl_only, None)
+    other_loop = {**with_peers, "settings": {**with_peers["settings"], "kd_budget": 99}}
+    assert render.with_peer_baselines(rl_only, {"other-loop": other_loop}) == (rl_only, None)
+    # a study that ran more models, targets and seeds lends only the cells, targets and seeds asked for
+    wider = {**with_peers, "base": [*with_peers["base"], {"model": "vgg", "dataset": "digits", "test_acc": 0.7}],
+             "runs": [*with_peers["runs"], _run("vgg", "digits", "uniform", 0.5, 0, 0.6),
+                      _run("resnet", "digits", "uniform", 0.9, 0, 0.6), _run("resnet", "digits", "uniform", 0.5, 7, 0.6)]}
+    rl_only_kd = {**rl_only, "settings": {**rl_only["settings"], "no_recovery": False}}
+    lent, _ = render.with_peer_baselines(rl_only_kd, {"wider": {**wider, "settings": {**wider["settings"], "no_recovery": True}}})
+    assert {(r["model"], r["target"], r["seed"]) for r in lent["runs"]} <= {
+        ("resnet", t, s) for t in (0.5, 0.75) for s in (0, 1, 2)}
+    assert "uniform" in render.methods_run(lent)
+    assert all(r["recovery"] for r in lent["runs"] if r["method"] != "rl")  # no series the study did not run
     for name, study in (("defaults", rl_only), ("probe-1", with_peers)):
         (results / "variants" / name).mkdir(parents=True)
         (results / "variants" / name / "accuracy.json").write_text(json.dumps(study))
@@ -418,3 +437,46 @@ def test_scale_quick_run_measures_and_renders(tmp_path):
                    for s in row["steps"])
     page = (tmp_path / "results" / "scale.md").read_text()
     assert "| 240 (" in page and "peak host memory changes" in page and "| 300 (" in page
+
+
+def test_a_base_model_remembers_the_machine_that_trained_it_and_the_doc_names_other_machines(tmp_path, accuracy):
+    from benchmarks.accuracy import BaseJob, train_base
+    from rlpruner import io
+
+    settings = dataclasses.replace(presets.quick().accuracy, train_epochs=1)
+    job = BaseJob(presets.ModelSpec("resnet", "resnet8"), presets.DIGITS_16, settings, tmp_path / "base.rlp")
+    here = presets.machine()["cpu"]
+    assert train_base(job)["trained_on"]["cpu"] == here
+    model, meta = io.load_checkpoint(job.path)
+    io.save(model, job.path, meta={**meta, "trained_on": {**meta["trained_on"], "cpu": "Other CPU"}})
+    reused = train_base(job)  # the checkpoint is reused: its machine, not this one
+    assert reused["trained_on"]["cpu"] == "Other CPU"
+    assert render.other_machine_lines({**accuracy, "machine": {"cpu": here}, "base": [reused]}) == [
+        f"- resnet · digits: base model and runs on Other CPU, commit {reused['trained_on']['commit']}, "
+        f"{reused['trained_on']['date']} (every method of the cell starts from it)."]
+    assert render.other_machine_lines({**accuracy, "machine": {"cpu": "Other CPU"}, "base": [reused]}) == []
+
+
+def test_the_selection_gap_is_validation_minus_test_per_method_and_rl_against_uniform(accuracy):
+    runs = [dict(r, val_acc=r["test_acc"] + (0.04 if r["method"] == "rl" else 0.01)) for r in accuracy["runs"]]
+    runs.append(dict(runs[0], recovery=False, val_acc=0.99))  # the series without KD is not counted
+    table = render.selection_gap_table({**accuracy, "runs": runs})
+    assert table[0] == "| model | dataset | RL-Pruner | uniform | global magnitude | RL − uniform |"
+    assert table[2] == "| resnet | digits | +4.0 | +1.0 | +1.0 | +3.0 |"
+
+
+def test_every_command_that_added_cells_to_a_results_file_is_kept_and_named(accuracy):
+    from benchmarks import run_all
+    history = run_all._with_command("python benchmarks/run_all.py --full --models a", "python benchmarks/run_all.py --full --models b")
+    assert run_all._with_command(history, history[0]) == history  # a rerun of the same command adds nothing
+    lines = render.setup_lines({"accuracy": accuracy, "suite": {"mode": "full", "commands": {"accuracy": history}}})
+    commands = [line for line in lines if line.startswith("- Commands (accuracy")]
+    assert commands and "`python benchmarks/run_all.py --full --models a`; `python benchmarks/run_all.py --full --models b`" in commands[0]
+    old_style = render.setup_lines({"accuracy": accuracy, "suite": {"mode": "full", "commands": {"accuracy": history[0]}}})
+    assert "- Command (accuracy): `python benchmarks/run_all.py --full --models a`." in old_style
+
+
+def test_the_selection_gap_table_skips_a_model_and_dataset_that_has_no_runs(accuracy):
+    settings = dict(accuracy["settings"], datasets=[*accuracy["settings"]["datasets"], {"label": "cifar", "name": "cifar10"}])
+    table = render.selection_gap_table({**accuracy, "settings": settings})
+    assert not any("cifar" in line for line in table)

@@ -35,6 +35,7 @@ class LearnedOptions(Protocol):
     gamma: float
     guard_threshold: float | None
     guard_retries: int
+    anchor_margin: float | None
     round_to: int
 
 
@@ -66,15 +67,18 @@ class LearnedAllocator:
         reasons: list[str] = []
         for attempt in range(rl.guard_retries + 1):
             rng = np.random.default_rng([task.seed, task.step, attempt])
-            buffer, pd = self._explore(task, pd, rng, bar)
+            anchor = self._anchor(task, pd, rng)
+            buffer, pd = self._explore(task, pd, rng, bar, anchor)
             entry = policy.choose(buffer, epsilon, rng)
             explored = entry is not buffer.best()
+            if anchor is not None and not explored and not self._beats(entry, anchor):
+                entry = anchor
             if rl.guard_threshold is None:
                 break
             val = task.validate(entry.payload, task.plan)
             if not policy.accuracy_dropped(task.acc_ref, val, rl.guard_threshold):
                 break
-            fallback = max((e for e in (fallback, buffer.best()) if e is not None), key=lambda e: e.q)
+            fallback = max((e for e in (fallback, buffer.best(), anchor) if e is not None), key=lambda e: e.q)
             reasons.append(f"the chosen candidate's validation accuracy {val:.2%} is more than "
                            f"{rl.guard_threshold:.0%} below the previous pruned model's {task.acc_ref:.2%}")
             if attempt == rl.guard_retries:
@@ -86,14 +90,32 @@ class LearnedAllocator:
             pd = policy.density_init(plan.sizes, plan.capacity)
             bar.reset(total=bar.total)
         info = {"epsilon": epsilon, "explored": explored, "guard_resets": attempt,
-                "guard_reason": "; ".join(reasons)}
+                "guard_reason": "; ".join(reasons), "anchored": anchor is not None and entry is anchor}
+        if info["anchored"]:
+            task.log(f"step {task.step}: anchor: no sampled candidate scored more than {rl.anchor_margin:g} above "
+                     f"the allocation along the distribution ({anchor.q:.4f}); keeping that allocation")
         return replace(entry.payload, q=entry.q), pd, info  # q with its look-ahead term
 
-    def _explore(self, task: StepTask, pd: np.ndarray, rng: np.random.Generator,
-                 bar: Any) -> tuple[policy.ReplayBuffer, np.ndarray]:
-        """`lr_epoch` rounds of `sample_num` candidates; the policy moves when a round beats the step's best.
-        A round's distributions (and their look-ahead) are all drawn before any is scored, in the order
-        one-at-a-time scoring would draw them, so the candidates can be scored together."""
+    def _anchor(self, task: StepTask, pd: np.ndarray, rng: np.random.Generator) -> policy.Entry | None:
+        """With `anchor_margin`: the step's allocation along `pd` itself (no noise), scored; else None."""
+        if self.rl.anchor_margin is None:
+            return None
+        along = self._along(pd, task.plan)
+        counts = along(task.budget_for(along))
+        draw = _Draw(counts, pd, self._lookahead(task.plan, counts, pd, self.rl.sample_step - 1, rng))
+        candidate, q = draw.value(iter(task.score_all(draw.jobs(), task.plan)), self.rl.gamma)
+        return policy.Entry(q, pd, candidate)
+
+    def _beats(self, entry: policy.Entry, anchor: policy.Entry | None) -> bool:
+        """Whether a sampled candidate clears the anchor by more than the margin (always, without one)."""
+        return anchor is None or entry.q > anchor.q + self.rl.anchor_margin
+
+    def _explore(self, task: StepTask, pd: np.ndarray, rng: np.random.Generator, bar: Any,
+                 anchor: policy.Entry | None = None) -> tuple[policy.ReplayBuffer, np.ndarray]:
+        """`lr_epoch` rounds of `sample_num` candidates; the policy moves when a round beats the step's best
+        (and clears the anchor by its margin, when there is one). A round's distributions (and their
+        look-ahead) are all drawn before any is scored, in the order one-at-a-time scoring would draw
+        them, so the candidates can be scored together."""
         rl, plan = self.rl, task.plan
         buffer, step_best, stale = policy.ReplayBuffer(rl.sample_num), -math.inf, 0
         for _ in range(rl.lr_epoch):
@@ -110,7 +132,7 @@ class LearnedAllocator:
                 buffer = buffer.add(entry)
                 round_best = entry if round_best is None or entry.q > round_best.q else round_best
                 bar.update(1)
-            if round_best.q > step_best:
+            if round_best.q > step_best and self._beats(round_best, anchor):
                 with task.timer("policy"):
                     pd = policy.update(pd, round_best.pd, rl.step_length, rl.clip, plan.capacity)
                 step_best, stale = round_best.q, 0

@@ -96,6 +96,10 @@ def _add_rl_arguments(parser: argparse.ArgumentParser) -> None:
                        help="KD steps each candidate takes on the BN images before it is scored; 0: off "
                             "(default: %(default)s)")
     group.add_argument("--probe-lr", type=float, default=d.probe_lr, help="their learning rate (default: %(default)s)")
+    group.add_argument("--anchor-margin", type=float, default=d.anchor_margin,
+                       help="score the step's allocation along the distribution itself too; a sampled candidate "
+                            "must beat it by more than this (judge's unit) to be chosen or move the distribution "
+                            "(default: off)")
     group.add_argument("--equal-cost", action=_BOOL, default=d.equal_cost,
                        help="every candidate of a step removes the same FLOPs/params (else the same number of "
                             "channels, as in the paper) (default: %(default)s)")

@@ -108,6 +108,11 @@ class RLConfig:
     guard_threshold: float | None = 0.1  # relative drop of the chosen candidate's accuracy against the previous
                                          # step's chosen candidate (pruned vs pruned) that resets the policy
     guard_retries: int = 2               # resets per step before the step is accepted anyway
+    anchor_margin: float | None = None   # each step also scores the allocation along the distribution itself (no
+                                         # noise); a sampled candidate moves the distribution and is chosen only if
+                                         # it scores more than this above it (the judge's unit, e.g. 0.02 = 2 points
+                                         # of top-1): best-of-many on a small scoring set wins partly by noise.
+                                         # None: off (the paper)
     importance: str = "taylor"
     calibration_samples: int = 256       # training images (seeded, class-stratified) for data-driven importance
     # judge, score_samples and bn_samples follow benchmarks/judges.py (docs/benchmarks.md): after BN
@@ -145,6 +150,8 @@ class RLConfig:
             ("score_samples", self.score_samples is None or self.score_samples >= 1, ">= 1 or None"),
             ("bn_samples", self.bn_samples >= 0, ">= 0"),
             ("probe_steps", self.probe_steps >= 0, ">= 0"),
+            ("anchor_margin", self.anchor_margin is None or (self.anchor_margin >= 0 and np.isfinite(self.anchor_margin)),
+             ">= 0 or None"),
             ("probe_lr", self.probe_lr > 0 and np.isfinite(self.probe_lr), "a finite number > 0"),
             ("probe_steps", self.probe_steps == 0 or self.bn_samples > 0, "0 when bn_samples is 0 (it trains on them)"),
             ("min_keep", self.min_keep >= 1, ">= 1"),

@@ -358,6 +358,7 @@ def _step_record(ctx: Context, step: int, chosen: Candidate, widths: np.ndarray,
         reward=chosen.q, epsilon=info["epsilon"], explored=info["explored"], guard_resets=info["guard_resets"],
         teacher=teacher.label, latency_ms=latency, widths={n: int(w) for n, w in zip(ctx.names, widths)},
         pd={n: float(p) for n, p in zip(ctx.names, pd)}, times=times, guard_reason=info.get("guard_reason", ""),
+        anchored=info.get("anchored", False),
         candidates=info["candidates"], scored_by=list(info.get("scored_by", [])), judge=ctx.config.rl.judge,
         score_samples=sum(batch_len(b) for b in ctx.data.score_batches),
         bn_samples=sum(batch_len(b) for b in ctx.data.bn_batches), probe_steps=ctx.config.rl.probe_steps)
@@ -367,6 +368,7 @@ def step_line(record: StepRecord) -> str:
     """The one-line log of a step, as the CLI prints it."""
     latency = "" if record.latency_ms is None else f"  latency {record.latency_ms:.3f} ms (predicted)"
     guard = f"  guard resets {record.guard_resets}" if record.guard_resets else ""
+    guard += "  anchored" if record.anchored else ""
     probed = f", probe {record.probe_steps}" if record.probe_steps else ""
     judged = f"  [{record.judge} on {record.score_samples}, BN {record.bn_samples}{probed}]" if record.judge else ""
     return (f"step {record.step:3d}  removed {record.removed:4d} (total {record.removed_total}, "
