@@ -25,7 +25,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .settings import (ALLOW_IMPORTS, PEERS, AccuracySettings, DatasetSpec, KDPlan, ModelSpec, kd_plan,
+from .settings import (ALLOW_IMPORTS, PEERS, RUN_OPTIONS, AccuracySettings, DatasetSpec, KDPlan, ModelSpec, kd_plan,
                        machine, peers_available, portable, resolve)
 
 Row = dict[str, Any]
@@ -120,13 +120,15 @@ def compress_config(settings: AccuracySettings, method: str, target: float, seed
     from rlpruner.distill import DistillConfig
     from rlpruner.search import CompressConfig, RLConfig, Target
 
+    options = dict(settings.rl_options)
+    run = {k: options.pop(k) for k in RUN_OPTIONS if k in options}
+    run["post_train_period"] = settings.post_train_period if recovery else 0
     return CompressConfig(
         method=method, target=Target("flops", target), seed=seed, progress=False,
         rl=RLConfig(prune_filter_ratio=settings.prune_filter_ratio,
                     **{k: v for k, v in (("lr_epoch", settings.lr_epoch), ("sample_num", settings.sample_num))
-                       if v is not None}, **dict(settings.rl_options)),
-        kd=DistillConfig(epochs=settings.kd_epochs, lr=settings.kd_lr), post_train_period=1 if recovery else 0,
-        final_epochs=0)
+                       if v is not None}, **options),
+        kd=DistillConfig(epochs=settings.kd_epochs, lr=settings.kd_lr), final_epochs=0, **run)
 
 
 def trajectory(records: list) -> list[list[float]]:

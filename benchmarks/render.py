@@ -23,7 +23,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.settings import METHODS, PEERS, RESULTS, ROOT  # noqa: E402
+from benchmarks.settings import METHODS, PEERS, RESULTS, ROOT, RUN_OPTIONS  # noqa: E402
 
 METHOD_NAMES = {"rl": "RL-Pruner", "uniform": "uniform", "global": "global magnitude",
                 "tp-l2": "TP global L2", "tp-taylor": "TP global Taylor"}
@@ -860,9 +860,13 @@ def _base_figures(accuracy: Mapping[str, Any]) -> dict[tuple[str, str], tuple]:
 
 
 def _protocol(accuracy: Mapping[str, Any]) -> dict[str, Any]:
-    """The loop settings two studies must share for their runs to sit in one table."""
-    return {k: v for k, v in accuracy["settings"].items()
-            if k not in ("methods", "rl_options", "workers", "models", "datasets", "targets", "seeds", "no_recovery")}
+    """The loop settings two studies must share for their runs to sit in one table: the RLConfig
+    fields of a variant are RL-Pruner's alone, but its run options (RUN_OPTIONS: refit, recovery after
+    every step or none) change how every method of the study spends its KD budget."""
+    settings = accuracy["settings"]
+    run = {k: v for k, v in settings.get("rl_options", []) if k in RUN_OPTIONS}
+    return {"run_options": run, **{k: v for k, v in settings.items() if k not in (
+        "methods", "rl_options", "workers", "models", "datasets", "targets", "seeds", "no_recovery")}}
 
 
 def _scale_section(results_dir: Path) -> list[str]:

@@ -47,8 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                         help="accuracy: only these methods of the preset (e.g. rl)")
     parser.add_argument("--rl", nargs="+", default=[], metavar="FIELD=VALUE", type=_rl_option,
-                        help="accuracy: a variant study, RL-Pruner with these RLConfig fields changed (e.g. "
-                             "judge=loss); needs its own --results folder, the main tables use the defaults")
+                        help="accuracy: a variant study, RL-Pruner with these RLConfig fields (or refit, "
+                             "post_train_period) changed (e.g. judge=loss); needs its own --results folder, "
+                             "the main tables use the defaults")
     parser.add_argument("--no-recovery-series", action="store_true",
                         help="accuracy: skip the series that runs every method without KD")
     return parser.parse_args(argv)
@@ -58,15 +59,19 @@ def _rl_option(text: str) -> tuple[str, object]:
     """'judge=loss' -> ('judge', 'loss'); the value read as JSON when it is a number, bool or null."""
     from dataclasses import fields
 
+    from benchmarks.settings import RUN_OPTIONS
     from rlpruner.search import RLConfig
 
     name, sep, raw = text.partition("=")
-    if not sep or name not in {f.name for f in fields(RLConfig)}:
-        raise argparse.ArgumentTypeError(f"{text!r} is not FIELD=VALUE with FIELD an RLConfig field")
+    if not sep or name not in {f.name for f in fields(RLConfig)} | set(RUN_OPTIONS):
+        raise argparse.ArgumentTypeError(f"{text!r} is not FIELD=VALUE with FIELD an RLConfig field or one of "
+                                         f"{', '.join(RUN_OPTIONS)}")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
+    if name in RUN_OPTIONS and not RUN_OPTIONS[name][0](value):
+        raise argparse.ArgumentTypeError(f"{text!r}: in the benchmark {name} must be {RUN_OPTIONS[name][1]}")
     return name, value
 
 

@@ -14,7 +14,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -23,6 +23,13 @@ RESULTS = ROOT / "benchmarks" / "results"
 WORK = ROOT / "runs" / "bench"          # base checkpoints and compression runs (not committed)
 METHODS = ("rl", "uniform", "global")        # the RL-Pruner loop with each allocator (rlpruner.search.compress)
 PEERS = ("tp-l2", "tp-taylor")              # Torch-Pruning's global pruning (benchmarks/peers.py)
+# CompressConfig fields a variant study may change besides RLConfig's: the search-then-refit protocol
+# (post_train_period 0 moves every per-step KD epoch into the final fine-tune; the KD budget is unchanged)
+RUN_OPTIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "refit": (lambda v: isinstance(v, bool), "true or false"),
+    "post_train_period": (lambda v: v in (0, 1) and not isinstance(v, bool),
+                          "0 or 1 (the KD budget counts a recovery after every step, or none)"),
+}
 
 
 def peers_available() -> bool:
@@ -93,8 +100,14 @@ class AccuracySettings:
     kd_budget: int = 20                   # KD epochs per run in all: the per-step ones, the rest as a final fine-tune
     no_recovery: bool = True              # also run every method with no KD at all
     workers: int = 2                      # parallel processes, one thread each
-    rl_options: tuple[tuple[str, Any], ...] = ()  # RLConfig fields set away from the defaults: a variant study,
-                                          # written to its own results folder (the main tables use none)
+    rl_options: tuple[tuple[str, Any], ...] = ()  # RLConfig fields (or RUN_OPTIONS) set away from the defaults:
+                                          # a variant study, written to its own results folder (the main tables
+                                          # use none)
+
+    @property
+    def post_train_period(self) -> int:
+        """Recovery after every step (1), or none until the final fine-tune (0: a variant's choice)."""
+        return int(dict(self.rl_options).get("post_train_period", 1))
 
     @property
     def variant(self) -> str:
@@ -125,8 +138,8 @@ def kd_plan(settings: AccuracySettings, steps: int, recovery: bool = True) -> KD
     steps alone exceed the budget get no final epochs and are marked over budget, never trimmed."""
     if not recovery:
         return KDPlan(steps, 0, 0, 0)
-    return KDPlan(steps, settings.kd_epochs, max(settings.kd_budget - steps * settings.kd_epochs, 0),
-                  settings.kd_budget)
+    per_step = settings.kd_epochs if settings.post_train_period else 0
+    return KDPlan(steps, per_step, max(settings.kd_budget - steps * per_step, 0), settings.kd_budget)
 
 
 @dataclass(frozen=True)

@@ -30,12 +30,12 @@ def recalibrate(model: nn.Module, batches: Iterable[Any],
     """Re-estimate every BatchNorm layer's running mean and variance on `batches` (on the model's
     device) as a cumulative average; the rest of the model runs in eval mode. A batch is the model's
     input, or anything `forward(model, batch)` runs the model on. Returns `model`, in eval mode. A
-    model without BatchNorm is returned unchanged."""
+    model without BatchNorm, or no batch at all, leaves the statistics as they were."""
     layers = batchnorm_layers(model)
     if not layers:
         return model.eval()
     model.eval()
-    saved_momentum = []
+    saved_momentum, saved = [], [(bn.running_mean, bn.running_var, bn.num_batches_tracked) for bn in layers]
     for layer in layers:
         # new tensors, not in-place resets: the old buffers may be shared with another model
         layer.running_mean = torch.zeros_like(layer.running_mean)
@@ -44,11 +44,15 @@ def recalibrate(model: nn.Module, batches: Iterable[Any],
         saved_momentum.append(layer.momentum)
         layer.momentum = None  # cumulative moving average: every batch counts equally
         layer.train()
+    seen = 0
     try:
         for batch in batches:
             model(batch) if forward is None else forward(model, batch)
+            seen += 1
     finally:
-        for layer, momentum in zip(layers, saved_momentum):
+        for layer, momentum, old in zip(layers, saved_momentum, saved):
             layer.momentum = momentum
             layer.eval()
+            if not seen:  # no batch (recalibration off, or an interrupted first batch): the old statistics
+                layer.running_mean, layer.running_var, layer.num_batches_tracked = old
     return model

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .report_html import comparison_rows, render_html
+from .report_html import comparison_rows, metric_format, render_html
 
 
 @dataclass(frozen=True)
@@ -187,6 +187,12 @@ def summary_markdown(results: Mapping[str, Any], records: Sequence[StepRecord]) 
     if timing.get("eval_s"):
         lines += ["", f"Search overhead: {timing['search_s']:.1f} s besides {timing['eval_s']:.1f} s of "
                       f"candidate evaluation ({timing['search_s'] / timing['eval_s']:.1%})."]
+    refit = results.get("refit")
+    if refit:
+        shown = metric_format(results.get("metric", {}).get("percent", True))
+        lines += ["", f"Refit: the final fine-tune started from the original model cut to the searched widths "
+                      f"(validation {shown.format(refit['refit_val'])} before it; the searched model: "
+                      f"{shown.format(refit['searched_val'])})."]
     if records:
         guard = sum(r.guard_resets for r in records)
         lines += ["", f"Accuracy-guard resets: {guard}. Everything on one page: `report.html`. Plots: "

@@ -43,6 +43,25 @@ def test_no_recovery_runs_use_no_kd_at_all():
     assert (plan.final, plan.used, plan.over_budget) == (0, 0, False)
 
 
+def test_a_search_then_refit_variant_spends_the_whole_budget_on_the_final_fine_tune(capsys):
+    from benchmarks import run_all
+    from benchmarks.accuracy import compress_config
+
+    variant = run_all.select(SETTINGS, run_all.parse_args(["--full", "--rl", "post_train_period=0", "refit=true",
+                                                           "--results", "/nonexistent"]))
+    plan = presets.kd_plan(variant, steps=6)
+    assert (plan.per_step, plan.final, plan.used, plan.over_budget) == (0, 10, 10, False)
+    config = compress_config(variant, "rl", 0.5, 0, True)
+    assert config.refit and config.post_train_period == 0 and config.final_epochs == 0
+    assert compress_config(variant, "rl", 0.5, 0, False).post_train_period == 0
+    default = compress_config(SETTINGS, "rl", 0.5, 0, True)
+    assert not default.refit and default.post_train_period == 1
+    for bad in ("post_train_period=2", "post_train_period=true", "refit=1", "final_epochs=3"):
+        with pytest.raises(SystemExit):
+            run_all.parse_args(["--full", "--rl", bad])
+        assert f"argument --rl: '{bad}'" in capsys.readouterr().err
+
+
 def test_every_method_gets_a_job_in_both_series():
     jobs = run_jobs(SETTINGS, base_jobs(SETTINGS, Path("/nonexistent")), Path("/nonexistent"))
     assert {j.method for j in jobs} == set(presets.METHODS + presets.PEERS)

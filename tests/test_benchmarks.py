@@ -168,6 +168,14 @@ def test_an_rl_only_variant_is_shown_beside_the_baselines_of_a_study_on_the_same
     assert render.with_peer_baselines(rl_only, {"other-base": other_base}) == (rl_only, None)
     other_loop = {**with_peers, "settings": {**with_peers["settings"], "kd_budget": 99}}
     assert render.with_peer_baselines(rl_only, {"other-loop": other_loop}) == (rl_only, None)
+    # run options change every method's protocol: baselines fine-tuned once after a search without
+    # recovery are no baselines for a search with recovery after every step, and the other way round
+    one_shot = {**with_peers, "settings": {**with_peers["settings"],
+                                           "rl_options": [["post_train_period", 0], ["refit", True]]}}
+    assert render.with_peer_baselines(rl_only, {"one-shot": one_shot}) == (rl_only, None)
+    refit_rl = {**rl_only, "settings": {**rl_only["settings"], "rl_options": [["post_train_period", 0],
+                                                                             ["refit", True], ["judge", "loss"]]}}
+    assert render.with_peer_baselines(refit_rl, {"main": with_peers, "one-shot": one_shot})[1] == "one-shot"
     # a study that ran more models, targets and seeds lends only the cells, targets and seeds asked for
     wider = {**with_peers, "base": [*with_peers["base"], {"model": "vgg", "dataset": "digits", "test_acc": 0.7}],
              "runs": [*with_peers["runs"], _run("vgg", "digits", "uniform", 0.5, 0, 0.6),

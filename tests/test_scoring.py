@@ -48,6 +48,21 @@ def test_recalibration_is_a_no_op_without_batchnorm():
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
+def test_recalibration_without_batches_keeps_the_statistics():
+    """bn_samples=0 means "off": the trained statistics stay, they are not reset to mean 0, var 1."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    with torch.no_grad():
+        net[1].running_mean.uniform_(1, 2)
+        net[1].running_var.uniform_(3, 4)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(2, 3, 8, 8)
+    out = net.eval()(x)
+    recalibrate(net, [])
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert torch.equal(net(x), out) and not net.training
+
+
 def test_stratified_subset_keeps_class_shares_and_is_seeded():
     labels = np.array([0] * 60 + [1] * 30 + [2] * 10)
     picked = stratified_subset(labels, 20, seed=3)

@@ -117,6 +117,9 @@ def _add_kd_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--post-train-period", type=int, default=c.post_train_period,
                        help="recover after every N steps; 0: only the final fine-tune (default: %(default)s)")
     group.add_argument("--final-epochs", type=int, default=c.final_epochs, help="final KD fine-tune (default: %(default)s)")
+    group.add_argument("--refit", action=_BOOL, default=c.refit,
+                       help="fine-tune the original pruned afresh to the found widths, not the model the steps cut; "
+                            "with --post-train-period 0 the search only decides the widths (default: %(default)s)")
     group.add_argument("--kd-lr", type=float, default=d.lr, help="default: %(default)s")
     group.add_argument("--kd-momentum", type=float, default=d.momentum, help="default: %(default)s")
     group.add_argument("--kd-weight-decay", type=float, default=d.weight_decay, help="default: %(default)s")
@@ -204,7 +207,7 @@ def config_from_args(args: argparse.Namespace) -> CompressConfig:
                        switch_teacher=args.switch_teacher, switch_margin=args.switch_margin)
     reward = Reward(args.strategy, args.flops_weight, args.params_weight, args.latency_weight)
     return CompressConfig(target=target_from_args(args), reward=reward, rl=rl, kd=kd,
-                          post_train_period=args.post_train_period, final_epochs=args.final_epochs,
+                          post_train_period=args.post_train_period, final_epochs=args.final_epochs, refit=args.refit,
                           keep=tuple(args.keep), eval_batch_size=args.eval_batch_size,
                           latency_batch=args.latency_batch, latency_repeats=args.latency_repeats,
                           latency_threads=args.latency_threads, report_batch=args.report_batch,

@@ -187,6 +187,10 @@ class CompressConfig:
     kd: DistillConfig = field(default_factory=DistillConfig)
     post_train_period: int = 1           # KD recovery after every this many steps; 0: none while searching
     final_epochs: int = 3                # KD fine-tune of the final model
+    refit: bool = False                  # the final model is the original pruned afresh, one-shot, to the widths
+                                         # the search found (rlpruner.search.refit), not the model the steps cut:
+                                         # the search decides the widths, the final fine-tune gets one fresh
+                                         # model (AMC/EagleEye); pair with post_train_period=0
     keep: tuple[str, ...] = ()           # module paths never pruned
     eval_batch_size: int = 256
     latency_batch: int = 1

@@ -33,6 +33,7 @@ from .checkpoint import (
 )
 from .config import CompressConfig, Target
 from .context import FINAL, OVERHEAD_KEYS, Context, prepare
+from .refit import refit
 from .signals import stop_signals
 from .step import distill_for, run_step, step_line
 from .tensorboard import TensorBoardLog, require_tensorboard
@@ -145,6 +146,9 @@ def _clear_run(out_dir: Path) -> None:
 def _finish(ctx: Context, state: State, evaluate_test: bool, meta: dict[str, Any]) -> CompressResult:
     """Final fine-tune, final measurements (test split once, here), the saved model and the report."""
     model, start = state.model, time.perf_counter()
+    refitted = None
+    if ctx.config.refit:
+        model, refitted = _refit(ctx, state)
     if ctx.config.final_epochs > 0:
         distill_for(ctx, model, state.teacher, ctx.config.final_epochs, state.step, FINAL)
     model.eval()
@@ -169,6 +173,7 @@ def _finish(ctx: Context, state: State, evaluate_test: bool, meta: dict[str, Any
     meta.update(compress={"target": ctx.config.to_dict()["target"], "steps": state.step})
     results = _results(ctx, state, base, final, model_path, time.perf_counter() - start)
     results["command"] = meta.get("command")  # the CLI's command line, shown in the report
+    results["refit"] = refitted
     paths = ctx.world.first(lambda: _write_final(ctx, model, model_path, meta, results, state),
                             "writing the final model and report")
     shown = metric_format(ctx.task.is_percent)
@@ -176,6 +181,19 @@ def _finish(ctx: Context, state: State, evaluate_test: bool, meta: dict[str, Any
             f"{params:,}, val {ctx.task.metric_name} {shown.format(base['val_acc'])} -> "
             f"{shown.format(final['val_acc'])}; wrote {ctx.out_dir}")
     return CompressResult(model=model, results=results, records=state.records, paths=paths)
+
+
+def _refit(ctx: Context, state: State) -> tuple[nn.Module, dict[str, float]]:
+    """The original pruned to the searched model's widths, and both models' validation metric
+    before the final fine-tune (what the log and results.json show)."""
+    widths = state.records[-1].widths if state.records else dict(ctx.original_sizes)
+    searched = ctx.evaluate(state.model)
+    model = refit(ctx, widths)
+    fresh = ctx.evaluate(model)
+    shown = metric_format(ctx.task.is_percent)
+    ctx.log(f"refit: the original pruned to the {state.step} steps' widths, {ctx.task.metric_name} "
+            f"{shown.format(fresh)} before the final fine-tune (the searched model: {shown.format(searched)})")
+    return model, {"searched_val": searched, "refit_val": fresh}
 
 
 def _write_final(ctx: Context, model: nn.Module, model_path: Path, meta: dict[str, Any], results: dict[str, Any],
