@@ -68,7 +68,7 @@ def test_the_refit_model_is_the_original_with_its_least_important_units_masked_o
     example = tiny_splits.example_inputs()
     assert _widths(model, example) == widths
     graph = trace(ctx.original, example)
-    removals = refit_removals(ctx, copy.deepcopy(ctx.original), widths)
+    removals = refit_removals(ctx, copy.deepcopy(ctx.original), ctx.graph_of(ctx.original), widths)
     scores = importance.get("l2")(ctx.original, graph)
     for name, units in removals.items():
         kept = np.setdiff1d(np.arange(ctx.original_sizes[name]), units)

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..batchnorm import recalibrate
 from ..errors import PruningError
+from ..graph import DependencyGraph
 from ..importance import get as get_importance, lowest
 from ..surgery import prune_channels
 from .context import IMPORTANCE, Context, derived_seed, seeded
@@ -24,10 +25,10 @@ from .context import IMPORTANCE, Context, derived_seed, seeded
 REFIT = 4  # purpose mixed into the seed of the refit's importance scores
 
 
-def refit_removals(ctx: Context, model: nn.Module, widths: Mapping[str, int]) -> dict[str, np.ndarray]:
-    """Units of `model` (a copy of the original) to remove per group so that every group keeps
-    `widths[group]`: the least important by `rl.importance`, scored on it."""
-    graph = ctx.graph_of(model)
+def refit_removals(ctx: Context, model: nn.Module, graph: DependencyGraph,
+                   widths: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """Units of `model` (a copy of the original; `graph` its dependency graph) to remove per group so
+    that every group keeps `widths[group]`: the least important by `rl.importance`, scored on it."""
     groups = {g.name: g for g in graph.groups}
     for name in ctx.names:
         width = int(widths.get(name, ctx.original_sizes[name]))
@@ -50,6 +51,8 @@ def refit(ctx: Context, widths: Mapping[str, int]) -> nn.Module:
     """A copy of the original model with every group cut to `widths` (group name -> units kept),
     BatchNorm re-estimated on the run's BN images; the original is left as it is."""
     model = copy.deepcopy(ctx.original)
-    removals = ctx.world.first(lambda: refit_removals(ctx, model, widths), "refit: importance on the original model")
-    prune_channels(model, ctx.graph_of(model), removals, inplace=True)
+    graph = ctx.graph_of(model)
+    removals = ctx.world.first(lambda: refit_removals(ctx, model, graph, widths),
+                               "refit: importance on the original model")
+    prune_channels(model, graph, removals, inplace=True)
     return ctx.world.sync(recalibrate(model, ctx.data.bn_batches, ctx.task.forward))
