@@ -23,6 +23,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import widths  # noqa: E402
+from benchmarks.plots import pyplot as _pyplot, save as _save  # noqa: E402
 from benchmarks.settings import METHODS, PEERS, RESULTS, ROOT, RUN_OPTIONS  # noqa: E402
 
 METHOD_NAMES = {"rl": "RL-Pruner", "uniform": "uniform", "global": "global magnitude",
@@ -314,6 +316,73 @@ def _where(key: tuple[str, str, float]) -> dict[str, Any]:
     return {"model": key[0], "dataset": key[1], "target": key[2]}
 
 
+BEST = "best"  # `gaps`' stand-in for "the best other method of each setting"
+
+
+def gaps(accuracy: Mapping[str, Any], other: str, recovery: bool = True,
+         keys: Sequence[tuple[str, str, float]] | None = None) -> list[float]:
+    """RL-Pruner's mean minus `other`'s (or, for BEST, minus the best other mean of the setting), one
+    value per setting where both ran and no run went over the KD budget."""
+    out = []
+    for key in keys if keys is not None else settings_keys(accuracy):
+        rl = cell(accuracy, key, "rl", recovery)
+        names = [m for m in methods_run(accuracy) if is_baseline(m)] if other == BEST else [other]
+        stats = {m: cell(accuracy, key, m, recovery) for m in names}
+        stats = {m: s for m, s in stats.items() if s is not None}
+        if rl is None or not stats or not _fair(accuracy, key, ["rl", *stats], recovery):
+            continue
+        out.append(rl[0] - max(s[0] for s in stats.values()))
+    return out
+
+
+def pooled(values: Sequence[float], resamples: int = 10000, seed: int = 0) -> dict[str, Any] | None:
+    """What many settings say together that three seeds per setting cannot: the mean gap, its 95%
+    bootstrap interval over settings (seeded: the page renders the same every time), the settings
+    ahead / behind, and the two-sided exact sign test of ahead against behind (ties left out)."""
+    if not values:
+        return None
+    x = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(resamples, len(x)))].mean(axis=1)
+    ahead, behind = int((x > 0).sum()), int((x < 0).sum())
+    return {"n": len(x), "mean": float(x.mean()), "median": float(np.median(x)), "low": float(np.quantile(means, 0.025)),
+            "high": float(np.quantile(means, 0.975)), "ahead": ahead, "behind": behind,
+            "p_sign": sign_test(ahead, behind)}
+
+
+def sign_test(ahead: int, behind: int) -> float:
+    """Two-sided exact binomial test of `ahead` successes in `ahead + behind` fair coin flips."""
+    n = ahead + behind
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(ahead, behind) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def pooled_line(stat: Mapping[str, Any], against: str, what: str) -> str:
+    return (f"- Pooled over the {stat['n']} settings ({what}): RL-Pruner − {against} = "
+            f"{100 * stat['mean']:+.1f} points on average (95% bootstrap interval {100 * stat['low']:+.1f} to "
+            f"{100 * stat['high']:+.1f}; median {100 * stat['median']:+.1f}); ahead in {stat['ahead']}, behind in {stat['behind']} "
+            f"(sign test p = {stat['p_sign']:.2f}).")
+
+
+def pooled_table(accuracy: Mapping[str, Any], recovery: bool = True) -> list[str]:
+    """Per (model, dataset): RL-Pruner's mean gap (points, over its targets) to each other method and to
+    the best other method of each setting."""
+    others = [m for m in methods_run(accuracy) if m != "rl"]
+    lines = [_row(["model", "dataset", "settings", *(f"RL − {method_name(m)}" for m in others), "RL − best other"]),
+             _row(["---"] * 2 + ["---:"] * (len(others) + 2))]
+    keys = settings_keys(accuracy)
+    for pair in dict.fromkeys(k[:2] for k in keys):
+        mine = [k for k in keys if k[:2] == pair]
+        columns = [gaps(accuracy, m, recovery, mine) for m in [*others, BEST]]
+        if not columns[-1]:
+            continue
+        lines.append(_row([*pair, str(len(columns[-1])),
+                           *(f"{100 * float(np.mean(g)):+.1f}" if g else MISSING for g in columns)]))
+    return lines
+
+
 # --------------------------------------------------------------------------------------------------
 # Latency, sensitivity and engine tables
 # --------------------------------------------------------------------------------------------------
@@ -400,15 +469,6 @@ COLORS = {"rl": "tab:red", "uniform": "tab:blue", "global": "tab:green", "tp-l2"
           "tp-taylor": "tab:purple"}
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_accuracy(accuracy: Mapping[str, Any], path: Path, recovery: bool) -> Path | None:
     """Test top-1 vs FLOPs reduction per (dataset, model), one line per method from the base model."""
     keys = settings_keys(accuracy)
@@ -493,19 +553,6 @@ def plot_sensitivity(sensitivity: Mapping[str, Any], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def _save(fig: Any, path: Path) -> Path:
-    import io
-
-    from rlpruner.io import atomic_write_bytes
-
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    _pyplot().close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
-
-
 # --------------------------------------------------------------------------------------------------
 # The document
 # --------------------------------------------------------------------------------------------------
@@ -533,6 +580,10 @@ def verdict_lines(accuracy: Mapping[str, Any] | None, latency: Mapping[str, Any]
         if accuracy is None or not any(bool(r["recovery"]) == recovery for r in accuracy.get("runs", [])):
             continue
         lines.append(best_verdict_line(best_verdict(accuracy, recovery), what))
+        for other in (BEST, *(m for m in methods_run(accuracy) if is_baseline(m))):
+            stat = pooled(gaps(accuracy, other, recovery))
+            if stat:
+                lines.append(pooled_line(stat, "the best other method" if other == BEST else method_name(other), what))
         for other, v in verdicts(accuracy, recovery).items():
             status = "met" if v["wins"] == v["total"] else "**missed**"
             text = (f"- RL-Pruner ≥ {method_name(other)} ({what}): {v['wins']}/{v['total']} settings — target "
@@ -901,9 +952,13 @@ def _accuracy_section(accuracy: Mapping[str, Any] | None, plots_dir: Path, rel: 
             f"method of the row; FLOPs / params reductions reached by RL-Pruner; the KD epochs the runs used "
             f"({OVER_BUDGET}: over the budget).", "",
             *accuracy_table(accuracy, True), "",
+            "RL-Pruner's gap to each method per model and dataset (points, RL-Pruner's mean minus the method's, "
+            "averaged over the FLOPs targets): where a learned allocation pays off and where it does not.", "",
+            *pooled_table(accuracy, True), "",
             "FLOPs / params reduction reached and KD epochs used, per method (means over seeds):", "",
             *reached_table(accuracy, True), "",
             *_figure(plot_accuracy(accuracy, plots_dir / "accuracy_kd.png", True), rel, "accuracy after recovery"),
+            *_widths_section(accuracy, plots_dir, rel),
             "How optimistic the validation split is, per method: validation minus test top-1 of the final model "
             "(points, mean over targets and seeds, after recovery). Every method picks its KD epoch and teacher "
             "on validation; RL-Pruner also picks each step's candidate on a subset of it, so a larger gap than "
@@ -915,6 +970,18 @@ def _accuracy_section(accuracy: Mapping[str, Any] | None, plots_dir: Path, rel: 
             "steps (every step removes the same FLOPs; lower is better). RL-Pruner chooses its step on this same "
             "validation split, so its numbers here are optimistic; the test columns above are not.", "",
             *step_cost_table(accuracy), ""]
+
+
+def _widths_section(accuracy: Mapping[str, Any], plots_dir: Path, rel: Any) -> list[str]:
+    keys, methods = settings_keys(accuracy), methods_run(accuracy)
+    tables = widths.widths_tables(accuracy, keys, methods, method_name)
+    if not tables:
+        return []
+    figure = widths.plot_widths(accuracy, keys, methods, method_name, COLORS, plots_dir / "widths.png")
+    return ["Final widths: the share of every coupled group's channels each method keeps (after recovery, mean "
+            "over seeds). The groups run from the input (left) to the output (right).", "",
+            *_figure(figure, rel, "final widths"),
+            "<details><summary>The widths as numbers, per model</summary>", "", *tables, "</details>", ""]
 
 
 def _no_recovery_section(accuracy: Mapping[str, Any], plots_dir: Path, rel: Any) -> list[str]:

@@ -488,3 +488,54 @@ def test_the_selection_gap_table_skips_a_model_and_dataset_that_has_no_runs(accu
     settings = dict(accuracy["settings"], datasets=[*accuracy["settings"]["datasets"], {"label": "cifar", "name": "cifar10"}])
     table = render.selection_gap_table({**accuracy, "settings": settings})
     assert not any("cifar" in line for line in table)
+
+
+def test_gaps_are_rl_minus_a_method_or_minus_the_best_other_method_per_setting(accuracy):
+    assert render.gaps(accuracy, "uniform") == pytest.approx([0.01, 0.10])     # 0.92 - 0.91, 0.80 - 0.70
+    assert render.gaps(accuracy, "global") == pytest.approx([-0.05])           # -50%: global did not run
+    assert render.gaps(accuracy, render.BEST) == pytest.approx([0.01, -0.05])  # -75%: global is the best other
+    assert render.gaps(accuracy, "uniform", recovery=False) == pytest.approx([0.20])
+
+
+def test_the_sign_test_is_the_exact_two_sided_binomial_test():
+    assert render.sign_test(5, 0) == pytest.approx(2 / 32)
+    assert render.sign_test(0, 5) == pytest.approx(2 / 32)
+    assert render.sign_test(3, 3) == 1.0 and render.sign_test(0, 0) == 1.0
+    assert render.sign_test(9, 1) == pytest.approx(2 * 11 / 1024)
+
+
+def test_pooled_gaps_count_the_settings_and_bound_the_mean_reproducibly():
+    values = [0.02, 0.01, -0.01, 0.03, 0.0, 0.02]
+    stat = render.pooled(values)
+    assert stat["n"] == 6 and stat["ahead"] == 4 and stat["behind"] == 1
+    assert stat["mean"] == pytest.approx(sum(values) / len(values)) and stat["median"] == pytest.approx(0.015)
+    assert min(values) <= stat["low"] <= stat["mean"] <= stat["high"] <= max(values)
+    assert render.pooled(values) == stat and render.pooled([]) is None
+    line = render.pooled_line(stat, "uniform", "after KD recovery")
+    assert "RL-Pruner − uniform = +1.2 points" in line and "ahead in 4, behind in 1" in line
+
+
+def test_the_verdict_and_the_per_model_table_pool_the_settings(accuracy):
+    lines = render.verdict_lines(accuracy, None)
+    assert any(line.startswith("- Pooled over the 2 settings (after KD recovery): RL-Pruner − the best other method = -2.0")
+               for line in lines)
+    table = render.pooled_table(accuracy)
+    assert table[0] == ("| model | dataset | settings | RL − uniform | RL − global magnitude | RL − best other |")
+    assert table[2] == "| resnet | digits | 2 | +5.5 | -5.0 | -2.0 |"
+
+
+def test_final_widths_are_the_kept_share_of_every_group_under_its_name_for_loop_methods_and_peers(tmp_path, accuracy):
+    from benchmarks import widths
+    loop = {"stem": [16, 8], "layer1.conv1": [16, 4]}
+    runs = [dict(r, widths=loop) for r in accuracy["runs"] if r["method"] == "rl"]
+    runs.append(dict(accuracy["runs"][3], method="tp-l2", widths={"stem": [16, 12], "layer1.conv1": [16, 16],
+                                                                  "layer1.conv2": [16, 12], "fc": [10, 10]}))
+    data = {**accuracy, "runs": runs}
+    assert widths.group_names(data, "resnet") == ["stem", "layer1.conv1"]   # a loop method's groups, not a peer's layers
+    assert widths.kept_share(runs[-1], ["stem", "layer1.conv1", "other"]) == [0.75, 1.0, None]
+    keys = render.settings_keys(data)
+    tables = widths.widths_tables(data, keys, ["rl", "tp-l2"], render.method_name)
+    assert "| digits | -50% | RL-Pruner | 50 | 25 |" in tables
+    assert "| digits | -50% | TP global L2 | 75 | 100 |" in tables
+    assert widths.plot_widths(data, keys, ["rl", "tp-l2"], render.method_name, render.COLORS,
+                              tmp_path / "widths.png").stat().st_size > 0
