@@ -539,3 +539,17 @@ def test_final_widths_are_the_kept_share_of_every_group_under_its_name_for_loop_
     assert "| digits | -50% | TP global L2 | 75 | 100 |" in tables
     assert widths.plot_widths(data, keys, ["rl", "tp-l2"], render.method_name, render.COLORS,
                               tmp_path / "widths.png").stat().st_size > 0
+
+
+def test_headroom_cells_are_chosen_on_the_command_line_and_added_to_the_same_study():
+    import argparse
+
+    from benchmarks import headroom
+    assert headroom.parse_cell("vgg11:synthetic-hard:0.9") == ("vgg11", "synthetic-hard", 0.9)
+    for bad in ("vgg11:synthetic-hard", "vgg11:imagenet:0.5", "vgg11:digits:1.5", "vgg11:digits:x", "a:digits:0.5:1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            headroom.parse_cell(bad)
+    assert headroom.parse_args(["--cells", "resnet56:digits:0.75"]).cells == [("resnet56", "digits", 0.75)]
+    one, other = headroom.full_settings(), dataclasses.replace(headroom.full_settings(), cells=(("vgg11", "digits", 0.5),))
+    assert headroom.comparable(one.to_dict()) == headroom.comparable(other.to_dict())  # more cells: the same study
+    assert headroom.comparable(one.to_dict()) != headroom.comparable(dataclasses.replace(one, kd_epochs=5).to_dict())
