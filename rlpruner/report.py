@@ -49,6 +49,7 @@ class StepRecord:
     scored_by: list[int] = field(default_factory=list)  # of those, how many each rank scored (torchrun)
     judge: str = ""                # what scored the candidates (rlpruner.search.judges), on how many images
     score_samples: int = 0
+    score_split: str = ""          # and from which split: "val" or "train"
     bn_samples: int = 0            # training images that re-estimated BatchNorm statistics of each candidate
     probe_steps: int = 0           # KD steps each candidate took on those images before it was scored
     widths: dict[str, int] = field(default_factory=dict)
@@ -65,7 +66,7 @@ class StepRecord:
 
 _SCALARS = ("step", "removed", "removed_total", "sparsity", "flops", "params", "flops_reduction",
             "params_reduction", "latency_ms", "val_acc_pruned", "val_acc", "reward", "epsilon",
-            "explored", "anchored", "guard_resets", "teacher", "guard_reason", "candidates", "judge", "score_samples", "bn_samples",
+            "explored", "anchored", "guard_resets", "teacher", "guard_reason", "candidates", "judge", "score_samples", "score_split", "bn_samples",
             "probe_steps")
 
 

@@ -164,7 +164,7 @@ def test_records_say_how_candidates_were_judged_and_why_the_guard_fired(trained,
     result = compress(model, splits, config, out_dir=tmp_path, evaluate_test=False, log=lines.append)
     first = result.records[0]
     assert (first.judge, first.score_samples, first.bn_samples) == ("kl", 16, 32)
-    assert "[kl on 16, BN 32]" in "\n".join(lines)
+    assert "[kl on 16 images, BN 32]" in "\n".join(lines)
     fired = [r for r in result.records if r.guard_resets]
     assert fired and all("below the previous pruned model" in r.guard_reason for r in fired)
     assert all(r.guard_reason == "" for r in result.records if not r.guard_resets)
@@ -260,3 +260,28 @@ def test_trim_gives_back_coarse_chunks_while_the_goal_holds():
     assert _give_back(np.array([2, 1]), np.array([5, 5]), 1, kept).tolist() == [2, 1]  # nothing to give
     # chunks of 2 with a partial first chunk of 1 (capacity 5): 3 units -> 1 -> 0
     assert _give_back(np.array([0, 3]), np.array([5, 5]), 2, lambda c: None if c[1] < 1 else -c[1]).tolist() == [0, 1]
+
+
+def test_candidates_can_be_scored_on_training_images_the_bn_recalibration_does_not_use(trained, tmp_path):
+    from rlpruner.search.data import SplitsSource, prepare_data
+    from rlpruner.task import Task
+
+    model, splits = trained
+    config = dataclasses.replace(_config(score_split="train", score_samples=24, bn_samples=16))
+    data = prepare_data(SplitsSource(splits), config, torch.device("cpu"), Task(), model)
+    scored = torch.cat([x for x, _ in data.score_batches])
+    bn = torch.cat([x for x, _ in data.bn_batches])
+    train = torch.stack([splits.train[i][0] for i in range(len(splits.train))])
+    in_train = lambda rows: [int(torch.nonzero((train == row).flatten(1).all(1))[0]) for row in rows]  # noqa: E731
+    score_ids, bn_ids = in_train(scored), in_train(bn)
+    assert len(score_ids) == 24 and not set(score_ids) & set(bn_ids)     # training images, none of the BN ones
+    labels = torch.cat([y for _, y in data.score_batches])
+    assert torch.bincount(labels).tolist() == [8, 8, 8]                   # class-stratified
+    lines = []
+    result = compress(model, splits, config, out_dir=tmp_path, evaluate_test=False, log=lines.append)
+    assert all(r.score_split == "train" and r.score_samples == 24 for r in result.records)
+    assert "[accuracy on 24 training images, BN 16]" in "\n".join(lines)
+    with pytest.raises(ConfigError, match="score_samples must be a number of images when score_split is 'train'"):
+        RLConfig(score_split="train", score_samples=None)
+    with pytest.raises(ConfigError, match="score_split must be one of val, train"):
+        RLConfig(score_split="test")

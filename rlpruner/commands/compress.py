@@ -10,6 +10,7 @@ from ..allocation import ALLOCATORS
 from ..distill import DistillConfig
 from ..precision import AMP_MODES
 from ..search import STRATEGIES, CompressConfig, RLConfig, Reward, Target
+from ..search.config import SCORE_SPLITS
 from ..search.judges import JUDGES
 from .common import (add_model_arguments, add_data_arguments, add_out_argument, add_threads_argument,
                      check_fits, command_line, load_model_and_data, print_compress_summary, set_threads)
@@ -89,6 +90,9 @@ def _add_rl_arguments(parser: argparse.ArgumentParser) -> None:
                        help="validation images (class-stratified) that score candidates (default: %(default)s)")
     group.add_argument("--all-val", dest="score_samples", action="store_const", const=None,
                        help="score candidates on the whole validation split")
+    group.add_argument("--score-split", choices=SCORE_SPLITS, default=d.score_split,
+                       help="score candidates on validation images or on training images that the BatchNorm "
+                            "re-estimation does not use (default: %(default)s)")
     group.add_argument("--bn-samples", type=int, default=d.bn_samples,
                        help="training images that re-estimate each candidate's BatchNorm statistics; 0: off "
                             "(default: %(default)s)")

@@ -23,6 +23,7 @@ from .targets import TARGETS, TargetKind
 
 TARGET_KINDS = tuple(TARGETS.names())
 STRATEGIES = ("accuracy", "flops", "params", "latency")
+SCORE_SPLITS = ("val", "train")
 DEFAULT_REWARD_WEIGHT = 0.25  # the paper's alpha/beta for its FLOPs- and params-aware rewards
 AUTO = "auto"
 
@@ -118,8 +119,10 @@ class RLConfig:
     # judge, score_samples and bn_samples follow benchmarks/judges.py (docs/benchmarks.md): after BN
     # recalibration, top-1 on 128 stratified images ranks candidates about as well as the whole split
     judge: str = "accuracy"              # how candidates are scored: rlpruner.search.judges.JUDGES
-    score_samples: int | None = 128      # validation images (seeded, class-stratified) that score candidates;
-                                         # None: the whole split. The guard and final choices use all of it
+    score_samples: int | None = 128      # images (seeded, class-stratified) that score candidates; None: the
+                                         # whole split. The guard and final choices use all of validation
+    score_split: str = "val"             # where they come from: "val", or "train" (training images the BN
+                                         # recalibration does not use: many more than a small validation split)
     bn_samples: int = 256                # training images that re-estimate BatchNorm statistics of every
                                          # candidate before it is scored; 0: off
     probe_steps: int = 0                 # KD steps (on the BN images, against the run's teacher) each candidate
@@ -148,6 +151,9 @@ class RLConfig:
             ("calibration_samples", self.calibration_samples >= 1, ">= 1"),
             ("judge", self.judge in JUDGES, f"one of {', '.join(JUDGES.names())}"),
             ("score_samples", self.score_samples is None or self.score_samples >= 1, ">= 1 or None"),
+            ("score_split", self.score_split in SCORE_SPLITS, f"one of {', '.join(SCORE_SPLITS)}"),
+            ("score_samples", self.score_split == "val" or self.score_samples is not None,
+             "a number of images when score_split is 'train' (the whole training split would be scored)"),
             ("bn_samples", self.bn_samples >= 0, ">= 0"),
             ("probe_steps", self.probe_steps >= 0, ">= 0"),
             ("anchor_margin", self.anchor_margin is None or (self.anchor_margin >= 0 and np.isfinite(self.anchor_margin)),

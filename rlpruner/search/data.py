@@ -96,7 +96,7 @@ class Data:
     calibration: Calibration     # training batches for data-driven importance
     val_batches: CachedBatches   # the whole validation split: guard, choices, report (cached on the
                                  # device while it fits in `val_cache_mb`, else streamed every pass)
-    score_batches: list[Batch]   # the scoring subset of validation: candidates
+    score_batches: list[Batch]   # what scores candidates: a subset of validation, or of training images
     bn_batches: list[Batch]      # training batches that recalibrate BatchNorm; [] off
     val_part: CachedBatches | None = None  # this rank's part of validation (several processes, a
                                            # metric of counts: each rank evaluates its part, sums add up)
@@ -128,8 +128,8 @@ def as_source(data: Any) -> Source:
 
 def prepare_data(source: Source, config: CompressConfig, device: torch.device, task: Task,
                  model: nn.Module, world: World | None = None) -> Data:
-    """The fixed batches of the run: the calibration batch (importance), validation, its scoring
-    subset (candidates) and the BatchNorm recalibration batches (training data: unaugmented for
+    """The fixed batches of the run: the calibration batch (importance), validation, the scoring
+    set of candidates (a subset of validation, or of training images) and the BatchNorm recalibration batches (training data: unaugmented for
     rlpruner's own data; a user dataset's samples as its `__getitem__` gives them, drawn once).
     With several processes and a metric of counts, also this rank's part of validation."""
     world = world or World()
@@ -170,15 +170,20 @@ def _from_splits(source: SplitsSource, config: CompressConfig, device: torch.dev
         raise DataError(f"{splits.name}: the training split is empty")
     rl, seed = config.rl, config.seed
     val = CachedBatches(source.evaluation(splits.val, config.eval_batch_size), device, config.val_cache_bytes)
-    val_labels = dataset_labels(splits.val)
-    score = (list(val) if rl.score_samples is None or rl.score_samples >= len(splits.val) else
-             subset_batches(splits.val, stratified_subset(val_labels, rl.score_samples, seed),
-                            config.eval_batch_size, device, source.workers_for(splits.val)))
     train_labels, workers = dataset_labels(splits.train), source.workers_for(splits.train)
     calibration = subset_batches(splits.train, stratified_subset(train_labels, rl.calibration_samples, seed + 1),
                                  len(splits.train), device, workers)[:1]
-    bn = (subset_batches(splits.train, stratified_subset(train_labels, rl.bn_samples, seed + 2),
-                         config.eval_batch_size, device, workers) if rl.bn_samples else [])
+    bn_indices = stratified_subset(train_labels, rl.bn_samples, seed + 2) if rl.bn_samples else np.array([], int)
+    bn = subset_batches(splits.train, bn_indices, config.eval_batch_size, device, workers) if rl.bn_samples else []
+    if rl.score_split == "train":  # images the BN recalibration does not see
+        free = np.setdiff1d(np.arange(len(train_labels)), bn_indices)
+        picked = free[stratified_subset(train_labels[free], rl.score_samples, seed + 3)]
+        score = subset_batches(splits.train, picked, config.eval_batch_size, device, workers)
+    elif rl.score_samples is None or rl.score_samples >= len(splits.val):
+        score = list(val)
+    else:
+        score = subset_batches(splits.val, stratified_subset(dataset_labels(splits.val), rl.score_samples, seed),
+                               config.eval_batch_size, device, source.workers_for(splits.val))
     return val, score, calibration, bn
 
 
@@ -197,8 +202,12 @@ def _from_loaders(source: LoaderSource, config: CompressConfig, device: torch.de
     total = sum(batch_len(b) for b in val)
     if not total:
         raise DataError("the validation loader yields no batches; RL-Pruner scores candidates on validation")
-    score = (list(val) if rl.score_samples is None or rl.score_samples >= total else
-             _sample(source.val, rl.score_samples, seed, None, device))
+    if rl.score_split == "train":  # a seeded sample of the training set
+        score = _sample(source.train, rl.score_samples, seed + 3, None, device)
+    elif rl.score_samples is None or rl.score_samples >= total:
+        score = list(val)
+    else:
+        score = _sample(source.val, rl.score_samples, seed, None, device)
     calibration = _sample(source.train, rl.calibration_samples, seed + 1, rl.calibration_samples, device)
     if not calibration:
         raise DataError("the training loader yields no batches")

@@ -360,7 +360,7 @@ def _step_record(ctx: Context, step: int, chosen: Candidate, widths: np.ndarray,
         pd={n: float(p) for n, p in zip(ctx.names, pd)}, times=times, guard_reason=info.get("guard_reason", ""),
         anchored=info.get("anchored", False),
         candidates=info["candidates"], scored_by=list(info.get("scored_by", [])), judge=ctx.config.rl.judge,
-        score_samples=sum(batch_len(b) for b in ctx.data.score_batches),
+        score_samples=sum(batch_len(b) for b in ctx.data.score_batches), score_split=ctx.config.rl.score_split,
         bn_samples=sum(batch_len(b) for b in ctx.data.bn_batches), probe_steps=ctx.config.rl.probe_steps)
 
 
@@ -370,7 +370,9 @@ def step_line(record: StepRecord) -> str:
     guard = f"  guard resets {record.guard_resets}" if record.guard_resets else ""
     guard += "  anchored" if record.anchored else ""
     probed = f", probe {record.probe_steps}" if record.probe_steps else ""
-    judged = f"  [{record.judge} on {record.score_samples}, BN {record.bn_samples}{probed}]" if record.judge else ""
+    split = " training" if record.score_split == "train" else ""
+    judged = (f"  [{record.judge} on {record.score_samples}{split} images, BN {record.bn_samples}{probed}]"
+              if record.judge else "")
     return (f"step {record.step:3d}  removed {record.removed:4d} (total {record.removed_total}, "
             f"sparsity {record.sparsity:.1%})  FLOPs left {1 - record.flops_reduction:.1%}  "
             f"params left {1 - record.params_reduction:.1%}  val {record.val_acc:.2%} "
