@@ -14,10 +14,20 @@ budget allocated by it, the lowest-Taylor units of each group removed) and each 
 - every judge's score: ``raw_full`` (whole validation split, stale BatchNorm statistics: the old
   search), ``bn_full`` and ``bn_S`` (after BatchNorm recalibration; whole split or a stratified
   subset of S images), ``kl_raw`` / ``kl_256`` (minus the mean KL divergence to the base model on the
-  256-image subset, without / with recalibration), and ``flops_left`` (no forward pass: a reference
-  line), each with its cost in seconds;
-- the ground truth: top-1 on the whole validation split after ONE epoch of KD from the base model,
-  every recovery seeded identically, so candidates differ only by their structure.
+  256-image subset, without / with recalibration), with ``--train-subsets N`` also ``train_N`` (top-1
+  on N training images that the BN recalibration does not use), ``agree_N`` (how often the
+  candidate's prediction on them is the unpruned model's: no labels), ``kltrain_N`` (minus the KL
+  divergence to the unpruned model there: no labels) and ``losstrain_N`` (minus the cross-entropy
+  there), and ``flops_left`` (no
+  forward pass: a reference line), each with its cost in seconds;
+- the ground truth: top-1 after ONE epoch of KD from the base model, every recovery seeded
+  identically, so candidates differ only by their structure; on the whole validation split, or
+  with ``--truth heldout`` on the validation images that no judge scored on (a judge on a subset
+  of validation otherwise shares its images, and their noise, with the truth).
+
+    python benchmarks/judges.py --noise 0.05 --budget flops --levels 0.15 0.3 --truth heldout \
+        --train-subsets 512 1024 2048 --probe-steps --settings vgg11/synthetic-hard-10k@16 ... \
+        --results benchmarks/results/judges-heldout
 
 The Spearman correlation of each judge with the ground truth, per (setting, level) and its mean,
 goes to the JSON with every raw number; `render_markdown` builds the table from it. The test split
@@ -43,18 +53,24 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.settings import (ALLOW_IMPORTS, WORK, DatasetSpec, ModelSpec, machine, portable,  # noqa: E402
-                                 render_only, study_files)
+from benchmarks.settings import (ALLOW_IMPORTS, DENSENET, RESNET56, VGG, WORK, DatasetSpec, ModelSpec,  # noqa: E402
+                                 machine, portable, render_only, study_files)
 
 JUDGE_ORDER = ("raw_full", "kl_raw", "bn_full", "bn_64", "bn_128", "bn_256", "kl_256", "loss_full", "loss_128",
-               "probe1_128", "probe3_128", "flops_left")
+               "probe1_128", "probe3_128", *(f"{kind}_{size}" for kind in ("train", "agree", "kltrain", "losstrain")
+                                             for size in (256, 512, 1024, 2048)), "flops_left")
 JUDGE_NOTES = {"raw_full": "top-1, whole val, stale BN", "kl_raw": "-KL to base, 256 imgs, stale BN",
                "bn_full": "top-1, whole val, BN recal.", "kl_256": "-KL to base, 256 imgs, BN recal.",
                "loss_full": "-cross-entropy, whole val, BN recal.",
                "flops_left": "share of FLOPs kept, no forward pass",
                **{f"bn_{s}": f"top-1, {s}-img subset, BN recal." for s in (64, 128, 256)},
                **{f"loss_{s}": f"-cross-entropy, {s}-img subset, BN recal." for s in (64, 128, 256)},
-               **{f"probe{k}_128": f"top-1, 128-img subset, after {k} KD step(s) on the BN batches" for k in (1, 3)}}
+               **{f"probe{k}_128": f"top-1, 128-img subset, after {k} KD step(s) on the BN batches" for k in (1, 3)},
+               **{f"train_{s}": f"top-1, {s} training imgs, BN recal." for s in (256, 512, 1024, 2048)},
+               **{f"agree_{s}": f"argmax agreement with the unpruned model, {s} training imgs, BN recal."
+                  for s in (256, 512, 1024, 2048)},
+               **{f"kltrain_{s}": f"-KL to the unpruned model, {s} training imgs, BN recal." for s in (256, 512, 1024, 2048)},
+               **{f"losstrain_{s}": f"-cross-entropy, {s} training imgs, BN recal." for s in (256, 512, 1024, 2048)}}
 LEVEL_SEED = 17  # mixed into the candidate generator's seed
 
 
@@ -80,6 +96,14 @@ class JudgeSettings:
     kl_subset: int = 256
     loss_subsets: tuple[int, ...] = (128,)    # subsets also judged by the task's loss (same forward pass)
     probe_steps: tuple[int, ...] = (1, 3)     # KD steps on the BN batches before top-1 on the 128 subset
+    train_subsets: tuple[int, ...] = ()       # training images (disjoint from the BN images) judged by top-1
+                                              # (`train_N`) and by agreement with the unpruned model (`agree_N`)
+    truth: str = "val"                        # "val": whole-validation top-1 after recovery; "heldout": top-1
+                                              # after recovery on the validation images no judge scored on
+    budget: str = "channels"                  # a level is a share of the prunable channels every candidate
+                                              # removes ("channels"), or of the FLOPs ("flops": each candidate's
+                                              # channel budget is the smallest that removes it, as the search's
+                                              # equal-cost steps do, so no judge gains by seeing FLOPs)
     bn_samples: int = 256
     calibration_samples: int = 256
     importance: str = "taylor"
@@ -95,11 +119,31 @@ class JudgeSettings:
         return json.loads(json.dumps(asdict(self)))
 
 
+TRUTHS = ("val", "heldout")
+ADDED_SETTINGS = {"train_subsets": [], "truth": "val", "budget": "channels"}
+BUDGETS = ("channels", "flops")  # what results written before these fields meant
+
+
+def same_settings(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether a results file was made with `new` (a file older than a setting had its default)."""
+    return bool(old) and {**ADDED_SETTINGS, **old} == new
+
+
 DIGITS = DatasetSpec("digits", "digits", {"val_fraction": 0.2})
 SYNTHETIC = DatasetSpec("synthetic-hard", "synthetic", {"difficulty": 0.9, "num_classes": 20,
                                                         "samples_per_class": 100, "val_fraction": 0.2})
 RESNET = ModelSpec("resnet20", "resnet20", family="residual")
 MOBILENET = ModelSpec("mobilenetv3s", "mobilenetv3_small", {"width_mult": 0.5}, family="depthwise + SE")
+
+
+# the hard set with five times the samples: 2,000 validation images, so a truth held out from every judge
+# is measured on ~1,700 images (about 1 point of binomial noise, below the spread of close candidates)
+SYNTHETIC_10K = DatasetSpec("synthetic-hard-10k", "synthetic", {"difficulty": 0.9, "num_classes": 20,
+                                                                "samples_per_class": 500, "val_fraction": 0.2})
+SETTINGS = {s.label: s for s in (*(Setting(m, d, size) for m in (RESNET, MOBILENET) for d, size in ((DIGITS, 32),
+                                                                                                  (SYNTHETIC, 16))),
+                                  *(Setting(m, d, 16) for m in (VGG, DENSENET, RESNET56) for d in (SYNTHETIC,)),
+                                  *(Setting(m, SYNTHETIC_10K, 16) for m in (RESNET, MOBILENET, VGG, DENSENET, RESNET56)))}
 
 
 def full(candidates: int = 16) -> JudgeSettings:
@@ -202,8 +246,11 @@ def measure_setting(setting: Setting, config: JudgeSettings, levels: tuple[float
                               eval_batch_size=config.eval_batch_size, seed=config.seed)
     data = clock("prepare_data", lambda: prepare_data(SplitsSource(splits), compress, device, Task(), model))
     val_labels = dataset_labels(splits.val)
-    subsets = {s: subset_batches(splits.val, stratified_subset(val_labels, s, config.seed), config.eval_batch_size)
-               for s in sorted({*config.subsets, config.kl_subset})}
+    picked = {s: stratified_subset(val_labels, s, config.seed) for s in sorted({*config.subsets, config.kl_subset})}
+    subsets = {s: subset_batches(splits.val, i, config.eval_batch_size) for s, i in picked.items()}
+    judged = np.unique(np.concatenate(list(picked.values())))
+    heldout = subset_batches(splits.val, np.setdiff1d(np.arange(len(splits.val)), judged), config.eval_batch_size)
+    train_sets = train_subsets(splits, config)
     graph = clock("trace", lambda: trace(model, data.example))
     groups = graph.prunable_groups()
     names = [g.name for g in groups]
@@ -215,36 +262,69 @@ def measure_setting(setting: Setting, config: JudgeSettings, levels: tuple[float
     base_params, base_flops = graph.count()
     base_val = top1(_logits(model, data.val_batches), [y for _, y in data.val_batches])
     reference = _logits(model, subsets[config.kl_subset])
+    train_reference = {n: _logits(model, b) for n, b in train_sets.items()}
     common = {"setting": setting.label, "model": setting.model.label, "dataset": setting.dataset.label,
               "image_size": setting.image_size, "base_val_acc": base_val, "base_params": base_params,
               "base_flops": base_flops, "prunable_units": int(sizes.sum()), "groups": len(names),
               "train": len(splits.train), "val": len(splits.val),
               "subset_sizes": {str(s): sum(len(y) for _, y in b) for s, b in subsets.items()},
+              "heldout": sum(len(y) for _, y in heldout),
+              "train_subset_sizes": {str(s): sum(len(y) for _, y in b) for s, b in train_sets.items()},
               "bn_batches": len(data.bn_batches), "bn_samples": sum(len(x) for x, _ in data.bn_batches),
               **base_info}
     blocks = []
     for level in levels:
         start = time.perf_counter()
-        budget = int(round(level * int(sizes.sum())))
+        budget = int(round(level * int(sizes.sum())))  # with budget "flops": each candidate's own, below
         rng = np.random.default_rng([config.seed, LEVEL_SEED, int(round(level * 1000))])
         candidates = []
         for index in range(config.candidates):
             pd = policy.sample(pd0, config.noise, rng, capacity)
-            counts = policy.allocate(pd, budget, capacity)
+            if config.budget == "flops":
+                from benchmarks.headroom import at_target
+
+                removed = at_target(graph, names, capacity, pd, level, base_flops)
+                counts = np.array([removed.get(n, 0) for n in names], dtype=np.int64)
+            else:
+                counts = policy.allocate(pd, budget, capacity)
             removals = {n: importance.lowest(np.asarray(scores[n]), int(c)) for n, c in zip(names, counts) if c > 0}
             candidates.append(_candidate(model, graph, removals, counts, data, subsets, reference, splits,
-                                         config, base_val, base_flops))
+                                         config, base_val, base_flops, Extra(heldout, train_sets, train_reference)))
             row = candidates[-1]
             log(f"  -{level:.0%} #{index:2d}  raw {row['judges']['raw_full']:.3f}  bn {row['judges']['bn_full']:.3f}"
                 f"  kl {row['judges']['kl_256']:.3f}  -> KD {row['truth']:.3f}  ({row['seconds']['kd']:.1f} s KD)")
         blocks.append({**common, "level": level, "budget": budget, "candidates": candidates,
                        "seconds": time.perf_counter() - start, "setup_seconds": dict(clock.seconds),
-                       **summarise(candidates)})
+                       **summarise(candidates, config.truth)})
     return blocks
 
 
+def train_subsets(splits: Any, config: JudgeSettings) -> dict[int, list]:
+    """Stratified samples of the training split for the `train_N`/`agree_N` judges, drawn from the
+    images the BN recalibration does not use (the search draws those with seed + 2)."""
+    from rlpruner.data.base import dataset_labels, stratified_subset
+    from rlpruner.search.data import subset_batches
+
+    if not config.train_subsets:
+        return {}
+    labels = dataset_labels(splits.train)
+    free = np.setdiff1d(np.arange(len(labels)), stratified_subset(labels, config.bn_samples, config.seed + 2))
+    return {n: subset_batches(splits.train, free[stratified_subset(labels[free], n, config.seed + 3)],
+                              config.eval_batch_size) for n in config.train_subsets}
+
+
+@dataclass(frozen=True)
+class Extra:
+    """What the held-out truth and the training-image judges need: the validation images no judge
+    scores on, the training subsets and the unpruned model's predictions on them."""
+
+    heldout: list
+    train: dict[int, list]
+    train_reference: dict[int, list]  # the unpruned model's logits on them
+
+
 def _candidate(model, graph, removals, counts, data, subsets, reference, splits, config: JudgeSettings,
-               base_val: float, base_flops: int) -> dict[str, Any]:
+               base_val: float, base_flops: int, extra: Extra) -> dict[str, Any]:
     """Every judge's score and cost for one candidate, then its accuracy after one KD epoch."""
     from rlpruner.batchnorm import recalibrate
     from rlpruner.data import make_loaders
@@ -279,6 +359,15 @@ def _candidate(model, graph, removals, counts, data, subsets, reference, splits,
             judges[f"loss_{size}"] = _loss_score(logits, [y for _, y in batches])
     judges[f"kl_{config.kl_subset}"] = clock(f"kl_{config.kl_subset}",
                                              lambda: _kl_score(_logits(candidate, kl_batches), kl_labels, reference))
+    for size, batches in extra.train.items():
+        logits = clock(f"train_{size}", lambda: _logits(candidate, batches))
+        labels = [y for _, y in batches]
+        judges[f"train_{size}"] = top1(logits, labels)
+        judges[f"agree_{size}"] = top1(logits, [z.argmax(1) for z in extra.train_reference[size]])
+        judges[f"kltrain_{size}"] = _kl_score(logits, labels, extra.train_reference[size])
+        judges[f"losstrain_{size}"] = _loss_score(logits, labels)
+        for name in ("agree", "kltrain", "losstrain"):  # the same forward pass
+            shared[f"{name}_{size}"] = f"train_{size}"
     references = _logits(model, data.bn_batches)  # the base is the teacher, as in the ground truth
     kd = DistillConfig(epochs=config.kd_epochs, lr=config.kd_lr, batch_size=config.batch_size, progress=False)
     probe_batches = subsets[128]
@@ -290,7 +379,9 @@ def _candidate(model, graph, removals, counts, data, subsets, reference, splits,
         judges[f"probe{steps}_128"] = clock(f"probe{steps}_128", probed)
     judges["flops_left"] = flops / base_flops
     costs = {name: clock.seconds.get(shared.get(name, name), 0.0) +
-             (clock.seconds["bn"] if name.startswith(("bn_", "kl_", "loss_", "probe")) and name != "kl_raw" else 0.0)
+             (clock.seconds["bn"] if name.startswith(("bn_", "kl_", "loss_", "probe", "train_", "agree_", "kltrain_",
+                                                       "losstrain_"))
+              and name != "kl_raw" else 0.0)
              for name in judges}
     # ground truth: the recalibrated candidate (as the search cuts it) after one identically seeded KD epoch
     student = copy.deepcopy(candidate)
@@ -302,8 +393,9 @@ def _candidate(model, graph, removals, counts, data, subsets, reference, splits,
                        teacher_val=base_val).student_val
 
     truth = clock("kd", recover)
+    heldout = top1(_logits(student, extra.heldout), [y for _, y in extra.heldout])
     return {"counts": [int(c) for c in counts], "params": params, "flops": flops, "judges": judges,
-            "judge_seconds": costs, "truth": truth, "seconds": dict(clock.seconds)}
+            "judge_seconds": costs, "truth": truth, "truth_heldout": heldout, "seconds": dict(clock.seconds)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -320,10 +412,11 @@ def spearman(a: list[float], b: list[float]) -> float | None:
     return None if math.isnan(rho) else rho
 
 
-def summarise(candidates: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per judge: Spearman with the ground truth, the regret of picking its best candidate (best truth
-    minus the truth of the judge's argmax, first on ties) and the mean seconds per candidate."""
-    truth = [c["truth"] for c in candidates]
+def summarise(candidates: list[dict[str, Any]], truth_kind: str = "val") -> dict[str, Any]:
+    """Per judge: Spearman with the ground truth (`truth_kind`: whole validation, or the images no
+    judge saw), the regret of picking its best candidate (best truth minus the truth of the judge's
+    argmax, first on ties) and the mean seconds per candidate."""
+    truth = [c["truth" if truth_kind == "val" else "truth_heldout"] for c in candidates]
     out: dict[str, Any] = {"spearman": {}, "regret": {}, "cost": {},
                            "truth_range": [min(truth), max(truth)], "truth_std": float(np.std(truth)),
                            "kd_seconds": float(np.mean([c["seconds"]["kd"] for c in candidates])),
@@ -359,12 +452,18 @@ def render_markdown(results: dict[str, Any]) -> str:
     the cost per candidate; then what every setting's candidates looked like. Numbers only from `results`."""
     blocks = results["blocks"]
     columns = [f"{b['setting']} −{b['level']:.0%}" for b in blocks]
+    heldout = results["settings"].get("truth", "val") == "heldout"
+    equal = ("every candidate of a column removes the same FLOPs (as the search's steps do)"
+             if results["settings"].get("budget") == "flops" else "every candidate of a column removes the same "
+             "number of channels (their FLOPs differ)")
+    truth = ("top-1 after recovery on the validation images that no judge scored on (none of the subsets: "
+             "a judge and the truth share no image)" if heldout else "whole-validation top-1 after recovery")
     lines = [f"# Judges: rank correlation with accuracy after {results['settings']['kd_epochs']} KD epoch(s)", "",
              f"Generated by `benchmarks/judges.py` from `judges.json` ({results.get('command', '')}); "
              f"{results['settings']['candidates']} candidates per column, noise {results['settings']['noise']}, "
-             f"BN recalibration on {results['settings']['bn_samples']} training images; test split never used.", "",
-             "Spearman ρ between a judge's score and the candidate's whole-validation top-1 after recovery "
-             "(higher is better); *mean ρ* over the columns; *regret*: mean points of post-recovery accuracy "
+             f"BN recalibration on {results['settings']['bn_samples']} training images; {equal}; test split never "
+             "used.", "",
+             f"Spearman ρ between a judge's score and the candidate's {truth} (higher is better); *mean ρ* over the columns; *regret*: mean points of post-recovery accuracy "
              "lost by taking the judge's top candidate instead of the best one; *cost*: mean milliseconds per "
              "candidate (forward passes, plus BN recalibration for the recalibrated judges; the structural "
              "copy, common to all, is listed below).", "",
@@ -378,12 +477,15 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {label} | " + " | ".join(_fmt(r, "+.2f") for r in rhos) +
                      f" | {_fmt(_mean(rhos), '+.2f')} | {_fmt(None if regret is None else regret * 100, '.2f')}"
                      f" | {_fmt(None if cost is None else cost * 1000, '.1f')} |")
-    lines += ["", "| setting | level | base val | after KD: min–max (std) | val / subset imgs | BN batches | "
-                  "surgery (ms) | KD (s) | block (s) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| setting | level | base val | after KD: min–max (std) | val / subset imgs | held out | "
+                  "training imgs judged | BN batches | surgery (ms) | KD (s) | block (s) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for b in blocks:
         lo, hi = b["truth_range"]
+        train = ", ".join(str(v) for v in b.get("train_subset_sizes", {}).values()) or "—"
         lines.append(f"| {b['setting']} | −{b['level']:.0%} | {b['base_val_acc']:.1%} | {lo:.1%}–{hi:.1%} "
                      f"({b['truth_std'] * 100:.1f}) | {b['val']} / {', '.join(str(v) for v in b['subset_sizes'].values())} | "
+                     f"{b.get('heldout', '—')} | {train} | "
                      f"{b['bn_batches']} | {b['surgery_seconds'] * 1000:.1f} | {b['kd_seconds']:.1f} | {b['seconds']:.0f} |")
     m = results.get("machine", {})
     lines += ["", f"Measured on {m.get('cpu', '?')}, torch {m.get('torch', '?')}, 1 thread, {m.get('date', '?')}; "
@@ -404,6 +506,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, default=None,
                         help="results folder (default: benchmarks/results; --quick: runs/bench-quick/results)")
     parser.add_argument("--render", action="store_true", help="only regenerate judges.md from judges.json")
+    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=None, metavar="SETTING",
+                        help=f"(model, dataset, size) settings to study instead of the preset's: {', '.join(SETTINGS)}")
+    parser.add_argument("--train-subsets", type=int, nargs="+", default=None, metavar="N",
+                        help="also judge on N training images (top-1: train_N; agreement with the unpruned model: "
+                             "agree_N)")
+    parser.add_argument("--truth", choices=TRUTHS, default=None,
+                        help="the ground truth: whole validation after recovery (val, default) or only the "
+                             "validation images no judge scored on (heldout)")
+    parser.add_argument("--levels", type=float, nargs="+", default=None,
+                        help="shares of the prunable channels (or with --budget flops, of the FLOPs) one candidate "
+                             "removes (default 0.25 0.4)")
+    parser.add_argument("--budget", choices=BUDGETS, default=None,
+                        help="candidates of a level remove the same channels (default) or the same FLOPs, as the "
+                             "search's steps do")
+    parser.add_argument("--probe-steps", type=int, nargs="*", default=None, metavar="K",
+                        help="probe judges to run (KD steps before scoring; none: no probe judge)")
     return parser.parse_args(argv)
 
 
@@ -417,10 +535,15 @@ def main(argv: list[str] | None = None) -> int:
     config = quick(args.candidates or 6) if args.quick else full(args.candidates or 16)
     if args.noise is not None:
         config = replace(config, noise=args.noise)
+    overrides = {"settings": None if args.settings is None else tuple(SETTINGS[label] for label in args.settings),
+                 "train_subsets": None if args.train_subsets is None else tuple(args.train_subsets),
+                 "truth": args.truth, "probe_steps": None if args.probe_steps is None else tuple(args.probe_steps),
+                 "levels": None if args.levels is None else tuple(args.levels), "budget": args.budget}
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     torch.set_num_threads(1)
     results_dir.mkdir(parents=True, exist_ok=True)
     old = json.loads(json_path.read_text()) if json_path.exists() else {}
-    kept = old.get("blocks", []) if old.get("settings") == config.to_dict() else []
+    kept = old.get("blocks", []) if same_settings(old.get("settings", {}), config.to_dict()) else []
     results = {"command": " ".join(["python benchmarks/judges.py", *(argv if argv is not None else sys.argv[1:])]),
                "settings": config.to_dict(), "machine": {**machine(), "threads": torch.get_num_threads()},
                "test_split_used": False, "blocks": kept,

@@ -553,3 +553,40 @@ def test_headroom_cells_are_chosen_on_the_command_line_and_added_to_the_same_stu
     one, other = headroom.full_settings(), dataclasses.replace(headroom.full_settings(), cells=(("vgg11", "digits", 0.5),))
     assert headroom.comparable(one.to_dict()) == headroom.comparable(other.to_dict())  # more cells: the same study
     assert headroom.comparable(one.to_dict()) != headroom.comparable(dataclasses.replace(one, kd_epochs=5).to_dict())
+
+
+def test_judges_against_a_held_out_truth_and_on_training_images_disjoint_from_the_bn_images():
+    import torch
+
+    from benchmarks import judges
+    from rlpruner.data.base import dataset_labels, stratified_subset
+
+    def cand(score, val, heldout):
+        return {"judges": {"j": score}, "truth": val, "truth_heldout": heldout, "judge_seconds": {"j": 0.1},
+                "seconds": {"kd": 1.0, "surgery": 0.01}}
+
+    candidates = [cand(0.1, 0.5, 0.8), cand(0.2, 0.6, 0.7), cand(0.3, 0.7, 0.6)]
+    assert judges.summarise(candidates)["spearman"]["j"] == pytest.approx(1.0)
+    assert judges.summarise(candidates, "heldout")["spearman"]["j"] == pytest.approx(-1.0)
+    # a results file written before these settings existed had their defaults
+    old = {k: v for k, v in judges.full().to_dict().items() if k not in judges.ADDED_SETTINGS}
+    assert judges.same_settings(old, judges.full().to_dict())
+    assert not judges.same_settings(old, dataclasses.replace(judges.full(), truth="heldout").to_dict())
+    assert not judges.same_settings({}, judges.full().to_dict())
+    splits = judges.load_splits(judges.SETTINGS["resnet20/digits@32"])
+    config = dataclasses.replace(judges.full(), train_subsets=(128,), bn_samples=256)
+    (size, batches), = judges.train_subsets(splits, config).items()
+    labels = dataset_labels(splits.train)
+    bn = set(stratified_subset(labels, 256, config.seed + 2).tolist())  # the search's BN images
+    assert size == 128 and sum(len(y) for _, y in batches) == 128
+    picked = torch.cat([x for x, _ in batches])
+    for i in sorted(bn)[:20]:   # no BN image is judged
+        assert not any(torch.equal(splits.train[i][0], row) for row in picked)
+    page = judges.render_markdown({"settings": {"kd_epochs": 1, "candidates": 3, "noise": 0.05, "bn_samples": 256,
+                                                "truth": "heldout"}, "machine": {}, "wall_seconds": 1.0,
+                                   "blocks": [dict(_judge_block("r/d@16", 0.15, {"train_512": 0.5}, {"train_512": 0.0},
+                                                                {"train_512": 0.1}), heldout=150,
+                                                   train_subset_sizes={"512": 512})]})
+    assert "validation images that no judge scored on" in page and "| 150 | 512 |" in page
+    assert judges.parse_args(["--settings", "vgg11/synthetic-hard-10k@16", "--truth", "heldout", "--probe-steps",
+                              "--train-subsets", "512"]).probe_steps == []
