@@ -559,7 +559,9 @@ def plot_sensitivity(sensitivity: Mapping[str, Any], path: Path) -> Path | None:
 
 PARTS = ("suite", "accuracy", "latency", "sensitivity", "engine_speed", "search_cost")
 JUDGE_STUDIES = (("judges.json", "candidates spread widely (noise 0.3)"),
-                 ("judges-close/judges.json", "close candidates, as the search draws them (noise 0.05)"))
+                 ("judges-close/judges.json", "close candidates, as the search draws them (noise 0.05)"),
+                 ("judges-heldout/judges.json", "close candidates at equal FLOPs, judged against a truth no judge "
+                  "sees (the hard set with 10,000 images)"))
 READING = Path(__file__).resolve().parent / "reading.md"
 
 
@@ -819,7 +821,7 @@ def _judges_section(results_dir: Path) -> list[str]:
             continue
         found = True
         page = render_markdown(json.loads(path.read_text())).splitlines()
-        out += [f"### {what.capitalize()}", "", *[line for line in page[1:] if not line.startswith("# ")], ""]
+        out += [f"### {what[0].upper()}{what[1:]}", "", *[line for line in page[1:] if not line.startswith("# ")], ""]
     return out if found else out + ["Not run (no judges.json).", ""]
 
 
