@@ -283,6 +283,11 @@ def test_step_cost_averages_the_drop_of_each_step_before_its_recovery(accuracy):
     assert render.step_cost(dict(row, trajectory=None)) is None
     table = render.step_cost_table({**accuracy, "runs": [row, dict(row, method="uniform", trajectory=[[0.2, 0.5, 0.9]])]})
     assert "| resnet | digits | -50% | **8.0** | 40.0 |" in table
+    # the recovered path: the mean of the accuracies after each step's recovery, the highest in bold
+    assert render.recovered_accuracy(row) == pytest.approx((0.88 + 0.87 + 0.86) / 3)
+    recovered = render.step_cost_table({**accuracy, "runs": [row, dict(row, method="uniform", trajectory=[[0.2, 0.5, 0.9]])]},
+                                       render.recovered_accuracy, max)
+    assert "| resnet | digits | -50% | 87.0 | **90.0** |" in recovered
 
 
 def test_a_partial_seed_is_left_out_so_every_cell_averages_the_same_seeds(accuracy):
