@@ -12,6 +12,7 @@ from rlpruner.errors import CheckpointError, ConfigError, DataError
 from rlpruner.latency import Runtime
 from rlpruner.models import create_model
 from rlpruner.search import CompressConfig, Reward, RLConfig, Target, compress
+from rlpruner.search.checkpoint import _digest
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +155,16 @@ def test_resume_refuses_other_models_options_and_empty_dirs(splits, trained, tmp
     changed = dataclasses.replace(config, rl=dataclasses.replace(config.rl, noise=0.1))
     with pytest.raises(CheckpointError, match="rl.noise"):
         compress(trained, splits, changed, out_dir=tmp_path, resume=True)
+    # a run started by a version without an option ran at that option's default: it resumes, unless the
+    # option is set otherwise now
+    state_path = tmp_path / "state.json"
+    body = {k: v for k, v in json.loads(state_path.read_text()).items() if k != "digest"}
+    del body["config"]["rl"]["score_split"]  # as the version before that option wrote it
+    state_path.write_text(json.dumps({**body, "digest": _digest(body)}))
+    elsewhere = dataclasses.replace(config, rl=dataclasses.replace(config.rl, score_split="train", score_samples=8))
+    with pytest.raises(CheckpointError, match=r"rl.score_split \(run: 'val', now: 'train'\)"):
+        compress(trained, splits, elsewhere, out_dir=tmp_path, resume=True)
+    compress(trained, splits, config, out_dir=tmp_path, resume=True, evaluate_test=False)
     with pytest.raises(CheckpointError, match="nothing to resume"):
         compress(trained, splits, config, out_dir=tmp_path / "empty", resume=True)
 

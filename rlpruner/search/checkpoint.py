@@ -153,7 +153,8 @@ def _read_state(ctx: Context) -> dict[str, Any]:
 
 
 def _check_same_config(config: CompressConfig, saved: Mapping[str, Any], path: Path) -> None:
-    """A resumed run must use the options it started with (progress bars excepted)."""
+    """A resumed run must use the options it started with (progress bars excepted). An option that the
+    version which started the run did not have yet ran at its default."""
 
     def flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         out = {}
@@ -164,7 +165,7 @@ def _check_same_config(config: CompressConfig, saved: Mapping[str, Any], path: P
                 out[prefix + key] = value
         return out
 
-    now, then = flat(config.to_dict()), flat(saved)
+    now, then = flat(config.to_dict()), {**flat(CompressConfig().to_dict()), **flat(saved)}
     changed = [f"{k} (run: {then.get(k)!r}, now: {now.get(k)!r})" for k in sorted(set(now) | set(then))
                if now.get(k) != then.get(k)]
     if changed:

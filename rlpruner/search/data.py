@@ -128,9 +128,10 @@ def as_source(data: Any) -> Source:
 
 def prepare_data(source: Source, config: CompressConfig, device: torch.device, task: Task,
                  model: nn.Module, world: World | None = None) -> Data:
-    """The fixed batches of the run: the calibration batch (importance), validation, the scoring
-    set of candidates (a subset of validation, or of training images) and the BatchNorm recalibration batches (training data: unaugmented for
-    rlpruner's own data; a user dataset's samples as its `__getitem__` gives them, drawn once).
+    """The fixed batches of the run: the calibration batch (importance), validation, the scoring set of
+    candidates (a subset of validation, or of training images) and the BatchNorm recalibration
+    batches (training data: unaugmented for rlpruner's own data; a user dataset's samples as its
+    `__getitem__` gives them, drawn once).
     With several processes and a metric of counts, also this rank's part of validation."""
     world = world or World()
     if isinstance(source, SplitsSource):
@@ -173,8 +174,8 @@ def _from_splits(source: SplitsSource, config: CompressConfig, device: torch.dev
     train_labels, workers = dataset_labels(splits.train), source.workers_for(splits.train)
     calibration = subset_batches(splits.train, stratified_subset(train_labels, rl.calibration_samples, seed + 1),
                                  len(splits.train), device, workers)[:1]
-    bn_indices = stratified_subset(train_labels, rl.bn_samples, seed + 2) if rl.bn_samples else np.array([], int)
-    bn = subset_batches(splits.train, bn_indices, config.eval_batch_size, device, workers) if rl.bn_samples else []
+    bn_indices = stratified_subset(train_labels, rl.bn_samples, seed + 2) if rl.bn_samples else np.zeros(0, int)
+    bn = subset_batches(splits.train, bn_indices, config.eval_batch_size, device, workers) if len(bn_indices) else []
     if rl.score_split == "train":  # images the BN recalibration does not see
         free = np.setdiff1d(np.arange(len(train_labels)), bn_indices)
         picked = free[stratified_subset(train_labels[free], rl.score_samples, seed + 3)]
