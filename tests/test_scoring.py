@@ -15,6 +15,7 @@ from rlpruner.errors import ConfigError
 from rlpruner.importance import get
 from rlpruner.models import create_model
 from rlpruner.search import CompressConfig, RLConfig, Target, compress
+from rlpruner.search.data import SplitsSource, prepare_data
 from rlpruner.search.judges import JUDGES, Evidence
 from rlpruner.task import Task
 from rlpruner.surgery import apply_slices
@@ -263,11 +264,8 @@ def test_trim_gives_back_coarse_chunks_while_the_goal_holds():
 
 
 def test_candidates_can_be_scored_on_training_images_the_bn_recalibration_does_not_use(trained, tmp_path):
-    from rlpruner.search.data import SplitsSource, prepare_data
-    from rlpruner.task import Task
-
     model, splits = trained
-    config = dataclasses.replace(_config(score_split="train", score_samples=24, bn_samples=16))
+    config = _config(score_split="train", score_samples=24, bn_samples=16)
     data = prepare_data(SplitsSource(splits), config, torch.device("cpu"), Task(), model)
     scored = torch.cat([x for x, _ in data.score_batches])
     bn = torch.cat([x for x, _ in data.bn_batches])
