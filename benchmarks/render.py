@@ -829,7 +829,8 @@ def _judges_section(results_dir: Path) -> list[str]:
             continue
         found = True
         page = render_markdown(json.loads(path.read_text())).splitlines()
-        out += [f"### {what[0].upper()}{what[1:]}", "", *[line for line in page[1:] if not line.startswith("# ")], ""]
+        body = [line for line in page[1:] if not line.startswith("# ")]
+        out += [f"### {what[0].upper()}{what[1:]}", "", *(body[1:] if body and not body[0] else body), ""]
     return out if found else out + ["Not run (no judges.json).", ""]
 
 
