@@ -125,9 +125,9 @@ def compress_config(settings: AccuracySettings, method: str, target: float, seed
     run["post_train_period"] = settings.post_train_period if recovery else 0
     return CompressConfig(
         method=method, target=Target("flops", target), seed=seed, progress=False,
-        rl=RLConfig(prune_filter_ratio=settings.prune_filter_ratio,
-                    **{k: v for k, v in (("lr_epoch", settings.lr_epoch), ("sample_num", settings.sample_num))
-                       if v is not None}, **options),
+        rl=RLConfig(**{"prune_filter_ratio": settings.prune_filter_ratio,  # a variant may set any of these
+                       **{k: v for k, v in (("lr_epoch", settings.lr_epoch), ("sample_num", settings.sample_num))
+                          if v is not None}, **options}),
         kd=DistillConfig(epochs=settings.kd_epochs, lr=settings.kd_lr), final_epochs=0, **run)
 
 

@@ -169,7 +169,7 @@ def run_peer(job: Any) -> dict[str, Any]:
     from rlpruner.train import evaluate
 
     from .accuracy import KD_STEP, compress_config, finish, kd, plan_fields
-    from .settings import ALLOW_IMPORTS, kd_plan, portable
+    from .settings import ALLOW_IMPORTS, kd_plan, portable, recovery_due
 
     torch.set_num_threads(1)
     settings = job.base.settings
@@ -188,7 +188,7 @@ def run_peer(job: Any) -> dict[str, Any]:
         recalibrate(model, data.bn_batches, ctx.task.forward)
         pruned_val = evaluate(model, data.val_batches)["top1"]
         val = pruned_val
-        if job.recovery and settings.kd_epochs and settings.post_train_period:
+        if job.recovery and recovery_due(settings, step.step):
             val = kd(model, teacher["model"], splits, settings, settings.kd_epochs, job.seed, step.step, KD_STEP,
                      teacher_val=teacher["val"]).student_val
             if val > teacher["val"] + 0.005:  # DistillConfig.switch_margin, as the loop's recovery

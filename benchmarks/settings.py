@@ -24,11 +24,12 @@ WORK = ROOT / "runs" / "bench"          # base checkpoints and compression runs 
 METHODS = ("rl", "uniform", "global")        # the RL-Pruner loop with each allocator (rlpruner.search.compress)
 PEERS = ("tp-l2", "tp-taylor")              # Torch-Pruning's global pruning (benchmarks/peers.py)
 # CompressConfig fields a variant study may change besides RLConfig's: the search-then-refit protocol
-# (post_train_period 0 moves every per-step KD epoch into the final fine-tune; the KD budget is unchanged)
+# (post_train_period 0 moves every per-step KD epoch into the final fine-tune, N > 1 recovers after every N
+# steps, e.g. with N-times-finer steps; the KD budget is unchanged)
 RUN_OPTIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "refit": (lambda v: isinstance(v, bool), "true or false"),
-    "post_train_period": (lambda v: v in (0, 1) and not isinstance(v, bool),
-                          "0 or 1 (the KD budget counts a recovery after every step, or none)"),
+    "post_train_period": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                          "an integer >= 0 (a recovery after every this many steps; 0: none until the end)"),
 }
 
 
@@ -106,7 +107,8 @@ class AccuracySettings:
 
     @property
     def post_train_period(self) -> int:
-        """Recovery after every step (1), or none until the final fine-tune (0: a variant's choice)."""
+        """Recovery after every this many steps: 1 (the main tables), 0 (none until the final fine-tune) or
+        N (a variant's choice, e.g. with N-times-finer steps)."""
         return int(dict(self.rl_options).get("post_train_period", 1))
 
     @property
@@ -117,16 +119,18 @@ class AccuracySettings:
 
 @dataclass(frozen=True)
 class KDPlan:
-    """How a run's KD budget was spent: `steps` x `per_step` epochs, then `final` epochs."""
+    """How a run's KD budget was spent: `recoveries` of its `steps` (one every `post_train_period` steps)
+    took `per_step` epochs each, then `final` epochs."""
 
     steps: int
+    recoveries: int
     per_step: int
     final: int
     budget: int
 
     @property
     def used(self) -> int:
-        return self.steps * self.per_step + self.final
+        return self.recoveries * self.per_step + self.final
 
     @property
     def over_budget(self) -> bool:
@@ -137,9 +141,18 @@ def kd_plan(settings: AccuracySettings, steps: int, recovery: bool = True) -> KD
     """The final fine-tune that fills a run's KD budget after its per-step recoveries. Runs whose
     steps alone exceed the budget get no final epochs and are marked over budget, never trimmed."""
     if not recovery:
-        return KDPlan(steps, 0, 0, 0)
-    per_step = settings.kd_epochs if settings.post_train_period else 0
-    return KDPlan(steps, per_step, max(settings.kd_budget - steps * per_step, 0), settings.kd_budget)
+        return KDPlan(steps, 0, 0, 0, 0)
+    period = settings.post_train_period
+    recoveries = steps // period if period else 0
+    per_step = settings.kd_epochs if recoveries else 0
+    return KDPlan(steps, recoveries, per_step, max(settings.kd_budget - recoveries * per_step, 0), settings.kd_budget)
+
+
+def recovery_due(settings: AccuracySettings, step: int) -> bool:
+    """Whether step `step` (from 1) of a run with recovery ends with KD: the loop's rule
+    (rlpruner.search.step), which the peers follow too."""
+    period = settings.post_train_period
+    return bool(settings.kd_epochs and period and step % period == 0)
 
 
 @dataclass(frozen=True)

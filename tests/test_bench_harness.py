@@ -56,7 +56,8 @@ def test_a_search_then_refit_variant_spends_the_whole_budget_on_the_final_fine_t
     assert compress_config(variant, "rl", 0.5, 0, False).post_train_period == 0
     default = compress_config(SETTINGS, "rl", 0.5, 0, True)
     assert not default.refit and default.post_train_period == 1
-    for bad in ("post_train_period=2", "post_train_period=true", "refit=1", "final_epochs=3"):
+    for bad in ("post_train_period=-1", "post_train_period=true", "post_train_period=1.5", "refit=1",
+                "final_epochs=3"):
         with pytest.raises(SystemExit):
             run_all.parse_args(["--full", "--rl", bad])
         assert f"argument --rl: '{bad}'" in capsys.readouterr().err
@@ -206,3 +207,18 @@ def test_the_verdict_says_when_there_is_no_seed_spread(accuracy):
     one_seed = {**accuracy, "runs": [r for r in accuracy["runs"] if r["seed"] == 0]}
     line = render.best_verdict_line(render.best_verdict(one_seed), "after KD recovery")
     assert "wins by more than the seed spread in 0 of the 0 settings with ≥ 2 seeds" in line
+
+
+def test_a_finer_step_variant_recovers_every_n_steps_within_the_same_budget():
+    from benchmarks import run_all
+    from benchmarks.accuracy import compress_config
+
+    variant = run_all.select(SETTINGS, run_all.parse_args(["--full", "--rl", "prune_filter_ratio=0.025",
+                                                           "post_train_period=2", "--results", "/nonexistent"]))
+    plan = presets.kd_plan(variant, steps=11)        # recoveries after steps 2, 4, ..., 10
+    assert (plan.recoveries, plan.per_step, plan.final, plan.used) == (5, 1, 5, 10)
+    assert [presets.recovery_due(variant, s) for s in range(1, 5)] == [False, True, False, True]
+    assert presets.kd_plan(SETTINGS, steps=6).recoveries == 6
+    config = compress_config(variant, "rl", 0.5, 0, True)
+    assert config.rl.prune_filter_ratio == 0.025 and config.post_train_period == 2
+    assert compress_config(SETTINGS, "rl", 0.5, 0, True).rl.prune_filter_ratio == SETTINGS.prune_filter_ratio
