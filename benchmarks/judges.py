@@ -56,9 +56,10 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 from benchmarks.settings import (ALLOW_IMPORTS, DENSENET, RESNET56, VGG, WORK, DatasetSpec, ModelSpec,  # noqa: E402
                                  machine, portable, render_only, study_files)
 
+TRAIN_SIZES = (256, 512, 1024, 2048)  # training-image subsets (--train-subsets) the table orders and describes
 JUDGE_ORDER = ("raw_full", "kl_raw", "bn_full", "bn_64", "bn_128", "bn_256", "kl_256", "loss_full", "loss_128",
                "probe1_128", "probe3_128", *(f"{kind}_{size}" for kind in ("train", "agree", "kltrain", "losstrain")
-                                             for size in (256, 512, 1024, 2048)), "flops_left")
+                                             for size in TRAIN_SIZES), "flops_left")
 JUDGE_NOTES = {"raw_full": "top-1, whole val, stale BN", "kl_raw": "-KL to base, 256 imgs, stale BN",
                "bn_full": "top-1, whole val, BN recal.", "kl_256": "-KL to base, 256 imgs, BN recal.",
                "loss_full": "-cross-entropy, whole val, BN recal.",
@@ -66,11 +67,11 @@ JUDGE_NOTES = {"raw_full": "top-1, whole val, stale BN", "kl_raw": "-KL to base,
                **{f"bn_{s}": f"top-1, {s}-img subset, BN recal." for s in (64, 128, 256)},
                **{f"loss_{s}": f"-cross-entropy, {s}-img subset, BN recal." for s in (64, 128, 256)},
                **{f"probe{k}_128": f"top-1, 128-img subset, after {k} KD step(s) on the BN batches" for k in (1, 3)},
-               **{f"train_{s}": f"top-1, {s} training imgs, BN recal." for s in (256, 512, 1024, 2048)},
+               **{f"train_{s}": f"top-1, {s} training imgs, BN recal." for s in TRAIN_SIZES},
                **{f"agree_{s}": f"argmax agreement with the unpruned model, {s} training imgs, BN recal."
-                  for s in (256, 512, 1024, 2048)},
-               **{f"kltrain_{s}": f"-KL to the unpruned model, {s} training imgs, BN recal." for s in (256, 512, 1024, 2048)},
-               **{f"losstrain_{s}": f"-cross-entropy, {s} training imgs, BN recal." for s in (256, 512, 1024, 2048)}}
+                  for s in TRAIN_SIZES},
+               **{f"kltrain_{s}": f"-KL to the unpruned model, {s} training imgs, BN recal." for s in TRAIN_SIZES},
+               **{f"losstrain_{s}": f"-cross-entropy, {s} training imgs, BN recal." for s in TRAIN_SIZES}}
 LEVEL_SEED = 17  # mixed into the candidate generator's seed
 
 
@@ -120,8 +121,9 @@ class JudgeSettings:
 
 
 TRUTHS = ("val", "heldout")
-ADDED_SETTINGS = {"train_subsets": [], "truth": "val", "budget": "channels"}
-BUDGETS = ("channels", "flops")  # what results written before these fields meant
+ADDED_SETTINGS = {"train_subsets": [], "truth": "val", "budget": "channels"}  # what results written before
+                                                                                # these fields meant
+BUDGETS = ("channels", "flops")
 
 
 def same_settings(old: dict[str, Any], new: dict[str, Any]) -> bool:
@@ -236,6 +238,8 @@ def measure_setting(setting: Setting, config: JudgeSettings, levels: tuple[float
     from rlpruner.search.data import SplitsSource, prepare_data, subset_batches
     from rlpruner.task import Task, top1
 
+    from benchmarks.headroom import at_target
+
     clock = Clock()
     splits = clock("load", lambda: load_splits(setting))
     model, base_info = clock("base", lambda: base_model(setting, config, splits, log))
@@ -281,8 +285,6 @@ def measure_setting(setting: Setting, config: JudgeSettings, levels: tuple[float
         for index in range(config.candidates):
             pd = policy.sample(pd0, config.noise, rng, capacity)
             if config.budget == "flops":
-                from benchmarks.headroom import at_target
-
                 removed = at_target(graph, names, capacity, pd, level, base_flops)
                 counts = np.array([removed.get(n, 0) for n in names], dtype=np.int64)
             else:
@@ -300,17 +302,17 @@ def measure_setting(setting: Setting, config: JudgeSettings, levels: tuple[float
 
 
 def train_subsets(splits: Any, config: JudgeSettings) -> dict[int, list]:
-    """Stratified samples of the training split for the `train_N`/`agree_N` judges, drawn from the
-    images the BN recalibration does not use (the search draws those with seed + 2)."""
-    from rlpruner.data.base import dataset_labels, stratified_subset
-    from rlpruner.search.data import subset_batches
+    """Samples of the training split for the `train_N`/`agree_N` judges, drawn as the search draws its
+    scoring images with `score_split="train"` (none of the BN recalibration's images)."""
+    from rlpruner.data.base import dataset_labels
+    from rlpruner.search.data import bn_subset, subset_batches, train_scoring_subset
 
     if not config.train_subsets:
         return {}
     labels = dataset_labels(splits.train)
-    free = np.setdiff1d(np.arange(len(labels)), stratified_subset(labels, config.bn_samples, config.seed + 2))
-    return {n: subset_batches(splits.train, free[stratified_subset(labels[free], n, config.seed + 3)],
-                              config.eval_batch_size) for n in config.train_subsets}
+    bn = bn_subset(labels, config.bn_samples, config.seed)
+    return {n: subset_batches(splits.train, train_scoring_subset(labels, bn, n, config.seed), config.eval_batch_size)
+            for n in config.train_subsets}
 
 
 @dataclass(frozen=True)

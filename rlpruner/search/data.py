@@ -174,11 +174,10 @@ def _from_splits(source: SplitsSource, config: CompressConfig, device: torch.dev
     train_labels, workers = dataset_labels(splits.train), source.workers_for(splits.train)
     calibration = subset_batches(splits.train, stratified_subset(train_labels, rl.calibration_samples, seed + 1),
                                  len(splits.train), device, workers)[:1]
-    bn_indices = stratified_subset(train_labels, rl.bn_samples, seed + 2) if rl.bn_samples else np.zeros(0, int)
+    bn_indices = bn_subset(train_labels, rl.bn_samples, seed)
     bn = subset_batches(splits.train, bn_indices, config.eval_batch_size, device, workers) if len(bn_indices) else []
-    if rl.score_split == "train":  # images the BN recalibration does not see
-        free = np.setdiff1d(np.arange(len(train_labels)), bn_indices)
-        picked = free[stratified_subset(train_labels[free], rl.score_samples, seed + 3)]
+    if rl.score_split == "train":
+        picked = train_scoring_subset(train_labels, bn_indices, rl.score_samples, seed)
         score = subset_batches(splits.train, picked, config.eval_batch_size, device, workers)
     elif rl.score_samples is None or rl.score_samples >= len(splits.val):
         score = list(val)
@@ -186,6 +185,19 @@ def _from_splits(source: SplitsSource, config: CompressConfig, device: torch.dev
         score = subset_batches(splits.val, stratified_subset(dataset_labels(splits.val), rl.score_samples, seed),
                                config.eval_batch_size, device, source.workers_for(splits.val))
     return val, score, calibration, bn
+
+
+def bn_subset(train_labels: np.ndarray, samples: int, seed: int) -> np.ndarray:
+    """Indices of the training images that re-estimate BatchNorm statistics (class-stratified, seeded);
+    none for 0."""
+    return stratified_subset(train_labels, samples, seed + 2) if samples else np.zeros(0, int)
+
+
+def train_scoring_subset(train_labels: np.ndarray, bn_indices: np.ndarray, samples: int, seed: int) -> np.ndarray:
+    """Indices of `samples` training images that score candidates (`score_split="train"`): class-stratified,
+    seeded, and none of the BatchNorm images, so a candidate is never scored on what recalibrated it."""
+    free = np.setdiff1d(np.arange(len(train_labels)), bn_indices)
+    return free[stratified_subset(train_labels[free], samples, seed + 3)]
 
 
 def subset_batches(dataset: Any, indices: np.ndarray, batch_size: int, device: torch.device | str = "cpu",
