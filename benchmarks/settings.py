@@ -149,10 +149,11 @@ def kd_plan(settings: AccuracySettings, steps: int, recovery: bool = True) -> KD
 
 
 def recovery_due(settings: AccuracySettings, step: int) -> bool:
-    """Whether step `step` (from 1) of a run with recovery ends with KD: the loop's rule
-    (rlpruner.search.step), which the peers follow too."""
-    period = settings.post_train_period
-    return bool(settings.kd_epochs and period and step % period == 0)
+    """Whether step `step` (from 1) of a run with recovery ends with KD: the loop's own rule, which the
+    peers follow too."""
+    from rlpruner.search.step import recovery_due as loop_rule
+
+    return loop_rule(settings.post_train_period, settings.kd_epochs, step)
 
 
 @dataclass(frozen=True)

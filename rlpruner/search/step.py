@@ -334,10 +334,16 @@ def distill_for(ctx: Context, model: nn.Module, teacher: Teacher, epochs: int, *
     return result.student_val
 
 
+def recovery_due(period: int, kd_epochs: int, step: int) -> bool:
+    """Whether step `step` (from 1) ends with KD recovery: every `period` steps (0: never while
+    searching), when there are epochs to spend."""
+    return bool(period and kd_epochs and step % period == 0)
+
+
 def _recover(ctx: Context, teacher: Teacher, model: nn.Module, step: int) -> tuple[float, Teacher]:
     """(validation metric, teacher) after this step's recovery, when one is due."""
-    period, kd = ctx.config.post_train_period, ctx.config.kd
-    if not period or step % period or kd.epochs == 0:
+    kd = ctx.config.kd
+    if not recovery_due(ctx.config.post_train_period, kd.epochs, step):
         with ctx.timer("recovery"):
             return ctx.evaluate(model), teacher
     val = distill_for(ctx, model, teacher, kd.epochs, step, KD)
