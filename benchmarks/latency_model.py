@@ -53,7 +53,7 @@ class LatencyModelSettings:
     table_runtimes: tuple[tuple[str, int], ...] = (("torch-cpu", 1), ("onnxruntime-cpu", 1))  # tables built
     batches: tuple[int, ...] = (1, 32)
     target: float = 0.5
-    check_samples: int = 6
+    check_samples: int = 10
     points: int = 6
     methods: tuple[str, ...] = METHODS
     rl: dict[str, Any] = field(default_factory=lambda: {
@@ -218,15 +218,18 @@ def table(results: dict[str, Any]) -> list[str]:
     """The markdown tables of a results file (generated, never typed)."""
     lines = [f"Random weights; latency tables at batch 1; machine: {results['machine']['cpu']}, commit "
              f"{results['machine']['commit']}. Command: `python benchmarks/latency_model.py`.", "",
-             "**The table's error** (predicted against measured latency of random pruned models):", "",
-             "| model | input | runtime | threads | layers (distinct) | build | any widths: median | worst | "
-             "widths in multiples of 8: median | worst |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"**The table's error** (predicted against measured latency of "
+             f"{results['settings']['check_samples']} random pruned models per column, none of them among the whole "
+             "models the table's rest term was fitted on):", "",
+             "| model | input | runtime | threads | layers (distinct) | build | rest term (leave-one-out error) | "
+             "any widths: median | worst | widths in multiples of 8: median | worst |",
+             "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|"]
     for row in results["rows"]:
         for t in row["tables"]:
             a = t.get("aligned", {})
             lines.append(f"| {row['model']} | {'x'.join(map(str, row['input']))} | {t['runtime']} | {t['threads']} | "
-                         f"{t['layers']} ({t['distinct']}) | {t['build_s']:.0f} s | {t['median']:.1%} | {t['worst']:.1%} | "
+                         f"{t['layers']} ({t['distinct']}) | {t['build_s']:.0f} s | {_form(t['fit'])} | "
+                         f"{t['median']:.1%} | {t['worst']:.1%} | "
                          f"{a.get('median', float('nan')):.1%} | {a.get('worst', float('nan')):.1%} |")
     for kind, pick in (("any widths", lambda t: t["median"]), ("multiples of 8", lambda t: t["aligned"]["median"])):
         errors = [pick(t) for row in results["rows"] for t in row["tables"] if kind == "any widths" or "aligned" in t]
@@ -253,6 +256,15 @@ def table(results: dict[str, Any]) -> list[str]:
         lines.append("")
     lines += goal_lines(results)
     return lines
+
+
+def _form(fit: dict[str, Any]) -> str:
+    """Which terms the table's fit chose, and its leave-one-out error on the whole models it was fitted on."""
+    scales = set(fit["scales"].values())
+    text = "one scale" if len(scales) <= 1 else "a scale per op kind"
+    if fit.get("block", 1) > 1:
+        text += f", widths off multiples of {fit['block']}"
+    return text + (f" ({fit['cv_error']:.1%})" if fit.get("cv_error") is not None else "")
 
 
 AWARE = ("uniform-r8", "rl-latency")  # the latency-aware or rounded configurations of the goal

@@ -22,7 +22,7 @@ from rlpruner.latency import (
     random_removals,
     rounding_costs,
 )
-from rlpruner.latency.table import CALIBRATION_KEEP, CALIBRATION_RANDOM
+from rlpruner.latency.table import calibration_plans
 from rlpruner.models import create_model
 from rlpruner.surgery import prune_channels
 from rlpruner.search import CompressConfig, Reward, RLConfig, Target, compress
@@ -75,6 +75,65 @@ def test_the_table_predicts_random_pruned_models_exactly_on_a_bilinear_clock(mon
         assert table.predict(graph.new_shapes(removals)) == pytest.approx(expected, rel=1e-6)
     error = prediction_error(model, graph, table, get_runtime("torch-cpu"), x, samples=3)
     assert error.worst < 1e-6 and len(error.samples) == 3
+
+
+def _misaligned_elements_clock(block, ms_per_element):
+    """The FLOPs clock plus, for whole models only (more than one conv), a cost per output element of
+    every conv whose width is not a multiple of `block`: a layout change between layers, which a
+    layer timed alone does not show (as ONNX Runtime's blocked layout)."""
+    def penalty(module):
+        convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+        if len(convs) < 2:
+            return 0.0
+        elements = []
+        handles = [c.register_forward_hook(lambda m, a, out: elements.append(
+            out[0].numel() if m.out_channels % block else 0)) for c in convs]
+        try:
+            with torch.no_grad():
+                module(torch.randn(1, 3, 16, 16))
+        finally:
+            for h in handles:
+                h.remove()
+        return ms_per_element * sum(elements)
+    return penalty
+
+
+def test_the_fit_learns_a_whole_model_cost_of_widths_off_a_block_that_layers_alone_do_not_show(monkeypatch):
+    monkeypatch.setattr(Runtime, "time_ms", _flops_clock(penalty=_misaligned_elements_clock(8, 1e-3)))
+    model, x = _mobilenet()
+    graph = trace(model, x)
+    table = build_table(model, graph, x, get_runtime("torch-cpu"), points=4)
+    assert table.fit.block == 8 and table.fit.misaligned_ms > 0 and table.fit.cv_error < 1e-6
+    rng = np.random.default_rng(3)
+    for multiple in (1, 8):  # odd widths pay the layout cost, aligned ones do not
+        error = prediction_error(model, graph, table, get_runtime("torch-cpu"), x, samples=4, seed=3,
+                                 multiple=multiple)
+        assert error.worst < 1e-6
+    odd = random_removals(graph, rng)
+    assert table.misaligned(graph.new_shapes(odd), 8) > 0 == table.misaligned(graph.shapes, 8)
+
+
+def test_the_fit_keeps_one_scale_and_no_block_term_when_nothing_needs_them(monkeypatch):
+    monkeypatch.setattr(Runtime, "time_ms", _flops_clock())
+    model, x = _mobilenet()
+    table = build_table(model, trace(model, x), x, get_runtime("torch-cpu"), points=4)
+    assert table.fit.block == 1 and table.fit.misaligned_ms == 0.0
+    assert len(set(table.fit.scales.values())) == 1 and table.fit.cv_error < 1e-6
+    assert "leave-one-out error" in table.fit.describe()
+
+
+def test_calibration_models_cover_odd_and_aligned_widths_and_start_with_the_original():
+    model, x = _mobilenet()
+    graph = trace(model, x)
+    plans = calibration_plans(graph)
+    assert plans[0] == ("original", {})
+    wide = [g for g in graph.prunable_groups() if g.size > 8]  # narrower groups are never rounded
+    widths = [[g.size - len(removals.get(g.name, ())) for g in wide] for _, removals in plans[1:]]
+    assert any(all(w % 8 == 0 for w in kept) for kept in widths)
+    assert any(any(w % 8 for w in kept) for kept in widths)
+    assert len({json.dumps({k: v.tolist() for k, v in r.items()}, sort_keys=True) for _, r in plans}) == len(plans)
+    aligned = calibration_plans(graph, 8)  # a table at multiple 8 has one set only
+    assert len(aligned) < len(plans) and all("multiples of 8" in name for name, _ in aligned[1:])
 
 
 def test_odd_widths_are_seen_by_the_table_at_its_grid_and_rounding_picks_their_multiple(monkeypatch):
@@ -173,7 +232,7 @@ def test_a_latency_search_times_no_candidate_and_reports_predicted_beside_measur
     whole_models = [m for m in calls if any(isinstance(c, nn.Linear) for c in m.modules())
                     and any(isinstance(c, nn.Conv2d) for c in m.modules())]
     # the table's calibration models, then base and final at the latency batch and the report batch
-    assert len(whole_models) == len(CALIBRATION_KEEP) + CALIBRATION_RANDOM + 4
+    assert len(whole_models) == len(calibration_plans(trace(tiny_trained, torch.randn(1, 1, 8, 8)))) + 4
     assert sum(r.candidates for r in result.records) > 8
     base, final = result.results["base"], result.results["final"]
     assert final["predicted_latency_ms"] == pytest.approx(final["latency_ms"], rel=1e-6)

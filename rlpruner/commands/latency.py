@@ -78,9 +78,9 @@ def run(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"model": source, "input": list(example.shape[1:]), "key": table.key,
                               "layers": len(table.ops), "distinct": len(table.curves), "fit": vars(table.fit),
                               "calibration": table.calibration}
-    print(f"{len(table.ops)} layers ({len(table.curves)} distinct); fit: {table.fit}")
+    print(f"{len(table.ops)} layers ({len(table.curves)} distinct); fit: {table.fit.describe()}")
     for row in table.calibration:
-        print(f"  calibration {row['model']:>12s}: measured {row['measured_ms']:.3f} ms, predicted "
+        print(f"  calibration {row['model']:>28s}: measured {row['measured_ms']:.3f} ms, predicted "
               f"{row['predicted_ms']:.3f} ms")
     if args.check:
         error = prediction_error(model, graph, table, runtime, example, samples=args.check, multiple=args.round_to,

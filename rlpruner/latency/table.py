@@ -10,15 +10,21 @@ widths is the product form
 where c, the op's cost at no width (call overhead), is where the measured widths extrapolate to.
 This is exact for a cost that is a constant plus a bilinear term in the two widths, and keeps what
 the runtime does at each measured width (kernels that change with the width, odd widths). What the ops do not cover
-(normalisation, activations, pooling, additions, framework overhead) is fitted on a few timed whole
-models, pruned uniformly and at random widths:
+(normalisation, activations, pooling, additions, framework overhead, layout changes between layers)
+is fitted on timed whole models, pruned uniformly and at random widths, half of them in multiples of
+8 and half not:
 
     latency(model) = scale * sum_ops T + constant + per_element * (output elements / original's)
+                     [+ misaligned * (output elements of layers whose width is off a block / original's)]
 
-with non-negative coefficients. `check.prediction_error` reports how well this predicts random
-pruned models (the table's honest error). A table is keyed by the model's structure, the runtime
-(name, threads, library versions, processor), batch, input size and grid, and stored as JSON under
-the cache directory, so a later run on the same machine reuses it.
+with non-negative coefficients. The last term is for runtimes that lay tensors out in blocks of 4, 8
+or 16 channels (ONNX Runtime's blocked layout): a layer alone does not show the cost of converting
+layouts between layers, a whole model does. Which terms the fit uses (one scale for every op kind
+or one per kind; which block, if any) is chosen by leave-one-out error over the timed whole models,
+so a term enters only where it predicts models the fit did not see. `check.prediction_error`
+reports how well this predicts random pruned models (the table's honest error). A table is keyed by
+the model's structure, the runtime (name, threads, library versions, processor), batch, input size
+and grid, and stored as JSON under the cache directory, so a later run on the same machine reuses it.
 """
 from __future__ import annotations
 
@@ -40,10 +46,13 @@ from ..io import atomic_write_json
 from .ops import Op, find_ops, random_removals, uniform_removals
 from .runtimes import Runtime, Stopwatch
 
-TABLE_VERSION = 4
-CALIBRATION_KEEP = (1.0, 0.75, 0.5, 0.3)  # uniform widths of whole models the rest term is fitted on, and
-CALIBRATION_RANDOM = 8                    # this many with random widths per group (what a search makes)
+TABLE_VERSION = 5
+CALIBRATION_KEEP = (0.75, 0.5, 0.3)       # the original and uniform widths of whole models the rest term is fitted on,
+CALIBRATION_RANDOM = 10                   # this many with random widths per group (what a search makes),
+CALIBRATION_ALIGNED = 8                   # each set once at the table's multiple and once in multiples of 8
 CALIBRATION_SEED = 12345                  # not the error check's seed: the check uses unseen models
+MISALIGNED_BLOCKS = (4, 8, 16)            # channel blocks a runtime's layout may need (fp32 SIMD widths)
+FORM_TOLERANCE = 0.0025                   # a form with more terms must predict better than this (relative error)
 Shapes = Mapping[str, Sequence[int]]
 TABLE_WATCH = Stopwatch(warmup=2, repeats=3, rounds=3, per_round_s=0.05)  # each latency of a table
 
@@ -108,12 +117,25 @@ def _ratio(grid: list[int], times: list[float], curve: Curve, width: int) -> flo
 @dataclass(frozen=True)
 class Fit:
     """latency = sum over op kinds of scale[kind] * their latencies + constant_ms + per_element_ms *
-    relative elements. Kinds (dense conv, grouped conv, linear) get their own scale because a
-    runtime fuses and lays out each differently inside a whole model than alone."""
+    relative elements + misaligned_ms * relative elements of layers whose width is off `block`.
+    Kinds (dense conv, grouped conv, linear) get their own scale where that predicts better than one
+    scale (a runtime may fuse and lay out each differently inside a whole model than alone)."""
 
     scales: dict[str, float]
     constant_ms: float
     per_element_ms: float
+    misaligned_ms: float = 0.0
+    block: int = 1                  # 1: no misalignment term
+    cv_error: float | None = None   # median relative error on each calibration model left out of the fit
+
+    def describe(self) -> str:
+        scales = ", ".join(f"{kind} x{scale:.3g}" for kind, scale in self.scales.items())
+        text = f"{scales}; constant {self.constant_ms:.3g} ms; {self.per_element_ms:.3g} ms per output elements"
+        if self.block > 1:
+            text += f"; widths off multiples of {self.block}: {self.misaligned_ms:.3g} ms per their elements"
+        if self.cv_error is not None:
+            text += f" (leave-one-out error {self.cv_error:.1%})"
+        return text
 
 
 @dataclass
@@ -143,12 +165,30 @@ class LatencyTable:
         full = sum(op.out * op.mult for op in self.ops) or 1
         return sum(int(shapes[op.weight][0]) * op.mult for op in self.ops) / full
 
+    def misaligned(self, shapes: Shapes, block: int) -> float:
+        """Output elements of the prunable layers whose width is not a multiple of `block`, relative
+        to the original model's output elements."""
+        full = sum(op.out * op.mult for op in self.ops) or 1
+        return sum(int(shapes[op.weight][0]) * op.mult for op in self.ops
+                   if op.out_axis and int(shapes[op.weight][0]) % block) / full
+
+    def features(self, shapes: Shapes, kinds: Sequence[str], block: int) -> list[float]:
+        """What the fit weighs: op latencies summed per group of `kinds` (a tuple of kinds sums them
+        together), 1, relative elements and (block > 1) relative misaligned elements."""
+        by_kind = dict(zip(self.kinds(), self.op_ms_by_kind(shapes, self.kinds())))
+        row = [sum(by_kind[k] for k in (group if isinstance(group, tuple) else (group,))) for group in kinds]
+        row += [1.0, self.elements(shapes)]
+        return row + [self.misaligned(shapes, block)] if block > 1 else row
+
     def predict(self, shapes: Shapes) -> float:
         """Predicted latency in ms of the model with these weight shapes (`graph.new_shapes(...)`)."""
         f = self.fit
         kinds = list(f.scales)
         ops = sum(f.scales[k] * t for k, t in zip(kinds, self.op_ms_by_kind(shapes, kinds)))
-        return max(ops + f.constant_ms + f.per_element_ms * self.elements(shapes), 1e-6)
+        rest = f.constant_ms + f.per_element_ms * self.elements(shapes)
+        if f.block > 1:
+            rest += f.misaligned_ms * self.misaligned(shapes, f.block)
+        return max(ops + rest, 1e-6)
 
     def predict_removal(self, graph: DependencyGraph, removals: Mapping[str, Sequence[int]]) -> float:
         return self.predict(graph.new_shapes(removals))
@@ -245,17 +285,61 @@ def _step(full: int, multiple: int, groups: int = 1) -> int:
 
 
 def fit_rest(table_ops: LatencyTable, shapes: Sequence[Shapes], measured: Sequence[float]) -> Fit:
-    """Non-negative least squares of the whole-model measurements on (ops of each kind, 1, elements),
-    each row weighted by 1/measured so that the fit minimises relative error."""
+    """The rest term fitted on whole-model measurements: for each form (one scale for all op kinds
+    or one per kind; no misalignment term or one per block of `MISALIGNED_BLOCKS`), non-negative
+    least squares in relative error. The simplest form whose median error on each model left out of
+    its fit is within `FORM_TOLERANCE` of the lowest wins, refitted on every model."""
+    kinds = table_ops.kinds()
+    y = np.asarray(measured, dtype=float)
+    forms = [(shared, block) for block in (1, *MISALIGNED_BLOCKS) for shared in (True, False)
+             if not (shared is False and len(kinds) == 1)]
+    scored = []
+    for shared, block in forms:
+        groups: list[Any] = [tuple(kinds)] if shared else list(kinds)
+        rows = np.array([table_ops.features(s, groups, block) for s in shapes])
+        scored.append((_leave_one_out(rows, y), shared, block, groups, rows))
+    lowest = min(entry[0] for entry in scored)
+    cv_error, shared, block, groups, rows = next(entry for entry in scored if entry[0] <= lowest + FORM_TOLERANCE)
+    coef = _relative_nnls(rows, y)
+    scales = {k: float(coef[0]) for k in kinds} if shared else {k: float(c) for k, c in zip(kinds, coef)}
+    rest = coef[len(groups):]
+    return Fit(scales=scales, constant_ms=float(rest[0]), per_element_ms=float(rest[1]),
+               misaligned_ms=float(rest[2]) if block > 1 else 0.0, block=block,
+               cv_error=None if np.isinf(cv_error) else float(cv_error))
+
+
+def _relative_nnls(rows: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative coefficients minimising the squared relative error of rows @ coef against y."""
     from scipy.optimize import nnls
 
-    kinds = table_ops.kinds()
-    rows = np.array([[*table_ops.op_ms_by_kind(s, kinds), 1.0, table_ops.elements(s)] for s in shapes])
-    y = np.asarray(measured, dtype=float)
     weights = 1.0 / np.maximum(y, 1e-9)
-    coef, _ = nnls(rows * weights[:, None], y * weights)
-    return Fit(scales={k: float(c) for k, c in zip(kinds, coef)}, constant_ms=float(coef[-2]),
-               per_element_ms=float(coef[-1]))
+    return nnls(rows * weights[:, None], y * weights)[0]
+
+
+def _leave_one_out(rows: np.ndarray, y: np.ndarray) -> float:
+    """Median relative error of each measurement predicted by the fit on the others (inf when there
+    are too few measurements for the form's coefficients)."""
+    if len(y) < rows.shape[1] + 2:
+        return float("inf")
+    errors = []
+    for i in range(len(y)):
+        rest = np.arange(len(y)) != i
+        errors.append(abs(float(rows[i] @ _relative_nnls(rows[rest], y[rest])) - y[i]) / max(y[i], 1e-9))
+    return float(np.median(errors))
+
+
+def calibration_plans(graph: DependencyGraph, multiple: int = 1) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """The whole models the rest term is fitted on: uniformly pruned at `CALIBRATION_KEEP` and
+    `CALIBRATION_RANDOM` with random widths, at the table's multiple and (unless that is the same) in
+    multiples of `CALIBRATION_ALIGNED`, so the fit sees aligned and odd widths. Seeded."""
+    rng = np.random.default_rng(CALIBRATION_SEED)
+    plans: list[tuple[str, dict[str, np.ndarray]]] = [("original", {})]
+    for m in dict.fromkeys((multiple, CALIBRATION_ALIGNED if multiple % CALIBRATION_ALIGNED else multiple)):
+        suffix = f" (multiples of {m})" if m > 1 else ""
+        plans += [(f"uniform {keep:g}{suffix}", uniform_removals(graph, keep, m)) for keep in CALIBRATION_KEEP
+                  if keep < 1.0]
+        plans += [(f"random {i}{suffix}", random_removals(graph, rng, multiple=m)) for i in range(CALIBRATION_RANDOM)]
+    return plans
 
 
 def structure_key(model: nn.Module, graph: DependencyGraph) -> str:
@@ -277,7 +361,7 @@ def table_key(model: nn.Module, graph: DependencyGraph, example: Any, runtime: R
 def build_table(model: nn.Module, graph: DependencyGraph, example: Any, runtime: Runtime, *, batch: int = 1,
                 points: int = 6, multiple: int = 1, watch: Stopwatch = TABLE_WATCH,
                 log: Callable[[str], None] = lambda s: None) -> LatencyTable:
-    """Time every distinct op along its widths and fit the rest on uniformly pruned whole models."""
+    """Time every distinct op along its widths and fit the rest on whole models (`calibration_plans`)."""
     from ..metrics import _latency_inputs
     from ..surgery import prune_channels
 
@@ -297,9 +381,7 @@ def build_table(model: nn.Module, graph: DependencyGraph, example: Any, runtime:
                          curves=curves, fit=Fit({}, 0.0, 0.0))
     inputs = _latency_inputs(example if isinstance(example, (tuple, torch.Tensor)) else tuple(example), batch,
                              torch.device("cpu"))
-    rng = np.random.default_rng(CALIBRATION_SEED)
-    plans = [(f"uniform {keep:g}", uniform_removals(graph, keep, multiple)) for keep in CALIBRATION_KEEP]
-    plans += [(f"random {i}", random_removals(graph, rng, multiple=multiple)) for i in range(CALIBRATION_RANDOM)]
+    plans = calibration_plans(graph, multiple)
     shapes, measured = [], []
     for _, removals in plans:
         pruned = prune_channels(model, graph, removals, inplace=False) if removals else model
@@ -308,8 +390,8 @@ def build_table(model: nn.Module, graph: DependencyGraph, example: Any, runtime:
     table.fit = fit_rest(table, shapes, measured)
     table.calibration = [{"model": name, "measured_ms": m, "predicted_ms": table.predict(s)}
                          for (name, _), s, m in zip(plans, shapes, measured)]
-    log(f"latency table: fit {table.fit}; the original model measures {measured[0]:.3f} ms, "
-        f"predicted {table.calibration[0]['predicted_ms']:.3f} ms")
+    log(f"latency table: fit on {len(plans)} whole models: {table.fit.describe()}; the original model measures "
+        f"{measured[0]:.3f} ms, predicted {table.calibration[0]['predicted_ms']:.3f} ms")
     return table
 
 
