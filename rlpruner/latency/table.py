@@ -172,7 +172,7 @@ class LatencyTable:
         return sum(int(shapes[op.weight][0]) * op.mult for op in self.ops
                    if op.out_axis and int(shapes[op.weight][0]) % block) / full
 
-    def features(self, shapes: Shapes, kinds: Sequence[str], block: int) -> list[float]:
+    def features(self, shapes: Shapes, kinds: Sequence[str | tuple[str, ...]], block: int) -> list[float]:
         """What the fit weighs: op latencies summed per group of `kinds` (a tuple of kinds sums them
         together), 1, relative elements and (block > 1) relative misaligned elements."""
         by_kind = dict(zip(self.kinds(), self.op_ms_by_kind(shapes, self.kinds())))
@@ -295,7 +295,7 @@ def fit_rest(table_ops: LatencyTable, shapes: Sequence[Shapes], measured: Sequen
              if not (shared is False and len(kinds) == 1)]
     scored = []
     for shared, block in forms:
-        groups: list[Any] = [tuple(kinds)] if shared else list(kinds)
+        groups: list[str | tuple[str, ...]] = [tuple(kinds)] if shared else list(kinds)
         rows = np.array([table_ops.features(s, groups, block) for s in shapes])
         scored.append((_leave_one_out(rows, y), shared, block, groups, rows))
     lowest = min(entry[0] for entry in scored)
