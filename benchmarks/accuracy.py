@@ -145,7 +145,8 @@ def run_one(job: RunJob) -> Row:
     return run_compress(job)
 
 
-def run_compress(job: RunJob) -> Row:
+def run_compress(job: RunJob, config: Any = None) -> Row:
+    """One loop run with `compress_config`'s settings (or `config`), then `finish`."""
     from rlpruner import io
     from rlpruner.search import compress
 
@@ -153,7 +154,7 @@ def run_compress(job: RunJob) -> Row:
     settings = job.base.settings
     splits = job.base.dataset.load()
     base = io.load(job.base.path, allow_imports=ALLOW_IMPORTS)
-    config = compress_config(settings, job.method, job.target, job.seed, job.recovery)
+    config = config or compress_config(settings, job.method, job.target, job.seed, job.recovery)
     start = time.perf_counter()
     result = compress(base, splits, config, out_dir=job.out_dir, overwrite=True, evaluate_test=False)
     r = result.results

@@ -1,0 +1,258 @@
+"""Accuracy at equal latency: RL-Pruner with a latency target against uniform and RL with a FLOPs target.
+
+    python benchmarks/latency_target.py            # ResNet-20 on the hard synthetic set, -50/-75/-90 % FLOPs, 3 seeds
+    python benchmarks/latency_target.py --models resnet20 vgg11 --datasets synthetic-hard
+    python benchmarks/latency_target.py --quick    # a smoke run under runs/bench-quick/
+
+For each FLOPs target, uniform pruning to that target sets the latency the latency run must reach:
+RL-Pruner runs with a latency target equal to the uniform model's *predicted* latency reduction on
+the run's latency table (PyTorch CPU, 1 thread, batch `batch`), so every step removes equal
+predicted latency and no candidate is timed. Uniform and RL with a FLOPs target run the accuracy
+benchmark's loop at the FLOPs target (benchmarks/accuracy.py: same base model, one KD epoch per
+step, the same total KD budget, then one test evaluation). Once every run is done, each final model
+is timed against its base model in alternating chunks (benchmarks/latency.py) at batch 1 and
+`batch`, in the main process with nothing else running, so the comparison is at *measured* latency.
+Rows are written as runs finish; an interrupted study resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.settings import (ALLOW_IMPORTS, RESULTS, ROOT, WORK,  # noqa: E402
+                                 AccuracySettings, LatencySettings, full, machine, portable, resolve)
+
+LATENCY = "rl-latency"
+METHODS = ("uniform", "rl", LATENCY)
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    accuracy: AccuracySettings  # models, datasets, FLOPs targets, seeds, KD budget (its methods are ignored)
+    batch: int = 64             # the latency table's batch, and the second timing batch
+    repeats: int = 30           # timed calls per model at batch 1 (fewer at `batch`)
+
+
+@dataclass(frozen=True)
+class StudyJob:
+    run: Any                    # accuracy.RunJob
+    batch: int
+    cache: Path                 # latency tables, shared by the runs of one model
+
+
+def default_settings(models: tuple[str, ...] = ("resnet20",), datasets: tuple[str, ...] = ("synthetic-hard",),
+                     targets: tuple[float, ...] = (0.5, 0.75, 0.9), seeds: tuple[int, ...] = (0, 1, 2)) -> StudySettings:
+    grid = full().accuracy
+    pick = {m.label: m for m in grid.models}
+    data = {d.label: d for d in grid.datasets}
+    unknown = [m for m in models if m not in pick] + [d for d in datasets if d not in data]
+    if unknown:
+        raise SystemExit(f"latency_target: unknown model or dataset {', '.join(unknown)}; models: "
+                         f"{', '.join(pick)}; datasets: {', '.join(data)}")
+    return StudySettings(replace(grid, models=tuple(pick[m] for m in models), datasets=tuple(data[d] for d in datasets),
+                                 targets=tuple(targets), seeds=tuple(seeds), methods=METHODS[:2], no_recovery=False))
+
+
+def quick() -> StudySettings:
+    """A few minutes: the quick suite's model and dataset, one seed, the -50 % target, 2-epoch KD budget."""
+    from benchmarks.settings import quick as quick_suite
+
+    return StudySettings(replace(quick_suite().accuracy, targets=(0.5,), methods=METHODS[:2], no_recovery=False,
+                                 kd_budget=2), batch=4, repeats=5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Worker side
+# --------------------------------------------------------------------------------------------------
+
+def run_job(job: StudyJob) -> dict[str, Any]:
+    """Uniform and RL (FLOPs target) as in the accuracy benchmark; RL with the latency target matched
+    to the uniform model's predicted latency."""
+    from benchmarks.accuracy import compress_config, run_compress
+
+    run = job.run
+    if run.method != LATENCY:
+        return run_compress(run)
+    matched = matched_latency_target(run, job.batch, job.cache)
+    from rlpruner.search import Target
+
+    config = replace(compress_config(run.base.settings, "rl", run.target, run.seed, run.recovery),
+                     target=Target("latency", matched), latency_runtime="torch-cpu", latency_threads=1,
+                     latency_batch=job.batch, latency_cache=str(job.cache))
+    return {**run_compress(run, config), "latency_target": matched}
+
+
+def matched_latency_target(run: Any, batch: int, cache: Path) -> float:
+    """The predicted latency reduction of the base model pruned uniformly to the run's FLOPs target."""
+    import torch
+
+    from rlpruner import io
+    from rlpruner.graph import trace
+    from rlpruner.latency import cached_table, get_runtime
+    from rlpruner.pruner import prune_to_flops
+
+    torch.set_num_threads(1)
+    base = io.load(run.base.path, allow_imports=ALLOW_IMPORTS).eval()
+    example = run.base.dataset.load().example_inputs()
+    graph = trace(base, example)
+    table = cached_table(base, graph, example, get_runtime("torch-cpu", 1), batch=batch, cache_dir=cache)
+    uniform = prune_to_flops(copy.deepcopy(base), example, run.target, method="uniform")
+    return 1.0 - table.predict(trace(uniform, example).shapes) / table.predict(graph.shapes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Main process
+# --------------------------------------------------------------------------------------------------
+
+def jobs(settings: StudySettings, bases: list[Any], work: Path) -> list[StudyJob]:
+    from benchmarks.accuracy import RunJob
+
+    out = []
+    for seed in settings.accuracy.seeds:
+        for target in settings.accuracy.targets:
+            for base in bases:
+                for method in METHODS:
+                    name = f"{base.model.label}-{base.dataset.label}-{method}-{int(round(target * 100))}-s{seed}"
+                    out.append(StudyJob(RunJob(base, method, target, seed, True, work / "latency-target" / name),
+                                        settings.batch, work / "latency-target" / "cache"))
+    return out
+
+
+def time_rows(rows: list[dict[str, Any]], bases: dict[tuple[str, str], Any], settings: StudySettings,
+              log: Callable[[str], None]) -> None:
+    """Each row's final model against its base, at batch 1 and `batch` (rows timed before are kept)."""
+    from rlpruner import io
+
+    from benchmarks.latency import _timings
+
+    timing = LatencySettings(models=(), batches=(1, settings.batch), repeats=settings.repeats, threads=1)
+    for row in rows:
+        if "latency" in row:
+            continue
+        base_job = bases[(row["model"], row["dataset"])]
+        base = io.load(base_job.path, allow_imports=ALLOW_IMPORTS).eval()
+        model = io.load(resolve(row["run_dir"]) / "model.rlp", allow_imports=ALLOW_IMPORTS).eval()
+        example = base_job.dataset.load().example_inputs()
+        row["latency"] = _timings(base, model, example, timing)
+        log(f"timed {row['model']} {row['method']} -{row['target']:.0%} s{row['seed']}: " + ", ".join(
+            f"batch {b} {-v['reduction']:+.1%}" for b, v in row["latency"].items()))
+
+
+def run(settings: StudySettings, out: Path, work: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    import json
+
+    from rlpruner.io import atomic_write_json, atomic_write_text
+
+    from benchmarks.accuracy import _gather, _pool, base_jobs, row_key, train_base
+
+    path = out.with_suffix(".json")
+    wanted = json.loads(json.dumps(asdict(settings)))
+    results = json.loads(path.read_text()) if path.exists() else None
+    if results is None or results.get("settings") != wanted:
+        results = {"kind": "latency_target", "settings": wanted, "runs": []}
+    results["machine"] = machine()
+    bases = base_jobs(settings.accuracy, work)
+    with _pool(settings.accuracy.workers) as pool:
+        for row in _gather(pool, train_base, bases, lambda row: None):
+            log(f"base {row['model']} on {row['dataset']}: test {row['test_acc']:.2%}")
+        done = {row_key(r) for r in results["runs"]}
+        todo = [j for j in jobs(settings, bases, work) if j.run.key not in done]
+        log(f"latency_target: {len(done)} runs in {path.name}, {len(todo)} to go")
+        start = time.perf_counter()
+
+        def keep(row: dict[str, Any]) -> None:
+            row["run_dir"] = portable(Path(row["run_dir"]))
+            results["runs"].append(row)
+            atomic_write_json(path, results)
+            extra = f" (latency target -{row['latency_target']:.1%})" if row["method"] == LATENCY else ""
+            log(f"{row['model']} {row['dataset']} {row['method']}{extra} -{row['target']:.0%} s{row['seed']}: test "
+                f"{row['test_acc']:.2%}, FLOPs -{row['flops_reduction']:.1%} ({time.perf_counter() - start:.0f} s)")
+
+        _gather(pool, run_job, todo, keep)
+    time_rows(results["runs"], {(b.model.label, b.dataset.label): b for b in bases}, settings, log)
+    atomic_write_json(path, results)
+    atomic_write_text(out.with_suffix(".md"), render_markdown(results) + "\n")
+    return results
+
+
+def _mean(values: list[float]) -> str:
+    if not values:
+        return "—"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.1f} ± {100 * sd:.1f}"
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The page of a results file (generated, never typed)."""
+    s = results["settings"]
+    batch = s["batch"]
+    lines = [f"Machine: {results['machine']['cpu']}, commit {results['machine']['commit']}. Command: "
+             "`python benchmarks/latency_target.py`. Test top-1 (mean ± sd over seeds) after the same "
+             f"{s['accuracy']['kd_budget']} KD epochs; latency change of the final model against its base, "
+             f"PyTorch CPU, 1 thread, timed in alternating chunks after all runs (mean over seeds). The latency "
+             f"run's target is the uniform model's predicted latency reduction at batch {batch}.", ""]
+    cells: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
+    for row in results["runs"]:
+        cells.setdefault((row["model"], row["dataset"], row["target"]), {}).setdefault(row["method"], []).append(row)
+    lines += ["| model / data | FLOPs target | method | test top-1 | FLOPs | params | latency b1 | "
+              f"latency b{batch} | seeds |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    verdicts = []
+    for (model, dataset, target), methods in sorted(cells.items()):
+        for method in METHODS:
+            rows = methods.get(method, [])
+            if not rows:
+                continue
+            name = method + (f" (target -{statistics.mean(r['latency_target'] for r in rows):.0%} latency)"
+                             if method == LATENCY else "")
+            lat = {b: [r["latency"][b]["reduction"] for r in rows if "latency" in r] for b in ("1", str(batch))}
+            lat_cells = [f"{-statistics.mean(v):+.0%}" if v else "—" for v in lat.values()]
+            lines.append(f"| {model} / {dataset} | -{target:.0%} | {name} | {_mean([r['test_acc'] for r in rows])} | "
+                         f"-{statistics.mean(r['flops_reduction'] for r in rows):.0%} | "
+                         f"-{statistics.mean(r['params_reduction'] for r in rows):.0%} | {' | '.join(lat_cells)} | "
+                         f"{len(rows)} |")
+        verdicts.append(_verdict(model, dataset, target, methods, str(batch)))
+    return "\n".join(lines + [""] + [v for v in verdicts if v])
+
+
+def _verdict(model: str, dataset: str, target: float, methods: dict[str, list[dict[str, Any]]], batch: str) -> str:
+    """RL with the latency target against uniform and RL with the FLOPs target: accuracy and measured latency."""
+    if LATENCY not in methods or not all(m in methods for m in METHODS):
+        return ""
+    acc = {m: statistics.mean(r["test_acc"] for r in rows) for m, rows in methods.items()}
+    lat = {m: [r["latency"][batch]["reduction"] for r in rows if "latency" in r] for m, rows in methods.items()}
+    faster = {m: statistics.mean(v) for m, v in lat.items() if v}
+    parts = [f"{m} {100 * (acc[LATENCY] - acc[m]):+.1f} pts" for m in METHODS[:2]]
+    speed = ", ".join(f"{m} -{100 * faster[m]:.0f}%" for m in METHODS if m in faster)
+    return (f"- {model} / {dataset} at -{target:.0%} FLOPs: {LATENCY} against " + ", ".join(parts)
+            + (f"; measured latency at batch {batch}: {speed}" if speed else "") + ".")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run under runs/bench-quick/")
+    parser.add_argument("--models", nargs="+", default=["resnet20"])
+    parser.add_argument("--datasets", nargs="+", default=["synthetic-hard"])
+    parser.add_argument("--targets", nargs="+", type=float, default=[0.5, 0.75, 0.9])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    args = parser.parse_args(argv)
+    settings = quick() if args.quick else default_settings(tuple(args.models), tuple(args.datasets),
+                                                           tuple(args.targets), tuple(args.seeds))
+    mode = "quick" if args.quick else "full"
+    out = (ROOT / "runs" / "bench-quick" / "results" if args.quick else RESULTS) / "latency_target"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run(settings, out, WORK / mode, lambda line: print(line, flush=True))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
