@@ -6,12 +6,14 @@
 
 For each FLOPs target, uniform pruning to that target sets the latency the latency run must reach:
 RL-Pruner runs with a latency target equal to the uniform model's *predicted* latency reduction on
-the run's latency table (PyTorch CPU, 1 thread, batch `batch`), so every step removes equal
-predicted latency and no candidate is timed. Uniform and RL with a FLOPs target run the accuracy
+the run's latency table (PyTorch CPU, 1 thread, batch `batch`; built once in the main process before
+any run), so every step removes equal predicted latency and no candidate is timed. A cell whose
+uniform model is not predicted faster than the base (odd widths can be slower) gets no latency run,
+and the page says so. Uniform and RL with a FLOPs target run the accuracy
 benchmark's loop at the FLOPs target (benchmarks/accuracy.py: same base model, one KD epoch per
 step, the same total KD budget, then one test evaluation). Once every run is done, each final model
-is timed against its base model in alternating chunks (benchmarks/latency.py) at batch 1 and
-`batch`, in the main process with nothing else running, so the comparison is at *measured* latency.
+is timed against its base model in alternating chunks (benchmarks/latency.py) at `timing_batches`,
+in the main process with nothing else running, so the comparison is at *measured* latency.
 Rows are written as runs finish; an interrupted study resumes.
 """
 from __future__ import annotations
@@ -33,13 +35,15 @@ from benchmarks.settings import (ALLOW_IMPORTS, RESULTS, ROOT, WORK,  # noqa: E4
 
 LATENCY = "rl-latency"
 METHODS = ("uniform", "rl", LATENCY)
+MIN_TARGET = 0.005  # a uniform model predicted less than this much faster gets no latency run
 
 
 @dataclass(frozen=True)
 class StudySettings:
     accuracy: AccuracySettings  # models, datasets, FLOPs targets, seeds, KD budget (its methods are ignored)
-    batch: int = 64             # the latency table's batch, and the second timing batch
-    repeats: int = 30           # timed calls per model at batch 1 (fewer at `batch`)
+    batch: int = 1                        # the latency table's batch (what the latency run optimises)
+    timing_batches: tuple[int, ...] = (1, 64)
+    repeats: int = 30                     # timed calls per model at batch 1 (fewer at larger batches)
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class StudyJob:
     run: Any                    # accuracy.RunJob
     batch: int
     cache: Path                 # latency tables, shared by the runs of one model
+    latency_target: float | None = None  # the latency run's target (matched_latency_target)
 
 
 def default_settings(models: tuple[str, ...] = ("resnet20",), datasets: tuple[str, ...] = ("synthetic-hard",),
@@ -67,7 +72,7 @@ def quick() -> StudySettings:
     from benchmarks.settings import quick as quick_suite
 
     return StudySettings(replace(quick_suite().accuracy, targets=(0.5,), methods=METHODS[:2], no_recovery=False,
-                                 kd_budget=2), batch=4, repeats=5)
+                                 kd_budget=2), timing_batches=(1, 4), repeats=5)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -82,17 +87,17 @@ def run_job(job: StudyJob) -> dict[str, Any]:
     run = job.run
     if run.method != LATENCY:
         return run_compress(run)
-    matched = matched_latency_target(run, job.batch, job.cache)
     from rlpruner.search import Target
 
     config = replace(compress_config(run.base.settings, "rl", run.target, run.seed, run.recovery),
-                     target=Target("latency", matched), latency_runtime="torch-cpu", latency_threads=1,
+                     target=Target("latency", job.latency_target), latency_runtime="torch-cpu", latency_threads=1,
                      latency_batch=job.batch, latency_cache=str(job.cache))
-    return {**run_compress(run, config), "latency_target": matched}
+    return {**run_compress(run, config), "latency_target": job.latency_target}
 
 
-def matched_latency_target(run: Any, batch: int, cache: Path) -> float:
-    """The predicted latency reduction of the base model pruned uniformly to the run's FLOPs target."""
+def matched_latency_targets(base_job: Any, targets: tuple[float, ...], batch: int, cache: Path) -> dict[float, float]:
+    """Per FLOPs target, the predicted latency reduction of the base model pruned uniformly to it
+    (the latency table is built, or reused, here)."""
     import torch
 
     from rlpruner import io
@@ -101,40 +106,47 @@ def matched_latency_target(run: Any, batch: int, cache: Path) -> float:
     from rlpruner.pruner import prune_to_flops
 
     torch.set_num_threads(1)
-    base = io.load(run.base.path, allow_imports=ALLOW_IMPORTS).eval()
-    example = run.base.dataset.load().example_inputs()
+    base = io.load(base_job.path, allow_imports=ALLOW_IMPORTS).eval()
+    example = base_job.dataset.load().example_inputs()
     graph = trace(base, example)
     table = cached_table(base, graph, example, get_runtime("torch-cpu", 1), batch=batch, cache_dir=cache)
-    uniform = prune_to_flops(copy.deepcopy(base), example, run.target, method="uniform")
-    return 1.0 - table.predict(trace(uniform, example).shapes) / table.predict(graph.shapes)
+    original = table.predict(graph.shapes)
+    return {target: 1.0 - table.predict(trace(prune_to_flops(copy.deepcopy(base), example, target, method="uniform"),
+                                              example).shapes) / original for target in targets}
 
 
 # --------------------------------------------------------------------------------------------------
 # Main process
 # --------------------------------------------------------------------------------------------------
 
-def jobs(settings: StudySettings, bases: list[Any], work: Path) -> list[StudyJob]:
+def jobs(settings: StudySettings, bases: list[Any], work: Path,
+         matched: dict[tuple[str, str, float], float]) -> list[StudyJob]:
+    """Every run of the study; a latency run only where its matched target is a reduction."""
     from benchmarks.accuracy import RunJob
 
     out = []
     for seed in settings.accuracy.seeds:
         for target in settings.accuracy.targets:
             for base in bases:
+                goal = matched.get((base.model.label, base.dataset.label, target))
                 for method in METHODS:
+                    if method == LATENCY and (goal is None or goal <= MIN_TARGET):
+                        continue
                     name = f"{base.model.label}-{base.dataset.label}-{method}-{int(round(target * 100))}-s{seed}"
                     out.append(StudyJob(RunJob(base, method, target, seed, True, work / "latency-target" / name),
-                                        settings.batch, work / "latency-target" / "cache"))
+                                        settings.batch, work / "latency-target" / "cache",
+                                        goal if method == LATENCY else None))
     return out
 
 
 def time_rows(rows: list[dict[str, Any]], bases: dict[tuple[str, str], Any], settings: StudySettings,
               log: Callable[[str], None]) -> None:
-    """Each row's final model against its base, at batch 1 and `batch` (rows timed before are kept)."""
+    """Each row's final model against its base, at `timing_batches` (rows timed before are kept)."""
     from rlpruner import io
 
     from benchmarks.latency import _timings
 
-    timing = LatencySettings(models=(), batches=(1, settings.batch), repeats=settings.repeats, threads=1)
+    timing = LatencySettings(models=(), batches=settings.timing_batches, repeats=settings.repeats, threads=1)
     for row in rows:
         if "latency" in row:
             continue
@@ -164,8 +176,16 @@ def run(settings: StudySettings, out: Path, work: Path, log: Callable[[str], Non
     with _pool(settings.accuracy.workers) as pool:
         for row in _gather(pool, train_base, bases, lambda row: None):
             log(f"base {row['model']} on {row['dataset']}: test {row['test_acc']:.2%}")
+        matched = {}
+        for base in bases:
+            for target, goal in matched_latency_targets(base, settings.accuracy.targets, settings.batch,
+                                                        work / "latency-target" / "cache").items():
+                matched[(base.model.label, base.dataset.label, target)] = goal
+                log(f"{base.model.label} {base.dataset.label} uniform at -{target:.0%} FLOPs: predicted latency "
+                    f"{-goal:+.1%} at batch {settings.batch}" + ("" if goal > MIN_TARGET else "; no latency run"))
+        results["matched"] = [[*key, goal] for key, goal in matched.items()]
         done = {row_key(r) for r in results["runs"]}
-        todo = [j for j in jobs(settings, bases, work) if j.run.key not in done]
+        todo = [j for j in jobs(settings, bases, work, matched) if j.run.key not in done]
         log(f"latency_target: {len(done)} runs in {path.name}, {len(todo)} to go")
         start = time.perf_counter()
 
@@ -194,7 +214,7 @@ def _mean(values: list[float]) -> str:
 def render_markdown(results: dict[str, Any]) -> str:
     """The page of a results file (generated, never typed)."""
     s = results["settings"]
-    batch = s["batch"]
+    batch, timed = str(s["batch"]), [str(b) for b in s["timing_batches"]]
     lines = [f"Machine: {results['machine']['cpu']}, commit {results['machine']['commit']}. Command: "
              "`python benchmarks/latency_target.py`. Test top-1 (mean ± sd over seeds) after the same "
              f"{s['accuracy']['kd_budget']} KD epochs; latency change of the final model against its base, "
@@ -203,8 +223,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     cells: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
     for row in results["runs"]:
         cells.setdefault((row["model"], row["dataset"], row["target"]), {}).setdefault(row["method"], []).append(row)
-    lines += ["| model / data | FLOPs target | method | test top-1 | FLOPs | params | latency b1 | "
-              f"latency b{batch} | seeds |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| model / data | FLOPs target | method | test top-1 | FLOPs | params | "
+              + " | ".join(f"latency b{b}" for b in timed) + " | seeds |",
+              "|---|---:|---|---:|---:|---:|" + "---:|" * len(timed) + "---:|"]
     verdicts = []
     for (model, dataset, target), methods in sorted(cells.items()):
         for method in METHODS:
@@ -213,25 +234,30 @@ def render_markdown(results: dict[str, Any]) -> str:
                 continue
             name = method + (f" (target -{statistics.mean(r['latency_target'] for r in rows):.0%} latency)"
                              if method == LATENCY else "")
-            lat = {b: [r["latency"][b]["reduction"] for r in rows if "latency" in r] for b in ("1", str(batch))}
-            lat_cells = [f"{-statistics.mean(v):+.0%}" if v else "—" for v in lat.values()]
+            lat = [[r["latency"][b]["reduction"] for r in rows if "latency" in r] for b in timed]
+            lat_cells = [f"{-statistics.mean(v):+.0%}" if v else "—" for v in lat]
             lines.append(f"| {model} / {dataset} | -{target:.0%} | {name} | {_mean([r['test_acc'] for r in rows])} | "
                          f"-{statistics.mean(r['flops_reduction'] for r in rows):.0%} | "
                          f"-{statistics.mean(r['params_reduction'] for r in rows):.0%} | {' | '.join(lat_cells)} | "
                          f"{len(rows)} |")
-        verdicts.append(_verdict(model, dataset, target, methods, str(batch)))
-    return "\n".join(lines + [""] + [v for v in verdicts if v])
+        verdicts.append(_verdict(model, dataset, target, methods, batch))
+    skipped = [f"- {m} / {d} at -{t:.0%} FLOPs: the uniform model is predicted {-g:+.1%} at batch {batch} "
+               "(not faster than the base), so there is no latency to match: no latency run."
+               for m, d, t, g in results.get("matched", []) if g <= MIN_TARGET]
+    return "\n".join(lines + [""] + [v for v in verdicts if v] + skipped)
 
 
 def _verdict(model: str, dataset: str, target: float, methods: dict[str, list[dict[str, Any]]], batch: str) -> str:
-    """RL with the latency target against uniform and RL with the FLOPs target: accuracy and measured latency."""
-    if LATENCY not in methods or not all(m in methods for m in METHODS):
+    """RL with the latency target against uniform and RL with the FLOPs target: accuracy, and measured
+    latency at the batch the latency run optimised."""
+    if not all(m in methods for m in METHODS):
         return ""
     acc = {m: statistics.mean(r["test_acc"] for r in rows) for m, rows in methods.items()}
-    lat = {m: [r["latency"][batch]["reduction"] for r in rows if "latency" in r] for m, rows in methods.items()}
-    faster = {m: statistics.mean(v) for m, v in lat.items() if v}
+    lat = {m: [r["latency"][batch]["reduction"] for r in rows if "latency" in r and batch in r["latency"]]
+           for m, rows in methods.items()}
+    change = {m: -statistics.mean(v) for m, v in lat.items() if v}
     parts = [f"{m} {100 * (acc[LATENCY] - acc[m]):+.1f} pts" for m in METHODS[:2]]
-    speed = ", ".join(f"{m} -{100 * faster[m]:.0f}%" for m in METHODS if m in faster)
+    speed = ", ".join(f"{m} {change[m]:+.0%}" for m in METHODS if m in change)
     return (f"- {model} / {dataset} at -{target:.0%} FLOPs: {LATENCY} against " + ", ".join(parts)
             + (f"; measured latency at batch {batch}: {speed}" if speed else "") + ".")
 
@@ -243,13 +269,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", default=["synthetic-hard"])
     parser.add_argument("--targets", nargs="+", type=float, default=[0.5, 0.75, 0.9])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--results", type=Path, default=None, help="folder of latency_target.{json,md}")
+    parser.add_argument("--work", type=Path, default=None, help="folder of base models and runs (runs/bench/MODE)")
     args = parser.parse_args(argv)
     settings = quick() if args.quick else default_settings(tuple(args.models), tuple(args.datasets),
                                                            tuple(args.targets), tuple(args.seeds))
     mode = "quick" if args.quick else "full"
-    out = (ROOT / "runs" / "bench-quick" / "results" if args.quick else RESULTS) / "latency_target"
+    folder = args.results or (ROOT / "runs" / "bench-quick" / "results" if args.quick else RESULTS)
+    out = folder / "latency_target"
     out.parent.mkdir(parents=True, exist_ok=True)
-    run(settings, out, WORK / mode, lambda line: print(line, flush=True))
+    run(settings, out, args.work or WORK / mode, lambda line: print(line, flush=True))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
     return 0
 

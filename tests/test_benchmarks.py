@@ -595,3 +595,77 @@ def test_judges_against_a_held_out_truth_and_on_training_images_disjoint_from_th
     assert "validation images that no judge scored on" in page and "| 150 | 512 |" in page
     assert judges.parse_args(["--settings", "vgg11/synthetic-hard-10k@16", "--truth", "heldout", "--probe-steps",
                               "--train-subsets", "512"]).probe_steps == []
+
+
+def _timed_row(method, seed, acc, b1, b64, **extra):
+    row = _run("resnet", "hard", method, 0.5, seed, acc)
+    return {**row, **extra, "latency": {"1": {"reduction": b1}, "64": {"reduction": b64}}}
+
+
+def test_the_equal_latency_study_tabulates_accuracy_and_measured_latency_and_compares_the_latency_run():
+    from benchmarks import latency_target
+
+    runs = [_timed_row("uniform", s, 0.80 + 0.01 * s, 0.20, 0.30) for s in (0, 1)]
+    runs += [_timed_row("rl", s, 0.78, 0.18, -0.05) for s in (0, 1)]
+    runs += [_timed_row("rl-latency", s, 0.82, 0.22, 0.32, latency_target=0.25) for s in (0, 1)]
+    page = latency_target.render_markdown({
+        "machine": {"cpu": "cpu", "commit": "c"}, "runs": runs, "matched": [["resnet", "hard", 0.5, 0.25],
+                                                                            ["resnet", "hard", 0.75, -0.04]],
+        "settings": {"batch": 1, "timing_batches": [1, 64], "accuracy": {"kd_budget": 20}}})
+    assert "| resnet / hard | -50% | uniform | 80.5 ± 0.7 | -50% | -40% | -20% | -30% | 2 |" in page
+    assert "| rl-latency (target -25% latency) | 82.0 ± 0.0 |" in page
+    assert "| -18% | +5% | 2 |" in page  # a model slower than its base shows as +
+    assert ("rl-latency against uniform +1.5 pts, rl +4.0 pts; measured latency at batch 1: uniform -20%, "
+            "rl -18%, rl-latency -22%.") in page
+    assert "at -75% FLOPs: the uniform model is predicted +4.0% at batch 1" in page
+
+
+def test_the_latency_run_targets_the_uniform_models_predicted_latency(tmp_path, monkeypatch):
+    """On a clock where latency is FLOPs, the matched latency target is the uniform model's FLOPs reduction."""
+    import torch
+
+    from benchmarks import latency_target
+    from benchmarks.accuracy import BaseJob
+    from rlpruner import count, io
+    from rlpruner.latency import Runtime
+    from rlpruner.pruner import prune_to_flops
+    from rlpruner.models import create_model
+
+    monkeypatch.setattr(Runtime, "time_ms", lambda self, module, inputs, watch: count(module, inputs).flops / 1e4)
+    dataset = presets.DatasetSpec("hard", "synthetic", {"num_classes": 3, "samples_per_class": 20}, image_size=8)
+    torch.manual_seed(0)
+    model = create_model("resnet8", num_classes=3, in_channels=3).eval()
+    io.save(model, tmp_path / "base.rlp", meta={})
+    settings = presets.AccuracySettings(models=(presets.ModelSpec("resnet", "resnet8"),), datasets=(dataset,),
+                                        targets=(0.5,), seeds=(0,))
+    base = BaseJob(settings.models[0], dataset, settings, tmp_path / "base.rlp")
+    matched = latency_target.matched_latency_targets(base, (0.5, 0.75), 2, tmp_path / "cache")
+    example = dataset.load().example_inputs()
+    full = count(model, example).flops
+    for target, goal in matched.items():
+        uniform = prune_to_flops(create_model("resnet8", num_classes=3, in_channels=3), example, target)
+        assert goal == pytest.approx(1 - count(uniform, example).flops / full, rel=1e-6)
+    jobs = latency_target.jobs(latency_target.StudySettings(settings), [base], tmp_path,
+                               {("resnet", "hard", 0.5): matched[0.5]})
+    assert [j.run.method for j in jobs] == ["uniform", "rl", "rl-latency"]
+    assert jobs[2].latency_target == matched[0.5] and jobs[0].latency_target is None
+    assert [j.run.method for j in latency_target.jobs(latency_target.StudySettings(settings), [base], tmp_path,
+                                                      {("resnet", "hard", 0.5): -0.04})] == ["uniform", "rl"]
+
+
+@pytest.mark.slow
+def test_the_equal_latency_study_runs_three_methods_times_them_and_resumes(tmp_path, capsys):
+    from benchmarks import latency_target
+
+    args = ["--quick", "--results", str(tmp_path / "results"), "--work", str(tmp_path / "work")]
+    assert latency_target.main(args) == 0
+    doc = json.loads((tmp_path / "results" / "latency_target.json").read_text())
+    assert sorted(r["method"] for r in doc["runs"]) == ["rl", "rl-latency", "uniform"]
+    assert all(set(r["latency"]) == {"1", "4"} for r in doc["runs"])
+    assert 0 < next(r["latency_target"] for r in doc["runs"] if r["method"] == "rl-latency") < 1
+    assert len(doc["matched"]) == 1
+    assert "rl-latency against uniform" in (tmp_path / "results" / "latency_target.md").read_text()
+    capsys.readouterr()
+    assert latency_target.main(args) == 0  # every run and timing is kept: nothing to redo
+    assert "3 runs in latency_target.json, 0 to go" in capsys.readouterr().out
+    assert json.loads((tmp_path / "results" / "latency_target.json").read_text())["runs"] == doc["runs"]

@@ -47,7 +47,7 @@ from .ops import Op, find_ops, random_removals, uniform_removals
 from .runtimes import Runtime, Stopwatch
 
 TABLE_VERSION = 5
-CALIBRATION_KEEP = (0.75, 0.5, 0.3)       # the original and uniform widths of whole models the rest term is fitted on,
+CALIBRATION_KEEP = (0.75, 0.5, 0.3)       # besides the original, whole models the rest term is fitted on: uniform,
 CALIBRATION_RANDOM = 10                   # this many with random widths per group (what a search makes),
 CALIBRATION_ALIGNED = 8                   # each set once at the table's multiple and once in multiples of 8
 CALIBRATION_SEED = 12345                  # not the error check's seed: the check uses unseen models
@@ -130,9 +130,9 @@ class Fit:
 
     def describe(self) -> str:
         scales = ", ".join(f"{kind} x{scale:.3g}" for kind, scale in self.scales.items())
-        text = f"{scales}; constant {self.constant_ms:.3g} ms; {self.per_element_ms:.3g} ms per output elements"
+        text = f"{scales}; constant {self.constant_ms:.3g} ms; {self.per_element_ms:.3g} ms x relative output elements"
         if self.block > 1:
-            text += f"; widths off multiples of {self.block}: {self.misaligned_ms:.3g} ms per their elements"
+            text += f"; {self.misaligned_ms:.3g} ms x relative output elements of widths off multiples of {self.block}"
         if self.cv_error is not None:
             text += f" (leave-one-out error {self.cv_error:.1%})"
         return text
@@ -329,15 +329,15 @@ def _leave_one_out(rows: np.ndarray, y: np.ndarray) -> float:
 
 
 def calibration_plans(graph: DependencyGraph, multiple: int = 1) -> list[tuple[str, dict[str, np.ndarray]]]:
-    """The whole models the rest term is fitted on: uniformly pruned at `CALIBRATION_KEEP` and
-    `CALIBRATION_RANDOM` with random widths, at the table's multiple and (unless that is the same) in
-    multiples of `CALIBRATION_ALIGNED`, so the fit sees aligned and odd widths. Seeded."""
+    """The whole models the rest term is fitted on: the original, then uniformly pruned at
+    `CALIBRATION_KEEP` and `CALIBRATION_RANDOM` with random widths, at the table's multiple and (unless
+    that is the same) in multiples of `CALIBRATION_ALIGNED`, so the fit sees aligned and odd widths
+    (output elements are relative to the original's). Seeded."""
     rng = np.random.default_rng(CALIBRATION_SEED)
     plans: list[tuple[str, dict[str, np.ndarray]]] = [("original", {})]
     for m in dict.fromkeys((multiple, CALIBRATION_ALIGNED if multiple % CALIBRATION_ALIGNED else multiple)):
         suffix = f" (multiples of {m})" if m > 1 else ""
-        plans += [(f"uniform {keep:g}{suffix}", uniform_removals(graph, keep, m)) for keep in CALIBRATION_KEEP
-                  if keep < 1.0]
+        plans += [(f"uniform {keep:g}{suffix}", uniform_removals(graph, keep, m)) for keep in CALIBRATION_KEEP]
         plans += [(f"random {i}{suffix}", random_removals(graph, rng, multiple=m)) for i in range(CALIBRATION_RANDOM)]
     return plans
 
