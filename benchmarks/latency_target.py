@@ -169,8 +169,10 @@ def run(settings: StudySettings, out: Path, work: Path, log: Callable[[str], Non
     path = out.with_suffix(".json")
     wanted = json.loads(json.dumps(asdict(settings)))
     results = json.loads(path.read_text()) if path.exists() else None
-    if results is None or results.get("settings") != wanted:
+    if results is None or _without_seeds(results.get("settings", {})) != _without_seeds(wanted):
         results = {"kind": "latency_target", "settings": wanted, "runs": []}
+    seeds = sorted(set(results["settings"]["accuracy"]["seeds"]) | set(wanted["accuracy"]["seeds"]))
+    results["settings"]["accuracy"]["seeds"] = seeds  # more seeds add rows; other settings start afresh
     results["machine"] = machine()
     bases = base_jobs(settings.accuracy, work)
     with _pool(settings.accuracy.workers) as pool:
@@ -202,6 +204,10 @@ def run(settings: StudySettings, out: Path, work: Path, log: Callable[[str], Non
     atomic_write_json(path, results)
     atomic_write_text(out.with_suffix(".md"), render_markdown(results) + "\n")
     return results
+
+
+def _without_seeds(settings: dict[str, Any]) -> dict[str, Any]:
+    return {**settings, "accuracy": {k: v for k, v in settings.get("accuracy", {}).items() if k != "seeds"}}
 
 
 def _mean(values: list[float]) -> str:

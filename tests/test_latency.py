@@ -307,3 +307,32 @@ def test_a_runtime_that_favours_blocks_of_8_gets_its_own_grid_for_the_widths_off
         measured = runtime.time_ms(pruned, (x,), Stopwatch())
         worst = max(worst, abs(table.predict(graph.new_shapes(removals)) / measured - 1))
     assert worst < 0.05
+
+
+def test_a_latency_step_stays_a_real_step_where_slightly_narrower_odd_widths_run_slower(monkeypatch):
+    """Where removing a few channels makes a layer slower (odd widths), a step's latency budget is the
+    average cost per channel over each group's whole range: positive, and for FLOPs exactly one
+    channel's cost, as before."""
+    from rlpruner.search.context import _step_cost
+    from rlpruner.search.targets import Measure
+
+    def slow_when_odd(module):
+        return 50.0 * sum(m.out_channels % 4 != 0 for m in module.modules() if isinstance(m, nn.Conv2d))
+
+    monkeypatch.setattr(Runtime, "time_ms", _flops_clock(penalty=slow_when_odd))
+    torch.manual_seed(0)
+    model, x = create_model("simple_cnn", num_classes=3, widths=[32, 64]).eval(), torch.randn(1, 3, 16, 16)
+    graph = trace(model, x)
+    table = build_table(model, graph, x, get_runtime("torch-cpu"), points=4)
+    sizes = {g.name: g.size for g in graph.prunable_groups()}
+    one_off = {g.name: np.arange(3) for g in graph.prunable_groups()}  # widths 29 and 61: slower than full
+    assert table.predict(graph.new_shapes(one_off)) > table.predict(graph.shapes)
+    params, flops = graph.count()
+    base = Measure(units=sum(sizes.values()), params=params, flops=flops, latency_ms=table.predict(graph.shapes))
+    names, config = tuple(sizes), CompressConfig(target=Target("latency", 0.4), rl=RLConfig(round_to=1))
+    latency_cost = _step_cost(config, Target("latency", 0.4).rule, graph, names, sizes, 10, base, table)
+    assert latency_cost > 0.01 * base.latency_ms  # 10 of 96 channels: a real share of the latency
+    flops_cost = _step_cost(config, Target("flops", 0.4).rule, graph, names, sizes, 10, base, None)
+    per_channel = {g.name: flops - graph.count({g.name: np.arange(1)})[1] for g in graph.prunable_groups()}
+    shares = {n: 10 * sizes[n] / sum(sizes.values()) for n in names}  # capacity in proportion to the widths
+    assert flops_cost == pytest.approx(sum(shares[n] * per_channel[n] for n in names), rel=0.05)

@@ -254,9 +254,11 @@ def _step_cost(config: CompressConfig, target: TargetKind, graph: Any, names: tu
     spread over the groups in proportion to their widths, from each group's cost per unit. (Counting
     one integer allocation instead would be lumpy: a few channels that happen to fall on a residual
     group, which spans many layers, cost several times more than the same number elsewhere.) A
-    group's cost per unit is read off removing a tenth of its removable units: the same as one unit
-    for FLOPs and params (linear in one group's width), and past the width effects (odd widths) a
-    measured latency table holds."""
+    group's cost per unit is its cost over its whole removable range divided by that range: exactly
+    one unit's for FLOPs and params (linear in one group's width), and for a measured latency table
+    the average over every width, which local width effects cannot turn negative (on a runtime where
+    some odd widths run slower than wider ones, removing a tenth of a group can add latency, and
+    the step would shrink to nothing)."""
     capacity = config.rl.capacity(list(sizes.values()))
     widths = np.array(list(sizes.values()))
     shares = policy.density_init(widths, capacity) * step_budget
@@ -264,9 +266,9 @@ def _step_cost(config: CompressConfig, target: TargetKind, graph: Any, names: tu
     cost = 0.0
     for i in np.flatnonzero(shares > 0):
         some = np.zeros(len(widths), dtype=np.int64)
-        some[i] = max(1, int(capacity[i]) // 10)
+        some[i] = int(capacity[i])
         removed = now - target.proxy.amount(after_removal(graph, names, some, base.units, table))
-        cost += shares[i] * removed / some[i]
+        cost += shares[i] * max(removed, 0.0) / some[i]
     return max(float(cost), 1e-12)
 
 
