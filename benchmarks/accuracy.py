@@ -233,10 +233,15 @@ def run_jobs(settings: AccuracySettings, bases: list[BaseJob], work: Path) -> li
             for target in settings.targets:
                 for base in bases:
                     for method in settings.methods:
-                        name = (f"{base.model.label}-{base.dataset.label}-{method}-{int(round(target * 100))}"
-                                f"-s{seed}{'' if recovery else '-norec'}")
-                        jobs.append(RunJob(base, method, target, seed, recovery, runs / name))
+                        jobs.append(RunJob(base, method, target, seed, recovery,
+                                           runs / run_name(base, method, target, seed, recovery)))
     return jobs
+
+
+def run_name(base: BaseJob, method: str, target: float, seed: int, recovery: bool = True) -> str:
+    """The folder name of one run, e.g. resnet20-digits-rl-50-s0 (-norec without recovery)."""
+    return (f"{base.model.label}-{base.dataset.label}-{method}-{int(round(target * 100))}-s{seed}"
+            f"{'' if recovery else '-norec'}")
 
 
 def run(settings: AccuracySettings, results_path: Path, work: Path, log: Callable[[str], None] = print) -> dict:

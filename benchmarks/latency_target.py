@@ -51,7 +51,7 @@ class StudyJob:
     run: Any                    # accuracy.RunJob
     batch: int
     cache: Path                 # latency tables, shared by the runs of one model
-    latency_target: float | None = None  # the latency run's target (matched_latency_target)
+    latency_target: float | None = None  # the latency run's target (matched_latency_targets)
 
 
 def default_settings(models: tuple[str, ...] = ("resnet20",), datasets: tuple[str, ...] = ("synthetic-hard",),
@@ -122,9 +122,9 @@ def matched_latency_targets(base_job: Any, targets: tuple[float, ...], batch: in
 def jobs(settings: StudySettings, bases: list[Any], work: Path,
          matched: dict[tuple[str, str, float], float]) -> list[StudyJob]:
     """Every run of the study; a latency run only where its matched target is a reduction."""
-    from benchmarks.accuracy import RunJob
+    from benchmarks.accuracy import RunJob, run_name
 
-    out = []
+    folder, out = study_folder(work), []
     for seed in settings.accuracy.seeds:
         for target in settings.accuracy.targets:
             for base in bases:
@@ -132,11 +132,15 @@ def jobs(settings: StudySettings, bases: list[Any], work: Path,
                 for method in METHODS:
                     if method == LATENCY and (goal is None or goal <= MIN_TARGET):
                         continue
-                    name = f"{base.model.label}-{base.dataset.label}-{method}-{int(round(target * 100))}-s{seed}"
-                    out.append(StudyJob(RunJob(base, method, target, seed, True, work / "latency-target" / name),
-                                        settings.batch, work / "latency-target" / "cache",
-                                        goal if method == LATENCY else None))
+                    out.append(StudyJob(RunJob(base, method, target, seed, True,
+                                               folder / run_name(base, method, target, seed)),
+                                        settings.batch, folder / "cache", goal if method == LATENCY else None))
     return out
+
+
+def study_folder(work: Path) -> Path:
+    """Where the study's runs and latency tables live under the benchmark's work folder."""
+    return work / "latency-target"
 
 
 def time_rows(rows: list[dict[str, Any]], bases: dict[tuple[str, str], Any], settings: StudySettings,
@@ -147,13 +151,16 @@ def time_rows(rows: list[dict[str, Any]], bases: dict[tuple[str, str], Any], set
     from benchmarks.latency import _timings
 
     timing = LatencySettings(models=(), batches=settings.timing_batches, repeats=settings.repeats, threads=1)
+    loaded: dict[tuple[str, str], tuple[Any, Any]] = {}  # (base model, example input) per model and dataset
     for row in rows:
         if "latency" in row:
             continue
-        base_job = bases[(row["model"], row["dataset"])]
-        base = io.load(base_job.path, allow_imports=ALLOW_IMPORTS).eval()
+        key = (row["model"], row["dataset"])
+        if key not in loaded:
+            loaded[key] = (io.load(bases[key].path, allow_imports=ALLOW_IMPORTS).eval(),
+                           bases[key].dataset.load().example_inputs())
+        base, example = loaded[key]
         model = io.load(resolve(row["run_dir"]) / "model.rlp", allow_imports=ALLOW_IMPORTS).eval()
-        example = base_job.dataset.load().example_inputs()
         row["latency"] = _timings(base, model, example, timing)
         log(f"timed {row['model']} {row['method']} -{row['target']:.0%} s{row['seed']}: " + ", ".join(
             f"batch {b} {-v['reduction']:+.1%}" for b, v in row["latency"].items()))
@@ -181,7 +188,7 @@ def run(settings: StudySettings, out: Path, work: Path, log: Callable[[str], Non
         matched = {}
         for base in bases:
             for target, goal in matched_latency_targets(base, settings.accuracy.targets, settings.batch,
-                                                        work / "latency-target" / "cache").items():
+                                                        study_folder(work) / "cache").items():
                 matched[(base.model.label, base.dataset.label, target)] = goal
                 log(f"{base.model.label} {base.dataset.label} uniform at -{target:.0%} FLOPs: predicted latency "
                     f"{-goal:+.1%} at batch {settings.batch}" + ("" if goal > MIN_TARGET else "; no latency run"))

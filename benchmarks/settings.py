@@ -142,8 +142,7 @@ def kd_plan(settings: AccuracySettings, steps: int, recovery: bool = True) -> KD
     steps alone exceed the budget get no final epochs and are marked over budget, never trimmed."""
     if not recovery:
         return KDPlan(steps, 0, 0, 0, 0)
-    period = settings.post_train_period
-    recoveries = steps // period if period else 0
+    recoveries = sum(recovery_due(settings, step) for step in range(1, steps + 1))
     per_step = settings.kd_epochs if recoveries else 0
     return KDPlan(steps, recoveries, per_step, max(settings.kd_budget - recoveries * per_step, 0), settings.kd_budget)
 

@@ -136,15 +136,16 @@ class LatencyTable:
 
     def elements(self, shapes: Shapes) -> float:
         """Output elements of the ops, relative to the original model's."""
-        full = sum(op.out * op.mult for op in self.ops) or 1
-        return sum(int(shapes[op.weight][0]) * op.mult for op in self.ops) / full
+        return sum(int(shapes[op.weight][0]) * op.mult for op in self.ops) / self._original_elements()
 
     def misaligned(self, shapes: Shapes, block: int) -> float:
         """Output elements of the prunable layers whose width is not a multiple of `block`, relative
         to the original model's output elements."""
-        full = sum(op.out * op.mult for op in self.ops) or 1
         return sum(int(shapes[op.weight][0]) * op.mult for op in self.ops
-                   if op.out_axis and int(shapes[op.weight][0]) % block) / full
+                   if op.out_axis and int(shapes[op.weight][0]) % block) / self._original_elements()
+
+    def _original_elements(self) -> int:
+        return sum(op.out * op.mult for op in self.ops) or 1
 
     def features(self, shapes: Shapes, kinds: Sequence[str | tuple[str, ...]], block: int) -> list[float]:
         """What the fit weighs: op latencies summed per group of `kinds` (a tuple of kinds sums them
