@@ -620,6 +620,49 @@ def test_the_equal_latency_study_tabulates_accuracy_and_measured_latency_and_com
     assert "at -75% FLOPs: the uniform model is predicted +4.0% at batch 1" in page
 
 
+def test_each_method_is_read_at_the_uniform_models_measured_latency_without_extrapolating():
+    from benchmarks import latency_target
+
+    points = latency_target.curve({0.5: [{"test_acc": 0.8, "latency": {"1": {"reduction": 0.2}}}],
+                                   0.75: [{"test_acc": 0.7, "latency": {"1": {"reduction": 0.4}}},
+                                          {"test_acc": 0.6, "latency": {"1": {"reduction": 0.4}}}],
+                                   0.9: [{"test_acc": 0.5}]}, "1")  # an untimed target is no point
+    assert points == [(0.2, 0.8), (0.4, pytest.approx(0.65))]
+    assert latency_target.at_latency(points, 0.3) == pytest.approx(0.725)
+    assert latency_target.at_latency(points, 0.2) == pytest.approx(0.8)
+    assert latency_target.at_latency(points, 0.1) is None and latency_target.at_latency(points, 0.5) is None
+
+    def rows(method, target, acc, b1):
+        return [{**_timed_row(method, s, acc, b1, b1), "target": target} for s in (0, 1)]
+
+    runs = rows("uniform", 0.5, 0.80, 0.25) + rows("uniform", 0.75, 0.70, 0.45)
+    runs += rows("rl", 0.5, 0.78, 0.20) + rows("rl", 0.75, 0.74, 0.40)          # reaches 0.25, not 0.45
+    runs += rows("rl-latency", 0.5, 0.82, 0.30) + rows("rl-latency", 0.75, 0.76, 0.50)  # reaches 0.45, not 0.25
+    page = latency_target.render_markdown({
+        "machine": {"cpu": "cpu", "commit": "c"}, "runs": runs, "matched": [],
+        "settings": {"batch": 1, "timing_batches": [1], "accuracy": {"kd_budget": 20}}})
+    assert "| resnet / hard | 1 | -50% FLOPs | -25% | 80.0 | 77.0 (-3.0) | — |" in page
+    assert "| resnet / hard | 1 | -75% FLOPs | -45% | 70.0 | — | 77.5 (+7.5) |" in page
+
+
+def test_the_latency_goal_counts_rounded_and_latency_aware_rows_built_with_the_columns_runtime():
+    from benchmarks import latency_model
+
+    assert latency_model.aware_for("onnxruntime-cpu/1t/b1") == ("uniform-r8", "rl-latency-ort", "rl-flops-fast-ort")
+    assert latency_model.aware_for("torch-cpu/2t/b32") == ("uniform-r8", "rl-latency", "rl-flops-fast")
+    columns = ("torch-cpu/1t/b1", "onnxruntime-cpu/1t/b1")
+    ratios = {"uniform-r8": (0.7, 0.5), "rl-latency": (0.9, 0.95), "rl-latency-ort": (0.6, 0.85),
+              "rl-flops": (0.99, 0.99)}  # rl-flops is not latency-aware; rl-latency's table is PyTorch's
+    row = {"model": "m", "input": [3, 224, 224], "base_ms": dict.fromkeys(columns, 1.0),
+           "methods": [{"method": m, "ratio": dict(zip(columns, r))} for m, r in ratios.items()]}
+    small = {**row, "input": [3, 32, 32]}  # only 224x224 models count
+    lines = latency_model.goal_lines({"rows": [row, small]})
+    assert lines[0].endswith("met in 2 of 2.")
+    assert lines[2] == "Each configuration alone: uniform-r8 0 of 2, rl-latency 2 of 2."
+    row["methods"][2]["ratio"]["onnxruntime-cpu/1t/b1"] = 0.7
+    assert "met in 1 of 2; missed: m onnxruntime-cpu/1t/b1 (best 0.70)." in latency_model.goal_lines({"rows": [row]})[0]
+
+
 def test_the_latency_run_targets_the_uniform_models_predicted_latency(tmp_path, monkeypatch):
     """On a clock where latency is FLOPs, the matched latency target is the uniform model's FLOPs reduction."""
     import torch

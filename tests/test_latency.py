@@ -15,6 +15,7 @@ from rlpruner.latency import (
     Stopwatch,
     build_table,
     cached_table,
+    aligned_model_costs,
     choose_round_to,
     find_ops,
     get_runtime,
@@ -77,7 +78,7 @@ def test_the_table_predicts_random_pruned_models_exactly_on_a_bilinear_clock(mon
     assert error.worst < 1e-6 and len(error.samples) == 3
 
 
-def _misaligned_elements_clock(block, ms_per_element):
+def _misaligned_elements_clock(block, ms_per_element, shape=(1, 3, 16, 16)):
     """The FLOPs clock plus, for whole models only (more than one conv), a cost per output element of
     every conv whose width is not a multiple of `block`: a layout change between layers, which a
     layer timed alone does not show (as ONNX Runtime's blocked layout)."""
@@ -90,7 +91,7 @@ def _misaligned_elements_clock(block, ms_per_element):
             out[0].numel() if m.out_channels % block else 0)) for c in convs]
         try:
             with torch.no_grad():
-                module(torch.randn(1, 3, 16, 16))
+                module(torch.randn(*shape))
         finally:
             for h in handles:
                 h.remove()
@@ -148,6 +149,30 @@ def test_odd_widths_are_seen_by_the_table_at_its_grid_and_rounding_picks_their_m
     costs = rounding_costs(find_ops(model, trace(model, x), x), get_runtime("torch-cpu"), batch=1)
     assert choose_round_to(costs) == 4
     assert costs[1] > costs[4] == pytest.approx(1.0, rel=0.05)
+
+
+def test_whole_models_rounded_up_to_the_block_are_predicted_faster_so_that_block_is_chosen(monkeypatch):
+    """Layers alone do not show a layout cost between layers; the table's block term does, and so
+    widths rounded to the block are predicted faster only where that cost is paid."""
+    model, x = _mobilenet()
+    graph = trace(model, x)
+    monkeypatch.setattr(Runtime, "time_ms", _flops_clock(penalty=_misaligned_elements_clock(8, 1e-2)))
+    costs = aligned_model_costs(build_table(model, graph, x, get_runtime("torch-cpu"), points=4), graph, largest=8)
+    assert costs[1] == 1.0 and costs[8] < 0.5 and choose_round_to(costs) == 8
+    monkeypatch.setattr(Runtime, "time_ms", _flops_clock())
+    plain = aligned_model_costs(build_table(model, graph, x, get_runtime("torch-cpu"), points=4), graph, largest=8)
+    assert all(c >= 1.0 for c in plain.values()) and choose_round_to(plain) == 1  # wider is only slower
+
+
+def test_round_to_auto_takes_the_block_that_only_whole_models_pay_for(tiny_splits, tiny_trained, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setattr(Runtime, "time_ms", _flops_clock(penalty=_misaligned_elements_clock(4, 1e-2, (1, 1, 8, 8))))
+    logs = []
+    result = compress(tiny_trained, tiny_splits, _latency_config(tmp_path), out_dir=tmp_path / "run",
+                      evaluate_test=False, log=logs.append)
+    assert result.results["latency"]["round_to"] == 4  # per layer it would be 1: no layer alone pays
+    assert any("round_to auto: 4, not 1" in line for line in logs)
+    assert all(w % 4 == 0 for w in result.records[-1].widths.values())
 
 
 def test_choose_round_to_takes_the_smallest_multiple_within_the_tolerance():

@@ -8,7 +8,7 @@
 The search uses a table for latency targets and latency rewards (rlpruner.search), so candidates
 are never timed; the final model is.
 """
-from .check import PredictionError, choose_round_to, prediction_error, rounding_costs
+from .check import PredictionError, aligned_model_costs, choose_round_to, prediction_error, rounding_costs
 from .ops import random_removals
 from .runtimes import RUNTIMES, OnnxRuntimeCPU, Runtime, Stopwatch, TorchCPU, TorchCUDA, get_runtime
 from .ops import Op, find_ops, uniform_removals
@@ -16,4 +16,5 @@ from .table import LatencyTable, build_table, cached_table, default_cache_dir
 
 __all__ = ["RUNTIMES", "Runtime", "TorchCPU", "TorchCUDA", "OnnxRuntimeCPU", "Stopwatch", "get_runtime",
            "LatencyTable", "Op", "build_table", "cached_table", "default_cache_dir", "find_ops", "uniform_removals",
-           "PredictionError", "prediction_error", "random_removals", "choose_round_to", "rounding_costs"]
+           "PredictionError", "prediction_error", "random_removals", "choose_round_to", "rounding_costs",
+           "aligned_model_costs"]

@@ -5,7 +5,9 @@ uniform models the table was fitted on) and compares with the table's prediction
 `rounding_costs` times the model's costliest layers at many widths; a width's penalty is how much
 slower it runs than the fastest width at least as wide (1: no wider width is faster, so the width
 is a fair choice). `choose_round_to` picks the smallest multiple whose widths have (almost) the
-lowest mean penalty.
+lowest mean penalty. `aligned_model_costs` asks the same of whole models, through a table: some
+runtimes (ONNX Runtime's blocked layouts) pay for a width off their block *between* layers, which
+a layer timed alone does not show and the table's block term does.
 """
 from __future__ import annotations
 
@@ -100,3 +102,36 @@ def choose_round_to(costs: dict[int, float], tolerance: float = ROUNDING_TOLERAN
         return 1
     best = min(costs.values())
     return min(m for m, c in costs.items() if c <= best * (1.0 + tolerance))
+
+
+def aligned_model_costs(table: LatencyTable, graph: DependencyGraph, *, largest: int, samples: int = 16,
+                        seed: int = 0) -> dict[int, float]:
+    """For each multiple up to `largest`, the mean predicted latency of random pruned models whose
+    every width is rounded to the nearest multiple of it (at least one multiple, at most the group),
+    relative to the same models unrounded (1 for multiple 1). Rounding to the nearest keeps as many
+    channels on average, so a cost clearly below 1 means the runtime runs aligned widths faster:
+    the whole-model counterpart of `rounding_costs`, for `choose_round_to`."""
+    rng = np.random.default_rng(seed)
+    groups = {g.name: g.size for g in graph.prunable_groups()}
+    models = [random_removals(graph, rng) for _ in range(samples)]
+    base = [table.predict(graph.new_shapes(removals)) for removals in models]
+    costs = {1: 1.0}
+    for multiple in (m for m in ROUNDING_CHOICES if 1 < m <= largest):
+        ratios = []
+        for removals, unrounded in zip(models, base):
+            rounded = {}
+            for name, removed in removals.items():
+                kept = min(groups[name], max(multiple, int(round((groups[name] - len(removed)) / multiple)) * multiple))
+                if kept < groups[name]:  # a group rounded up keeps some of the units removed, down drops more
+                    rounded[name] = _resize(removed, groups[name], groups[name] - kept)
+            ratios.append(table.predict(graph.new_shapes(rounded)) / unrounded)
+        costs[multiple] = float(np.mean(ratios))
+    return costs
+
+
+def _resize(removed: np.ndarray, size: int, count: int) -> np.ndarray:
+    """`count` units of a group of `size` to remove: those of `removed` first, then the next kept ones."""
+    if count <= len(removed):
+        return removed[:count]
+    kept = np.setdiff1d(np.arange(size), removed)
+    return np.sort(np.concatenate([removed, kept[:count - len(removed)]]))

@@ -131,7 +131,8 @@ class RLConfig:
     min_keep: int = 1                    # units every group keeps at least
     round_to: int | str = "auto"         # every group keeps a width that is a multiple of this; "auto": 1,
                                          # unless the run optimises latency: then the multiple the latency
-                                         # runtime likes, measured (rlpruner.latency.choose_round_to)
+                                         # runtime likes, measured per layer (rlpruner.latency.choose_round_to)
+                                         # and on whole models through the latency table (aligned_model_costs)
 
     def __post_init__(self) -> None:
         checks = [

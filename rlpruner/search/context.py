@@ -35,9 +35,9 @@ from ..precision import Precision
 from ..latency import LatencyTable, Runtime, TorchCPU
 from ..task import Task, TaskError
 from ..train import resolve_device
-from .config import CompressConfig
+from .config import AUTO, CompressConfig
 from .data import Data, as_source, prepare_data
-from .latency import measure_ms, runtime_for, table_for, with_round_to
+from .latency import measure_ms, runtime_for, table_for, with_aligned_round_to, with_round_to
 from .targets import Measure, TargetKind
 
 IMPORTANCE, KD, FINAL = 1, 2, 3  # purposes mixed into derived seeds
@@ -180,11 +180,14 @@ def prepare(model: nn.Module, data: Any, config: CompressConfig, out_dir: Path, 
     groups = graph.prunable_groups()
     if not groups:
         raise PruningError(f"{type(model).__name__} has no prunable channel group (all frozen or kept)")
+    auto_round_to = config.rl.round_to == AUTO
     config = world.first(lambda: with_round_to(config, original, graph, prepared.example, runtime, log),
                          "choosing the width multiple")
-    allocator = get_allocator(config.method, config.rl)
     table = world.first(lambda: table_for(config, original, graph, prepared.example, runtime, log),
                         "building the latency table")
+    if auto_round_to and table is not None:
+        config = with_aligned_round_to(config, table, graph, log)
+    allocator = get_allocator(config.method, config.rl)
     sizes = {g.name: g.size for g in groups}
     params, flops = graph.count()
     base = {"params": params, "flops": flops, "latency_ms": None if table is None else table.predict(graph.shapes),

@@ -17,7 +17,8 @@ from torch import nn
 
 from ..graph import DependencyGraph
 from ..io import atomic_write_json
-from ..latency import LatencyTable, Runtime, Stopwatch, cached_table, choose_round_to, find_ops, get_runtime
+from ..latency import (LatencyTable, Runtime, Stopwatch, aligned_model_costs, cached_table, choose_round_to,
+                       find_ops, get_runtime)
 from ..latency.check import rounding_costs
 from ..latency.table import cache_path, default_cache_dir, table_key
 from ..metrics import _latency_inputs
@@ -88,6 +89,24 @@ def _measured_multiple(config: CompressConfig, model: nn.Module, graph: Dependen
     except OSError:
         pass  # a cache: the run goes on with the measured value
     return multiple
+
+
+def with_aligned_round_to(config: CompressConfig, table: LatencyTable, graph: DependencyGraph,
+                          log: Callable[[str], None]) -> CompressConfig:
+    """`config` whose round_to was "auto", raised where the latency table predicts that whole models
+    with every width rounded up to a larger multiple run faster although they are wider
+    (`latency.aligned_model_costs`: the runtime converts between layers whose widths are off its
+    block, which the per-layer measurement of `with_round_to` cannot see). At most half the narrowest
+    group, so every group can still shrink. Pure given the table, so a resumed run gets the same."""
+    smallest = min(g.size for g in graph.prunable_groups())
+    costs = aligned_model_costs(table, graph, largest=max(1, smallest // 2))
+    multiple = choose_round_to(costs)
+    if multiple <= config.rl.multiple:
+        return config
+    log(f"round_to auto: {multiple}, not {config.rl.multiple}: the latency table predicts whole models with widths "
+        f"rounded up to it faster although wider (mean predicted latency against unrounded widths: "
+        f"{', '.join(f'{m}: {c:.3f}' for m, c in costs.items())})")
+    return replace(config, rl=replace(config.rl, round_to=multiple))
 
 
 def table_for(config: CompressConfig, model: nn.Module, graph: DependencyGraph, example: Any, runtime: Runtime,
