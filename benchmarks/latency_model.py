@@ -15,10 +15,11 @@ and MobileNetV2 with their ImageNet strides at 224x224, and the CIFAR ResNet-56 
    runtime at batch 1 and 32. RL-Pruner runs three ways: with a FLOPs target (`rl-flops`); with a
    latency target, -50% predicted latency at batch 1 (`rl-latency`); and with the FLOPs target and
    the latency reward (`rl-flops-fast`: equal FLOPs per step, the candidate that the table predicts
-   fastest wins; its latency weight is 100, since random weights make the accuracy term noise). Both latency-aware rows run once per table runtime, each with that runtime's
-   table and its own measured `round_to` (the `-ort` rows use ONNX Runtime's). The ratio of latency
-   reduction to FLOPs reduction is the issue's measure (goal: >= 0.8 for a latency-aware or rounded
-   configuration); a runtime's column counts uniform-r8 and the rows built with its own table.
+   fastest wins; its latency weight is 100, since random weights make the accuracy term noise).
+   Both latency-aware rows run once per table runtime, each with that runtime's table and its own
+   measured `round_to` (the `-ort` rows use ONNX Runtime's). The ratio of latency reduction to FLOPs
+   reduction is the issue's measure (goal: >= 0.8 for a latency-aware or rounded configuration); a
+   runtime's column counts uniform-r8 and the rows built with its own table.
 
 The tables built here are stored in the runs' latency cache, so the RL rows search with the very
 table whose error the first part reports.
@@ -62,10 +63,6 @@ class RLRow:
     reward: str
     runtime: str | None = None
     latency_weight: float | None = None  # None: the reward's default
-
-    @property
-    def latency_aware(self) -> bool:
-        return self.runtime is not None
 
 
 # The weights are random, so a candidate's accuracy on the 8 scoring images is noise (0 or 1/8): at the

@@ -94,7 +94,7 @@ def _measured_multiple(config: CompressConfig, model: nn.Module, graph: Dependen
 def with_aligned_round_to(config: CompressConfig, table: LatencyTable, graph: DependencyGraph,
                           log: Callable[[str], None]) -> CompressConfig:
     """`config` whose round_to was "auto", raised where the latency table predicts that whole models
-    with every width rounded up to a larger multiple run faster although they are wider
+    with every width rounded to the nearest multiple of a larger number run clearly faster
     (`latency.aligned_model_costs`: the runtime converts between layers whose widths are off its
     block, which the per-layer measurement of `with_round_to` cannot see). At most half the narrowest
     group, so every group can still shrink. Pure given the table, so a resumed run gets the same."""
@@ -104,7 +104,7 @@ def with_aligned_round_to(config: CompressConfig, table: LatencyTable, graph: De
     if multiple <= config.rl.multiple:
         return config
     log(f"round_to auto: {multiple}, not {config.rl.multiple}: the latency table predicts whole models with widths "
-        f"rounded up to it faster although wider (mean predicted latency against unrounded widths: "
+        f"rounded to its multiples faster (mean predicted latency against unrounded widths: "
         f"{', '.join(f'{m}: {c:.3f}' for m, c in costs.items())})")
     return replace(config, rl=replace(config.rl, round_to=multiple))
 
