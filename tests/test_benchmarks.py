@@ -633,7 +633,7 @@ def test_each_method_is_read_at_the_uniform_models_measured_latency_without_extr
     assert latency_target.at_latency(points, 0.1) is None and latency_target.at_latency(points, 0.5) is None
 
     def rows(method, target, acc, b1):
-        return [{**_timed_row(method, s, acc, b1, b1), "target": target} for s in (0, 1)]
+        return [{**_timed_row(method, s, acc, b1, b1), "target": target, "latency_target": b1} for s in (0, 1)]
 
     runs = rows("uniform", 0.5, 0.80, 0.25) + rows("uniform", 0.75, 0.70, 0.45)
     runs += rows("rl", 0.5, 0.78, 0.20) + rows("rl", 0.75, 0.74, 0.40)          # reaches 0.25, not 0.45
