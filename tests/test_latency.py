@@ -13,9 +13,9 @@ from rlpruner.graph import trace
 from rlpruner.latency import (
     Runtime,
     Stopwatch,
+    aligned_model_costs,
     build_table,
     cached_table,
-    aligned_model_costs,
     choose_round_to,
     find_ops,
     get_runtime,
@@ -151,7 +151,7 @@ def test_odd_widths_are_seen_by_the_table_at_its_grid_and_rounding_picks_their_m
     assert costs[1] > costs[4] == pytest.approx(1.0, rel=0.05)
 
 
-def test_whole_models_rounded_up_to_the_block_are_predicted_faster_so_that_block_is_chosen(monkeypatch):
+def test_whole_models_with_widths_on_the_block_are_predicted_faster_so_that_block_is_chosen(monkeypatch):
     """Layers alone do not show a layout cost between layers; the table's block term does, and so
     widths rounded to the block are predicted faster only where that cost is paid."""
     model, x = _mobilenet()
@@ -161,7 +161,7 @@ def test_whole_models_rounded_up_to_the_block_are_predicted_faster_so_that_block
     assert costs[1] == 1.0 and costs[8] < 0.5 and choose_round_to(costs) == 8
     monkeypatch.setattr(Runtime, "time_ms", _flops_clock())
     plain = aligned_model_costs(build_table(model, graph, x, get_runtime("torch-cpu"), points=4), graph, largest=8)
-    assert all(c >= 1.0 for c in plain.values()) and choose_round_to(plain) == 1  # wider is only slower
+    assert all(c >= 1.0 for c in plain.values()) and choose_round_to(plain) == 1  # no block to pay for
 
 
 def test_round_to_auto_takes_the_block_that_only_whole_models_pay_for(tiny_splits, tiny_trained, tmp_path,
