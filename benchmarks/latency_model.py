@@ -3,6 +3,7 @@
     python benchmarks/latency_model.py                      # writes benchmarks/results/latency_model.{json,md}
     python benchmarks/latency_model.py --models resnet56    # only some models (the others' rows are kept)
     python benchmarks/latency_model.py --quick              # a smoke run under runs/bench-quick/
+    python benchmarks/latency_model.py --bounds             # add the table bound to rows that lack it
 
 Models at realistic sizes, random weights (latency does not depend on them): ResNet-18, ResNet-50
 and MobileNetV2 with their ImageNet strides at 224x224, and the CIFAR ResNet-56 at 32x32.
@@ -22,7 +23,9 @@ and MobileNetV2 with their ImageNet strides at 224x224, and the CIFAR ResNet-56 
    runtime's column counts uniform-r8 and the rows built with its own table.
 
 The tables built here are stored in the runs' latency cache, so the RL rows search with the very
-table whose error the first part reports.
+table whose error the first part reports. Each table also gives a reference that needs no timing:
+the best allocation it points to at the FLOPs target (`table_bound`, a greedy walk), which tells a
+speed-up no width allocation reaches on that runtime from one the search missed.
 
 RL-Pruner runs a cheap search here (3 sampling rounds of 4 candidates, 10 % steps, candidates scored
 on 8 random images, no recovery), because the weights are random: its choices rest on the equal-cost
@@ -160,6 +163,35 @@ def prune_with(method: str, model: Any, example: Any, classes: int, settings: La
     return result.model, info
 
 
+def table_bound(table: Any, graph: Any, target: float, chunk: int = 8) -> dict[str, float]:
+    """The best allocation the table itself points to at `target` FLOPs reduction: greedily remove
+    `chunk` units from the group whose removal saves the most predicted latency per FLOP (no group
+    below `chunk` units). A reference for the RL rows, not a proven optimum; no timing."""
+    import numpy as np
+
+    sizes = {g.name: g.size for g in graph.prunable_groups()}
+    kept = dict(sizes)
+    full_flops, base_ms = graph.count()[1], table.predict(graph.shapes)
+
+    def state(widths: dict[str, int]) -> tuple[float, int]:
+        removals = {n: np.arange(sizes[n] - k) for n, k in widths.items() if k < sizes[n]}
+        return table.predict(graph.new_shapes(removals)), graph.count(removals)[1]
+
+    ms, flops = base_ms, full_flops
+    while flops > (1 - target) * full_flops:
+        best = None
+        for name in (n for n in sizes if kept[n] - chunk >= chunk):
+            trial_ms, trial_flops = state({**kept, name: kept[name] - chunk})
+            saved = (ms - trial_ms) / max(flops - trial_flops, 1)
+            if best is None or saved > best[0]:
+                best = (saved, name, trial_ms, trial_flops)
+        if best is None:
+            break
+        _, name, ms, flops = best
+        kept[name] -= chunk
+    return {"flops_reduction": 1 - flops / full_flops, "predicted_reduction": 1 - ms / base_ms, "kept": kept}
+
+
 def run_model(label: str, settings: LatencyModelSettings, work: Path, log: Any) -> dict[str, Any]:
     import rlpruner
     from rlpruner.errors import ConfigError
@@ -189,6 +221,7 @@ def run_model(label: str, settings: LatencyModelSettings, work: Path, log: Any) 
                                    seed=1, multiple=8, watch=_watch(1))  # widths in multiples of 8
         tables[(name, threads)] = table
         atomic_write_json(cache_path(cache, table.key), table.to_dict())  # the RL rows search with this table
+        row.setdefault("bounds", {})[f"{name}/{threads}"] = table_bound(table, graph, settings.target)
         row["tables"].append({"runtime": name, "threads": threads, "batch": 1, "build_s": built,
                               "layers": len(table.ops), "distinct": len(table.curves), "fit": asdict(table.fit),
                               **error.to_dict(), "aligned": aligned.to_dict()})
@@ -236,6 +269,33 @@ def run_model(label: str, settings: LatencyModelSettings, work: Path, log: Any) 
     return row
 
 
+def add_bounds(results: dict[str, Any], settings: LatencyModelSettings, work: Path, log: Any) -> None:
+    """`table_bound` for rows written before it existed, from the very tables their run built: those
+    in the run's cache whose fit equals the fit the row recorded (anything else is refused)."""
+    import json
+
+    from rlpruner.graph import trace
+    from rlpruner.latency import LatencyTable
+
+    for row in results["rows"]:
+        if "bounds" in row:
+            continue
+        model, example, _ = _build(row["model"], settings)
+        graph = trace(model, example)
+        cached = [LatencyTable.from_dict(json.loads(f.read_text())) for f in (work / row["model"] / "cache").glob("*.json")
+                  if not f.name.startswith("round-to-")]
+        bounds = {}
+        for recorded in row["tables"]:
+            same = [t for t in cached if t.key["runtime"] == recorded["runtime"] and t.key["threads"] == recorded["threads"]
+                    and asdict(t.fit) == recorded["fit"]]
+            if not same:
+                raise SystemExit(f"{row['model']}: no cached table of {recorded['runtime']}/{recorded['threads']}t "
+                                 f"with the recorded fit under {work / row['model'] / 'cache'}; run the benchmark")
+            bounds[f"{recorded['runtime']}/{recorded['threads']}"] = table_bound(same[0], graph, settings.target)
+            log(f"{row['model']}: table bound {recorded['runtime']}: {bounds}")
+        row["bounds"] = bounds
+
+
 def run(settings: LatencyModelSettings, out: Path, work: Path, log: Any = print) -> dict[str, Any]:
     import json
 
@@ -256,8 +316,11 @@ def run(settings: LatencyModelSettings, out: Path, work: Path, log: Any = print)
 
 def table(results: dict[str, Any]) -> list[str]:
     """The markdown tables of a results file (generated, never typed)."""
+    bounds = results.get("bounds_machine")
     lines = [f"Random weights; latency tables at batch 1; machine: {results['machine']['cpu']}, commit "
-             f"{results['machine']['commit']}. Command: `python benchmarks/latency_model.py`.", "",
+             f"{results['machine']['commit']}. Command: `python benchmarks/latency_model.py`"
+             + (f" (the table bounds: `--bounds` at commit {bounds['commit']}, from the tables that run cached)"
+                if bounds else "") + ".", "",
              f"**The table's error** (predicted against measured latency of "
              f"{results['settings']['check_samples']} random pruned models per column, none of them among the whole "
              "models the table's rest term was fitted on):", "",
@@ -294,6 +357,13 @@ def table(results: dict[str, Any]) -> list[str]:
                          + " | ".join(cells) + " |")
         for method, why in row.get("refused", {}).items():
             lines.append(f"{method}: refused: {why}")
+        if row.get("bounds"):
+            lines += ["", f"The best allocation each table points to at -{results['settings']['target']:.0%} FLOPs "
+                      "(greedy: 8 channels at a time from the group that saves the most predicted latency per FLOP; "
+                      "predicted, not timed): " + "; ".join(
+                          f"{runtime} -{b['predicted_reduction']:.0%} latency at -{b['flops_reduction']:.0%} FLOPs "
+                          f"({b['predicted_reduction'] / b['flops_reduction']:.2f})" for runtime, b in row["bounds"].items())
+                      + "."]
         lines.append("")
     lines += goal_lines(results)
     return lines
@@ -352,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run under runs/bench-quick/")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=None)
+    parser.add_argument("--bounds", action="store_true",
+                        help="only add the table bound to rows that lack it, from the tables their run cached")
     args = parser.parse_args(argv)
     settings = quick() if args.quick else LatencyModelSettings()
     if args.models:
@@ -359,7 +431,20 @@ def main(argv: list[str] | None = None) -> int:
     mode = "quick" if args.quick else "full"
     out = (ROOT / "runs" / "bench-quick" / "results" if args.quick else RESULTS) / "latency_model"
     out.parent.mkdir(parents=True, exist_ok=True)
-    run(settings, out, WORK / mode / "latency_model", lambda line: print(line, flush=True))
+    if args.bounds:
+        import json
+
+        from rlpruner.io import atomic_write_json, atomic_write_text
+
+        results = json.loads(out.with_suffix(".json").read_text())
+        add_bounds(results, LatencyModelSettings(**{**asdict(settings), **{
+            k: v for k, v in results["settings"].items() if k in ("target", "points")}}),
+            WORK / mode / "latency_model", lambda line: print(line, flush=True))
+        results["bounds_machine"] = machine()
+        atomic_write_json(out.with_suffix(".json"), results)
+        atomic_write_text(out.with_suffix(".md"), "\n".join(table(results)) + "\n")
+    else:
+        run(settings, out, WORK / mode / "latency_model", lambda line: print(line, flush=True))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
     return 0
 

@@ -663,6 +663,37 @@ def test_the_latency_goal_counts_rounded_and_latency_aware_rows_built_with_the_c
     assert "met in 1 of 2; missed: m onnxruntime-cpu/1t/b1 (best 0.70)." in latency_model.goal_lines({"rows": [row]})[0]
 
 
+def test_the_table_bound_reaches_the_flops_target_and_follows_the_table(monkeypatch):
+    """On a clock where latency is FLOPs, the best allocation saves latency exactly as it saves FLOPs;
+    where one layer's channels cost extra per channel, the walk takes them first."""
+    import torch
+    from torch import nn
+
+    from benchmarks import latency_model
+    from rlpruner import metrics
+    from rlpruner.graph import trace
+    from rlpruner.latency import Runtime, build_table, get_runtime
+    from rlpruner.models import create_model
+
+    def clock(extra):
+        def time_ms(self, module, inputs, watch):
+            later = [m for m in module.modules() if isinstance(m, nn.Conv2d) and m.in_channels != 3]
+            return metrics.count(module, inputs).flops / 1e4 + extra * sum(m.out_channels for m in later)
+        return time_ms
+
+    torch.manual_seed(0)
+    model, x = create_model("simple_cnn", num_classes=3, widths=[32, 64]).eval(), torch.randn(1, 3, 16, 16)
+    graph = trace(model, x)
+    monkeypatch.setattr(Runtime, "time_ms", clock(0.0))
+    plain = latency_model.table_bound(build_table(model, graph, x, get_runtime("torch-cpu"), points=3), graph, 0.5)
+    assert plain["flops_reduction"] >= 0.5
+    assert plain["predicted_reduction"] == pytest.approx(plain["flops_reduction"], abs=0.02)
+    monkeypatch.setattr(Runtime, "time_ms", clock(5.0))  # the second conv's channels are slow: the walk cuts them
+    costly = latency_model.table_bound(build_table(model, graph, x, get_runtime("torch-cpu"), points=3), graph, 0.5)
+    second = next(g.name for g in graph.prunable_groups() if g.size == 64)
+    assert costly["kept"][second] < plain["kept"][second] and costly["flops_reduction"] >= 0.5
+
+
 def test_the_latency_run_targets_the_uniform_models_predicted_latency(tmp_path, monkeypatch):
     """On a clock where latency is FLOPs, the matched latency target is the uniform model's FLOPs reduction."""
     import torch
