@@ -163,7 +163,7 @@ def prune_with(method: str, model: Any, example: Any, classes: int, settings: La
     return result.model, info
 
 
-def table_bound(table: Any, graph: Any, target: float, chunk: int = 8) -> dict[str, float]:
+def table_bound(table: Any, graph: Any, target: float, chunk: int = 8) -> dict[str, Any]:
     """The best allocation the table itself points to at `target` FLOPs reduction: greedily remove
     `chunk` units from the group whose removal saves the most predicted latency per FLOP (no group
     below `chunk` units). A reference for the RL rows, not a proven optimum; no timing."""
@@ -291,8 +291,10 @@ def add_bounds(results: dict[str, Any], settings: LatencyModelSettings, work: Pa
             if not same:
                 raise SystemExit(f"{row['model']}: no cached table of {recorded['runtime']}/{recorded['threads']}t "
                                  f"with the recorded fit under {work / row['model'] / 'cache'}; run the benchmark")
-            bounds[f"{recorded['runtime']}/{recorded['threads']}"] = table_bound(same[0], graph, settings.target)
-            log(f"{row['model']}: table bound {recorded['runtime']}: {bounds}")
+            key = f"{recorded['runtime']}/{recorded['threads']}"
+            bounds[key] = table_bound(same[0], graph, settings.target)
+            log(f"{row['model']}: table bound {key}: -{bounds[key]['predicted_reduction']:.1%} predicted latency at "
+                f"-{bounds[key]['flops_reduction']:.1%} FLOPs")
         row["bounds"] = bounds
 
 
@@ -310,7 +312,23 @@ def run(settings: LatencyModelSettings, out: Path, work: Path, log: Any = print)
         row["seconds"] = time.perf_counter() - start
         results["rows"] = [r for r in results["rows"] if r["model"] != label] + [row]
         atomic_write_json(path, results)
-    atomic_write_text(out.with_suffix(".md"), "\n".join(table(results)) + "\n")
+    atomic_write_text(out.with_suffix(".md"), render_markdown(results) + "\n")
+    return results
+
+
+def run_bounds(settings: LatencyModelSettings, out: Path, work: Path, log: Any = print) -> dict[str, Any]:
+    """`--bounds`: the results file with `add_bounds` for rows that lack it, at the target and table
+    points the file recorded."""
+    import json
+
+    from rlpruner.io import atomic_write_json, atomic_write_text
+
+    results = json.loads(out.with_suffix(".json").read_text())
+    recorded = {k: v for k, v in results["settings"].items() if k in ("target", "points")}
+    add_bounds(results, LatencyModelSettings(**{**asdict(settings), **recorded}), work, log)
+    results["bounds_machine"] = machine()
+    atomic_write_json(out.with_suffix(".json"), results)
+    atomic_write_text(out.with_suffix(".md"), render_markdown(results) + "\n")
     return results
 
 
@@ -431,20 +449,11 @@ def main(argv: list[str] | None = None) -> int:
     mode = "quick" if args.quick else "full"
     out = (ROOT / "runs" / "bench-quick" / "results" if args.quick else RESULTS) / "latency_model"
     out.parent.mkdir(parents=True, exist_ok=True)
+    log = lambda line: print(line, flush=True)  # noqa: E731
     if args.bounds:
-        import json
-
-        from rlpruner.io import atomic_write_json, atomic_write_text
-
-        results = json.loads(out.with_suffix(".json").read_text())
-        add_bounds(results, LatencyModelSettings(**{**asdict(settings), **{
-            k: v for k, v in results["settings"].items() if k in ("target", "points")}}),
-            WORK / mode / "latency_model", lambda line: print(line, flush=True))
-        results["bounds_machine"] = machine()
-        atomic_write_json(out.with_suffix(".json"), results)
-        atomic_write_text(out.with_suffix(".md"), "\n".join(table(results)) + "\n")
+        run_bounds(settings, out, WORK / mode / "latency_model", log)
     else:
-        run(settings, out, WORK / mode / "latency_model", lambda line: print(line, flush=True))
+        run(settings, out, WORK / mode / "latency_model", log)
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
     return 0
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..graph import DependencyGraph
 from .runtimes import Runtime, Stopwatch
-from .ops import Op, random_removals
+from .ops import Op, nearest_multiple, random_removals
 from .table import TABLE_WATCH, LatencyTable
 
 
@@ -121,7 +121,7 @@ def aligned_model_costs(table: LatencyTable, graph: DependencyGraph, *, largest:
         for removals, unrounded in zip(models, base):
             rounded = {}
             for name, removed in removals.items():
-                kept = min(groups[name], max(multiple, int(round((groups[name] - len(removed)) / multiple)) * multiple))
+                kept = nearest_multiple(groups[name] - len(removed), groups[name], multiple)
                 if kept < groups[name]:  # a group rounded up keeps some of the units removed, down drops more
                     rounded[name] = _resize(removed, groups[name], groups[name] - kept)
             ratios.append(table.predict(graph.new_shapes(rounded)) / unrounded)

@@ -104,14 +104,19 @@ def find_ops(model: nn.Module, graph: DependencyGraph, example: Any) -> list[Op]
 
 
 
+def nearest_multiple(kept: int, size: int, multiple: int) -> int:
+    """`kept` units of a group of `size` rounded to the nearest whole multiple of `multiple` (at least
+    one multiple, at most the group); a group no wider than the multiple keeps `kept`."""
+    if multiple > 1 and size > multiple:
+        kept = max(multiple, int(round(kept / multiple)) * multiple)
+    return min(kept, size)
+
+
 def uniform_removals(graph: DependencyGraph, keep: float, multiple: int = 1) -> dict[str, np.ndarray]:
     """Removals that keep about `keep` of every prunable group (whole multiples of `multiple`)."""
     out = {}
     for g in graph.prunable_groups():
-        kept = max(1, int(round(g.size * keep)))
-        if multiple > 1 and g.size > multiple:
-            kept = max(multiple, int(round(kept / multiple)) * multiple)
-        kept = min(kept, g.size)
+        kept = nearest_multiple(max(1, int(round(g.size * keep))), g.size, multiple)
         if kept < g.size:
             out[g.name] = np.arange(g.size - kept)
     return out
@@ -122,9 +127,7 @@ def random_removals(graph: DependencyGraph, rng: np.random.Generator, low: float
     """Every prunable group keeps its own random share in [low, 1] (whole multiples of `multiple`)."""
     out = {}
     for g in graph.prunable_groups():
-        kept = max(1, int(round(g.size * rng.uniform(low, 1.0))))
-        if multiple > 1 and g.size > multiple:
-            kept = min(g.size, max(multiple, int(round(kept / multiple)) * multiple))
+        kept = nearest_multiple(max(1, int(round(g.size * rng.uniform(low, 1.0)))), g.size, multiple)
         if kept < g.size:
             out[g.name] = np.sort(rng.choice(g.size, g.size - kept, replace=False))
     return out
