@@ -17,10 +17,12 @@ and MobileNetV2 with their ImageNet strides at 224x224, and the CIFAR ResNet-56 
    latency target, -50% predicted latency at batch 1 (`rl-latency`); and with the FLOPs target and
    the latency reward (`rl-flops-fast`: equal FLOPs per step, the candidate that the table predicts
    fastest wins; its latency weight is 100, since random weights make the accuracy term noise).
-   Both latency-aware rows run once per table runtime, each with that runtime's table and its own
-   measured `round_to` (the `-ort` rows use ONNX Runtime's). The ratio of latency reduction to FLOPs
-   reduction is the issue's measure (goal: >= 0.8 for a latency-aware or rounded configuration); a
-   runtime's column counts uniform-r8 and the rows built with its own table.
+   Both latency-aware rows run once per table, each with that table and its own measured
+   `round_to` (the `-2t` rows use PyTorch's table measured at 2 threads, the `-ort` rows ONNX
+   Runtime's): a user deploying at 2 threads measures the table there. The ratio of latency
+   reduction to FLOPs reduction is the issue's measure (goal: >= 0.8 for a latency-aware or rounded
+   configuration); a column counts uniform-r8 and the rows built with its own runtime's table at its
+   thread count.
 
 The tables built here are stored in the runs' latency cache, so the RL rows search with the very
 table whose error the first part reports. Each table also gives a reference that needs no timing:
@@ -40,6 +42,7 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +69,7 @@ class RLRow:
     reward: str
     runtime: str | None = None
     latency_weight: float | None = None  # None: the reward's default
+    threads: int = 1                     # the thread count its table was measured with
 
 
 # The weights are random, so a candidate's accuracy on the 8 scoring images is noise (0 or 1/8): at the
@@ -76,9 +80,12 @@ RL_ROWS = {
     "rl-flops": RLRow("flops", "accuracy"),
     "rl-latency": RLRow("latency", "latency", "torch-cpu"),
     "rl-flops-fast": RLRow("flops", "latency", "torch-cpu", FAST_WEIGHT),
+    "rl-latency-2t": RLRow("latency", "latency", "torch-cpu", threads=2),
+    "rl-flops-fast-2t": RLRow("flops", "latency", "torch-cpu", FAST_WEIGHT, threads=2),
     "rl-latency-ort": RLRow("latency", "latency", "onnxruntime-cpu"),
     "rl-flops-fast-ort": RLRow("flops", "latency", "onnxruntime-cpu", FAST_WEIGHT),
 }
+VARIANT_SUFFIXES = ("-2t", "-ort")  # a row searched with another table than PyTorch's at 1 thread
 METHODS = ("uniform", "global", "uniform-r8", *RL_ROWS)
 ROUNDED = "uniform-r8"  # the rounded configuration of the goal; it needs no table
 
@@ -87,7 +94,8 @@ ROUNDED = "uniform-r8"  # the rounded configuration of the goal; it needs no tab
 class LatencyModelSettings:
     models: tuple[str, ...] = tuple(MODELS)
     runtimes: tuple[tuple[str, int], ...] = (("torch-cpu", 1), ("torch-cpu", 2), ("onnxruntime-cpu", 1))
-    table_runtimes: tuple[tuple[str, int], ...] = (("torch-cpu", 1), ("onnxruntime-cpu", 1))  # tables built
+    table_runtimes: tuple[tuple[str, int], ...] = (("torch-cpu", 1), ("torch-cpu", 2),
+                                                   ("onnxruntime-cpu", 1))  # tables built
     batches: tuple[int, ...] = (1, 32)
     target: float = 0.5
     check_samples: int = 10
@@ -102,7 +110,7 @@ class LatencyModelSettings:
 def quick() -> LatencyModelSettings:
     return LatencyModelSettings(models=("resnet56",), runtimes=(("torch-cpu", 1), ("onnxruntime-cpu", 1)),
                                 table_runtimes=(("torch-cpu", 1),), batches=(1, 4), check_samples=2, points=3,
-                                size_override=16)
+                                methods=tuple(m for m in METHODS if not m.endswith("-2t")), size_override=16)
 
 
 def _watch(batch: int) -> Any:
@@ -153,12 +161,13 @@ def prune_with(method: str, model: Any, example: Any, classes: int, settings: La
     config = CompressConfig(target=Target(row.target, target or settings.target),
                             reward=Reward(row.reward, latency_weight=row.latency_weight),
                             rl=RLConfig(**settings.rl), kd=DistillConfig(epochs=0), final_epochs=0, report_batch=1,
-                            latency_runtime=row.runtime or "auto", latency_threads=1, latency_points=settings.points,
+                            latency_runtime=row.runtime or "auto", latency_threads=row.threads, latency_points=settings.points,
                             latency_cache=str(work / "cache"), progress=False, eval_batch_size=8)
     result = compress(model, _random_splits(example, classes), config, out_dir=work / method, overwrite=True,
                       evaluate_test=False, log=lambda line: None)  # a ConfigError (unreachable) is recorded
     info = {"steps": result.results["steps"], "round_to": result.results["latency"]["round_to"],
             "target": config.target.value, "target_kind": row.target, "reward": row.reward, "table": row.runtime,
+            "table_threads": row.threads,
             "search_s": result.results["timing"]["eval_s"] + result.results["timing"]["search_s"]}
     return result.model, info
 
@@ -356,8 +365,10 @@ def table(results: dict[str, Any]) -> list[str]:
         errors = [pick(t) for row in results["rows"] for t in row["tables"] if kind == "any widths" or "aligned" in t]
         if errors:
             lines += ["", f"Median of the tables' median errors, {kind}: {statistics.median(errors):.1%} (goal <= 10%)."]
+    two = any(m["method"].endswith("-2t") for row in results["rows"] for m in row["methods"])
     lines += ["", "**The speed-up** at -50% FLOPs (rl-latency: -50% predicted latency at batch 1; rl-flops-fast: "
-              "the FLOPs target with the latency reward; both with PyTorch CPU's table at 1 thread, their -ort rows "
+              "the FLOPs target with the latency reward; both with PyTorch CPU's table at 1 thread, "
+              + ("their -2t rows with its table at 2 threads, " if two else "") + "their -ort rows "
               "with ONNX Runtime's); each cell: latency change against the original (latency reduction / FLOPs "
               "reduction; goal >= 0.8; a + is a model slower than the original):", ""]
     for row in results["rows"]:
@@ -396,11 +407,17 @@ def _form(fit: dict[str, Any]) -> str:
     return text + (f" ({fit['cv_error']:.1%})" if fit.get("cv_error") is not None else "")
 
 
-def aware_for(column: str) -> tuple[str, ...]:
+def aware_for(column: str, present: Collection[str] = ()) -> tuple[str, ...]:
     """The latency-aware or rounded configurations of the goal for one timing column
-    ("runtime/threads/batch"): uniform-r8, and the RL rows searched with that runtime's table."""
-    runtime = column.split("/")[0]
-    return (ROUNDED, *(m for m, row in RL_ROWS.items() if row.runtime == runtime))
+    ("runtime/threads/batch"): uniform-r8, and the RL rows searched with that runtime's table at the
+    column's thread count, or (results without such rows among `present`: those of earlier runs) with
+    that runtime's table at 1 thread."""
+    runtime, threads = column.split("/")[0], int(column.split("/")[1].removesuffix("t"))
+    same = [m for m, row in RL_ROWS.items() if row.runtime == runtime]
+    matched = [m for m in same if RL_ROWS[m].threads == threads]
+    if present and not set(matched) & set(present):
+        matched = [m for m in same if RL_ROWS[m].threads == 1]
+    return (ROUNDED, *matched)
 
 
 def goal_lines(results: dict[str, Any]) -> list[str]:
@@ -414,10 +431,11 @@ def goal_lines(results: dict[str, Any]) -> list[str]:
         for key in row["base_ms"]:
             if not key.startswith(("torch-cpu", "onnxruntime-cpu")):
                 continue
-            ratios = {m["method"]: m["ratio"][key] for m in row["methods"] if m["method"] in aware_for(key)}
+            present = [m["method"] for m in row["methods"]]
+            ratios = {m["method"]: m["ratio"][key] for m in row["methods"] if m["method"] in aware_for(key, present)}
             total += 1
             for method, ratio in ratios.items():
-                counts = alone.setdefault(method.removesuffix("-ort"), [0, 0])
+                counts = alone.setdefault(_family(method), [0, 0])
                 counts[0] += ratio >= 0.8
                 counts[1] += 1
             if ratios and max(ratios.values()) >= 0.8:
@@ -427,9 +445,17 @@ def goal_lines(results: dict[str, Any]) -> list[str]:
     if not total:
         return []
     return [f"Goal (latency reduction >= 0.8 x FLOPs reduction with uniform-r8 or a latency-aware RL row searched "
-            f"with the column's runtime's table, every 224x224 model, every CPU timing): met in {met} of {total}"
+            f"with the column's runtime's table at the column's thread count, or at 1 thread where the run built no "
+            f"other, every 224x224 model, every CPU timing): met in {met} of {total}"
             + (f"; missed: {', '.join(missed)}." if missed else "."), "",
             "Each configuration alone: " + ", ".join(f"{m} {c[0]} of {c[1]}" for m, c in alone.items()) + ".", ""]
+
+
+def _family(method: str) -> str:
+    """A row's name without the suffix of the table it searched with (rl-latency-ort -> rl-latency)."""
+    for suffix in VARIANT_SUFFIXES:
+        method = method.removesuffix(suffix)
+    return method
 
 
 def render_markdown(results: dict[str, Any]) -> str:

@@ -649,7 +649,14 @@ def test_the_latency_goal_counts_rounded_and_latency_aware_rows_built_with_the_c
     from benchmarks import latency_model
 
     assert latency_model.aware_for("onnxruntime-cpu/1t/b1") == ("uniform-r8", "rl-latency-ort", "rl-flops-fast-ort")
-    assert latency_model.aware_for("torch-cpu/2t/b32") == ("uniform-r8", "rl-latency", "rl-flops-fast")
+    assert latency_model.aware_for("torch-cpu/1t/b32") == ("uniform-r8", "rl-latency", "rl-flops-fast")
+    # a 2-thread column counts the rows searched with the 2-thread table; results of runs that built
+    # none (no -2t rows) count the 1-thread table's rows, as they were counted when written
+    assert latency_model.aware_for("torch-cpu/2t/b1") == ("uniform-r8", "rl-latency-2t", "rl-flops-fast-2t")
+    assert latency_model.aware_for("torch-cpu/2t/b1", ["uniform", "rl-latency"]) == \
+        ("uniform-r8", "rl-latency", "rl-flops-fast")
+    assert latency_model.aware_for("torch-cpu/2t/b1", ["rl-latency", "rl-latency-2t"]) == \
+        ("uniform-r8", "rl-latency-2t", "rl-flops-fast-2t")
     columns = ("torch-cpu/1t/b1", "onnxruntime-cpu/1t/b1")
     ratios = {"uniform-r8": (0.7, 0.5), "rl-latency": (0.9, 0.95), "rl-latency-ort": (0.6, 0.85),
               "rl-flops": (0.99, 0.99)}  # rl-flops is not latency-aware; rl-latency's table is PyTorch's
@@ -659,6 +666,12 @@ def test_the_latency_goal_counts_rounded_and_latency_aware_rows_built_with_the_c
     lines = latency_model.goal_lines({"rows": [row, small]})
     assert lines[0].endswith("met in 2 of 2.")
     assert lines[2] == "Each configuration alone: uniform-r8 0 of 2, rl-latency 2 of 2."
+    two = {**row, "base_ms": {"torch-cpu/2t/b1": 1.0}, "methods": [  # the 2-thread table's row counts, alone too
+        {"method": "rl-latency", "ratio": {"torch-cpu/2t/b1": 0.9}},
+        {"method": "rl-latency-2t", "ratio": {"torch-cpu/2t/b1": 0.7}}]}
+    lines = latency_model.goal_lines({"rows": [two]})
+    assert "met in 0 of 1; missed: m torch-cpu/2t/b1 (best 0.70)." in lines[0]
+    assert lines[2] == "Each configuration alone: rl-latency 0 of 1."
     row["methods"][2]["ratio"]["onnxruntime-cpu/1t/b1"] = 0.7
     assert "met in 1 of 2; missed: m onnxruntime-cpu/1t/b1 (best 0.70)." in latency_model.goal_lines({"rows": [row]})[0]
 
