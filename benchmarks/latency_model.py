@@ -3,7 +3,7 @@
     python benchmarks/latency_model.py                      # writes benchmarks/results/latency_model.{json,md}
     python benchmarks/latency_model.py --models resnet56    # only some models (the others' rows are kept)
     python benchmarks/latency_model.py --quick              # a smoke run under runs/bench-quick/
-    python benchmarks/latency_model.py --bounds             # add the table bound to rows that lack it
+    python benchmarks/latency_model.py --bounds             # add the table bound (and its timing) where missing
 
 Models at realistic sizes, random weights (latency does not depend on them): ResNet-18, ResNet-50
 and MobileNetV2 with their ImageNet strides at 224x224, and the CIFAR ResNet-56 at 32x32.
@@ -27,7 +27,8 @@ and MobileNetV2 with their ImageNet strides at 224x224, and the CIFAR ResNet-56 
 The tables built here are stored in the runs' latency cache, so the RL rows search with the very
 table whose error the first part reports. Each table also gives a reference that needs no timing:
 the best allocation it points to at the FLOPs target (`table_bound`, a greedy walk), which tells a
-speed-up no width allocation reaches on that runtime from one the search missed.
+speed-up no width allocation reaches on that runtime from one the search missed. That allocation is
+then built and timed too (`time_bound`), since a greedy walk goes where the table extrapolates.
 
 RL-Pruner runs a cheap search here (3 sampling rounds of 4 candidates, 10 % steps, candidates scored
 on 8 random images, no recovery), because the weights are random: its choices rest on the equal-cost
@@ -201,6 +202,51 @@ def table_bound(table: Any, graph: Any, target: float, chunk: int = 8) -> dict[s
     return {"flops_reduction": 1 - flops / full_flops, "predicted_reduction": 1 - ms / base_ms, "kept": kept}
 
 
+def time_bound(model: Any, graph: Any, example: Any, bound: dict[str, Any], runtime_key: str,
+               batches: tuple[int, ...]) -> dict[str, dict[str, float]]:
+    """The bound's allocation built (each group keeps its first channels: latency does not depend on
+    which) and timed on the runtime of its table ("name/threads") beside the original, per batch:
+    the check of what the table predicted for the allocation it points to."""
+    import numpy as np
+
+    from rlpruner.latency import get_runtime
+    from rlpruner.metrics import _latency_inputs
+    from rlpruner.surgery import prune_channels
+
+    name, threads = runtime_key.split("/")
+    runtime = get_runtime(name, int(threads))
+    sizes = {g.name: g.size for g in graph.prunable_groups()}
+    removals = {n: np.arange(sizes[n] - k) for n, k in bound["kept"].items() if k < sizes[n]}
+    pruned = prune_channels(model, graph, removals, inplace=False)
+    timed = {}
+    for batch in batches:
+        inputs = _latency_inputs(example, batch, runtime.device)
+        before = runtime.time_ms(model, inputs, _watch(batch))
+        ms = runtime.time_ms(pruned, inputs, _watch(batch))
+        base = min(before, runtime.time_ms(model, inputs, _watch(batch)))  # before and after, as in run_model
+        timed[f"b{batch}"] = {"base_ms": base, "ms": ms, "ratio": (1 - ms / base) / bound["flops_reduction"]}
+    return timed
+
+
+def add_bound_timings(results: dict[str, Any], settings: LatencyModelSettings, log: Any) -> bool:
+    """`time_bound` for every bound of the results that has no timing yet; True if any was added."""
+    from rlpruner.graph import trace
+
+    added = False
+    for row in results["rows"]:
+        missing = {k: b for k, b in row.get("bounds", {}).items() if "measured" not in b}
+        if not missing:
+            continue
+        model, example, _ = _build(row["model"], settings)
+        graph = trace(model, example)
+        for key, bound in missing.items():
+            bound["measured"] = time_bound(model, graph, example, bound, key, settings.batches)
+            added = True
+            log(f"{row['model']}: table bound {key} timed: " + ", ".join(
+                f"{b} {t['ms']:.2f} ms against {t['base_ms']:.2f} ({t['ratio']:.2f})" for b, t in bound["measured"].items()))
+    return added
+
+
 def run_model(label: str, settings: LatencyModelSettings, work: Path, log: Any) -> dict[str, Any]:
     import rlpruner
     from rlpruner.errors import ConfigError
@@ -275,6 +321,7 @@ def run_model(label: str, settings: LatencyModelSettings, work: Path, log: Any) 
                 m.setdefault("ratio", {})[key] = reduction / m["flops_reduction"]
             log(f"{label}: timed on {key}: base {row['base_ms'][key]:.2f} ms; " + ", ".join(
                 f"{m['method']} {m['latency'][key]:.2f} ({m['ratio'][key]:.2f})" for m in row["methods"]))
+    add_bound_timings({"rows": [row]}, settings, log)
     return row
 
 
@@ -327,15 +374,19 @@ def run(settings: LatencyModelSettings, out: Path, work: Path, log: Any = print)
 
 def run_bounds(settings: LatencyModelSettings, out: Path, work: Path, log: Any = print) -> dict[str, Any]:
     """`--bounds`: the results file with `add_bounds` for rows that lack it, at the target and table
-    points the file recorded."""
+    points the file recorded, and `add_bound_timings` for bounds not yet timed."""
     import json
 
     from rlpruner.io import atomic_write_json, atomic_write_text
 
     results = json.loads(out.with_suffix(".json").read_text())
     recorded = {k: v for k, v in results["settings"].items() if k in ("target", "points")}
-    add_bounds(results, LatencyModelSettings(**{**asdict(settings), **recorded}), work, log)
-    results["bounds_machine"] = machine()
+    if any("bounds" not in row for row in results["rows"]):
+        add_bounds(results, LatencyModelSettings(**{**asdict(settings), **recorded}), work, log)
+        results["bounds_machine"] = machine()
+    if add_bound_timings(results, LatencyModelSettings(**{**asdict(settings), **recorded,
+                                                          "batches": tuple(results["settings"]["batches"])}), log):
+        results["bound_timings_machine"] = machine()
     atomic_write_json(out.with_suffix(".json"), results)
     atomic_write_text(out.with_suffix(".md"), render_markdown(results) + "\n")
     return results
@@ -343,11 +394,13 @@ def run_bounds(settings: LatencyModelSettings, out: Path, work: Path, log: Any =
 
 def table(results: dict[str, Any]) -> list[str]:
     """The markdown tables of a results file (generated, never typed)."""
-    bounds = results.get("bounds_machine")
+    bounds, timings = results.get("bounds_machine"), results.get("bound_timings_machine")
     lines = [f"Random weights; latency tables at batch 1; machine: {results['machine']['cpu']}, commit "
              f"{results['machine']['commit']}. Command: `python benchmarks/latency_model.py`"
              + (f" (the table bounds: `--bounds` at commit {bounds['commit']}, from the tables that run cached)"
-                if bounds else "") + ".", "",
+                if bounds else "")
+             + (f" (the bounds' allocations timed by `--bounds` at commit {timings['commit']})" if timings else "")
+             + ".", "",
              f"**The table's error** (predicted against measured latency of "
              f"{results['settings']['check_samples']} random pruned models per column, none of them among the whole "
              "models the table's rest term was fitted on):", "",
@@ -387,15 +440,23 @@ def table(results: dict[str, Any]) -> list[str]:
         for method, why in row.get("refused", {}).items():
             lines.append(f"{method}: refused: {why}")
         if row.get("bounds"):
+            timed = any("measured" in b for b in row["bounds"].values())
             lines += ["", f"The best allocation each table points to at -{results['settings']['target']:.0%} FLOPs "
                       "(greedy: 8 channels at a time from the group that saves the most predicted latency per FLOP; "
-                      "predicted, not timed): " + "; ".join(
-                          f"{runtime} -{b['predicted_reduction']:.0%} latency at -{b['flops_reduction']:.0%} FLOPs "
-                          f"({b['predicted_reduction'] / b['flops_reduction']:.2f})" for runtime, b in row["bounds"].items())
-                      + "."]
+                      + ("predicted, then built and timed on the table's runtime" if timed else "predicted, not timed")
+                      + "): " + "; ".join(_bound_text(runtime, b) for runtime, b in row["bounds"].items()) + "."]
         lines.append("")
     lines += goal_lines(results)
     return lines
+
+
+def _bound_text(runtime: str, bound: dict[str, Any]) -> str:
+    text = (f"{runtime} -{bound['predicted_reduction']:.0%} latency at -{bound['flops_reduction']:.0%} FLOPs "
+            f"({bound['predicted_reduction'] / bound['flops_reduction']:.2f})")
+    if "measured" in bound:
+        text += ", measured " + ", ".join(f"{b} {t['ms'] / t['base_ms'] - 1:+.0%} ({t['ratio']:.2f})"
+                                         for b, t in bound["measured"].items())
+    return text
 
 
 def _form(fit: dict[str, Any]) -> str:
@@ -467,7 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run under runs/bench-quick/")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=None)
     parser.add_argument("--bounds", action="store_true",
-                        help="only add the table bound to rows that lack it, from the tables their run cached")
+                        help="only add the table bound to rows that lack it, from the tables their run cached, "
+                             "and time the bounds' allocations not yet timed")
     args = parser.parse_args(argv)
     settings = quick() if args.quick else LatencyModelSettings()
     if args.models:

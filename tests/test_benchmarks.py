@@ -705,6 +705,17 @@ def test_the_table_bound_reaches_the_flops_target_and_follows_the_table(monkeypa
     costly = latency_model.table_bound(build_table(model, graph, x, get_runtime("torch-cpu"), points=3), graph, 0.5)
     second = next(g.name for g in graph.prunable_groups() if g.size == 64)
     assert costly["kept"][second] < plain["kept"][second] and costly["flops_reduction"] >= 0.5
+    # built and timed on the same clock, the allocation measures what the table predicted for it
+    timed = latency_model.time_bound(model, graph, x, costly, "torch-cpu/1", (1, 2))
+    assert set(timed) == {"b1", "b2"}
+    reduction = 1 - timed["b1"]["ms"] / timed["b1"]["base_ms"]
+    assert reduction == pytest.approx(costly["predicted_reduction"], abs=0.02)
+    assert timed["b1"]["ratio"] == pytest.approx(reduction / costly["flops_reduction"])
+    results = {"rows": [{"model": "m", "bounds": {"torch-cpu/1": {**costly, "measured": timed}}}],
+               "settings": {"target": 0.5}, "machine": {"cpu": "c", "commit": "x"}}
+    assert not latency_model.add_bound_timings(results, latency_model.quick(), print)  # nothing left to time
+    text = latency_model._bound_text("torch-cpu/1", results["rows"][0]["bounds"]["torch-cpu/1"])
+    assert f"measured b1 {-reduction:+.0%} ({timed['b1']['ratio']:.2f})" in text
 
 
 def test_the_latency_run_targets_the_uniform_models_predicted_latency(tmp_path, monkeypatch):
