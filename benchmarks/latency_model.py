@@ -502,7 +502,7 @@ def goal_lines(results: dict[str, Any]) -> list[str]:
             if ratios and max(ratios.values()) >= 0.8:
                 met += 1
             else:
-                missed.append(f"{row['model']} {key} (best {max(ratios.values(), default=float('nan')):.2f})")
+                missed.append(f"{row['model']} {key} (best {max(ratios.values(), default=float('nan')):.3f})")
     if not total:
         return []
     return [f"Goal (latency reduction >= 0.8 x FLOPs reduction with uniform-r8 or a latency-aware RL row searched "

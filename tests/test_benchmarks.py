@@ -670,10 +670,10 @@ def test_the_latency_goal_counts_rounded_and_latency_aware_rows_built_with_the_c
         {"method": "rl-latency", "ratio": {"torch-cpu/2t/b1": 0.9}},
         {"method": "rl-latency-2t", "ratio": {"torch-cpu/2t/b1": 0.7}}]}
     lines = latency_model.goal_lines({"rows": [two]})
-    assert "met in 0 of 1; missed: m torch-cpu/2t/b1 (best 0.70)." in lines[0]
+    assert "met in 0 of 1; missed: m torch-cpu/2t/b1 (best 0.700)." in lines[0]
     assert lines[2] == "Each configuration alone: rl-latency 0 of 1."
     row["methods"][2]["ratio"]["onnxruntime-cpu/1t/b1"] = 0.7
-    assert "met in 1 of 2; missed: m onnxruntime-cpu/1t/b1 (best 0.70)." in latency_model.goal_lines({"rows": [row]})[0]
+    assert "met in 1 of 2; missed: m onnxruntime-cpu/1t/b1 (best 0.700)." in latency_model.goal_lines({"rows": [row]})[0]
 
 
 def test_the_table_bound_reaches_the_flops_target_and_follows_the_table(monkeypatch):
