@@ -354,14 +354,25 @@ def add_bounds(results: dict[str, Any], settings: LatencyModelSettings, work: Pa
         row["bounds"] = bounds
 
 
+def starting_results(earlier: dict[str, Any] | None, settings: LatencyModelSettings) -> dict[str, Any]:
+    """The results a run starts from: the earlier file's rows (those of models it does not run are
+    kept), this machine and these settings; a note that `--bounds` added or timed bounds later is
+    dropped once every row is rewritten (a run computes and times its own)."""
+    results = earlier or {"kind": "latency_model", "rows": []}
+    results.update(machine=machine(), settings=asdict(settings))
+    if {r["model"] for r in results["rows"]} <= set(settings.models):
+        for stale in ("bounds_machine", "bound_timings_machine"):
+            results.pop(stale, None)
+    return results
+
+
 def run(settings: LatencyModelSettings, out: Path, work: Path, log: Any = print) -> dict[str, Any]:
     import json
 
     from rlpruner.io import atomic_write_json, atomic_write_text
 
     path = out.with_suffix(".json")
-    results = json.loads(path.read_text()) if path.exists() else {"kind": "latency_model", "rows": []}
-    results.update(machine=machine(), settings=asdict(settings))
+    results = starting_results(json.loads(path.read_text()) if path.exists() else None, settings)
     for label in settings.models:
         start = time.perf_counter()
         row = run_model(label, settings, work, log)

@@ -676,6 +676,20 @@ def test_the_latency_goal_counts_rounded_and_latency_aware_rows_built_with_the_c
     assert "met in 1 of 2; missed: m onnxruntime-cpu/1t/b1 (best 0.700)." in latency_model.goal_lines({"rows": [row]})[0]
 
 
+def test_a_rerun_of_every_model_drops_the_note_that_bounds_were_added_later():
+    from benchmarks import latency_model
+
+    earlier = {"rows": [{"model": "resnet18"}, {"model": "resnet50"}], "bounds_machine": {"commit": "a"},
+               "bound_timings_machine": {"commit": "b"}}
+    some = latency_model.LatencyModelSettings(models=("resnet18",))
+    kept = latency_model.starting_results(json.loads(json.dumps(earlier)), some)  # resnet50's row stays
+    assert kept["bounds_machine"] == {"commit": "a"} and kept["bound_timings_machine"] == {"commit": "b"}
+    fresh = latency_model.starting_results(json.loads(json.dumps(earlier)), latency_model.LatencyModelSettings())
+    assert "bounds_machine" not in fresh and "bound_timings_machine" not in fresh
+    assert fresh["settings"]["models"] == tuple(latency_model.MODELS)
+    assert latency_model.starting_results(None, some)["rows"] == []
+
+
 def test_the_table_bound_reaches_the_flops_target_and_follows_the_table(monkeypatch):
     """On a clock where latency is FLOPs, the best allocation saves latency exactly as it saves FLOPs;
     where one layer's channels cost extra per channel, the walk takes them first."""
