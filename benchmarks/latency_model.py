@@ -25,10 +25,10 @@ and MobileNetV2 with their ImageNet strides at 224x224, and the CIFAR ResNet-56 
    thread count.
 
 The tables built here are stored in the runs' latency cache, so the RL rows search with the very
-table whose error the first part reports. Each table also gives a reference that needs no timing:
-the best allocation it points to at the FLOPs target (`table_bound`, a greedy walk), which tells a
-speed-up no width allocation reaches on that runtime from one the search missed. That allocation is
-then built and timed too (`time_bound`), since a greedy walk goes where the table extrapolates.
+table whose error the first part reports. Each table also gives a reference: the best allocation it
+points to at the FLOPs target (`table_bound`, a greedy walk), built and timed beside the original
+(`time_bound`). It tells a speed-up the search missed from one the runtime does not give; it is
+timed because a greedy walk goes where the table extrapolates, so its prediction alone proves nothing.
 
 RL-Pruner runs a cheap search here (3 sampling rounds of 4 candidates, 10 % steps, candidates scored
 on 8 random images, no recovery), because the weights are random: its choices rest on the equal-cost
