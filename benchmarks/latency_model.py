@@ -392,11 +392,12 @@ def run_bounds(settings: LatencyModelSettings, out: Path, work: Path, log: Any =
 
     results = json.loads(out.with_suffix(".json").read_text())
     recorded = {k: v for k, v in results["settings"].items() if k in ("target", "points")}
+    settings = LatencyModelSettings(**{**asdict(settings), **recorded,
+                                       "batches": tuple(results["settings"]["batches"])})
     if any("bounds" not in row for row in results["rows"]):
-        add_bounds(results, LatencyModelSettings(**{**asdict(settings), **recorded}), work, log)
+        add_bounds(results, settings, work, log)
         results["bounds_machine"] = machine()
-    if add_bound_timings(results, LatencyModelSettings(**{**asdict(settings), **recorded,
-                                                          "batches": tuple(results["settings"]["batches"])}), log):
+    if add_bound_timings(results, settings, log):
         results["bound_timings_machine"] = machine()
     atomic_write_json(out.with_suffix(".json"), results)
     atomic_write_text(out.with_suffix(".md"), render_markdown(results) + "\n")
@@ -500,10 +501,10 @@ def goal_lines(results: dict[str, Any]) -> list[str]:
     for row in results["rows"]:
         if row["input"][-1] < 224:
             continue
+        present = [m["method"] for m in row["methods"]]
         for key in row["base_ms"]:
             if not key.startswith(("torch-cpu", "onnxruntime-cpu")):
                 continue
-            present = [m["method"] for m in row["methods"]]
             ratios = {m["method"]: m["ratio"][key] for m in row["methods"] if m["method"] in aware_for(key, present)}
             total += 1
             for method, ratio in ratios.items():
