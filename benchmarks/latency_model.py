@@ -17,9 +17,11 @@ and MobileNetV2 with their ImageNet strides at 224x224, and the CIFAR ResNet-56 
    latency target, -50% predicted latency at batch 1 (`rl-latency`); and with the FLOPs target and
    the latency reward (`rl-flops-fast`: equal FLOPs per step, the candidate that the table predicts
    fastest wins; its latency weight is 100, since random weights make the accuracy term noise).
-   Both latency-aware rows run once per table, each with that table and its own measured
-   `round_to` (the `-2t` rows use PyTorch's table measured at 2 threads, the `-ort` rows ONNX
-   Runtime's): a user deploying at 2 threads measures the table there. The ratio of latency
+   HALP's latency-aware ranking runs in the same loop with the latency target (`halp-latency`:
+   normalised magnitude per millisecond the table predicts a unit's removal saves,
+   `rlpruner.allocation.walk`). The latency-aware rows run once per table, each with that table and
+   its own measured `round_to` (the `-2t` rows use PyTorch's table measured at 2 threads, the `-ort`
+   rows ONNX Runtime's): a user deploying at 2 threads measures the table there. The ratio of latency
    reduction to FLOPs reduction is the issue's measure (goal: >= 0.8 for a latency-aware or rounded
    configuration); a column counts uniform-r8 and the rows built with its own runtime's table at its
    thread count.
@@ -63,14 +65,15 @@ MODELS: dict[str, tuple[str, dict[str, Any], int, int]] = {  # label: (zoo name,
 
 @dataclass(frozen=True)
 class RLRow:
-    """How one RL-Pruner row runs: its target's unit, its reward strategy, and the runtime whose
-    latency table it uses (None: it needs none)."""
+    """How one search-loop row runs: its target's unit, its reward strategy, the runtime whose
+    latency table it uses (None: it needs none), and its allocator (RL-Pruner, or HALP's ranking)."""
 
     target: str
     reward: str
     runtime: str | None = None
     latency_weight: float | None = None  # None: the reward's default
     threads: int = 1                     # the thread count its table was measured with
+    method: str = "rl"                   # the search's allocator (rlpruner.allocation.ALLOCATORS)
 
 
 # The weights are random, so a candidate's accuracy on the 8 scoring images is noise (0 or 1/8): at the
@@ -85,6 +88,9 @@ RL_ROWS = {
     "rl-flops-fast-2t": RLRow("flops", "latency", "torch-cpu", FAST_WEIGHT, threads=2),
     "rl-latency-ort": RLRow("latency", "latency", "onnxruntime-cpu"),
     "rl-flops-fast-ort": RLRow("flops", "latency", "onnxruntime-cpu", FAST_WEIGHT),
+    "halp-latency": RLRow("latency", "latency", "torch-cpu", method="halp"),
+    "halp-latency-2t": RLRow("latency", "latency", "torch-cpu", threads=2, method="halp"),
+    "halp-latency-ort": RLRow("latency", "latency", "onnxruntime-cpu", method="halp"),
 }
 VARIANT_SUFFIXES = ("-2t", "-ort")  # a row searched with another table than PyTorch's at 1 thread
 METHODS = ("uniform", "global", "uniform-r8", *RL_ROWS)
@@ -159,7 +165,7 @@ def prune_with(method: str, model: Any, example: Any, classes: int, settings: La
                                 round_to=8 if method == "uniform-r8" else 1)
         return pruned, {}
     row = RL_ROWS[method]
-    config = CompressConfig(target=Target(row.target, target or settings.target),
+    config = CompressConfig(target=Target(row.target, target or settings.target), method=row.method,
                             reward=Reward(row.reward, latency_weight=row.latency_weight),
                             rl=RLConfig(**settings.rl), kd=DistillConfig(epochs=0), final_epochs=0, report_batch=1,
                             latency_runtime=row.runtime or "auto", latency_threads=row.threads, latency_points=settings.points,
@@ -168,6 +174,7 @@ def prune_with(method: str, model: Any, example: Any, classes: int, settings: La
                       evaluate_test=False, log=lambda line: None)  # a ConfigError (unreachable) is recorded
     info = {"steps": result.results["steps"], "round_to": result.results["latency"]["round_to"],
             "target": config.target.value, "target_kind": row.target, "reward": row.reward, "table": row.runtime,
+            "allocator": row.method,
             "table_threads": row.threads,
             "search_s": result.results["timing"]["eval_s"] + result.results["timing"]["search_s"]}
     return result.model, info
@@ -431,8 +438,11 @@ def table(results: dict[str, Any]) -> list[str]:
         if errors:
             lines += ["", f"Median of the tables' median errors, {kind}: {statistics.median(errors):.1%} (goal <= 10%)."]
     two = any(m["method"].endswith("-2t") for row in results["rows"] for m in row["methods"])
+    halp = any(m["method"].startswith("halp") for row in results["rows"] for m in row["methods"])
     lines += ["", "**The speed-up** at -50% FLOPs (rl-latency: -50% predicted latency at batch 1; rl-flops-fast: "
-              "the FLOPs target with the latency reward; both with PyTorch CPU's table at 1 thread, "
+              "the FLOPs target with the latency reward; "
+              + ("halp-latency: HALP's ranking, normalised magnitude per millisecond saved, at the latency target; "
+                 "each " if halp else "both ") + "with PyTorch CPU's table at 1 thread, "
               + ("their -2t rows with its table at 2 threads, " if two else "") + "their -ort rows "
               "with ONNX Runtime's); each cell: latency change against the original (latency reduction / FLOPs "
               "reduction; goal >= 0.8; a + is a model slower than the original):", ""]
@@ -482,7 +492,7 @@ def _form(fit: dict[str, Any]) -> str:
 
 def aware_for(column: str, present: Collection[str] = ()) -> tuple[str, ...]:
     """The latency-aware or rounded configurations of the goal for one timing column
-    ("runtime/threads/batch"): uniform-r8, and the RL rows searched with that runtime's table at the
+    ("runtime/threads/batch"): uniform-r8, and the search rows (RL, HALP) run with that runtime's table at the
     column's thread count, or (results without such rows among `present`: those of earlier runs) with
     that runtime's table at 1 thread."""
     runtime, threads = column.split("/")[0], int(column.split("/")[1].removesuffix("t"))
@@ -517,7 +527,7 @@ def goal_lines(results: dict[str, Any]) -> list[str]:
                 missed.append(f"{row['model']} {key} (best {max(ratios.values(), default=float('nan')):.3f})")
     if not total:
         return []
-    return [f"Goal (latency reduction >= 0.8 x FLOPs reduction with uniform-r8 or a latency-aware RL row searched "
+    return [f"Goal (latency reduction >= 0.8 x FLOPs reduction with uniform-r8 or a latency-aware row searched "
             f"with the column's runtime's table at the column's thread count, or at 1 thread where the run built no "
             f"other, every 224x224 model, every CPU timing): met in {met} of {total}"
             + (f"; missed: {', '.join(missed)}." if missed else "."), "",

@@ -1,4 +1,5 @@
-"""Accuracy at equal latency: RL-Pruner with a latency target against uniform and RL with a FLOPs target.
+"""Accuracy at equal latency: RL-Pruner with a latency target against uniform, RL with a FLOPs target
+and HALP's latency-aware ranking.
 
     python benchmarks/latency_target.py            # ResNet-20 on the hard synthetic set, -50/-75/-90 % FLOPs, 3 seeds
     python benchmarks/latency_target.py --models resnet20 vgg11 --datasets synthetic-hard
@@ -7,7 +8,9 @@
 For each FLOPs target, uniform pruning to that target sets the latency the latency run must reach:
 RL-Pruner runs with a latency target equal to the uniform model's *predicted* latency reduction on
 the run's latency table (PyTorch CPU, 1 thread, batch `batch`; built once in the main process before
-any run), so every step removes equal predicted latency and no candidate is timed. A cell whose
+any run), so every step removes equal predicted latency and no candidate is timed. HALP's ranking
+(`halp-latency`: normalised magnitude per millisecond of predicted latency saved, the published
+latency-aware method) runs in the same loop with the same latency target. A cell whose
 uniform model is not predicted faster than the base (odd widths can be slower) gets no latency run,
 and the page says so. Uniform and RL with a FLOPs target run the accuracy
 benchmark's loop at the FLOPs target (benchmarks/accuracy.py: same base model, one KD epoch per
@@ -37,7 +40,10 @@ from benchmarks.settings import (ALLOW_IMPORTS, RESULTS, ROOT, WORK,  # noqa: E4
                                  AccuracySettings, LatencySettings, full, machine, portable, resolve)
 
 LATENCY = "rl-latency"
-METHODS = ("uniform", "rl", LATENCY)
+HALP = "halp-latency"
+LATENCY_RUNS = {LATENCY: "rl", HALP: "halp"}  # the runs with the matched latency target: their allocator
+METHODS = ("uniform", "rl", LATENCY, HALP)
+CORE = METHODS[:3]  # what a cell's verdict needs (results written before HALP's row have no HALP)
 MIN_TARGET = 0.005  # a uniform model predicted less than this much faster gets no latency run
 
 
@@ -83,16 +89,16 @@ def quick() -> StudySettings:
 # --------------------------------------------------------------------------------------------------
 
 def run_job(job: StudyJob) -> dict[str, Any]:
-    """Uniform and RL (FLOPs target) as in the accuracy benchmark; RL with the latency target matched
-    to the uniform model's predicted latency."""
+    """Uniform and RL (FLOPs target) as in the accuracy benchmark; RL and HALP with the latency target
+    matched to the uniform model's predicted latency."""
     from benchmarks.accuracy import compress_config, run_compress
 
     run = job.run
-    if run.method != LATENCY:
+    if run.method not in LATENCY_RUNS:
         return run_compress(run)
     from rlpruner.search import Target
 
-    config = replace(compress_config(run.base.settings, "rl", run.target, run.seed, run.recovery),
+    config = replace(compress_config(run.base.settings, LATENCY_RUNS[run.method], run.target, run.seed, run.recovery),
                      target=Target("latency", job.latency_target), latency_runtime="torch-cpu", latency_threads=1,
                      latency_batch=job.batch, latency_cache=str(job.cache))
     return {**run_compress(run, config), "latency_target": job.latency_target}
@@ -133,11 +139,11 @@ def jobs(settings: StudySettings, bases: list[Any], work: Path,
             for base in bases:
                 goal = matched.get((base.model.label, base.dataset.label, target))
                 for method in METHODS:
-                    if method == LATENCY and (goal is None or goal <= MIN_TARGET):
+                    if method in LATENCY_RUNS and (goal is None or goal <= MIN_TARGET):
                         continue
                     out.append(StudyJob(RunJob(base, method, target, seed, True,
                                                folder / run_name(base, method, target, seed)),
-                                        settings.batch, folder / "cache", goal if method == LATENCY else None))
+                                        settings.batch, folder / "cache", goal if method in LATENCY_RUNS else None))
     return out
 
 
@@ -205,7 +211,7 @@ def run(settings: StudySettings, out: Path, work: Path, log: Callable[[str], Non
             row["run_dir"] = portable(Path(row["run_dir"]))
             results["runs"].append(row)
             atomic_write_json(path, results)
-            extra = f" (latency target -{row['latency_target']:.1%})" if row["method"] == LATENCY else ""
+            extra = f" (latency target -{row['latency_target']:.1%})" if row["method"] in LATENCY_RUNS else ""
             log(f"{row['model']} {row['dataset']} {row['method']}{extra} -{row['target']:.0%} s{row['seed']}: test "
                 f"{row['test_acc']:.2%}, FLOPs -{row['flops_reduction']:.1%} ({time.perf_counter() - start:.0f} s)")
 
@@ -249,7 +255,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             if not rows:
                 continue
             name = method + (f" (target -{statistics.mean(r['latency_target'] for r in rows):.0%} latency)"
-                             if method == LATENCY else "")
+                             if method in LATENCY_RUNS else "")
             lat = [[r["latency"][b]["reduction"] for r in rows if "latency" in r] for b in timed]
             lat_cells = [f"{-statistics.mean(v):+.0%}" if v else "—" for v in lat]
             lines.append(f"| {model} / {dataset} | -{target:.0%} | {name} | {_mean([r['test_acc'] for r in rows])} | "
@@ -293,7 +299,8 @@ def equal_latency_lines(cells: dict[tuple, dict[str, list[dict[str, Any]]]], tim
     for (model, dataset, target), methods in cells.items():
         for method, rows in methods.items():
             by_pair.setdefault((model, dataset), {}).setdefault(method, {})[target] = rows
-    others = METHODS[1:]
+    present = {m for methods in cells.values() for m in methods}
+    others = [m for m in METHODS[1:] if m in present]
     lines = ["", "**At equal measured latency.** Each method's top-1 at the uniform models' measured latency, "
              "interpolated linearly between its own models (its FLOPs targets) on the measured latency axis; "
              "'—' where the uniform model's latency lies outside the range that method's models measured:", "",
@@ -323,15 +330,15 @@ def equal_latency_lines(cells: dict[tuple, dict[str, list[dict[str, Any]]]], tim
 
 
 def _verdict(model: str, dataset: str, target: float, methods: dict[str, list[dict[str, Any]]], batch: str) -> str:
-    """RL with the latency target against uniform and RL with the FLOPs target: accuracy, and measured
-    latency at the batch the latency run optimised."""
-    if not all(m in methods for m in METHODS):
+    """RL with the latency target against uniform, RL with the FLOPs target and (where it ran) HALP:
+    accuracy, and measured latency at the batch the latency run optimised."""
+    if not all(m in methods for m in CORE):
         return ""
     acc = {m: statistics.mean(r["test_acc"] for r in rows) for m, rows in methods.items()}
     lat = {m: [r["latency"][batch]["reduction"] for r in rows if "latency" in r and batch in r["latency"]]
            for m, rows in methods.items()}
     change = {m: -statistics.mean(v) for m, v in lat.items() if v}
-    parts = [f"{m} {100 * (acc[LATENCY] - acc[m]):+.1f} pts" for m in METHODS[:2]]
+    parts = [f"{m} {100 * (acc[LATENCY] - acc[m]):+.1f} pts" for m in (*METHODS[:2], HALP) if m in acc]
     speed = ", ".join(f"{m} {change[m]:+.0%}" for m in METHODS if m in change)
     return (f"- {model} / {dataset} at -{target:.0%} FLOPs: {LATENCY} against " + ", ".join(parts)
             + (f"; measured latency at batch {batch}: {speed}" if speed else "") + ".")

@@ -127,7 +127,7 @@ def test_config_round_trips_through_its_saved_form():
     assert dataclasses.asdict(config)["target"] == {"kind": "params", "value": 0.4}
 
 
-@pytest.mark.parametrize("method", ["rl", "uniform", "global"])
+@pytest.mark.parametrize("method", ["rl", "uniform", "global", "halp"])
 def test_round_to_keeps_every_width_a_multiple_in_the_search(tmp_path, method):
     splits = get_dataset("synthetic", image_size=8, in_channels=1, num_classes=3, samples_per_class=20,
                          val_fraction=0.2)

@@ -618,6 +618,15 @@ def test_the_equal_latency_study_tabulates_accuracy_and_measured_latency_and_com
     assert ("rl-latency against uniform +1.5 pts, rl +4.0 pts; measured latency at batch 1: uniform -20%, "
             "rl -18%, rl-latency -22%.") in page
     assert "at -75% FLOPs: the uniform model is predicted +4.0% at batch 1" in page
+    assert "halp" not in page  # results written before HALP's row: no empty column for it
+    runs += [_timed_row("halp-latency", s, 0.79, 0.26, 0.31, latency_target=0.25) for s in (0, 1)]
+    page = latency_target.render_markdown({
+        "machine": {"cpu": "cpu", "commit": "c"}, "runs": runs, "matched": [],
+        "settings": {"batch": 1, "timing_batches": [1, 64], "accuracy": {"kd_budget": 20}}})
+    assert "| halp-latency (target -25% latency) | 79.0 ± 0.0 |" in page
+    assert ("rl-latency against uniform +1.5 pts, rl +4.0 pts, halp-latency +3.0 pts; measured latency at batch 1: "
+            "uniform -20%, rl -18%, rl-latency -22%, halp-latency -26%.") in page
+    assert "| halp-latency at that latency |" in page
 
 
 def test_each_method_is_read_at_the_uniform_models_measured_latency_without_extrapolating():
@@ -648,15 +657,17 @@ def test_each_method_is_read_at_the_uniform_models_measured_latency_without_extr
 def test_the_latency_goal_counts_rounded_and_latency_aware_rows_built_with_the_columns_runtime():
     from benchmarks import latency_model
 
-    assert latency_model.aware_for("onnxruntime-cpu/1t/b1") == ("uniform-r8", "rl-latency-ort", "rl-flops-fast-ort")
-    assert latency_model.aware_for("torch-cpu/1t/b32") == ("uniform-r8", "rl-latency", "rl-flops-fast")
+    assert latency_model.aware_for("onnxruntime-cpu/1t/b1") == ("uniform-r8", "rl-latency-ort", "rl-flops-fast-ort",
+                                                               "halp-latency-ort")
+    assert latency_model.aware_for("torch-cpu/1t/b32") == ("uniform-r8", "rl-latency", "rl-flops-fast", "halp-latency")
     # a 2-thread column counts the rows searched with the 2-thread table; results of runs that built
     # none (no -2t rows) count the 1-thread table's rows, as they were counted when written
-    assert latency_model.aware_for("torch-cpu/2t/b1") == ("uniform-r8", "rl-latency-2t", "rl-flops-fast-2t")
+    assert latency_model.aware_for("torch-cpu/2t/b1") == ("uniform-r8", "rl-latency-2t", "rl-flops-fast-2t",
+                                                         "halp-latency-2t")
     assert latency_model.aware_for("torch-cpu/2t/b1", ["uniform", "rl-latency"]) == \
-        ("uniform-r8", "rl-latency", "rl-flops-fast")
+        ("uniform-r8", "rl-latency", "rl-flops-fast", "halp-latency")
     assert latency_model.aware_for("torch-cpu/2t/b1", ["rl-latency", "rl-latency-2t"]) == \
-        ("uniform-r8", "rl-latency-2t", "rl-flops-fast-2t")
+        ("uniform-r8", "rl-latency-2t", "rl-flops-fast-2t", "halp-latency-2t")
     columns = ("torch-cpu/1t/b1", "onnxruntime-cpu/1t/b1")
     ratios = {"uniform-r8": (0.7, 0.5), "rl-latency": (0.9, 0.95), "rl-latency-ort": (0.6, 0.85),
               "rl-flops": (0.99, 0.99)}  # rl-flops is not latency-aware; rl-latency's table is PyTorch's
@@ -759,25 +770,26 @@ def test_the_latency_run_targets_the_uniform_models_predicted_latency(tmp_path, 
         assert goal == pytest.approx(1 - count(uniform, example).flops / full, rel=1e-6)
     jobs = latency_target.jobs(latency_target.StudySettings(settings), [base], tmp_path,
                                {("resnet", "hard", 0.5): matched[0.5]})
-    assert [j.run.method for j in jobs] == ["uniform", "rl", "rl-latency"]
-    assert jobs[2].latency_target == matched[0.5] and jobs[0].latency_target is None
+    assert [j.run.method for j in jobs] == ["uniform", "rl", "rl-latency", "halp-latency"]
+    assert jobs[2].latency_target == jobs[3].latency_target == matched[0.5] and jobs[0].latency_target is None
     assert [j.run.method for j in latency_target.jobs(latency_target.StudySettings(settings), [base], tmp_path,
                                                       {("resnet", "hard", 0.5): -0.04})] == ["uniform", "rl"]
 
 
 @pytest.mark.slow
-def test_the_equal_latency_study_runs_three_methods_times_them_and_resumes(tmp_path, capsys):
+def test_the_equal_latency_study_runs_four_methods_times_them_and_resumes(tmp_path, capsys):
     from benchmarks import latency_target
 
     args = ["--quick", "--results", str(tmp_path / "results"), "--work", str(tmp_path / "work")]
     assert latency_target.main(args) == 0
     doc = json.loads((tmp_path / "results" / "latency_target.json").read_text())
-    assert sorted(r["method"] for r in doc["runs"]) == ["rl", "rl-latency", "uniform"]
+    assert sorted(r["method"] for r in doc["runs"]) == ["halp-latency", "rl", "rl-latency", "uniform"]
     assert all(set(r["latency"]) == {"1", "4"} for r in doc["runs"])
-    assert 0 < next(r["latency_target"] for r in doc["runs"] if r["method"] == "rl-latency") < 1
+    targets = {r["method"]: r.get("latency_target") for r in doc["runs"]}
+    assert 0 < targets["rl-latency"] == targets["halp-latency"] < 1
     assert len(doc["matched"]) == 1
     assert "rl-latency against uniform" in (tmp_path / "results" / "latency_target.md").read_text()
     capsys.readouterr()
     assert latency_target.main(args) == 0  # every run and timing is kept: nothing to redo
-    assert "3 runs in latency_target.json, 0 to go" in capsys.readouterr().out
+    assert "4 runs in latency_target.json, 0 to go" in capsys.readouterr().out
     assert json.loads((tmp_path / "results" / "latency_target.json").read_text())["runs"] == doc["runs"]

@@ -64,6 +64,9 @@ class StepTask:
     timer: Callable[[str], contextlib.AbstractContextManager[None]] = _no_timer
     progress: bool = False
     score_many: BatchScorer | None = None  # the search's: shares the jobs among the run's processes
+    cost_left: Callable[[np.ndarray], float] | None = None  # what the current model keeps after removing
+                                           # counts per group, in the target's proxy unit (predicted
+                                           # latency, FLOPs, params or units)
 
     def score_all(self, jobs: Sequence[Job], plan: Plan) -> list[Candidate]:
         """Candidates for every `(counts, pd)` of `jobs`, in order: scored together (a multi-process

@@ -5,6 +5,10 @@
 - ``global``   global magnitude: every unit of every group scored by its L2 magnitude divided by its
                group's mean score (so layers of different fan-in compare), the globally lowest
                units removed first.
+- ``halp``     cost-aware global magnitude (HALP, NeurIPS'22): the same scores divided by what a
+               unit's removal saves in the target's unit (predicted latency for a latency target,
+               FLOPs, params), re-measured as removals accumulate (`walk.CostWalk`); a search-loop
+               allocator only, since it needs the step's cost function.
 
 The count rules are pure functions of sizes, capacities and scores; the two allocators run them
 inside the search loop (same step budget, trimming and recovery as the learned distribution).
@@ -23,6 +27,7 @@ from ..importance import get as get_importance
 from ..registry import Registry
 from . import policy
 from .base import CountsAt, Plan, Proposal, StepTask
+from .walk import CostWalk
 
 GLOBAL_IMPORTANCE = "l2"  # the "magnitude" of global magnitude pruning
 
@@ -92,7 +97,7 @@ class _FixedAllocator:
 
     def propose(self, task: StepTask) -> Proposal:
         plan, scores = self._ranked(task)
-        counts_at = self.rule(plan.sizes, plan.capacity, self.multiple, scores)
+        counts_at = self._counts_at(task, plan, scores)
         with task.timer("policy"):
             counts = counts_at(task.budget_for(counts_at))
         chosen = task.score(counts, counts / max(int(counts.sum()), 1), plan)
@@ -101,6 +106,9 @@ class _FixedAllocator:
     def _ranked(self, task: StepTask) -> tuple[Plan, list[np.ndarray] | None]:
         """The plan whose unit order the step uses, and the per-group scores the rule needs."""
         return task.plan, None
+
+    def _counts_at(self, task: StepTask, plan: Plan, scores: list[np.ndarray] | None) -> CountsAt:
+        return self.rule(plan.sizes, plan.capacity, self.multiple, scores)
 
     @staticmethod
     def rule(sizes: np.ndarray, capacity: np.ndarray, multiple: int,
@@ -144,6 +152,17 @@ class GlobalAllocator(_FixedAllocator):
             scores = global_scores(task.model, task.plan.graph, list(task.plan.order))
         plan = replace(task.plan, order={n: np.argsort(s, kind="stable") for n, s in scores.items()})
         return plan, [scores.get(n, np.zeros(0)) for n in task.names]
+
+
+class HalpAllocator(GlobalAllocator):
+    """Global magnitude per unit of the target's cost: the lowest normalised-L2 score per millisecond
+    (FLOP, parameter) saved goes first, costs re-measured as the step's removals accumulate."""
+
+    def _counts_at(self, task: StepTask, plan: Plan, scores: list[np.ndarray] | None) -> CountsAt:
+        if task.cost_left is None:
+            raise ConfigError("the 'halp' allocation needs the step's cost function (StepTask.cost_left); "
+                              "it runs inside the search loop only")
+        return CostWalk(scores or [], plan.capacity, self.multiple, task.cost_left).counts_at
 
 
 FIXED: Registry[type] = Registry("fixed allocation method")  # the rules one-shot pruning can use too

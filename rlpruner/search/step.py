@@ -84,13 +84,16 @@ def run_step(ctx: Context, state: State) -> State:
             validated[key] = validate(ctx, state.model, plan, candidate)
         return validated[key]
 
-    now = ctx.target.proxy.amount(after_removal(plan.graph, ctx.names, np.zeros_like(plan.sizes),
-                                                int(plan.sizes.sum()), ctx.latency_table))
+    def cost_left(counts: np.ndarray) -> float:
+        return ctx.target.proxy.amount(after_removal(plan.graph, ctx.names, counts, int(plan.sizes.sum()),
+                                                     ctx.latency_table))
+
+    now = cost_left(np.zeros_like(plan.sizes))
     task = StepTask(step=step, model=state.model, plan=plan, names=ctx.names, pd=state.pd, score=scorer,
                     budget_for=lambda counts_at: budget_for(ctx, plan, counts_at, now),
                     validate=validator, acc_ref=state.acc_ref,
                     seed=ctx.config.seed, planned_steps=ctx.planned_steps, log=ctx.log, timer=ctx.timer,
-                    progress=ctx.progress and ctx.world.main, score_many=score_many)
+                    progress=ctx.progress and ctx.world.main, score_many=score_many, cost_left=cost_left)
     proposal = ctx.allocator.propose(task)
     plan = proposal.plan
     chosen, latency = trim(ctx, state.model, plan, proposal.chosen, proposal.counts_at, rescore)
