@@ -1,5 +1,4 @@
-"""Accuracy at equal latency: RL-Pruner with a latency target against uniform, RL with a FLOPs target
-and HALP's latency-aware ranking.
+"""Accuracy at equal latency: RL-Pruner and HALP with a latency target against uniform and RL with a FLOPs target.
 
     python benchmarks/latency_target.py            # ResNet-20 on the hard synthetic set, -50/-75/-90 % FLOPs, 3 seeds
     python benchmarks/latency_target.py --models resnet20 vgg11 --datasets synthetic-hard
@@ -189,6 +188,8 @@ def run(settings: StudySettings, out: Path, work: Path, log: Callable[[str], Non
         results = {"kind": "latency_target", "settings": wanted, "runs": []}
     seeds = sorted(set(results["settings"]["accuracy"]["seeds"]) | set(wanted["accuracy"]["seeds"]))
     results["settings"]["accuracy"]["seeds"] = seeds  # more seeds add rows; other settings start afresh
+    for row in results["runs"]:  # rows kept from an earlier run: the commit that run recorded
+        row.setdefault("commit", results.get("machine", {}).get("commit"))
     results["machine"] = machine()
     bases = base_jobs(settings.accuracy, work)
     with _pool(settings.accuracy.workers) as pool:
@@ -209,6 +210,7 @@ def run(settings: StudySettings, out: Path, work: Path, log: Callable[[str], Non
 
         def keep(row: dict[str, Any]) -> None:
             row["run_dir"] = portable(Path(row["run_dir"]))
+            row["commit"] = results["machine"]["commit"]
             results["runs"].append(row)
             atomic_write_json(path, results)
             extra = f" (latency target -{row['latency_target']:.1%})" if row["method"] in LATENCY_RUNS else ""
@@ -220,6 +222,18 @@ def run(settings: StudySettings, out: Path, work: Path, log: Callable[[str], Non
     atomic_write_json(path, results)
     atomic_write_text(out.with_suffix(".md"), render_markdown(results) + "\n")
     return results
+
+
+def _commits(results: dict[str, Any]) -> str:
+    """The commit of the run that wrote the file, or, where runs of several commits share it (a
+    method added later, a resumed study), each commit with its number of runs."""
+    counts: dict[str, int] = {}
+    for row in results["runs"]:
+        commit = row.get("commit", results["machine"]["commit"])
+        counts[commit] = counts.get(commit, 0) + 1
+    if len(counts) <= 1:
+        return f"commit {results['machine']['commit']}"
+    return "runs of commits " + ", ".join(f"{c} ({n})" for c, n in counts.items())
 
 
 def _without_seeds(settings: dict[str, Any]) -> dict[str, Any]:
@@ -237,7 +251,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     """The page of a results file (generated, never typed)."""
     s = results["settings"]
     batch, timed = str(s["batch"]), [str(b) for b in s["timing_batches"]]
-    lines = [f"Machine: {results['machine']['cpu']}, commit {results['machine']['commit']}. Command: "
+    lines = [f"Machine: {results['machine']['cpu']}, {_commits(results)}. Command: "
              "`python benchmarks/latency_target.py`. Test top-1 (mean ± sd over seeds) after the same "
              f"{s['accuracy']['kd_budget']} KD epochs; latency change of the final model against its base, "
              f"PyTorch CPU, 1 thread, timed in alternating chunks after all runs (mean over seeds). The latency "

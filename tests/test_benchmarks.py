@@ -627,6 +627,13 @@ def test_the_equal_latency_study_tabulates_accuracy_and_measured_latency_and_com
     assert ("rl-latency against uniform +1.5 pts, rl +4.0 pts, halp-latency +3.0 pts; measured latency at batch 1: "
             "uniform -20%, rl -18%, rl-latency -22%, halp-latency -26%.") in page
     assert "| halp-latency at that latency |" in page
+    assert "Machine: cpu, commit c." in page
+    for row in runs[-2:]:
+        row["commit"] = "d"  # rows a later run added
+    page = latency_target.render_markdown({
+        "machine": {"cpu": "cpu", "commit": "d"}, "runs": [dict(r, commit=r.get("commit", "c")) for r in runs],
+        "matched": [], "settings": {"batch": 1, "timing_batches": [1, 64], "accuracy": {"kd_budget": 20}}})
+    assert "Machine: cpu, runs of commits c (6), d (2)." in page
 
 
 def test_each_method_is_read_at_the_uniform_models_measured_latency_without_extrapolating():
