@@ -123,6 +123,29 @@ def test_halp_is_a_registered_method_that_refuses_to_run_without_a_cost_function
         allocator.propose(task)
 
 
+def test_halp_ranks_by_the_runs_criterion_without_normalising_each_group():
+    """A group whose units all score ten times lower (a thinned, less important layer) loses its
+    units first; normalised per group, as global magnitude does, both would look the same."""
+    from types import SimpleNamespace
+
+    from rlpruner.allocation import Candidate, Plan, StepTask
+
+    names, sizes = ("a", "b"), np.array([8, 8])
+    scores = {"a": np.linspace(1.0, 2.0, 8), "b": np.linspace(0.1, 0.2, 8)}
+    plan = Plan(None, sizes, sizes - 1, 4, {n: np.argsort(s) for n, s in scores.items()}, scores)
+
+    def score(counts, pd, plan):
+        return Candidate(counts, pd, 0.0, 0, 0, None, 0.0)
+
+    task = StepTask(step=1, model=None, plan=plan, names=names, pd=np.full(2, 0.5), score=score,
+                    budget_for=lambda counts_at: 4, validate=None, acc_ref=1.0, seed=0, planned_steps=1,
+                    cost_left=lambda counts: float(100 - counts.sum()))
+    proposal = ALLOCATORS.get("halp")(SimpleNamespace(round_to=1)).propose(task)
+    assert proposal.chosen.counts.tolist() == [0, 4]
+    assert [s.tolist() for s in (scores["a"], scores["b"])] == [np.linspace(1.0, 2.0, 8).tolist(),
+                                                                np.linspace(0.1, 0.2, 8).tolist()]
+
+
 def _latency_run(tiny, tmp_path, method, clock, monkeypatch):
     from rlpruner.distill import DistillConfig
     from rlpruner.latency import Runtime

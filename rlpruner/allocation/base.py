@@ -19,6 +19,8 @@ class Plan:
     capacity: np.ndarray                   # units each group may still lose this step
     budget: int                            # units the step removes
     order: dict[str, np.ndarray]           # per open group: units from least to most important
+    scores: dict[str, np.ndarray] | None = None  # per open group: the run's criterion's score of every
+                                           # unit (what `order` sorts), for allocators that rank across groups
 
 
 @dataclass(frozen=True)

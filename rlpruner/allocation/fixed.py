@@ -5,10 +5,10 @@
 - ``global``   global magnitude: every unit of every group scored by its L2 magnitude divided by its
                group's mean score (so layers of different fan-in compare), the globally lowest
                units removed first.
-- ``halp``     cost-aware global magnitude (HALP, NeurIPS'22): the same scores divided by what a
-               unit's removal saves in the target's unit (predicted latency for a latency target,
-               FLOPs, params), re-measured as removals accumulate (`walk.CostWalk`); a search-loop
-               allocator only, since it needs the step's cost function.
+- ``halp``     HALP (NeurIPS'22): the run's importance criterion (Taylor by default), not normalised
+               per group, divided by what a unit's removal saves in the target's unit (predicted
+               latency for a latency target, FLOPs, params), re-measured as removals accumulate
+               (`walk.CostWalk`); a search-loop allocator only, since it needs the step's cost function.
 
 The count rules are pure functions of sizes, capacities and scores; the two allocators run them
 inside the search loop (same step budget, trimming and recovery as the learned distribution).
@@ -155,8 +155,17 @@ class GlobalAllocator(_FixedAllocator):
 
 
 class HalpAllocator(GlobalAllocator):
-    """Global magnitude per unit of the target's cost: the lowest normalised-L2 score per millisecond
-    (FLOP, parameter) saved goes first, costs re-measured as the step's removals accumulate."""
+    """HALP: the lowest importance per millisecond (FLOP, parameter) saved goes first, costs
+    re-measured as the step's removals accumulate. Importance is the run's criterion (Taylor by
+    default, as in HALP), *not* normalised per group: a group thinned by earlier steps keeps the
+    scale its units have, where a per-group normalisation would make its last units look average
+    again and let the walk empty it (measured: normalised L2 took ResNet-20's second stage to one
+    channel, benchmarks/reading.md)."""
+
+    def _ranked(self, task: StepTask) -> tuple[Plan, list[np.ndarray] | None]:
+        if task.plan.scores is None:
+            return super()._ranked(task)
+        return task.plan, [task.plan.scores.get(n, np.zeros(0)) for n in task.names]
 
     def _counts_at(self, task: StepTask, plan: Plan, scores: list[np.ndarray] | None) -> CountsAt:
         if task.cost_left is None:

@@ -32,8 +32,8 @@ STRIDE_POINTS = 16  # strides per group over its whole removable range
 class CostWalk:
     """The removal order of a cost-aware global ranking, extended as far as `counts_at` asks.
 
-    `scores[i]`: one importance per unit of group i (comparable across groups, e.g. normalised by
-    the group's mean); units leave from the lowest. `capacity[i]`: units group i may lose. `left`:
+    `scores[i]`: one importance per unit of group i (comparable across groups, e.g. Taylor's loss
+    estimate); units leave from the lowest. `capacity[i]`: units group i may lose. `left`:
     what the model keeps, in the target's unit, after removing a vector of units per group (the
     step's cost function). Units go in chunks of `multiple` (a partial chunk first where a capacity
     is not a multiple, as `policy.allocate` does).

@@ -136,9 +136,10 @@ def plan_step(ctx: Context, state: State, step: int) -> Plan:
             raise PruningError(f"step {step}: no channel can be removed any more (every group is at "
                                f"min_keep={ctx.config.rl.min_keep}) and the target is not reached")
     with ctx.timer("importance"):
-        order = ctx.world.first(lambda: _importance_order(ctx, state.model, graph, capacity, step),
-                                f"step {step}: importance")
-    return Plan(graph, sizes, capacity, budget, order)
+        scores = ctx.world.first(lambda: _importance_scores(ctx, state.model, graph, capacity, step),
+                                 f"step {step}: importance")
+    order = {n: np.argsort(s, kind="stable") for n, s in scores.items()}
+    return Plan(graph, sizes, capacity, budget, order, scores)
 
 
 def _group_table(ctx: Context, graph: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -149,14 +150,14 @@ def _group_table(ctx: Context, graph: Any) -> tuple[np.ndarray, np.ndarray]:
     return sizes, np.where(open_, ctx.config.rl.capacity(sizes), 0)
 
 
-def _importance_order(ctx: Context, model: nn.Module, graph: Any, capacity: np.ndarray,
-                      step: int) -> dict[str, np.ndarray]:
-    """Units of each open group from least to most important, scored once per step."""
+def _importance_scores(ctx: Context, model: nn.Module, graph: Any, capacity: np.ndarray,
+                       step: int) -> dict[str, np.ndarray]:
+    """The run's criterion's score of every unit of each open group, computed once per step."""
     criterion = get_importance(ctx.config.rl.importance, data=ctx.data.calibration,
                                seed=derived_seed(ctx.config.seed, step, IMPORTANCE))
     with seeded(ctx, step, IMPORTANCE):
         scores = criterion(model, graph)
-    return {n: np.argsort(np.asarray(scores[n]), kind="stable") for n, c in zip(ctx.names, capacity) if c > 0}
+    return {n: np.asarray(scores[n], dtype=np.float64) for n, c in zip(ctx.names, capacity) if c > 0}
 
 
 def _removals(ctx: Context, plan: Plan, counts: np.ndarray) -> dict[str, np.ndarray]:
