@@ -18,8 +18,8 @@ and MobileNetV2 with their ImageNet strides at 224x224, and the CIFAR ResNet-56 
    the latency reward (`rl-flops-fast`: equal FLOPs per step, the candidate that the table predicts
    fastest wins; its latency weight is 100, since random weights make the accuracy term noise).
    HALP's latency-aware ranking runs in the same loop with the latency target (`halp-latency`:
-   normalised magnitude per millisecond the table predicts a unit's removal saves,
-   `rlpruner.allocation.walk`). The latency-aware rows run once per table, each with that table and
+   importance, by the rows' L2 criterion, per millisecond the table predicts a unit's removal
+   saves, `rlpruner.allocation.walk`). The latency-aware rows run once per table, each with that table and
    its own measured `round_to` (the `-2t` rows use PyTorch's table measured at 2 threads, the `-ort`
    rows ONNX Runtime's): a user deploying at 2 threads measures the table there. The ratio of latency
    reduction to FLOPs reduction is the issue's measure (goal: >= 0.8 for a latency-aware or rounded
@@ -441,7 +441,7 @@ def table(results: dict[str, Any]) -> list[str]:
     halp = any(m["method"].startswith("halp") for row in results["rows"] for m in row["methods"])
     lines += ["", "**The speed-up** at -50% FLOPs (rl-latency: -50% predicted latency at batch 1; rl-flops-fast: "
               "the FLOPs target with the latency reward; "
-              + ("halp-latency: HALP's ranking, normalised magnitude per millisecond saved, at the latency target; "
+              + ("halp-latency: HALP's ranking, importance per millisecond saved, at the latency target; "
                  "each " if halp else "both ") + "with PyTorch CPU's table at 1 thread, "
               + ("their -2t rows with its table at 2 threads, " if two else "") + "their -ort rows "
               "with ONNX Runtime's); each cell: latency change against the original (latency reduction / FLOPs "
