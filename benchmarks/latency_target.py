@@ -8,8 +8,8 @@ For each FLOPs target, uniform pruning to that target sets the latency the laten
 RL-Pruner runs with a latency target equal to the uniform model's *predicted* latency reduction on
 the run's latency table (PyTorch CPU, 1 thread, batch `batch`; built once in the main process before
 any run), so every step removes equal predicted latency and no candidate is timed. HALP's ranking
-(`halp-latency`: normalised magnitude per millisecond of predicted latency saved, the published
-latency-aware method) runs in the same loop with the same latency target. A cell whose
+(`halp-latency`: the run's importance criterion per millisecond of predicted latency saved, the
+published latency-aware method) runs in the same loop with the same latency target. A cell whose
 uniform model is not predicted faster than the base (odd widths can be slower) gets no latency run,
 and the page says so. Uniform and RL with a FLOPs target run the accuracy
 benchmark's loop at the FLOPs target (benchmarks/accuracy.py: same base model, one KD epoch per

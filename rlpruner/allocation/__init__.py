@@ -6,7 +6,7 @@ answers it. Four are registered by name in `ALLOCATORS`:
 - ``rl``       the learned pruning distribution (`learned.LearnedAllocator`, the paper's method);
 - ``uniform``  the same fraction of every group (`fixed.UniformAllocator`);
 - ``global``   global magnitude ranking (`fixed.GlobalAllocator`);
-- ``halp``     global magnitude per unit of the target's cost, HALP's latency-aware ranking
+- ``halp``     importance per unit of the target's cost, HALP's latency-aware ranking
                (`fixed.HalpAllocator`, `walk.CostWalk`).
 
 A new allocator (e.g. sensitivity-based) is one class with a `propose` method, registered with
@@ -29,8 +29,8 @@ from .base import Allocator, Candidate, Plan, Proposal, Scorer, StepTask
 from .fixed import FIXED, GlobalAllocator, HalpAllocator, UniformAllocator
 from .learned import LearnedAllocator
 
-__all__ = ["ALLOCATORS", "FIXED", "Allocator", "Candidate", "GlobalAllocator", "HalpAllocator", "LearnedAllocator", "Plan", "Proposal",
-           "Scorer", "StepTask", "UniformAllocator", "get_allocator"]
+__all__ = ["ALLOCATORS", "FIXED", "Allocator", "Candidate", "GlobalAllocator", "HalpAllocator", "LearnedAllocator",
+           "Plan", "Proposal", "Scorer", "StepTask", "UniformAllocator", "get_allocator"]
 
 ALLOCATORS: Registry[Callable[[Any], Allocator]] = Registry("allocation method")
 ALLOCATORS.add("rl", LearnedAllocator)

@@ -157,10 +157,9 @@ class GlobalAllocator(_FixedAllocator):
 class HalpAllocator(GlobalAllocator):
     """HALP: the lowest importance per millisecond (FLOP, parameter) saved goes first, costs
     re-measured as the step's removals accumulate. Importance is the run's criterion (Taylor by
-    default, as in HALP), *not* normalised per group: a group thinned by earlier steps keeps the
-    scale its units have, where a per-group normalisation would make its last units look average
-    again and let the walk empty it (measured: normalised L2 took ResNet-20's second stage to one
-    channel, benchmarks/reading.md)."""
+    default, as in HALP), not normalised per group, so a group thinned by earlier steps keeps the
+    scale its units have. There is no floor per group beyond `min_keep`: with latency targets on
+    ResNet-20 it emptied the whole second stage (benchmarks/reading.md, "Accuracy at equal latency")."""
 
     def _ranked(self, task: StepTask) -> tuple[Plan, list[np.ndarray] | None]:
         if task.plan.scores is None:

@@ -5,7 +5,7 @@ Global magnitude ranks units by importance alone, so a cheap channel (a late lay
 little latency) goes as readily as an expensive one of the same score. HALP divides a unit's
 importance by the latency its removal saves, read from a latency table, and removes the cheapest
 importance per millisecond first. `CostWalk` does that for any cost the run targets: predicted
-latency (HALP's case), FLOPs or params; for a channel target it is global magnitude.
+latency (HALP's case), FLOPs or params; for a channel target it is a global ranking by the scores.
 
 The walk is greedy over *strides*: a group gives a few chunks at a time (about 1/`points` of what it
 may lose), its next stride priced as (importance of those units) / (cost they save from the current
