@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ..errors import ConfigError, PruningError
+from ..errors import ConfigError
 from ..importance import get as get_importance
 from ..registry import Registry
 from . import policy
@@ -55,8 +55,7 @@ def global_counts(scores: Sequence[np.ndarray], capacity: Sequence[int], budget:
     at most `capacity[i]`. Ties go to the earlier group, then the lower chunk.
     """
     capacity = np.asarray(capacity, dtype=np.int64)
-    if budget < 0 or budget % multiple:
-        raise PruningError(f"budget {budget} must be a non-negative multiple of round_to={multiple}")
+    wanted = policy.wanted_chunks(budget, capacity, multiple)
     chunk_scores, owners = [], []
     for i, (group_scores, room) in enumerate(zip(scores, capacity)):
         n_chunks = int(policy.chunks(room, multiple))
@@ -66,11 +65,6 @@ def global_counts(scores: Sequence[np.ndarray], capacity: Sequence[int], budget:
         ends = policy.chunk_counts(np.arange(1, n_chunks + 1), np.full(n_chunks, room), multiple)
         chunk_scores.append(ascending[ends - 1])
         owners.append(np.full(n_chunks, i))
-    wanted = budget // multiple
-    total = sum(len(c) for c in chunk_scores)
-    if wanted > total:
-        raise PruningError(f"cannot remove {budget} units: only {int(capacity.sum())} can go without "
-                           "emptying a group")
     taken = np.zeros(len(capacity), dtype=np.int64)
     if wanted == 0:
         return taken

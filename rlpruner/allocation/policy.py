@@ -49,6 +49,18 @@ def max_budget(capacity_: np.ndarray, multiple: int = 1) -> int:
     return int(chunks(capacity_, multiple).sum()) * multiple
 
 
+def wanted_chunks(budget: int, capacity_: np.ndarray, multiple: int) -> int:
+    """`budget` units as a number of chunks for the global rankings (`fixed.global_counts`,
+    `walk.CostWalk`); PruningError when it is not a multiple of `multiple` or asks more than the
+    groups can give."""
+    if budget < 0 or budget % multiple:
+        raise PruningError(f"budget {budget} must be a non-negative multiple of round_to={multiple}")
+    if budget // multiple > int(np.maximum(chunks(capacity_, multiple), 0).sum()):
+        raise PruningError(f"cannot remove {budget} units: only {int(np.asarray(capacity_).sum())} can go "
+                           "without emptying a group")
+    return budget // multiple
+
+
 def chunk_counts(chunk_numbers: np.ndarray, capacity_: np.ndarray, multiple: int) -> np.ndarray:
     """Units removed by taking `chunk_numbers` chunks per group (a partial chunk comes first)."""
     short = (-np.asarray(capacity_, dtype=np.int64)) % multiple

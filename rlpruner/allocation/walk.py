@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..errors import PruningError
 from . import policy
 
 STRIDE_POINTS = 16  # strides per group over its whole removable range
@@ -101,12 +100,7 @@ class CostWalk:
     def counts_at(self, budget: int) -> np.ndarray:
         """Units per group when the walk removes `budget` units (a multiple of `multiple`): whole strides
         in the walk's order, then part of the next one. Monotone in `budget`."""
-        if budget < 0 or budget % self.multiple:
-            raise PruningError(f"budget {budget} must be a non-negative multiple of round_to={self.multiple}")
-        wanted = budget // self.multiple
-        if wanted > int(self.n_chunks.sum()):
-            raise PruningError(f"cannot remove {budget} units: only {int(self.capacity.sum())} can go "
-                               "without emptying a group")
+        wanted = policy.wanted_chunks(budget, self.capacity, self.multiple)
         self._extend(wanted)
         whole = bisect.bisect_right(self.totals, wanted) - 1
         chunks = np.zeros(len(self.capacity), dtype=np.int64)

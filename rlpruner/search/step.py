@@ -90,7 +90,7 @@ def run_step(ctx: Context, state: State) -> State:
 
     now = cost_left(np.zeros_like(plan.sizes))
     task = StepTask(step=step, model=state.model, plan=plan, names=ctx.names, pd=state.pd, score=scorer,
-                    budget_for=lambda counts_at: budget_for(ctx, plan, counts_at, now),
+                    budget_for=lambda counts_at: budget_for(ctx, plan, counts_at, now, cost_left),
                     validate=validator, acc_ref=state.acc_ref,
                     seed=ctx.config.seed, planned_steps=ctx.planned_steps, log=ctx.log, timer=ctx.timer,
                     progress=ctx.progress and ctx.world.main, score_many=score_many, cost_left=cost_left)
@@ -219,21 +219,19 @@ def validate(ctx: Context, model: nn.Module, plan: Plan, candidate: Candidate) -
         return ctx.evaluate(recalibrate(pruned, ctx.data.bn_batches, ctx.task.forward))
 
 
-def budget_for(ctx: Context, plan: Plan, counts_at: Callable[[int], np.ndarray], now: float) -> int:
+def budget_for(ctx: Context, plan: Plan, counts_at: Callable[[int], np.ndarray], now: float,
+               cost_left: Callable[[np.ndarray], float]) -> int:
     """The channel budget at which `counts_at` removes the step's cost in the target's proxy unit from
-    the current model (which has `now` of it): equal-cost candidates, the distribution decides where,
-    the step decides how much. The plan's channel budget when the run compares candidates at equal
-    channels."""
+    the current model (which has `now` of it; `cost_left(counts)`: what it keeps after removing
+    `counts`): equal-cost candidates, the distribution decides where, the step decides how much. The
+    plan's channel budget when the run compares candidates at equal channels."""
     multiple = ctx.config.rl.multiple
     most = policy.max_budget(plan.capacity, multiple)
     if not ctx.config.rl.equal_cost:
         return plan.budget
-    proxy, units_now = ctx.target.proxy, int(plan.sizes.sum())
 
     def removes_enough(chunks: int) -> bool:
-        left = proxy.amount(after_removal(plan.graph, ctx.names, counts_at(chunks * multiple), units_now,
-                                          ctx.latency_table))
-        return now - left >= ctx.step_cost
+        return now - cost_left(counts_at(chunks * multiple)) >= ctx.step_cost
 
     limit = most if ctx.target.trims else plan.budget  # sparsity: the plan's budget is already exact
     if not removes_enough(limit // multiple):
