@@ -180,18 +180,23 @@ def prune_with(method: str, model: Any, example: Any, classes: int, settings: La
     return result.model, info
 
 
+def _removals_keeping(sizes: dict[str, int], kept: dict[str, int]) -> dict[str, Any]:
+    """Removals that leave each group its first `kept[name]` channels (latency does not depend on which)."""
+    import numpy as np
+
+    return {n: np.arange(sizes[n] - k) for n, k in kept.items() if k < sizes[n]}
+
+
 def table_bound(table: Any, graph: Any, target: float, chunk: int = 8) -> dict[str, Any]:
     """The best allocation the table itself points to at `target` FLOPs reduction: greedily remove
     `chunk` units from the group whose removal saves the most predicted latency per FLOP (no group
     below `chunk` units). A reference for the RL rows, not a proven optimum; no timing."""
-    import numpy as np
-
     sizes = {g.name: g.size for g in graph.prunable_groups()}
     kept = dict(sizes)
     full_flops, base_ms = graph.count()[1], table.predict(graph.shapes)
 
     def state(widths: dict[str, int]) -> tuple[float, int]:
-        removals = {n: np.arange(sizes[n] - k) for n, k in widths.items() if k < sizes[n]}
+        removals = _removals_keeping(sizes, widths)
         return table.predict(graph.new_shapes(removals)), graph.count(removals)[1]
 
     ms, flops = base_ms, full_flops
@@ -214,8 +219,6 @@ def time_bound(model: Any, graph: Any, example: Any, bound: dict[str, Any], runt
     """The bound's allocation built (each group keeps its first channels: latency does not depend on
     which) and timed on the runtime of its table ("name/threads") beside the original, per batch:
     the check of what the table predicted for the allocation it points to."""
-    import numpy as np
-
     from rlpruner.latency import get_runtime
     from rlpruner.metrics import _latency_inputs
     from rlpruner.surgery import prune_channels
@@ -223,8 +226,7 @@ def time_bound(model: Any, graph: Any, example: Any, bound: dict[str, Any], runt
     name, threads = runtime_key.split("/")
     runtime = get_runtime(name, int(threads))
     sizes = {g.name: g.size for g in graph.prunable_groups()}
-    removals = {n: np.arange(sizes[n] - k) for n, k in bound["kept"].items() if k < sizes[n]}
-    pruned = prune_channels(model, graph, removals, inplace=False)
+    pruned = prune_channels(model, graph, _removals_keeping(sizes, bound["kept"]), inplace=False)
     timed = {}
     for batch in batches:
         inputs = _latency_inputs(example, batch, runtime.device)
@@ -235,23 +237,29 @@ def time_bound(model: Any, graph: Any, example: Any, bound: dict[str, Any], runt
     return timed
 
 
+def _untimed(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {k: b for k, b in row.get("bounds", {}).items() if "measured" not in b}
+
+
+def time_row_bounds(row: dict[str, Any], model: Any, graph: Any, example: Any, batches: tuple[int, ...],
+                    log: Any) -> None:
+    """`time_bound` for every bound of one row (of `model`) that has no timing yet."""
+    for key, bound in _untimed(row).items():
+        bound["measured"] = time_bound(model, graph, example, bound, key, batches)
+        log(f"{row['model']}: table bound {key} timed: " + ", ".join(
+            f"{b} {t['ms']:.2f} ms against {t['base_ms']:.2f} ({t['ratio']:.2f})" for b, t in bound["measured"].items()))
+
+
 def add_bound_timings(results: dict[str, Any], settings: LatencyModelSettings, log: Any) -> bool:
-    """`time_bound` for every bound of the results that has no timing yet; True if any was added."""
+    """`time_row_bounds` for every row of the results with an untimed bound (its model built again);
+    True if any was timed."""
     from rlpruner.graph import trace
 
-    added = False
-    for row in results["rows"]:
-        missing = {k: b for k, b in row.get("bounds", {}).items() if "measured" not in b}
-        if not missing:
-            continue
+    rows = [row for row in results["rows"] if _untimed(row)]
+    for row in rows:
         model, example, _ = _build(row["model"], settings)
-        graph = trace(model, example)
-        for key, bound in missing.items():
-            bound["measured"] = time_bound(model, graph, example, bound, key, settings.batches)
-            added = True
-            log(f"{row['model']}: table bound {key} timed: " + ", ".join(
-                f"{b} {t['ms']:.2f} ms against {t['base_ms']:.2f} ({t['ratio']:.2f})" for b, t in bound["measured"].items()))
-    return added
+        time_row_bounds(row, model, trace(model, example), example, settings.batches, log)
+    return bool(rows)
 
 
 def run_model(label: str, settings: LatencyModelSettings, work: Path, log: Any) -> dict[str, Any]:
@@ -328,7 +336,7 @@ def run_model(label: str, settings: LatencyModelSettings, work: Path, log: Any) 
                 m.setdefault("ratio", {})[key] = reduction / m["flops_reduction"]
             log(f"{label}: timed on {key}: base {row['base_ms'][key]:.2f} ms; " + ", ".join(
                 f"{m['method']} {m['latency'][key]:.2f} ({m['ratio'][key]:.2f})" for m in row["methods"]))
-    add_bound_timings({"rows": [row]}, settings, log)
+    time_row_bounds(row, model, graph, example, settings.batches, log)  # the model and graph at hand
     return row
 
 
