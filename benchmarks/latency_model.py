@@ -91,6 +91,11 @@ RL_ROWS = {
     "halp-latency": RLRow("latency", "latency", "torch-cpu", method="halp"),
     "halp-latency-2t": RLRow("latency", "latency", "torch-cpu", threads=2, method="halp"),
     "halp-latency-ort": RLRow("latency", "latency", "onnxruntime-cpu", method="halp"),
+    # the FLOPs target, HALP's walk priced by the table's predicted latency (the latency reward makes the
+    # run build it; HALP scores no candidates, so the reward's weight does not matter)
+    "halp-flops-lat": RLRow("flops", "latency", "torch-cpu", method="halp"),
+    "halp-flops-lat-2t": RLRow("flops", "latency", "torch-cpu", threads=2, method="halp"),
+    "halp-flops-lat-ort": RLRow("flops", "latency", "onnxruntime-cpu", method="halp"),
 }
 VARIANT_SUFFIXES = ("-2t", "-ort")  # a row searched with another table than PyTorch's at 1 thread
 METHODS = ("uniform", "global", "uniform-r8", *RL_ROWS)
@@ -278,7 +283,7 @@ def run_model(label: str, settings: LatencyModelSettings, work: Path, log: Any) 
     base = rlpruner.count(model, example)
     base_flops, base_params = base.flops, base.params
     row: dict[str, Any] = {"model": label, "input": list(example.shape[1:]), "flops": base_flops,
-                           "params": base_params, "tables": [], "methods": []}
+                           "params": base_params, "commit": machine()["commit"], "tables": [], "methods": []}
     tables = {}
     for name, threads in settings.table_runtimes:
         runtime = get_runtime(name, threads)
@@ -374,6 +379,9 @@ def starting_results(earlier: dict[str, Any] | None, settings: LatencyModelSetti
     kept), this machine and these settings; a note that `--bounds` added or timed bounds later is
     dropped once every row is rewritten (a run computes and times its own)."""
     results = earlier or {"kind": "latency_model", "rows": []}
+    for row in results["rows"]:  # rows kept from the earlier run keep its commit
+        if "machine" in results:
+            row.setdefault("commit", results["machine"]["commit"])
     results.update(machine=machine(), settings=asdict(settings))
     if {r["model"] for r in results["rows"]} <= set(settings.models):
         for stale in ("bounds_machine", "bound_timings_machine"):
@@ -422,8 +430,8 @@ def run_bounds(settings: LatencyModelSettings, out: Path, work: Path, log: Any =
 def table(results: dict[str, Any]) -> list[str]:
     """The markdown tables of a results file (generated, never typed)."""
     bounds, timings = results.get("bounds_machine"), results.get("bound_timings_machine")
-    lines = [f"Random weights; latency tables at batch 1; machine: {results['machine']['cpu']}, commit "
-             f"{results['machine']['commit']}. Command: `python benchmarks/latency_model.py`"
+    lines = [f"Random weights; latency tables at batch 1; machine: {results['machine']['cpu']}, {_commits(results)}. "
+             "Command: `python benchmarks/latency_model.py`"
              + (f" (the table bounds: `--bounds` at commit {bounds['commit']}, from the tables that run cached)"
                 if bounds else "")
              + (f" (the bounds' allocations timed by `--bounds` at commit {timings['commit']})" if timings else "")
@@ -447,10 +455,12 @@ def table(results: dict[str, Any]) -> list[str]:
             lines += ["", f"Median of the tables' median errors, {kind}: {statistics.median(errors):.1%} (goal <= 10%)."]
     two = any(m["method"].endswith("-2t") for row in results["rows"] for m in row["methods"])
     halp = any(m["method"].startswith("halp") for row in results["rows"] for m in row["methods"])
+    flops_halp = any(m["method"].startswith("halp-flops") for row in results["rows"] for m in row["methods"])
     lines += ["", "**The speed-up** at -50% FLOPs (rl-latency: -50% predicted latency at batch 1; rl-flops-fast: "
               "the FLOPs target with the latency reward; "
               + ("halp-latency: HALP's ranking, importance per millisecond saved, at the latency target; "
-                 "each " if halp else "both ") + "with PyTorch CPU's table at 1 thread, "
+                 + ("halp-flops-lat: the same ranking at the FLOPs target; " if flops_halp else "")
+                 + "each " if halp else "both ") + "with PyTorch CPU's table at 1 thread, "
               + ("their -2t rows with its table at 2 threads, " if two else "") + "their -ort rows "
               "with ONNX Runtime's); each cell: latency change against the original (latency reduction / FLOPs "
               "reduction; goal >= 0.8; a + is a model slower than the original):", ""]
@@ -478,6 +488,17 @@ def table(results: dict[str, Any]) -> list[str]:
         lines.append("")
     lines += goal_lines(results)
     return lines
+
+
+def _commits(results: dict[str, Any]) -> str:
+    """The commit of the run that wrote the file, or, where models were rerun later (`--models`),
+    each commit with its models: a model's rows and its base are always timed in one run."""
+    models: dict[str, list[str]] = {}
+    for row in results["rows"]:
+        models.setdefault(row.get("commit", results["machine"]["commit"]), []).append(row["model"])
+    if len(models) <= 1:
+        return f"commit {next(iter(models), results['machine']['commit'])}"
+    return "commits " + "; ".join(f"{c} ({', '.join(m)})" for c, m in models.items())
 
 
 def _bound_text(runtime: str, bound: dict[str, Any]) -> str:

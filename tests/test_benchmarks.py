@@ -665,16 +665,17 @@ def test_the_latency_goal_counts_rounded_and_latency_aware_rows_built_with_the_c
     from benchmarks import latency_model
 
     assert latency_model.aware_for("onnxruntime-cpu/1t/b1") == ("uniform-r8", "rl-latency-ort", "rl-flops-fast-ort",
-                                                               "halp-latency-ort")
-    assert latency_model.aware_for("torch-cpu/1t/b32") == ("uniform-r8", "rl-latency", "rl-flops-fast", "halp-latency")
+                                                               "halp-latency-ort", "halp-flops-lat-ort")
+    assert latency_model.aware_for("torch-cpu/1t/b32") == ("uniform-r8", "rl-latency", "rl-flops-fast", "halp-latency",
+                                                          "halp-flops-lat")
     # a 2-thread column counts the rows searched with the 2-thread table; results of runs that built
     # none (no -2t rows) count the 1-thread table's rows, as they were counted when written
     assert latency_model.aware_for("torch-cpu/2t/b1") == ("uniform-r8", "rl-latency-2t", "rl-flops-fast-2t",
-                                                         "halp-latency-2t")
+                                                         "halp-latency-2t", "halp-flops-lat-2t")
     assert latency_model.aware_for("torch-cpu/2t/b1", ["uniform", "rl-latency"]) == \
-        ("uniform-r8", "rl-latency", "rl-flops-fast", "halp-latency")
+        ("uniform-r8", "rl-latency", "rl-flops-fast", "halp-latency", "halp-flops-lat")
     assert latency_model.aware_for("torch-cpu/2t/b1", ["rl-latency", "rl-latency-2t"]) == \
-        ("uniform-r8", "rl-latency-2t", "rl-flops-fast-2t", "halp-latency-2t")
+        ("uniform-r8", "rl-latency-2t", "rl-flops-fast-2t", "halp-latency-2t", "halp-flops-lat-2t")
     columns = ("torch-cpu/1t/b1", "onnxruntime-cpu/1t/b1")
     ratios = {"uniform-r8": (0.7, 0.5), "rl-latency": (0.9, 0.95), "rl-latency-ort": (0.6, 0.85),
               "rl-flops": (0.99, 0.99)}  # rl-flops is not latency-aware; rl-latency's table is PyTorch's
@@ -706,6 +707,20 @@ def test_a_rerun_of_every_model_drops_the_note_that_bounds_were_added_later():
     assert "bounds_machine" not in fresh and "bound_timings_machine" not in fresh
     assert fresh["settings"]["models"] == tuple(latency_model.MODELS)
     assert latency_model.starting_results(None, some)["rows"] == []
+
+
+def test_a_model_rerun_later_names_each_models_commit():
+    """`--models` reruns some models: the rows kept name the commit of the run that timed them, and the
+    page names each commit with its models (a model's rows and base are always timed together)."""
+    from benchmarks import latency_model
+
+    earlier = {"machine": {"commit": "old"}, "rows": [{"model": "resnet18"}, {"model": "mobilenetv2"}]}
+    results = latency_model.starting_results(json.loads(json.dumps(earlier)),
+                                             latency_model.LatencyModelSettings(models=("mobilenetv2",)))
+    assert [row["commit"] for row in results["rows"]] == ["old", "old"]
+    assert latency_model._commits(results) == "commit old"
+    results["rows"] = [results["rows"][0], {"model": "mobilenetv2", "commit": "new"}]
+    assert latency_model._commits(results) == "commits old (resnet18); new (mobilenetv2)"
 
 
 def test_the_table_bound_reaches_the_flops_target_and_follows_the_table(monkeypatch):

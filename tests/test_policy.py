@@ -17,6 +17,22 @@ def test_capacity_never_empties_and_respects_multiple():
     assert policy.capacity([16, 10, 3], min_keep=5, multiple=4).tolist() == [8, 2, 0]
     with pytest.raises(ConfigError, match="min_keep"):
         policy.capacity([4], min_keep=0)
+    # a floor per group: the larger of it and min_keep, rounded up to the multiple
+    assert policy.capacity([16, 10, 3], floor=[8, 1, 2]).tolist() == [8, 9, 1]
+    assert policy.capacity([16, 10], min_keep=2, multiple=4, floor=[5, 1]).tolist() == [8, 6]
+
+
+def test_max_group_ratio_keeps_a_share_of_the_original_width():
+    from rlpruner.search import RLConfig
+    config = RLConfig(round_to=1, max_group_ratio=0.75)
+    # original widths 16 and 10 keep at least 4 and 3 (2.5 rounded up); groups already thinned lose the rest
+    assert config.capacity([16, 10]).tolist() == [12, 7]
+    assert config.capacity([6, 3], original=[16, 10]).tolist() == [2, 0]
+    assert RLConfig(round_to=1).capacity([6, 3], original=[16, 10]).tolist() == [5, 2]  # 1: min_keep only
+    assert "max_group_ratio=0.75" in config.floor_text
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ConfigError, match="max_group_ratio"):
+            RLConfig(max_group_ratio=bad)
 
 
 def test_density_init_is_proportional_to_channels_and_zero_where_stuck():

@@ -263,6 +263,8 @@ def test_cli_compress_prints_one_line_per_step_and_resumes(checkpoint, tmp_path,
     (["--kd-temperature", "0"], "KD temperature"),
     (["--importance", "magic"], "unknown importance"),
     (["--resume"], "nothing to resume"),
+    (["--max-group-ratio", "1.5"], "max_group_ratio must be in (0, 1]"),
+    (["--max-group-ratio", "0.2", "--target-flops", "0.6"], "and 80% of its width (max_group_ratio=0.2)"),
 ])
 def test_cli_compress_bad_input_is_one_line(checkpoint, tmp_path, capsys, argv, match):
     from rlpruner.cli import main

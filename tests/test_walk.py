@@ -142,31 +142,36 @@ def test_halp_ranks_by_the_runs_criterion_without_normalising_each_group():
     assert proposal.chosen.counts.tolist() == [0, 4]
 
 
-def _latency_run(tiny, tmp_path, method, clock, monkeypatch):
+def _latency_run(tiny, tmp_path, method, clock, monkeypatch, max_group_ratio=1.0, target=("latency", 0.3),
+                 reward=None):
     from rlpruner.distill import DistillConfig
     from rlpruner.latency import Runtime
-    from rlpruner.search import CompressConfig, RLConfig, Target, compress
+    from rlpruner.search import CompressConfig, Reward, RLConfig, Target, compress
 
     monkeypatch.setattr(Runtime, "time_ms", clock)
     model, splits = tiny
-    config = CompressConfig(target=Target("latency", 0.3), method=method,
-                            rl=RLConfig(prune_filter_ratio=0.1, round_to=1, calibration_samples=16, bn_samples=16),
+    config = CompressConfig(target=Target(*target), reward=reward or Reward(), method=method,
+                            rl=RLConfig(prune_filter_ratio=0.1, round_to=1, calibration_samples=16, bn_samples=16,
+                                        max_group_ratio=max_group_ratio),
                             kd=DistillConfig(epochs=0), final_epochs=0, post_train_period=0,
                             latency_cache=str(tmp_path / "cache"), progress=False)
-    return compress(model, splits, config, out_dir=tmp_path / method, evaluate_test=False)
+    out = tmp_path / f"{method}-{max_group_ratio}-{target[0]}-{config.reward.strategy}"
+    return compress(model, splits, config, out_dir=out, evaluate_test=False)
+
+
+def _slow_first_conv(self, module, inputs, watch):
+    """A runtime on which the first conv's output channels cost far more than their FLOPs."""
+    first = [m for m in module.modules() if isinstance(m, nn.Conv2d) and m.in_channels == 1]  # on the image
+    return metrics.count(module, inputs).flops / 1e4 + sum(0.5 * m.out_channels for m in first)
 
 
 def test_halp_with_a_latency_target_cuts_the_layer_the_runtime_is_slow_on(tiny_splits, tiny_trained, tmp_path,
                                                                            monkeypatch):
-    """A runtime on which the first conv's output channels cost far more than their FLOPs: for the same
-    latency target, HALP takes more of them than global magnitude does, and removes more latency per
+    """On a runtime where the first conv's output channels cost far more than their FLOPs, for the same
+    latency target HALP takes more of them than global magnitude does, and removes more latency per
     FLOP removed."""
-    def clock(self, module, inputs, watch):
-        first = [m for m in module.modules() if isinstance(m, nn.Conv2d) and m.in_channels == 1]  # on the image
-        return metrics.count(module, inputs).flops / 1e4 + sum(0.5 * m.out_channels for m in first)
-
     tiny = (tiny_trained, tiny_splits)
-    runs = {m: _latency_run(tiny, tmp_path, m, clock, monkeypatch) for m in ("global", "halp")}
+    runs = {m: _latency_run(tiny, tmp_path, m, _slow_first_conv, monkeypatch) for m in ("global", "halp")}
     for result in runs.values():
         assert result.results["reached"]["latency"] >= 0.3
     first = next(iter(runs["halp"].results["widths"]))
@@ -175,3 +180,39 @@ def test_halp_with_a_latency_target_cuts_the_layer_the_runtime_is_slow_on(tiny_s
     per_flop = {m: r.results["reached"]["latency"] / r.results["reached"]["flops"] for m, r in runs.items()}
     assert per_flop["halp"] > per_flop["global"] + 0.05
     assert runs["halp"].results["method"] == "halp"
+
+
+def test_max_group_ratio_bounds_what_halp_takes_from_the_layer_the_runtime_is_slow_on(tiny_splits, tiny_trained,
+                                                                                       tmp_path, monkeypatch):
+    """Unbounded, HALP takes the slow first conv below 60 % of its width; with max_group_ratio=0.4 every
+    group keeps at least 60 % of its original width, the first conv exactly that, and the latency target
+    is still met."""
+    tiny = (tiny_trained, tiny_splits)
+    free = _latency_run(tiny, tmp_path, "halp", _slow_first_conv, monkeypatch)
+    bounded = _latency_run(tiny, tmp_path, "halp", _slow_first_conv, monkeypatch, max_group_ratio=0.4)
+    floor = {name: -(-size * 3 // 5) for name, (size, _) in free.results["widths"].items()}
+    first = next(iter(free.results["widths"]))
+    assert free.results["widths"][first][1] < floor[first]
+    assert bounded.results["reached"]["latency"] >= 0.3
+    for name, (size, width) in bounded.results["widths"].items():
+        assert width >= floor[name], name
+    assert bounded.results["widths"][first][1] == floor[first]  # it still goes as far as it may there
+
+
+def test_halp_with_a_flops_target_and_a_latency_reward_prices_removals_by_latency(tiny_splits, tiny_trained,
+                                                                                  tmp_path, monkeypatch):
+    """A FLOPs target with a latency reward: every step removes the target's FLOPs, but HALP spends them
+    where the table says latency is, so it takes more of the slow first conv, and more latency for the
+    same FLOPs, than HALP priced by FLOPs."""
+    from rlpruner.search import Reward
+
+    tiny = (tiny_trained, tiny_splits)
+    runs = {reward.strategy: _latency_run(tiny, tmp_path, "halp", _slow_first_conv, monkeypatch,
+                                          target=("flops", 0.3), reward=reward)
+            for reward in (Reward(), Reward("latency"))}
+    first = next(iter(runs["accuracy"].results["widths"]))
+    for result in runs.values():
+        assert result.results["reached"]["flops"] >= 0.3
+    assert runs["latency"].results["widths"][first][1] < runs["accuracy"].results["widths"][first][1]
+    per_flop = {k: r.results["reached"]["latency"] / r.results["reached"]["flops"] for k, r in runs.items()}
+    assert per_flop["latency"] > per_flop["accuracy"]

@@ -69,6 +69,9 @@ class StepTask:
     cost_left: Callable[[np.ndarray], float] | None = None  # what the current model keeps after removing
                                            # counts per group, in the target's proxy unit (predicted
                                            # latency, FLOPs, params or units)
+    price_left: Callable[[np.ndarray], float] | None = None  # the same in the unit removals are priced
+                                           # by: predicted latency whenever the run optimises it (a latency
+                                           # target or reward), else `cost_left`'s unit
 
     def score_all(self, jobs: Sequence[Job], plan: Plan) -> list[Candidate]:
         """Candidates for every `(counts, pd)` of `jobs`, in order: scored together (a multi-process

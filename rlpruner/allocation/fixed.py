@@ -149,11 +149,14 @@ class GlobalAllocator(_FixedAllocator):
 
 
 class HalpAllocator(GlobalAllocator):
-    """HALP: the lowest importance per millisecond (FLOP, parameter) saved goes first, costs
-    re-measured as the step's removals accumulate. Importance is the run's criterion (Taylor by
-    default, as in HALP), not normalised per group, so a group thinned by earlier steps keeps the
-    scale its units have. There is no floor per group beyond `min_keep`: with latency targets on
-    ResNet-20 it emptied the whole second stage (benchmarks/reading.md, "Accuracy at equal latency")."""
+    """HALP: the lowest importance per millisecond saved goes first, costs re-measured as the step's
+    removals accumulate. Removals are priced by predicted latency whenever the run optimises it (a
+    latency target, or a FLOPs or params target with a latency reward: the step still removes the
+    target's amount, spent where the table says latency is), else by the target's unit. Importance is
+    the run's criterion (Taylor by default, as in HALP), not normalised per group, so a group thinned
+    by earlier steps keeps the scale its units have. A group's floor is `min_keep` and the run's
+    `max_group_ratio`: without one (1), latency targets on ResNet-20 emptied its whole second stage
+    (benchmarks/reading.md, "Accuracy at equal latency")."""
 
     def _ranked(self, task: StepTask) -> tuple[Plan, list[np.ndarray] | None]:
         if task.plan.scores is None:
@@ -164,7 +167,7 @@ class HalpAllocator(GlobalAllocator):
         if task.cost_left is None:
             raise ConfigError("the 'halp' allocation needs the step's cost function (StepTask.cost_left); "
                               "it runs inside the search loop only")
-        return CostWalk(scores or [], plan.capacity, self.multiple, task.cost_left).counts_at
+        return CostWalk(scores or [], plan.capacity, self.multiple, task.price_left or task.cost_left).counts_at
 
 
 FIXED: Registry[type] = Registry("fixed allocation method")  # the rules one-shot pruning can use too

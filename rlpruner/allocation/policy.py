@@ -25,16 +25,21 @@ MIN_PROB = 1e-5  # floor of every shrinkable entry, so a group is never ruled ou
 EPSILON_SCHEDULES = ("cosine", "linear", "constant")
 
 
-def capacity(sizes: Sequence[int], min_keep: int = 1, multiple: int = 1) -> np.ndarray:
-    """Most units each group may still lose, keeping at least `min_keep` (>= 1) units and a width that
-    is a multiple of `multiple` (`round_to`): the width a group keeps is at least `min_keep` rounded up
-    to a multiple. A group whose width is not a multiple has that remainder as its first chunk."""
+def capacity(sizes: Sequence[int], min_keep: int = 1, multiple: int = 1,
+             floor: Sequence[int] | None = None) -> np.ndarray:
+    """Most units each group may still lose, keeping at least `min_keep` (>= 1) units, at least
+    `floor[i]` units in group i where given (a width the run must not go below), and a width that is
+    a multiple of `multiple` (`round_to`): the width a group keeps is at least the larger of the two
+    rounded up to a multiple. A group whose width is not a multiple has that remainder as its first chunk."""
     if min_keep < 1:
         raise ConfigError(f"min_keep must be >= 1 so that no group is emptied, got {min_keep}")
     if multiple < 1:
         raise ConfigError(f"round_to multiple must be >= 1, got {multiple}")
     sizes = np.asarray(sizes, dtype=np.int64)
-    keep = -(-max(min_keep, 1) // multiple) * multiple
+    least = np.full(sizes.shape, max(min_keep, 1), dtype=np.int64)
+    if floor is not None:
+        least = np.maximum(least, np.asarray(floor, dtype=np.int64))
+    keep = -(-least // multiple) * multiple
     return np.maximum(sizes - keep, 0)
 
 

@@ -108,6 +108,9 @@ def _add_rl_arguments(parser: argparse.ArgumentParser) -> None:
                        help="every candidate of a step removes the same FLOPs/params (else the same number of "
                             "channels, as in the paper) (default: %(default)s)")
     group.add_argument("--min-keep", type=int, default=d.min_keep, help="channels every group keeps (default: %(default)s)")
+    group.add_argument("--max-group-ratio", type=float, default=d.max_group_ratio, metavar="R",
+                       help="the run removes at most this share of any group's original width, with every method "
+                            "(as Torch-Pruning's max_pruning_ratio); 1: no floor but --min-keep (default: %(default)s)")
     group.add_argument("--round-to", type=_round_to, default=d.round_to, metavar="N|auto",
                        help="keep every layer's width a multiple of N; auto: 1, or with a latency target or "
                             "reward the multiple the latency runtime likes, measured (default: %(default)s)")

@@ -129,6 +129,8 @@ class RLConfig:
                                          # takes before it is scored: a look past the step at how it recovers
     probe_lr: float = 0.01               # their learning rate (the benchmark's KD rate; a step at 1e-3 barely moves)
     min_keep: int = 1                    # units every group keeps at least
+    max_group_ratio: float = 1.0         # largest share of a group's original width the whole run may remove
+                                         # (every method; Torch-Pruning's max_pruning_ratio); 1: min_keep only
     round_to: int | str = "auto"         # every group keeps a width that is a multiple of this; "auto": 1,
                                          # unless the run optimises latency: then the multiple the latency
                                          # runtime likes, measured per layer (rlpruner.latency.choose_round_to)
@@ -162,6 +164,7 @@ class RLConfig:
             ("probe_lr", self.probe_lr > 0 and np.isfinite(self.probe_lr), "a finite number > 0"),
             ("probe_steps", self.probe_steps == 0 or self.bn_samples > 0, "0 when bn_samples is 0 (it trains on them)"),
             ("min_keep", self.min_keep >= 1, ">= 1"),
+            ("max_group_ratio", 0 < self.max_group_ratio <= 1, "in (0, 1]"),
             ("round_to", self.round_to == AUTO or (isinstance(self.round_to, int) and self.round_to >= 1),
              f">= 1 or {AUTO!r}"),
         ]
@@ -169,9 +172,23 @@ class RLConfig:
             if not ok:
                 raise ConfigError(f"{option} must be {requirement}, got {getattr(self, option)!r}")
 
-    def capacity(self, sizes: Any) -> np.ndarray:
-        """Units each group of these widths may lose (`min_keep`, widths kept multiples of `round_to`)."""
-        return policy.capacity(np.asarray(sizes), self.min_keep, self.multiple)
+    def capacity(self, sizes: Any, original: Any = None) -> np.ndarray:
+        """Units each group of these widths may lose: it keeps `min_keep` units and at least
+        1 - `max_group_ratio` of its `original` width (default: `sizes`), in multiples of `round_to`."""
+        sizes = np.asarray(sizes)
+        floor = None
+        if self.max_group_ratio < 1:
+            original = sizes if original is None else np.asarray(original)
+            floor = np.ceil(np.round(original * (1 - self.max_group_ratio), 9)).astype(np.int64)
+        return policy.capacity(sizes, self.min_keep, self.multiple, floor)
+
+    @property
+    def floor_text(self) -> str:
+        """What every group keeps, for messages: 'min_keep=1 unit(s)' [and the ratio]."""
+        text = f"min_keep={self.min_keep} unit(s)"
+        if self.max_group_ratio < 1:
+            text += f" and {1 - self.max_group_ratio:.0%} of its width (max_group_ratio={self.max_group_ratio:g})"
+        return text
 
     @property
     def multiple(self) -> int:

@@ -277,11 +277,11 @@ def _step_cost(config: CompressConfig, target: TargetKind, graph: Any, names: tu
 
 def _check_reachable(config: CompressConfig, target: TargetKind, graph: Any, names: tuple[str, ...],
                      sizes: dict[str, int], base: Measure, table: LatencyTable | None) -> None:
-    """ConfigError when even pruning every group down to min_keep misses the target."""
+    """ConfigError when even pruning every group down to what it must keep misses the target."""
     capacity = config.rl.capacity(list(sizes.values()))
     smallest = after_removal(graph, names, capacity, base.units, table)
     problem = target.unreachable(config.target.value, base, smallest,
-                                 f"pruning every group down to min_keep={config.rl.min_keep} unit(s)")
+                                 f"pruning every group down to {config.rl.floor_text}")
     if problem:
         raise ConfigError(problem)
 

@@ -88,12 +88,16 @@ def run_step(ctx: Context, state: State) -> State:
         return ctx.target.proxy.amount(after_removal(plan.graph, ctx.names, counts, int(plan.sizes.sum()),
                                                      ctx.latency_table))
 
+    def latency_left(counts: np.ndarray) -> float:
+        return after_removal(plan.graph, ctx.names, counts, int(plan.sizes.sum()), ctx.latency_table).latency_ms
+
     now = cost_left(np.zeros_like(plan.sizes))
     task = StepTask(step=step, model=state.model, plan=plan, names=ctx.names, pd=state.pd, score=scorer,
                     budget_for=lambda counts_at: budget_for(ctx, plan, counts_at, now, cost_left),
                     validate=validator, acc_ref=state.acc_ref,
                     seed=ctx.config.seed, planned_steps=ctx.planned_steps, log=ctx.log, timer=ctx.timer,
-                    progress=ctx.progress and ctx.world.main, score_many=score_many, cost_left=cost_left)
+                    progress=ctx.progress and ctx.world.main, score_many=score_many, cost_left=cost_left,
+                    price_left=cost_left if ctx.latency_table is None else latency_left)
     proposal = ctx.allocator.propose(task)
     plan = proposal.plan
     chosen, latency = trim(ctx, state.model, plan, proposal.chosen, proposal.counts_at, rescore)
@@ -106,7 +110,7 @@ def run_step(ctx: Context, state: State) -> State:
     widths = plan.sizes - chosen.counts
     done = ctx.target.reached(_measure(chosen, latency, int(widths.sum())), ctx.goal)
     if not done and int((plan.capacity - chosen.counts).sum()) == 0:
-        ctx.log(f"step {step}: every group is down to min_keep={ctx.config.rl.min_keep}; stopping short of the target")
+        ctx.log(f"step {step}: every group is down to {ctx.config.rl.floor_text}; stopping short of the target")
         done = True
     times = {k: v - before.get(k, 0.0) for k, v in ctx.timer.snapshot().items()}
     times["wall_s"] = time.perf_counter() - start
@@ -133,8 +137,8 @@ def plan_step(ctx: Context, state: State, step: int) -> Plan:
         if cap is not None:
             budget = min(budget, cap)
         if budget <= 0:
-            raise PruningError(f"step {step}: no channel can be removed any more (every group is at "
-                               f"min_keep={ctx.config.rl.min_keep}) and the target is not reached")
+            raise PruningError(f"step {step}: no channel can be removed any more (every group is down to "
+                               f"{ctx.config.rl.floor_text}) and the target is not reached")
     with ctx.timer("importance"):
         scores = ctx.world.first(lambda: _importance_scores(ctx, state.model, graph, capacity, step),
                                  f"step {step}: importance")
@@ -147,7 +151,8 @@ def _group_table(ctx: Context, graph: Any) -> tuple[np.ndarray, np.ndarray]:
     groups = {g.name: g for g in graph.groups}
     sizes = np.array([groups[n].size if n in groups else 0 for n in ctx.names], dtype=np.int64)
     open_ = np.array([n in groups and groups[n].prunable for n in ctx.names])
-    return sizes, np.where(open_, ctx.config.rl.capacity(sizes), 0)
+    original = np.array([ctx.original_sizes[n] for n in ctx.names], dtype=np.int64)
+    return sizes, np.where(open_, ctx.config.rl.capacity(sizes, original), 0)
 
 
 def _importance_scores(ctx: Context, model: nn.Module, graph: Any, capacity: np.ndarray,
