@@ -242,29 +242,55 @@ def time_bound(model: Any, graph: Any, example: Any, bound: dict[str, Any], runt
     return timed
 
 
+def narrowest(graph: Any, chunk: int = 8) -> dict[str, Any]:
+    """Every group cut to `chunk` channels (or left narrower): about as far as channel pruning goes.
+    Timed, it shows the latency that no allocation of channels removes (per-op overhead)."""
+    sizes = {g.name: g.size for g in graph.prunable_groups()}
+    kept = {n: min(s, chunk) for n, s in sizes.items()}
+    return {"flops_reduction": 1 - graph.count(_removals_keeping(sizes, kept))[1] / graph.count()[1], "kept": kept}
+
+
 def _untimed(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {k: b for k, b in row.get("bounds", {}).items() if "measured" not in b}
 
 
+def _narrowest_untimed(row: dict[str, Any]) -> list[str]:
+    """The runtimes of the row's bounds on which its narrowest model has not been timed."""
+    done = row.get("narrowest", {}).get("measured", {})
+    return [k for k in row.get("bounds", {}) if k not in done]
+
+
+def _timings_text(timings: dict[str, dict[str, float]]) -> str:
+    return ", ".join(f"{b} {t['ms']:.2f} ms against {t['base_ms']:.2f} ({t['ratio']:.2f})" for b, t in timings.items())
+
+
 def time_row_bounds(row: dict[str, Any], model: Any, graph: Any, example: Any, batches: tuple[int, ...],
                     log: Any) -> None:
-    """`time_bound` for every bound of one row (of `model`) that has no timing yet."""
+    """`time_bound` for every bound of one row (of `model`) that has no timing yet, and for the
+    narrowest model on each bound's runtime."""
     for key, bound in _untimed(row).items():
         bound["measured"] = time_bound(model, graph, example, bound, key, batches)
-        log(f"{row['model']}: table bound {key} timed: " + ", ".join(
-            f"{b} {t['ms']:.2f} ms against {t['base_ms']:.2f} ({t['ratio']:.2f})" for b, t in bound["measured"].items()))
+        log(f"{row['model']}: table bound {key} timed: {_timings_text(bound['measured'])}")
+    for key in _narrowest_untimed(row):
+        row["narrowest"] = row.get("narrowest") or narrowest(graph)
+        timings = time_bound(model, graph, example, row["narrowest"], key, batches)
+        row["narrowest"].setdefault("measured", {})[key] = timings
+        row["narrowest"]["commit"] = machine()["commit"]
+        log(f"{row['model']}: the narrowest model timed on {key}: {_timings_text(timings)}")
 
 
 def add_bound_timings(results: dict[str, Any], settings: LatencyModelSettings, log: Any) -> bool:
-    """`time_row_bounds` for every row of the results with an untimed bound (its model built again);
-    True if any was timed."""
+    """`time_row_bounds` for every row of the settings' models with an untimed bound or narrowest
+    model (its model built again); True if a bound was timed (a narrowest model records its own commit)."""
     from rlpruner.graph import trace
 
-    rows = [row for row in results["rows"] if _untimed(row)]
+    rows = [row for row in results["rows"]
+            if (_untimed(row) or _narrowest_untimed(row)) and row["model"] in settings.models]
+    bounds = any(_untimed(row) for row in rows)
     for row in rows:
         model, example, _ = _build(row["model"], settings)
         time_row_bounds(row, model, trace(model, example), example, settings.batches, log)
-    return bool(rows)
+    return bounds
 
 
 def run_model(label: str, settings: LatencyModelSettings, work: Path, log: Any) -> dict[str, Any]:
@@ -408,7 +434,8 @@ def run(settings: LatencyModelSettings, out: Path, work: Path, log: Any = print)
 
 def run_bounds(settings: LatencyModelSettings, out: Path, work: Path, log: Any = print) -> dict[str, Any]:
     """`--bounds`: the results file with `add_bounds` for rows that lack it, at the target and table
-    points the file recorded, and `add_bound_timings` for bounds not yet timed."""
+    points the file recorded, and `add_bound_timings` for bounds and narrowest models not yet timed
+    (of the `--models` given)."""
     import json
 
     from rlpruner.io import atomic_write_json, atomic_write_text
@@ -485,6 +512,13 @@ def table(results: dict[str, Any]) -> list[str]:
                       "(greedy: 8 channels at a time from the group that saves the most predicted latency per FLOP; "
                       + ("predicted, then built and timed on the table's runtime" if timed else "predicted, not timed")
                       + "): " + "; ".join(_bound_text(runtime, b) for runtime, b in row["bounds"].items()) + "."]
+        if row.get("narrowest", {}).get("measured"):
+            n = row["narrowest"]
+            lines += ["", f"The narrowest model (every group cut to 8 channels, -{n['flops_reduction']:.0%} FLOPs; "
+                      f"timed at commit {n['commit']}): " + "; ".join(
+                          f"{key} " + ", ".join(f"{b} {t['ms'] / t['base_ms'] - 1:+.0%}" for b, t in timings.items())
+                          for key, timings in n["measured"].items())
+                      + ". What it keeps is latency that no allocation of channels removes."]
         lines.append("")
     lines += goal_lines(results)
     return lines

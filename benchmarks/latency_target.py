@@ -9,7 +9,9 @@ RL-Pruner runs with a latency target equal to the uniform model's *predicted* la
 the run's latency table (PyTorch CPU, 1 thread, batch `batch`; built once in the main process before
 any run), so every step removes equal predicted latency and no candidate is timed. HALP's ranking
 (`halp-latency`: the run's importance criterion per millisecond of predicted latency saved, the
-published latency-aware method) runs in the same loop with the same latency target. A cell whose
+published latency-aware method) runs in the same loop with the same latency target, once as published
+and once with a floor per group (`halp-latency-r0.8`: no group loses more than 80 % of its original
+width, `--max-group-ratio 0.8`). A cell whose
 uniform model is not predicted faster than the base (odd widths can be slower) gets no latency run,
 and the page says so. Uniform and RL with a FLOPs target run the accuracy
 benchmark's loop at the FLOPs target (benchmarks/accuracy.py: same base model, one KD epoch per
@@ -40,8 +42,22 @@ from benchmarks.settings import (ALLOW_IMPORTS, RESULTS, ROOT, WORK,  # noqa: E4
 
 LATENCY = "rl-latency"
 HALP = "halp-latency"
-LATENCY_RUNS = {LATENCY: "rl", HALP: "halp"}  # the runs with the matched latency target: their allocator
-METHODS = ("uniform", "rl", LATENCY, HALP)
+HALP_FLOOR = "halp-latency-r0.8"
+
+
+@dataclass(frozen=True)
+class LatencyRun:
+    """A run with the matched latency target: its allocator and the search options it changes."""
+
+    allocator: str
+    rl: tuple[tuple[str, Any], ...] = ()
+
+
+# HALP-r0.8: the same ranking, no group losing more than 80 % of its original width (--max-group-ratio;
+# one value, set before its runs: without a floor HALP took ResNet-20's second stage to width 1)
+LATENCY_RUNS = {LATENCY: LatencyRun("rl"), HALP: LatencyRun("halp"),
+                HALP_FLOOR: LatencyRun("halp", (("max_group_ratio", 0.8),))}
+METHODS = ("uniform", "rl", LATENCY, HALP, HALP_FLOOR)
 CORE = METHODS[:3]  # what a cell's verdict needs (results written before HALP's row have no HALP)
 MIN_TARGET = 0.005  # a uniform model predicted less than this much faster gets no latency run
 
@@ -88,8 +104,8 @@ def quick() -> StudySettings:
 # --------------------------------------------------------------------------------------------------
 
 def run_job(job: StudyJob) -> dict[str, Any]:
-    """Uniform and RL (FLOPs target) as in the accuracy benchmark; RL and HALP with the latency target
-    matched to the uniform model's predicted latency."""
+    """Uniform and RL (FLOPs target) as in the accuracy benchmark; RL and HALP (with and without a
+    floor per group) with the latency target matched to the uniform model's predicted latency."""
     from benchmarks.accuracy import compress_config, run_compress
 
     run = job.run
@@ -97,8 +113,9 @@ def run_job(job: StudyJob) -> dict[str, Any]:
         return run_compress(run)
     from rlpruner.search import Target
 
-    config = replace(compress_config(run.base.settings, LATENCY_RUNS[run.method], run.target, run.seed, run.recovery),
-                     target=Target("latency", job.latency_target), latency_runtime="torch-cpu", latency_threads=1,
+    how = LATENCY_RUNS[run.method]
+    config = compress_config(run.base.settings, how.allocator, run.target, run.seed, run.recovery)
+    config = replace(config, rl=replace(config.rl, **dict(how.rl)), target=Target("latency", job.latency_target), latency_runtime="torch-cpu", latency_threads=1,
                      latency_batch=job.batch, latency_cache=str(job.cache))
     return {**run_compress(run, config), "latency_target": job.latency_target}
 
@@ -352,7 +369,7 @@ def _verdict(model: str, dataset: str, target: float, methods: dict[str, list[di
     lat = {m: [r["latency"][batch]["reduction"] for r in rows if "latency" in r and batch in r["latency"]]
            for m, rows in methods.items()}
     change = {m: -statistics.mean(v) for m, v in lat.items() if v}
-    parts = [f"{m} {100 * (acc[LATENCY] - acc[m]):+.1f} pts" for m in (*METHODS[:2], HALP) if m in acc]
+    parts = [f"{m} {100 * (acc[LATENCY] - acc[m]):+.1f} pts" for m in METHODS if m in acc and m != LATENCY]
     speed = ", ".join(f"{m} {change[m]:+.0%}" for m in METHODS if m in change)
     return (f"- {model} / {dataset} at -{target:.0%} FLOPs: {LATENCY} against " + ", ".join(parts)
             + (f"; measured latency at batch {batch}: {speed}" if speed else "") + ".")

@@ -758,11 +758,26 @@ def test_the_table_bound_reaches_the_flops_target_and_follows_the_table(monkeypa
     reduction = 1 - timed["b1"]["ms"] / timed["b1"]["base_ms"]
     assert reduction == pytest.approx(costly["predicted_reduction"], abs=0.02)
     assert timed["b1"]["ratio"] == pytest.approx(reduction / costly["flops_reduction"])
-    results = {"rows": [{"model": "m", "bounds": {"torch-cpu/1": {**costly, "measured": timed}}}],
-               "settings": {"target": 0.5}, "machine": {"cpu": "c", "commit": "x"}}
-    assert not latency_model.add_bound_timings(results, latency_model.quick(), print)  # nothing left to time
+    # the narrowest model (every group at 8 channels) is timed beside the bound, once per runtime
+    row = {"model": "m", "input": [3, 16, 16], "base_ms": {}, "methods": [], "tables": [],
+           "bounds": {"torch-cpu/1": {**costly, "measured": timed}}}
+    latency_model.time_row_bounds(row, model, graph, x, (1,), print)
+    narrow = row["narrowest"]
+    assert set(narrow["kept"].values()) == {8} and set(narrow["measured"]) == {"torch-cpu/1"}
+    sizes = {g.name: g.size for g in graph.prunable_groups()}
+    flops = graph.count({n: range(s - 8) for n, s in sizes.items()})[1]
+    assert narrow["flops_reduction"] == pytest.approx(1 - flops / graph.count()[1])
+    clocked = clock(5.0)(None, model, x, None)
+    slim = 1 - (flops / 1e4 + 5.0 * 8) / clocked  # the clock on the narrowest model, against the original
+    assert 1 - narrow["measured"]["torch-cpu/1"]["b1"]["ms"] / clocked == pytest.approx(slim, abs=1e-6)
+    results = {"rows": [row], "settings": {"target": 0.5, "check_samples": 2}, "machine": {"cpu": "c", "commit": "x"}}
+    settings = latency_model.LatencyModelSettings(models=("m",))  # "m" cannot be built: nothing may be left to time
+    assert not latency_model.add_bound_timings(results, settings, print)
     text = latency_model._bound_text("torch-cpu/1", results["rows"][0]["bounds"]["torch-cpu/1"])
     assert f"measured b1 {-reduction:+.0%} ({timed['b1']['ratio']:.2f})" in text
+    page = latency_model.render_markdown(results)
+    assert f"The narrowest model (every group cut to 8 channels, -{narrow['flops_reduction']:.0%} FLOPs" in page
+    assert f"torch-cpu/1 b1 {-slim:+.0%}" in page
 
 
 def test_the_latency_run_targets_the_uniform_models_predicted_latency(tmp_path, monkeypatch):
@@ -792,8 +807,9 @@ def test_the_latency_run_targets_the_uniform_models_predicted_latency(tmp_path, 
         assert goal == pytest.approx(1 - count(uniform, example).flops / full, rel=1e-6)
     jobs = latency_target.jobs(latency_target.StudySettings(settings), [base], tmp_path,
                                {("resnet", "hard", 0.5): matched[0.5]})
-    assert [j.run.method for j in jobs] == ["uniform", "rl", "rl-latency", "halp-latency"]
-    assert jobs[2].latency_target == jobs[3].latency_target == matched[0.5] and jobs[0].latency_target is None
+    assert [j.run.method for j in jobs] == ["uniform", "rl", "rl-latency", "halp-latency", "halp-latency-r0.8"]
+    assert jobs[2].latency_target == jobs[3].latency_target == jobs[4].latency_target == matched[0.5]
+    assert jobs[0].latency_target is None
     assert [j.run.method for j in latency_target.jobs(latency_target.StudySettings(settings), [base], tmp_path,
                                                       {("resnet", "hard", 0.5): -0.04})] == ["uniform", "rl"]
 
