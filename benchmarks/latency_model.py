@@ -74,6 +74,7 @@ class RLRow:
     latency_weight: float | None = None  # None: the reward's default
     threads: int = 1                     # the thread count its table was measured with
     method: str = "rl"                   # the search's allocator (rlpruner.allocation.ALLOCATORS)
+    round_to: int | str = "auto"         # the run's --round-to
 
 
 # The weights are random, so a candidate's accuracy on the 8 scoring images is noise (0 or 1/8): at the
@@ -96,6 +97,9 @@ RL_ROWS = {
     "halp-flops-lat": RLRow("flops", "latency", "torch-cpu", method="halp"),
     "halp-flops-lat-2t": RLRow("flops", "latency", "torch-cpu", threads=2, method="halp"),
     "halp-flops-lat-ort": RLRow("flops", "latency", "onnxruntime-cpu", method="halp"),
+    # widths in multiples of 8 where auto picks 1: the table predicts aligned widths best (uniform-r8's
+    # error is the smallest), and an allocation searched on it measures what was predicted
+    "halp-flops-lat-r8": RLRow("flops", "latency", "torch-cpu", method="halp", round_to=8),
 }
 VARIANT_SUFFIXES = ("-2t", "-ort")  # a row searched with another table than PyTorch's at 1 thread
 METHODS = ("uniform", "global", "uniform-r8", *RL_ROWS)
@@ -172,7 +176,7 @@ def prune_with(method: str, model: Any, example: Any, classes: int, settings: La
     row = RL_ROWS[method]
     config = CompressConfig(target=Target(row.target, target or settings.target), method=row.method,
                             reward=Reward(row.reward, latency_weight=row.latency_weight),
-                            rl=RLConfig(**settings.rl), kd=DistillConfig(epochs=0), final_epochs=0, report_batch=1,
+                            rl=RLConfig(**{**settings.rl, "round_to": row.round_to}), kd=DistillConfig(epochs=0), final_epochs=0, report_batch=1,
                             latency_runtime=row.runtime or "auto", latency_threads=row.threads, latency_points=settings.points,
                             latency_cache=str(work / "cache"), progress=False, eval_batch_size=8)
     result = compress(model, _random_splits(example, classes), config, out_dir=work / method, overwrite=True,

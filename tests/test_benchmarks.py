@@ -667,13 +667,13 @@ def test_the_latency_goal_counts_rounded_and_latency_aware_rows_built_with_the_c
     assert latency_model.aware_for("onnxruntime-cpu/1t/b1") == ("uniform-r8", "rl-latency-ort", "rl-flops-fast-ort",
                                                                "halp-latency-ort", "halp-flops-lat-ort")
     assert latency_model.aware_for("torch-cpu/1t/b32") == ("uniform-r8", "rl-latency", "rl-flops-fast", "halp-latency",
-                                                          "halp-flops-lat")
+                                                          "halp-flops-lat", "halp-flops-lat-r8")
     # a 2-thread column counts the rows searched with the 2-thread table; results of runs that built
     # none (no -2t rows) count the 1-thread table's rows, as they were counted when written
     assert latency_model.aware_for("torch-cpu/2t/b1") == ("uniform-r8", "rl-latency-2t", "rl-flops-fast-2t",
                                                          "halp-latency-2t", "halp-flops-lat-2t")
     assert latency_model.aware_for("torch-cpu/2t/b1", ["uniform", "rl-latency"]) == \
-        ("uniform-r8", "rl-latency", "rl-flops-fast", "halp-latency", "halp-flops-lat")
+        ("uniform-r8", "rl-latency", "rl-flops-fast", "halp-latency", "halp-flops-lat", "halp-flops-lat-r8")
     assert latency_model.aware_for("torch-cpu/2t/b1", ["rl-latency", "rl-latency-2t"]) == \
         ("uniform-r8", "rl-latency-2t", "rl-flops-fast-2t", "halp-latency-2t", "halp-flops-lat-2t")
     columns = ("torch-cpu/1t/b1", "onnxruntime-cpu/1t/b1")
