@@ -84,12 +84,14 @@ def run_step(ctx: Context, state: State) -> State:
             validated[key] = validate(ctx, state.model, plan, candidate)
         return validated[key]
 
+    def after(counts: np.ndarray) -> Measure:
+        return after_removal(plan.graph, ctx.names, counts, int(plan.sizes.sum()), ctx.latency_table)
+
     def cost_left(counts: np.ndarray) -> float:
-        return ctx.target.proxy.amount(after_removal(plan.graph, ctx.names, counts, int(plan.sizes.sum()),
-                                                     ctx.latency_table))
+        return ctx.target.proxy.amount(after(counts))
 
     def latency_left(counts: np.ndarray) -> float:
-        return after_removal(plan.graph, ctx.names, counts, int(plan.sizes.sum()), ctx.latency_table).latency_ms
+        return after(counts).latency_ms
 
     now = cost_left(np.zeros_like(plan.sizes))
     task = StepTask(step=step, model=state.model, plan=plan, names=ctx.names, pd=state.pd, score=scorer,
