@@ -115,8 +115,9 @@ def run_job(job: StudyJob) -> dict[str, Any]:
 
     how = LATENCY_RUNS[run.method]
     config = compress_config(run.base.settings, how.allocator, run.target, run.seed, run.recovery)
-    config = replace(config, rl=replace(config.rl, **dict(how.rl)), target=Target("latency", job.latency_target), latency_runtime="torch-cpu", latency_threads=1,
-                     latency_batch=job.batch, latency_cache=str(job.cache))
+    config = replace(config, rl=replace(config.rl, **dict(how.rl)), target=Target("latency", job.latency_target),
+                     latency_runtime="torch-cpu", latency_threads=1, latency_batch=job.batch,
+                     latency_cache=str(job.cache))
     return {**run_compress(run, config), "latency_target": job.latency_target}
 
 
