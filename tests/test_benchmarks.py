@@ -815,19 +815,22 @@ def test_the_latency_run_targets_the_uniform_models_predicted_latency(tmp_path, 
 
 
 @pytest.mark.slow
-def test_the_equal_latency_study_runs_four_methods_times_them_and_resumes(tmp_path, capsys):
+def test_the_equal_latency_study_runs_five_methods_times_them_and_resumes(tmp_path, capsys):
     from benchmarks import latency_target
 
     args = ["--quick", "--results", str(tmp_path / "results"), "--work", str(tmp_path / "work")]
     assert latency_target.main(args) == 0
     doc = json.loads((tmp_path / "results" / "latency_target.json").read_text())
-    assert sorted(r["method"] for r in doc["runs"]) == ["halp-latency", "rl", "rl-latency", "uniform"]
+    assert sorted(r["method"] for r in doc["runs"]) == ["halp-latency", "halp-latency-r0.8", "rl", "rl-latency",
+                                                        "uniform"]
     assert all(set(r["latency"]) == {"1", "4"} for r in doc["runs"])
     targets = {r["method"]: r.get("latency_target") for r in doc["runs"]}
-    assert 0 < targets["rl-latency"] == targets["halp-latency"] < 1
+    assert 0 < targets["rl-latency"] == targets["halp-latency"] == targets["halp-latency-r0.8"] < 1
+    floored = next(r for r in doc["runs"] if r["method"] == "halp-latency-r0.8")
+    assert all(kept >= -(-size // 5) for size, kept in floored["widths"].values())  # max_group_ratio 0.8
     assert len(doc["matched"]) == 1
     assert "rl-latency against uniform" in (tmp_path / "results" / "latency_target.md").read_text()
     capsys.readouterr()
     assert latency_target.main(args) == 0  # every run and timing is kept: nothing to redo
-    assert "4 runs in latency_target.json, 0 to go" in capsys.readouterr().out
+    assert "5 runs in latency_target.json, 0 to go" in capsys.readouterr().out
     assert json.loads((tmp_path / "results" / "latency_target.json").read_text())["runs"] == doc["runs"]
