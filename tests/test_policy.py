@@ -30,6 +30,7 @@ def test_max_group_ratio_keeps_a_share_of_the_original_width():
     assert config.capacity([6, 3], original=[16, 10]).tolist() == [2, 0]
     assert RLConfig(round_to=1).capacity([6, 3], original=[16, 10]).tolist() == [5, 2]  # 1: min_keep only
     assert "max_group_ratio=0.75" in config.floor_text
+    assert RLConfig(round_to=1, max_group_ratio=0.7).capacity([10]).tolist() == [7]  # 10 x (1 - 0.7) keeps 3, not 4
     for bad in (0.0, 1.5, -0.1):
         with pytest.raises(ConfigError, match="max_group_ratio"):
             RLConfig(max_group_ratio=bad)
