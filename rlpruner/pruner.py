@@ -14,7 +14,7 @@ from torch import nn
 
 from .allocation.fixed import FIXED
 from .allocation.budget import smallest_budget
-from .allocation.policy import capacity, max_budget
+from .allocation.policy import capacity, floor_text, max_budget, ratio_floor
 from .errors import ConfigError, PruningError
 from .graph import DependencyGraph, trace
 from .graph.rules import RuleLike
@@ -94,17 +94,18 @@ def _count(size: int, ratio: float, round_to: int | None) -> int:
 
 def plan_to_flops(graph: DependencyGraph, target: float, method: str, *,
                   scores: Mapping[str, np.ndarray] | None = None, round_to: int = 1,
-                  min_keep: int = 1) -> dict[str, int]:
+                  min_keep: int = 1, max_group_ratio: float = 1.0) -> dict[str, int]:
     """Per-group removal counts that cut the FLOPs of `graph`'s model by at least `target` (a fraction),
     with as few units as the fixed allocation `method` (rlpruner.allocation.FIXED: 'uniform',
-    'global') allows. `scores` (normalised, per group) is needed by 'global'."""
+    'global') allows. `scores` (normalised, per group) is needed by 'global'. No group loses more
+    than `max_group_ratio` of its width."""
     allocator = FIXED.get(method)
     if not 0.0 < target < 1.0:
         raise ConfigError(f"FLOPs reduction target must be in (0, 1), got {target}")
     groups = graph.prunable_groups()
     names = [g.name for g in groups]
     sizes = np.array([g.size for g in groups], dtype=np.int64)
-    room = capacity(sizes, min_keep, round_to)
+    room = capacity(sizes, min_keep, round_to, ratio_floor(sizes, max_group_ratio))
     counts_at = allocator.rule(sizes, room, round_to, None if scores is None else [scores[n] for n in names])
     goal = (1.0 - target) * graph.count()[1]
 
@@ -114,24 +115,26 @@ def plan_to_flops(graph: DependencyGraph, target: float, method: str, *,
     counts = smallest_budget(counts_at, meets, max_budget(room, round_to), round_to)
     if counts is None:
         raise PruningError(f"a FLOPs reduction of {target:.1%} is unreachable: pruning every group down to "
-                           f"min_keep={min_keep} unit(s) is not enough")
+                           f"{floor_text(min_keep, max_group_ratio)} is not enough")
     return {n: int(c) for n, c in zip(names, counts) if c > 0}
 
 
 def prune_to_flops(model: nn.Module, example_inputs: Any, target: float, *, method: str = "uniform",
                    importance: str = "l2", round_to: int = 1, keep: Sequence[str] = (),
-                   data: tuple[Any, Any] | None = None) -> nn.Module:
+                   data: tuple[Any, Any] | None = None, max_group_ratio: float = 1.0) -> nn.Module:
     """One-shot: prune `model` in place until its FLOPs drop by `target`, allocating with `method`.
 
     'uniform' picks units within each group by `importance`; 'global' ranks and picks by normalised
-    L2 magnitude. `round_to`: every group keeps a width that is a multiple of it (as in `prune`).
+    L2 magnitude. `round_to`: every group keeps a width that is a multiple of it (as in `prune`);
+    `max_group_ratio`: the largest share of any group's width removed (Torch-Pruning's max_pruning_ratio).
     """
     allocator = FIXED.get(method)
     graph = trace(model, example_inputs, keep=keep)
     names = [g.name for g in graph.prunable_groups()]
     scores = allocator.unit_scores(model, graph, names, importance, data)
     while True:  # fail small: freeze the groups that break the forward, then plan again without them
-        counts = plan_to_flops(graph, target, method, scores=scores, round_to=round_to)
+        counts = plan_to_flops(graph, target, method, scores=scores, round_to=round_to,
+                               max_group_ratio=max_group_ratio)
         removals = {n: lowest(scores[n], c) for n, c in counts.items()}
         broken = breaking_groups(model, graph, removals, example_inputs)
         if not broken:

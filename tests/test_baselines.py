@@ -113,11 +113,34 @@ def test_round_to_keeps_widths_multiples_of_eight():
     assert all(w % 8 == 0 for w in _widths(model, example).values())
 
 
+def test_max_group_ratio_keeps_a_share_of_every_group_in_one_shot_pruning():
+    """Global magnitude at -75 % FLOPs takes some groups below 40 % of their width; with
+    max_group_ratio=0.6 each keeps at least 40 % and the target is still met."""
+    torch.manual_seed(0)
+    example = torch.randn(1, 3, 16, 16)
+    original = _widths(create_model("resnet20").eval(), example)
+    kept = {}
+    for ratio in (1.0, 0.6):
+        torch.manual_seed(0)
+        model = create_model("resnet20").eval()
+        before = rlpruner.count(model, example).flops
+        pruner.prune_to_flops(model, example, 0.75, method="global", max_group_ratio=ratio)
+        assert rlpruner.count(model, example).flops <= 0.25 * before
+        kept[ratio] = _widths(model, example)
+    floor = {n: -(-w * 2 // 5) for n, w in original.items()}
+    assert any(kept[1.0][n] < floor[n] for n in original)
+    assert all(kept[0.6][n] >= floor[n] for n in original)
+
+
 def test_unreachable_target_is_reported():
     model, example = create_model("resnet8").eval(), torch.randn(1, 3, 16, 16)
     graph = rlpruner.trace(model, example)
     with pytest.raises(PruningError, match="unreachable"):
         pruner.plan_to_flops(graph, 0.999, "uniform")
+    with pytest.raises(PruningError, match="and 50% of its width"):
+        pruner.plan_to_flops(graph, 0.9, "uniform", max_group_ratio=0.5)
+    with pytest.raises(ConfigError, match="max_group_ratio"):
+        pruner.plan_to_flops(graph, 0.5, "uniform", max_group_ratio=0.0)
     with pytest.raises(ConfigError):
         pruner.plan_to_flops(graph, 0.5, "rl")
 

@@ -43,6 +43,25 @@ def capacity(sizes: Sequence[int], min_keep: int = 1, multiple: int = 1,
     return np.maximum(sizes - keep, 0)
 
 
+def ratio_floor(original: Sequence[int], max_group_ratio: float) -> np.ndarray | None:
+    """The width each group must keep when at most `max_group_ratio` of its `original` width may go
+    (None at 1: no floor). w x (1 - ratio) is rounded to 9 decimals before the ceiling, so that
+    floating point does not raise a floor by one (10 x (1 - 0.7) keeps 3)."""
+    if not 0 < max_group_ratio <= 1:
+        raise ConfigError(f"max_group_ratio must be in (0, 1], got {max_group_ratio!r}")
+    if max_group_ratio == 1:
+        return None
+    return np.ceil(np.round(np.asarray(original, dtype=np.float64) * (1 - max_group_ratio), 9)).astype(np.int64)
+
+
+def floor_text(min_keep: int, max_group_ratio: float = 1.0) -> str:
+    """What every group keeps, for messages: 'min_keep=1 unit(s)' [and the share of its width]."""
+    text = f"min_keep={min_keep} unit(s)"
+    if max_group_ratio < 1:
+        text += f" and {1 - max_group_ratio:.0%} of its width (max_group_ratio={max_group_ratio:g})"
+    return text
+
+
 def chunks(capacity_: np.ndarray, multiple: int) -> np.ndarray:
     """Removal chunks each group can give: whole `multiple`s, plus one partial chunk (the width's
     remainder) where the width is not a multiple."""

@@ -176,19 +176,13 @@ class RLConfig:
         """Units each group of these widths may lose: it keeps `min_keep` units and at least
         1 - `max_group_ratio` of its `original` width (default: `sizes`), in multiples of `round_to`."""
         sizes = np.asarray(sizes)
-        floor = None
-        if self.max_group_ratio < 1:
-            original = sizes if original is None else np.asarray(original)
-            floor = np.ceil(np.round(original * (1 - self.max_group_ratio), 9)).astype(np.int64)
+        floor = policy.ratio_floor(sizes if original is None else original, self.max_group_ratio)
         return policy.capacity(sizes, self.min_keep, self.multiple, floor)
 
     @property
     def floor_text(self) -> str:
-        """What every group keeps, for messages: 'min_keep=1 unit(s)' [and the ratio]."""
-        text = f"min_keep={self.min_keep} unit(s)"
-        if self.max_group_ratio < 1:
-            text += f" and {1 - self.max_group_ratio:.0%} of its width (max_group_ratio={self.max_group_ratio:g})"
-        return text
+        """What every group keeps, for messages (`policy.floor_text`)."""
+        return policy.floor_text(self.min_keep, self.max_group_ratio)
 
     @property
     def multiple(self) -> int:
