@@ -176,7 +176,8 @@ def prune_with(method: str, model: Any, example: Any, classes: int, settings: La
     row = RL_ROWS[method]
     config = CompressConfig(target=Target(row.target, target or settings.target), method=row.method,
                             reward=Reward(row.reward, latency_weight=row.latency_weight),
-                            rl=RLConfig(**{**settings.rl, "round_to": row.round_to}), kd=DistillConfig(epochs=0), final_epochs=0, report_batch=1,
+                            rl=RLConfig(**{**settings.rl, "round_to": row.round_to}), kd=DistillConfig(epochs=0),
+                            final_epochs=0, report_batch=1,
                             latency_runtime=row.runtime or "auto", latency_threads=row.threads, latency_points=settings.points,
                             latency_cache=str(work / "cache"), progress=False, eval_batch_size=8)
     result = compress(model, _random_splits(example, classes), config, out_dir=work / method, overwrite=True,
@@ -275,11 +276,12 @@ def time_row_bounds(row: dict[str, Any], model: Any, graph: Any, example: Any, b
     for key, bound in _untimed(row).items():
         bound["measured"] = time_bound(model, graph, example, bound, key, batches)
         log(f"{row['model']}: table bound {key} timed: {_timings_text(bound['measured'])}")
-    for key in _narrowest_untimed(row):
-        row["narrowest"] = row.get("narrowest") or narrowest(graph)
+    keys = _narrowest_untimed(row)
+    if keys:
+        row["narrowest"] = {**(row.get("narrowest") or narrowest(graph)), "commit": machine()["commit"]}
+    for key in keys:
         timings = time_bound(model, graph, example, row["narrowest"], key, batches)
         row["narrowest"].setdefault("measured", {})[key] = timings
-        row["narrowest"]["commit"] = machine()["commit"]
         log(f"{row['model']}: the narrowest model timed on {key}: {_timings_text(timings)}")
 
 
@@ -409,8 +411,8 @@ def starting_results(earlier: dict[str, Any] | None, settings: LatencyModelSetti
     kept), this machine and these settings; a note that `--bounds` added or timed bounds later is
     dropped once every row is rewritten (a run computes and times its own)."""
     results = earlier or {"kind": "latency_model", "rows": []}
-    for row in results["rows"]:  # rows kept from the earlier run keep its commit
-        if "machine" in results:
+    if "machine" in results:  # rows kept from the earlier run keep its commit
+        for row in results["rows"]:
             row.setdefault("commit", results["machine"]["commit"])
     results.update(machine=machine(), settings=asdict(settings))
     if {r["model"] for r in results["rows"]} <= set(settings.models):
