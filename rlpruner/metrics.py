@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import ConfigError
+from .host_memory import keep_freed_memory
 
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -91,9 +92,13 @@ def time_calls(call: Callable[[], object], *, warmup: int, repeats: int,
     """Wall times in ms, sorted, of `repeats` calls of `call` after `warmup` untimed ones.
 
     The one timing loop of rlpruner (model latency, exported artefacts); on CUDA each timed call is
-    bracketed by synchronisations so that the time covers the kernels, not just their launch.
+    bracketed by synchronisations so that the time covers the kernels, not just their launch. On
+    the CPU the host allocator is first set to keep freed memory (`host_memory`), so that a latency
+    does not depend on what the process ran before.
     """
     device = torch.device(device)
+    if device.type == "cpu":
+        keep_freed_memory()
     times: list[float] = []
     for i in range(warmup + repeats):
         _synchronize(device)

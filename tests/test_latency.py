@@ -1,13 +1,15 @@
 """The latency model (rlpruner.latency): ops rebuilt alone, the table's predictions, its cache, the
 width multiple it chooses, and how the search uses it (no candidate is ever timed)."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from rlpruner import metrics
+from rlpruner import host_memory, metrics
 from rlpruner.errors import ConfigError, UnknownNameError
 from rlpruner.graph import trace
 from rlpruner.latency import (
@@ -212,6 +214,49 @@ def test_real_runtimes_time_a_layer_and_name_what_the_time_depends_on():
         assert key["runtime"] == name and key["threads"] == 1 and key["processor"]
     assert "onnxruntime" in get_runtime("onnxruntime-cpu").key()
     assert conv.training  # the layer's mode is restored
+
+
+FAULTS_PER_CALL = """
+import resource, sys, torch
+from torch import nn
+from rlpruner.metrics import time_calls
+torch.set_num_threads(1)
+torch.manual_seed(0)
+# multi-megabyte activations of several sizes, the pattern that makes glibc hand memory back per call
+model = nn.Sequential(nn.Conv2d(3, 96, 3, padding=1), nn.BatchNorm2d(96), nn.ReLU6(),
+                      nn.Conv2d(96, 96, 3, padding=1, groups=96), nn.BatchNorm2d(96), nn.ReLU6(),
+                      nn.Conv2d(96, 24, 1), nn.Conv2d(24, 144, 1), nn.ReLU6()).eval()
+x = torch.randn(1, 3, 112, 112)
+call = lambda: model(x)
+if sys.argv[1] == "timed":
+    with torch.inference_mode():
+        time_calls(call, warmup=3, repeats=1)  # the timing loop sets the allocator up
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        time_calls(call, warmup=0, repeats=20)
+else:
+    with torch.inference_mode():
+        for _ in range(4):
+            call()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(20):
+            call()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif("glibc" not in host_memory.describe(), reason="glibc only: other allocators are left as they are")
+def test_cpu_timings_run_with_an_allocator_that_keeps_freed_memory_so_calls_do_not_fault():
+    """In a fresh process, glibc returns multi-megabyte activations to the system after each call and
+    faults them back in on the next; timed through rlpruner's loop the same calls fault (almost) never."""
+    def faults(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", FAULTS_PER_CALL, mode], capture_output=True, text=True,
+                              check=True, timeout=120)
+        return int(done.stdout.split()[-1])
+
+    timed, plain = faults("timed"), faults("plain")
+    assert plain > 20 * 1000, (timed, plain)  # the state the timings avoid: thousands of pages per call
+    assert timed * 20 < plain, (timed, plain)  # at most a heap growth or two (~1200 pages each) over 20 calls
+    assert "glibc" in host_memory.describe() and get_runtime("torch-cpu").key()["host_memory"] == host_memory.describe()
 
 
 def test_the_real_clock_gives_a_finite_error_report():

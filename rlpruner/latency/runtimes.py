@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..host_memory import describe as host_memory
 from ..metrics import time_calls
 from ..registry import Registry
 
@@ -77,7 +78,7 @@ class Runtime:
 
     def key(self) -> dict[str, object]:
         return {"runtime": self.name, "threads": self.threads, "torch": torch.__version__,
-                "processor": processor()}
+                "processor": processor(), "host_memory": host_memory()}
 
     def prepare(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Call:
         raise NotImplementedError
