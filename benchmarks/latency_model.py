@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import shutil
 import statistics
 import sys
@@ -199,8 +200,11 @@ def _removals_keeping(sizes: dict[str, int], kept: dict[str, int]) -> dict[str, 
 
 def table_bound(table: Any, graph: Any, target: float, chunk: int = 8) -> dict[str, Any]:
     """The best allocation the table itself points to at `target` FLOPs reduction: greedily remove
-    `chunk` units from the group whose removal saves the most predicted latency per FLOP (no group
-    below `chunk` units). A reference for the RL rows, not a proven optimum; no timing."""
+    `chunk` units (or the table's block, where its fit charges widths off a larger block: a step
+    that leaves a width off it would be charged on its own, so a greedy walk would not take it)
+    from the group whose removal saves the most predicted latency per FLOP (no group below the
+    step). A reference for the RL rows, not a proven optimum; no timing."""
+    chunk = math.lcm(chunk, table.fit.block)
     sizes = {g.name: g.size for g in graph.prunable_groups()}
     kept = dict(sizes)
     full_flops, base_ms = graph.count()[1], table.predict(graph.shapes)
@@ -221,7 +225,8 @@ def table_bound(table: Any, graph: Any, target: float, chunk: int = 8) -> dict[s
             break
         _, name, ms, flops = best
         kept[name] -= chunk
-    return {"flops_reduction": 1 - flops / full_flops, "predicted_reduction": 1 - ms / base_ms, "kept": kept}
+    return {"flops_reduction": 1 - flops / full_flops, "predicted_reduction": 1 - ms / base_ms, "kept": kept,
+            "chunk": chunk}
 
 
 def time_bound(model: Any, graph: Any, example: Any, bound: dict[str, Any], runtime_key: str,
@@ -515,7 +520,8 @@ def table(results: dict[str, Any]) -> list[str]:
         if row.get("bounds"):
             timed = any("measured" in b for b in row["bounds"].values())
             lines += ["", f"The best allocation each table points to at -{results['settings']['target']:.0%} FLOPs "
-                      "(greedy: 8 channels at a time from the group that saves the most predicted latency per FLOP; "
+                      "(greedy: 8 channels at a time, or the table's block where larger, from the group that saves "
+                      "the most predicted latency per FLOP; "
                       + ("predicted, then built and timed on the table's runtime" if timed else "predicted, not timed")
                       + "): " + "; ".join(_bound_text(runtime, b) for runtime, b in row["bounds"].items()) + "."]
         if row.get("narrowest", {}).get("measured"):

@@ -758,6 +758,12 @@ def test_the_table_bound_reaches_the_flops_target_and_follows_the_table(monkeypa
     reduction = 1 - timed["b1"]["ms"] / timed["b1"]["base_ms"]
     assert reduction == pytest.approx(costly["predicted_reduction"], abs=0.02)
     assert timed["b1"]["ratio"] == pytest.approx(reduction / costly["flops_reduction"])
+    # where the table charges widths off a block of 16, the walk steps in 16s: no width is left off it
+    table = build_table(model, graph, x, get_runtime("torch-cpu"), points=3)
+    table.fit = dataclasses.replace(table.fit, block=16, misaligned_ms=1.0)
+    blocked = latency_model.table_bound(table, graph, 0.5)
+    assert blocked["chunk"] == 16 and plain["chunk"] == 8 and blocked["flops_reduction"] >= 0.5
+    assert all(k % 16 == 0 for k in blocked["kept"].values())
     # the narrowest model (every group at 8 channels) is timed beside the bound, once per runtime
     row = {"model": "m", "input": [3, 16, 16], "base_ms": {}, "methods": [], "tables": [],
            "bounds": {"torch-cpu/1": {**costly, "measured": timed}}}
