@@ -306,6 +306,7 @@ def add_bound_timings(results: dict[str, Any], settings: LatencyModelSettings, l
 
 def run_model(label: str, settings: LatencyModelSettings, work: Path, log: Any) -> dict[str, Any]:
     import rlpruner
+    from rlpruner import host_memory
     from rlpruner.errors import ConfigError
     from rlpruner.graph import trace
     from rlpruner.io import atomic_write_json
@@ -320,7 +321,8 @@ def run_model(label: str, settings: LatencyModelSettings, work: Path, log: Any) 
     base = rlpruner.count(model, example)
     base_flops, base_params = base.flops, base.params
     row: dict[str, Any] = {"model": label, "input": list(example.shape[1:]), "flops": base_flops,
-                           "params": base_params, "commit": machine()["commit"], "tables": [], "methods": []}
+                           "params": base_params, "commit": machine()["commit"], "host_memory": host_memory.describe(),
+                           "tables": [], "methods": []}
     tables = {}
     for name, threads in settings.table_runtimes:
         runtime = get_runtime(name, threads)
@@ -473,7 +475,7 @@ def table(results: dict[str, Any]) -> list[str]:
              + (f" (the table bounds: `--bounds` at commit {bounds['commit']}, from the tables that run cached)"
                 if bounds else "")
              + (f" (the bounds' allocations timed by `--bounds` at commit {timings['commit']})" if timings else "")
-             + ".", "",
+             + f". CPU timings with {_host_memory(results)}.", "",
              f"**The table's error** (predicted against measured latency of "
              f"{results['settings']['check_samples']} random pruned models per column, none of them among the whole "
              "models the table's rest term was fitted on):", "",
@@ -545,6 +547,17 @@ def _commits(results: dict[str, Any]) -> str:
     if len(models) <= 1:
         return f"commit {next(iter(models), results['machine']['commit'])}"
     return "commits " + "; ".join(f"{c} ({', '.join(m)})" for c, m in models.items())
+
+
+def _host_memory(results: dict[str, Any]) -> str:
+    """The allocator state the models were timed in (`rlpruner.host_memory`; rows older than it
+    were timed with glibc's adaptive defaults), per model where they differ."""
+    states: dict[str, list[str]] = {}
+    for row in results["rows"]:
+        states.setdefault(row.get("host_memory", "glibc malloc's adaptive defaults"), []).append(row["model"])
+    if len(states) <= 1:
+        return next(iter(states), "glibc malloc's adaptive defaults")
+    return "; ".join(f"{state} ({', '.join(models)})" for state, models in states.items())
 
 
 def _bound_text(runtime: str, bound: dict[str, Any]) -> str:

@@ -721,6 +721,13 @@ def test_a_model_rerun_later_names_each_models_commit():
     assert latency_model._commits(results) == "commit old"
     results["rows"] = [results["rows"][0], {"model": "mobilenetv2", "commit": "new"}]
     assert latency_model._commits(results) == "commits old (resnet18); new (mobilenetv2)"
+    # the allocator state each model was timed in: rows older than rlpruner.host_memory had glibc's defaults
+    from rlpruner import host_memory
+    results["rows"][1]["host_memory"] = host_memory.describe()
+    assert latency_model._host_memory(results) == \
+        f"glibc malloc's adaptive defaults (resnet18); {host_memory.describe()} (mobilenetv2)"
+    results["rows"][0]["host_memory"] = host_memory.describe()
+    assert latency_model._host_memory(results) == host_memory.describe()
 
 
 def test_the_table_bound_reaches_the_flops_target_and_follows_the_table(monkeypatch):
