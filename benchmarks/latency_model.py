@@ -290,14 +290,15 @@ def time_row_bounds(row: dict[str, Any], model: Any, graph: Any, example: Any, b
         log(f"{row['model']}: the narrowest model timed on {key}: {_timings_text(timings)}")
 
 
-def add_bound_timings(results: dict[str, Any], settings: LatencyModelSettings, log: Any) -> bool:
+def add_bound_timings(results: dict[str, Any], settings: LatencyModelSettings, log: Any) -> list[str]:
     """`time_row_bounds` for every row of the settings' models with an untimed bound or narrowest
-    model (its model built again); True if a bound was timed (a narrowest model records its own commit)."""
+    model (its model built again); the models whose bounds it timed (a narrowest model records its
+    own commit)."""
     from rlpruner.graph import trace
 
     rows = [row for row in results["rows"]
             if (_untimed(row) or _narrowest_untimed(row)) and row["model"] in settings.models]
-    bounds = any(_untimed(row) for row in rows)
+    bounds = [row["model"] for row in rows if _untimed(row)]
     for row in rows:
         model, example, _ = _build(row["model"], settings)
         time_row_bounds(row, model, trace(model, example), example, settings.batches, log)
@@ -457,11 +458,13 @@ def run_bounds(settings: LatencyModelSettings, out: Path, work: Path, log: Any =
     recorded = {k: v for k, v in results["settings"].items() if k in ("target", "points")}
     settings = LatencyModelSettings(**{**asdict(settings), **recorded,
                                        "batches": tuple(results["settings"]["batches"])})
-    if any("bounds" not in row for row in results["rows"]):
+    lacking = [row["model"] for row in results["rows"] if "bounds" not in row]
+    if lacking:
         add_bounds(results, settings, work, log)
-        results["bounds_machine"] = machine()
-    if add_bound_timings(results, settings, log):
-        results["bound_timings_machine"] = machine()
+        results["bounds_machine"] = {**machine(), "models": lacking}
+    timed = add_bound_timings(results, settings, log)
+    if timed:
+        results["bound_timings_machine"] = {**machine(), "models": timed}
     atomic_write_json(out.with_suffix(".json"), results)
     atomic_write_text(out.with_suffix(".md"), render_markdown(results) + "\n")
     return results
@@ -472,9 +475,10 @@ def table(results: dict[str, Any]) -> list[str]:
     bounds, timings = results.get("bounds_machine"), results.get("bound_timings_machine")
     lines = [f"Random weights; latency tables at batch 1; machine: {results['machine']['cpu']}, {_commits(results)}. "
              "Command: `python benchmarks/latency_model.py`"
-             + (f" (the table bounds: `--bounds` at commit {bounds['commit']}, from the tables that run cached)"
-                if bounds else "")
-             + (f" (the bounds' allocations timed by `--bounds` at commit {timings['commit']})" if timings else "")
+             + (f" (the table bounds{_of(bounds)}: `--bounds` at commit {bounds['commit']}, from the tables that "
+                "run cached)" if bounds else "")
+             + (f" (the bounds' allocations{_of(timings)} timed by `--bounds` at commit {timings['commit']})"
+                if timings else "")
              + f". CPU timings with {_host_memory(results)}.", "",
              f"**The table's error** (predicted against measured latency of "
              f"{results['settings']['check_samples']} random pruned models per column, none of them among the whole "
@@ -547,6 +551,11 @@ def _commits(results: dict[str, Any]) -> str:
     if len(models) <= 1:
         return f"commit {next(iter(models), results['machine']['commit'])}"
     return "commits " + "; ".join(f"{c} ({', '.join(m)})" for c, m in models.items())
+
+
+def _of(stamp: dict[str, Any]) -> str:
+    """" of resnet18, resnet50" where a `--bounds` stamp names the models it added to (older ones do not)."""
+    return f" of {', '.join(stamp['models'])}" if stamp.get("models") else ""
 
 
 def _host_memory(results: dict[str, Any]) -> str:

@@ -791,6 +791,8 @@ def test_the_table_bound_reaches_the_flops_target_and_follows_the_table(monkeypa
     page = latency_model.render_markdown(results)
     assert f"The narrowest model (every group cut to 8 channels, -{narrow['flops_reduction']:.0%} FLOPs" in page
     assert f"torch-cpu/1 b1 {-slim:+.0%}" in page
+    results["bounds_machine"] = {"commit": "y", "models": ["m"]}  # `--bounds` names the models it added to
+    assert "(the table bounds of m: `--bounds` at commit y," in latency_model.render_markdown(results)
 
 
 def test_the_latency_run_targets_the_uniform_models_predicted_latency(tmp_path, monkeypatch):
