@@ -849,3 +849,20 @@ def test_the_equal_latency_study_runs_five_methods_times_them_and_resumes(tmp_pa
     assert latency_target.main(args) == 0  # every run and timing is kept: nothing to redo
     assert "5 runs in latency_target.json, 0 to go" in capsys.readouterr().out
     assert json.loads((tmp_path / "results" / "latency_target.json").read_text())["runs"] == doc["runs"]
+
+
+def test_the_host_memory_study_times_both_models_in_each_allocator_state_in_its_own_process():
+    """Each state is a fresh process (the allocator's state is per process); the page shows every
+    state with both models' latency, their page faults and the speed-up."""
+    from benchmarks import host_memory
+
+    results = host_memory.run({**host_memory.QUICK, "size": 32, "rounds": 1})
+    assert [row["state"] for row in results["rows"]] == list(host_memory.STATES)
+    for row in results["rows"]:
+        for name in ("original", "pruned"):
+            (timing,) = row["timings"][name]
+            assert timing["ms"] > 0 and timing["faults_per_call"] >= 0
+        assert row["timings"]["pruned"][0]["ms"] < 5 * row["timings"]["original"][0]["ms"]
+    page = host_memory.render_markdown(results)
+    assert all(f"| {label} |" in page for label in host_memory.STATES.values())
+    assert "Command: `python benchmarks/host_memory.py`" in page
