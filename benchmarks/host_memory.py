@@ -3,14 +3,17 @@
     python benchmarks/host_memory.py           # writes benchmarks/results/host_memory.{json,md}
     python benchmarks/host_memory.py --quick   # a smoke run (a small model) under runs/bench-quick/
 
-MobileNetV2 at 224x224 (random weights) and the same model pruned uniformly to -50 % FLOPs in
-multiples of 8 are timed at batch 1 on 1 thread, alternately, each in a fresh process per state:
-- glibc's defaults, nothing run before (a deployment process that serves this one model);
+MobileNetV2 at 224x224 (random weights) and the same model cut to the widths its PyTorch 1-thread
+latency table points to at -50 % FLOPs (the table bound in benchmarks/results/latency_model.json;
+traced and cut as the benchmarks do) are timed at batch 1 on 1 thread, alternately, in a fresh
+process per state:
+- glibc's defaults, nothing run before the timings but building the two models;
 - glibc's defaults after one forward pass at batch 32 (what a benchmark that timed a large batch
   first leaves behind);
 - `rlpruner.host_memory.keep_freed_memory()` first (what every rlpruner CPU timing does).
-Each timing records the minor page faults it took. The same models give different speed-ups in
-different states; rlpruner's timings use the third (docs/compress.md).
+Each timing records the minor page faults it took. In the first two states the result depends on
+what the process did before (how the pruned model was built changes whether the original faults);
+rlpruner's timings use the third (docs/compress.md).
 """
 from __future__ import annotations
 
@@ -40,15 +43,25 @@ def child(state: str, spec: dict[str, Any]) -> dict[str, Any]:
     """In this (fresh) process: the allocator put in `state`, then both models timed alternately."""
     import torch
 
+    import numpy as np
+
     from rlpruner import host_memory
+    from rlpruner.graph import trace
     from rlpruner.models import create_model
     from rlpruner.pruner import prune_to_flops
+    from rlpruner.surgery import prune_channels
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = create_model(spec["model"], num_classes=spec["classes"], **spec["options"]).eval()
     example = torch.randn(1, 3, spec["size"], spec["size"])
-    pruned = prune_to_flops(copy.deepcopy(model), example, 0.5, method="uniform", round_to=8).eval()
+    if spec.get("kept"):  # the widths a latency table's walk chose: traced and cut as the benchmarks do
+        graph = trace(model, example)
+        sizes = {g.name: g.size for g in graph.prunable_groups()}
+        pruned = prune_channels(model, graph, {n: np.arange(sizes[n] - k) for n, k in spec["kept"].items()
+                                               if k < sizes[n]}, inplace=False).eval()
+    else:
+        pruned = prune_to_flops(copy.deepcopy(model), example, 0.5, method="uniform", round_to=8).eval()
     if state == "kept":
         host_memory.keep_freed_memory()
     with torch.inference_mode():
@@ -70,6 +83,14 @@ def child(state: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {"state": state, "timings": timings}
 
 
+def walk_widths() -> dict[str, int]:
+    """The widths MobileNetV2's PyTorch 1-thread latency table points to at -50 % FLOPs (its table
+    bound in benchmarks/results/latency_model.json)."""
+    results = json.loads((RESULTS / "latency_model.json").read_text())
+    row = next(r for r in results["rows"] if r["model"] == "mobilenetv2")
+    return row["bounds"]["torch-cpu/1"]["kept"]
+
+
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     rows = []
     for state in STATES:
@@ -84,8 +105,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
 def render_markdown(results: dict[str, Any]) -> str:
     spec = results["spec"]
-    lines = [f"{spec['model']} at {spec['size']}x{spec['size']}, random weights, and the same model pruned uniformly "
-             "to -50% FLOPs (widths in multiples of 8); PyTorch eager, batch 1, 1 thread; each state in a fresh "
+    pruned = ("cut to the widths its PyTorch 1-thread latency table points to at -50% FLOPs (the table bound of "
+              "latency_model.json)" if spec.get("kept") else "pruned uniformly to -50% FLOPs (widths in multiples of 8)")
+    lines = [f"{spec['model']} at {spec['size']}x{spec['size']}, random weights, and the same model {pruned}; "
+             "PyTorch eager, batch 1, 1 thread; each state in a fresh "
              f"process, the two models timed alternately, {spec['rounds']} rounds of 20 calls (median per round; "
              f"the table gives the median of the rounds and their range). Machine: {results['machine']['cpu']}, "
              f"commit {results['machine']['commit']}. Command: `python benchmarks/host_memory.py`.", "",
@@ -116,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = (ROOT / "runs" / "bench-quick" / "results" if args.quick else RESULTS) / "host_memory"
     out.parent.mkdir(parents=True, exist_ok=True)
-    results = run(QUICK if args.quick else FULL)
+    results = run(QUICK if args.quick else {**FULL, "kept": walk_widths()})
     atomic_write_json(out.with_suffix(".json"), results)
     atomic_write_text(out.with_suffix(".md"), render_markdown(results) + "\n")
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")

@@ -866,3 +866,14 @@ def test_the_host_memory_study_times_both_models_in_each_allocator_state_in_its_
     page = host_memory.render_markdown(results)
     assert all(f"| {label} |" in page for label in host_memory.STATES.values())
     assert "Command: `python benchmarks/host_memory.py`" in page
+    # the full study cuts the model to a table walk's widths, traced and cut as the benchmarks do
+    import torch
+
+    from rlpruner.graph import trace
+    from rlpruner.models import create_model
+
+    spec = {**host_memory.QUICK, "size": 32, "rounds": 1}
+    model = create_model(spec["model"], num_classes=spec["classes"], **spec["options"])
+    kept = {g.name: g.size // 2 for g in trace(model, torch.randn(1, 3, 32, 32)).prunable_groups()}
+    row = host_memory.child("kept", {**spec, "kept": kept})
+    assert row["state"] == "kept" and set(row["timings"]) == {"original", "pruned"}
