@@ -3,11 +3,11 @@
 glibc's malloc (the default on Linux) returns large freed blocks to the system and adapts the size
 above which it does so to what the process has done before. A model whose activations are several
 megabytes then pays page faults on every forward pass in one process and none in another: on the
-2-core reference VM, MobileNetV2 at 224x224, batch 1, 1 thread took 23 ms in a fresh process and
-17 ms in a process that had run one batch of 32 first (same weights, same code), while a pruned
-version of it took 10 to 11 ms in both. A base and a pruned model timed in different allocator
-states, or a latency table built in one state and checked in another, compare page faults, not
-models.
+2-core reference VM, MobileNetV2 at 224x224, batch 1, 1 thread took 21 ms (2,300 page faults per
+call) in a fresh process and 17 ms (none) in one that had first run a batch of 32, while a pruned
+version of it took 10.3-10.5 ms in both (`python benchmarks/host_memory.py`). A base and a pruned
+model timed in different allocator states, or a latency table built in one state and checked in
+another, compare page faults, not models.
 
 `keep_freed_memory()` sets glibc's two thresholds (mmap at glibc's maximum, trim high) to fixed
 values, so that after the warm-up calls no forward pass returns memory to the system or faults it
