@@ -43,8 +43,7 @@ def child(state: str, spec: dict[str, Any]) -> dict[str, Any]:
     """In this (fresh) process: the allocator put in `state`, then both models timed alternately."""
     import torch
 
-    import numpy as np
-
+    from benchmarks.latency_model import _removals_keeping
     from rlpruner import host_memory
     from rlpruner.graph import trace
     from rlpruner.models import create_model
@@ -58,8 +57,7 @@ def child(state: str, spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("kept"):  # the widths a latency table's walk chose: traced and cut as the benchmarks do
         graph = trace(model, example)
         sizes = {g.name: g.size for g in graph.prunable_groups()}
-        pruned = prune_channels(model, graph, {n: np.arange(sizes[n] - k) for n, k in spec["kept"].items()
-                                               if k < sizes[n]}, inplace=False).eval()
+        pruned = prune_channels(model, graph, _removals_keeping(sizes, spec["kept"]), inplace=False).eval()
     else:
         pruned = prune_to_flops(copy.deepcopy(model), example, 0.5, method="uniform", round_to=8).eval()
     if state == "kept":
@@ -72,6 +70,7 @@ def child(state: str, spec: dict[str, Any]) -> dict[str, Any]:
             for name, m in (("original", model), ("pruned", pruned)):
                 for _ in range(3):
                     m(example)  # warm-up
+                # its own loop, not metrics.time_calls: that one sets the allocator, which is what is compared here
                 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 times = []
                 for _ in range(20):

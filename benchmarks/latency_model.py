@@ -102,6 +102,7 @@ RL_ROWS = {
     # error is the smallest), and an allocation searched on it measures what was predicted
     "halp-flops-lat-r8": RLRow("flops", "latency", "torch-cpu", method="halp", round_to=8),
 }
+GLIBC_DEFAULTS = "glibc malloc's adaptive defaults"  # the allocator state of rows timed before rlpruner.host_memory
 VARIANT_SUFFIXES = ("-2t", "-ort")  # a row searched with another table than PyTorch's at 1 thread
 METHODS = ("uniform", "global", "uniform-r8", *RL_ROWS)
 ROUNDED = "uniform-r8"  # the rounded configuration of the goal; it needs no table
@@ -563,9 +564,9 @@ def _host_memory(results: dict[str, Any]) -> str:
     were timed with glibc's adaptive defaults), per model where they differ."""
     states: dict[str, list[str]] = {}
     for row in results["rows"]:
-        states.setdefault(row.get("host_memory", "glibc malloc's adaptive defaults"), []).append(row["model"])
+        states.setdefault(row.get("host_memory", GLIBC_DEFAULTS), []).append(row["model"])
     if len(states) <= 1:
-        return next(iter(states), "glibc malloc's adaptive defaults")
+        return next(iter(states), GLIBC_DEFAULTS)
     return "; ".join(f"{state} ({', '.join(models)})" for state, models in states.items())
 
 
