@@ -188,7 +188,9 @@ def prune_with(method: str, model: Any, example: Any, classes: int, settings: La
             "target": config.target.value, "target_kind": row.target, "reward": row.reward, "table": row.runtime,
             "allocator": row.method,
             "table_threads": row.threads,
-            "search_s": result.results["timing"]["eval_s"] + result.results["timing"]["search_s"]}
+            "search_s": result.results["timing"]["eval_s"] + result.results["timing"]["search_s"],
+            "checks": [{k: c[k] for k in ("measured_reduction", "predicted_reduction", "next_goal_ms")}
+                       for c in result.results.get("latency_checks", [])]}
     return result.model, info
 
 
@@ -524,6 +526,7 @@ def table(results: dict[str, Any]) -> list[str]:
                          + " | ".join(cells) + " |")
         for method, why in row.get("refused", {}).items():
             lines.append(f"{method}: refused: {why}")
+        lines += checks_lines(row["methods"])
         if row.get("bounds"):
             timed = any("measured" in b for b in row["bounds"].values())
             lines += ["", f"The best allocation each table points to at -{results['settings']['target']:.0%} FLOPs "
@@ -541,6 +544,19 @@ def table(results: dict[str, Any]) -> list[str]:
         lines.append("")
     lines += goal_lines(results)
     return lines
+
+
+def checks_lines(methods: list[dict[str, Any]]) -> list[str]:
+    """What the timing of each latency target said (rlpruner/search/measured.py), in order."""
+    checked = [m for m in methods if m.get("checks")]
+    if not checked:
+        return []
+    return ["", "The latency targets, timed when the table said they were reached (batch 1, on the runtime of "
+            "the row's table; a miss by more than 1 point sends the search on, at most twice): "
+            + "; ".join(f"{m['method']} " + ", then ".join(
+                f"{-c['measured_reduction']:+.0%} (table {-c['predicted_reduction']:+.0%})"
+                + (", pruned on" if c["next_goal_ms"] is not None else "") for c in m["checks"])
+                for m in checked) + "."]
 
 
 def _commits(results: dict[str, Any]) -> str:

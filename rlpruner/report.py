@@ -188,6 +188,11 @@ def summary_markdown(results: Mapping[str, Any], records: Sequence[StepRecord]) 
     if timing.get("eval_s"):
         lines += ["", f"Search overhead: {timing['search_s']:.1f} s besides {timing['eval_s']:.1f} s of "
                       f"candidate evaluation ({timing['search_s'] / timing['eval_s']:.1%})."]
+    checks = results.get("latency_checks") or []
+    if checks:
+        timed = "; ".join(f"after step {c['step']} {c['measured_reduction']:.1%} (table {c['predicted_reduction']:.1%}"
+                          f"{', pruned on' if c['next_goal_ms'] is not None else ''})" for c in checks)
+        lines += ["", f"Latency target timed when the table said it was reached: {timed}."]
     refit = results.get("refit")
     if refit:
         shown = metric_format(results.get("metric", {}).get("percent", True))

@@ -695,6 +695,18 @@ def test_the_latency_goal_counts_rounded_and_latency_aware_rows_built_with_the_c
     assert "met in 1 of 2; missed: m onnxruntime-cpu/1t/b1 (best 0.700)." in latency_model.goal_lines({"rows": [row]})[0]
 
 
+def test_the_latency_page_says_what_each_timing_of_a_latency_target_found():
+    from benchmarks import latency_model
+
+    methods = [{"method": "uniform"},
+               {"method": "rl-latency", "checks": [
+                   {"measured_reduction": 0.46, "predicted_reduction": 0.50, "next_goal_ms": 9.1},
+                   {"measured_reduction": 0.503, "predicted_reduction": 0.55, "next_goal_ms": None}]}]
+    assert latency_model.checks_lines(methods)[1].endswith(
+        "rl-latency -46% (table -50%), pruned on, then -50% (table -55%).")
+    assert latency_model.checks_lines(methods[:1]) == []
+
+
 def test_a_rerun_of_every_model_drops_the_note_that_bounds_were_added_later():
     from benchmarks import latency_model
 

@@ -277,6 +277,11 @@ def test_bad_latency_options_get_one_clear_message():
         RLConfig(round_to="sometimes")
     with pytest.raises(ConfigError, match="latency_points"):
         CompressConfig(latency_points=1)
+    with pytest.raises(ConfigError, match="latency_checks must be >= 0, got -1"):
+        CompressConfig(latency_checks=-1)
+    for slack in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ConfigError, match="latency_slack must be in"):
+            CompressConfig(latency_slack=slack)
     with pytest.raises(ConfigError, match="threads"):
         get_runtime("torch-cpu", threads=0)
     with pytest.raises(ConfigError, match="must be resolved"):
@@ -301,8 +306,10 @@ def test_a_latency_search_times_no_candidate_and_reports_predicted_beside_measur
                       evaluate_test=False)
     whole_models = [m for m in calls if any(isinstance(c, nn.Linear) for c in m.modules())
                     and any(isinstance(c, nn.Conv2d) for c in m.modules())]
-    # the table's calibration models, then base and final at the latency batch and the report batch
-    assert len(whole_models) == len(calibration_plans(trace(tiny_trained, torch.randn(1, 1, 8, 8)))) + 4
+    # the table's calibration models, the target's check (original and model, once: the clock agrees
+    # with the table), then base and final at the latency batch and the report batch
+    assert len(whole_models) == len(calibration_plans(trace(tiny_trained, torch.randn(1, 1, 8, 8)))) + 2 + 4
+    assert [c["met"] for c in result.results["latency_checks"]] == [True]
     assert sum(r.candidates for r in result.records) > 8
     base, final = result.results["base"], result.results["final"]
     assert final["predicted_latency_ms"] == pytest.approx(final["latency_ms"], rel=1e-6)
@@ -311,6 +318,46 @@ def test_a_latency_search_times_no_candidate_and_reports_predicted_beside_measur
     assert result.results["latency"]["runtime"] == "torch-cpu" and result.results["latency"]["table"]["batch"] == 1
     for record in result.records:
         assert record.latency_ms is not None
+
+
+def test_a_latency_target_the_table_misjudges_is_met_by_timing_and_a_resume_does_not_time_again(
+        tiny_splits, tiny_trained, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    example = torch.randn(1, 1, 8, 8)
+    original_ms = metrics.count(tiny_trained, example).flops / 1e4
+    monkeypatch.setattr(Runtime, "time_ms", _flops_clock())
+    honest = replace(_latency_config(tmp_path, round_to=1), latency_checks=0)
+    assert compress(tiny_trained, tiny_splits, honest, out_dir=tmp_path / "honest",
+                    evaluate_test=False).results["reached"]["latency"] >= 0.4
+    # the runtime now realises only 70 % of what pruning saves in the table (built above, reused):
+    # the table promises more than the clock gives, as on a machine that changed since it was built
+    calls = []
+    monkeypatch.setattr(Runtime, "time_ms", _flops_clock(calls, penalty=lambda m: 0.3 * max(
+        0.0, original_ms - metrics.count(m, example).flops / 1e4) if isinstance(m, type(tiny_trained)) else 0.0))
+    trusted = compress(tiny_trained, tiny_splits, honest, out_dir=tmp_path / "trusted", evaluate_test=False)
+    assert trusted.results["reached"]["latency"] < 0.4 - 0.05 and trusted.results["latency_checks"] == []
+    lines = []
+    checked = compress(tiny_trained, tiny_splits, replace(honest, latency_checks=2), out_dir=tmp_path / "checked",
+                       evaluate_test=False, log=lines.append)
+    checks = checked.results["latency_checks"]
+    assert checked.results["reached"]["latency"] >= 0.4 - 0.01
+    assert not checks[0]["met"] and checks[-1]["met"] and len(checks) <= 2
+    assert checks[0]["next_goal_ms"] < checks[0]["goal_ms"]
+    assert checks[0]["measured_reduction"] == pytest.approx(0.7 * checks[0]["predicted_reduction"], rel=1e-6)
+    assert checked.results["final"]["flops"] < trusted.results["final"]["flops"]
+    assert any("the search goes on to a predicted" in line for line in lines), lines
+    assert any("target met" in line for line in lines), lines
+    assert "pruned on)" in (tmp_path / "checked" / "summary.md").read_text()
+    saved = json.loads((tmp_path / "checked" / "state.json").read_text())
+    assert saved["latency_checks"] == checks and saved["goal"] == checks[0]["next_goal_ms"]
+    # a resume redoes the final phase from the checkpoint: the checks are read back, not timed again
+    timed = len(calls)
+    resumed = compress(tiny_trained, tiny_splits, replace(honest, latency_checks=2), out_dir=tmp_path / "checked",
+                       evaluate_test=False, resume=True)
+    assert resumed.results["latency_checks"] == checks
+    assert len(calls) - timed == 4  # base and final, at the latency batch and the report batch
+    assert resumed.results["final"]["flops"] == checked.results["final"]["flops"]
 
 
 def test_round_to_auto_measures_the_multiple_for_a_latency_run_only(tiny_splits, tiny_trained, tmp_path, monkeypatch):

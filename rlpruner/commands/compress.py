@@ -174,6 +174,13 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                        help="directory of latency tables, reused across runs (default: ~/.cache/rlpruner/latency)")
     group.add_argument("--latency-points", type=int, default=c.latency_points,
                        help="widths timed per layer and axis when a latency table is built (default: %(default)s)")
+    group.add_argument("--latency-checks", type=int, default=c.latency_checks,
+                       help="with --target-latency, time the model when the table says the target is reached; "
+                            "if it misses by more than --latency-slack, prune on towards a goal corrected by the "
+                            "measurement, at most this many times; 0 trusts the table (default: %(default)s)")
+    group.add_argument("--latency-slack", type=float, default=c.latency_slack,
+                       help="how far the measured reduction may fall short of --target-latency, a fraction of "
+                            "the original's latency (default: %(default)s)")
     group.add_argument("--test", action=_BOOL, default=True,
                        help="evaluate the test split once, on the final model (default: %(default)s)")
     group.add_argument("--progress", action=_BOOL, default=None, help="progress bars (default: on a terminal)")
@@ -219,7 +226,8 @@ def config_from_args(args: argparse.Namespace) -> CompressConfig:
                           latency_batch=args.latency_batch, latency_repeats=args.latency_repeats,
                           latency_threads=args.latency_threads, report_batch=args.report_batch,
                           latency_runtime=args.latency_runtime, latency_cache=args.latency_cache,
-                          latency_points=args.latency_points,
+                          latency_points=args.latency_points, latency_checks=args.latency_checks,
+                          latency_slack=args.latency_slack,
                           seed=args.seed, device=args.device, amp=args.amp, channels_last=args.channels_last,
                           workers=args.workers,
                           val_cache_mb=args.val_cache_mb, progress=args.progress, method=args.method)

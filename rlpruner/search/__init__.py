@@ -8,6 +8,7 @@ The files read as the loop's story:
 - `targets.py`     what a target kind means (goal, amount kept, reached), one class per kind
 - `context.py`     run preparation: data, the original model's groups and measurements, the goal
 - `step.py`        one step: plan, allocate (rlpruner.allocation), trim to the target, cut, recover
+- `measured.py`    a latency target checked by timing once the table says it is reached
 - `checkpoint.py`  the run's state, saved after every step; resume and replay
 - `run.py`         `compress`: the loop, the final fine-tune, results and report
 

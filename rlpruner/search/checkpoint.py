@@ -12,7 +12,7 @@ import copy
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,8 @@ class State:
     removals: list[dict[str, list[int]]]   # per step, in that step's unit numbering (for replay)
     records: list[StepRecord]
     done: bool = False
+    goal: float | None = None              # the goal in effect when a timing corrected the context's (measured.py)
+    checks: list[dict[str, Any]] = field(default_factory=list)  # the timings of a latency target, in order
 
 
 STATE_FORMAT, STATE_VERSION = "rlpruner.compress-state", 1
@@ -105,7 +107,8 @@ def save_checkpoint(ctx: Context, state: State) -> None:
             "weights": weights.relative_to(ctx.out_dir).as_posix(), "weights_sha256": file_digest(weights),
             "teacher_weights": None if teacher is None else teacher.relative_to(ctx.out_dir).as_posix(),
             "teacher_sha256": None if teacher is None else file_digest(teacher),
-            "removals": state.removals, "records": [r.to_dict() for r in state.records]}
+            "removals": state.removals, "records": [r.to_dict() for r in state.records],
+            "goal": state.goal, "latency_checks": state.checks}
         io.atomic_write_json(ctx.out_dir / "state.json", {**body, "digest": _digest(body)})
         write_logs(ctx.out_dir, state.records)
     except OSError as exc:
@@ -200,7 +203,8 @@ def resumed_state(ctx: Context) -> State:
     return State(step=saved["step"], pd=np.asarray(saved["pd"], dtype=np.float64), model=model,
                   teacher=Teacher(teacher.eval(), saved["teacher_step"], saved["teacher_val"]),
                   acc_ref=saved["acc_ref"], removals=saved["removals"],
-                  records=[StepRecord.from_dict(r) for r in saved["records"]], done=saved["done"])
+                  records=[StepRecord.from_dict(r) for r in saved["records"]], done=saved["done"],
+                  goal=saved.get("goal"), checks=saved.get("latency_checks", []))
 
 
 def _read_checkpoint(ctx: Context) -> tuple[dict[str, Any], bytes, bytes | None]:

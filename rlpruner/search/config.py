@@ -219,6 +219,12 @@ class CompressConfig:
                                          # torch-cpu, torch-cuda, onnxruntime-cpu; auto: torch on `device`
     latency_cache: str | None = None     # directory of latency tables; None: ~/.cache/rlpruner/latency
     latency_points: int = 6              # widths timed per layer and axis in a latency table
+    latency_checks: int = 2              # a latency target is checked by timing: when the search reaches the
+                                         # table's goal, the model is timed, and if it misses the target by more
+                                         # than latency_slack the search goes on towards a goal corrected by
+                                         # the measurement, at most this many times; 0: trust the table
+    latency_slack: float = 0.01          # how far (a fraction of the original's latency) the measured
+                                         # reduction may fall short of a latency target
     report_batch: int = 32               # the report also times both models at this batch size
     seed: int = 0
     device: str = "cpu"
@@ -248,10 +254,13 @@ class CompressConfig:
                                        ("latency_warmup", self.latency_warmup, 0),
                                        ("latency_threads", self.latency_threads or 1, 1),
                                        ("latency_points", self.latency_points, 2),
+                                       ("latency_checks", self.latency_checks, 0),
                                        ("workers", 0 if self.workers is None else self.workers, 0),
                                        ("val_cache_mb", self.val_cache_mb, 0)):
             if value < minimum:
                 raise ConfigError(f"{option} must be >= {minimum}, got {value}")
+        if not 0.0 <= self.latency_slack < 1.0:
+            raise ConfigError(f"latency_slack must be in [0, 1), got {self.latency_slack}")
 
     @property
     def val_cache_bytes(self) -> int:

@@ -1,7 +1,8 @@
 """`compress`: the RL-Pruner loop from start to finish.
 
     prepare (context.py) -> fresh or resumed state (checkpoint.py) -> steps until the target is
-    reached (step.py), each checkpointed -> final fine-tune, final measurements, saved model, report.
+    reached (step.py; a latency target is then checked by timing, measured.py), each checkpointed ->
+    final fine-tune, final measurements, saved model, report.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from .checkpoint import (
 )
 from .config import CompressConfig, Target
 from .context import FINAL, OVERHEAD_KEYS, Context, prepare
+from .measured import check_measured, in_effect
 from .refit import refit
 from .signals import stop_signals
 from .step import distill_for, run_step, step_line
@@ -102,10 +104,11 @@ def compress(model: nn.Module, data: Any, config: CompressConfig | None = None, 
             cleanup.callback(board.close)
         with stop_signals(ctx.log) as stop:
             while not state.done:
-                state = run_step(ctx, state)
+                state = run_step(in_effect(ctx, state), state)
+                ctx.log(step_line(state.records[-1]))
+                state = check_measured(ctx, state)  # a latency target reached by the table: timed
                 with ctx.timer("checkpoint"):
                     world.first(lambda: save_checkpoint(ctx, state), f"step {state.step}: writing the checkpoint")
-                ctx.log(step_line(state.records[-1]))
                 if board is not None:
                     board.step(state.records[-1])
                 if on_step is not None and main:
@@ -231,6 +234,7 @@ def _results(ctx: Context, state: State, base: dict, final: dict, model_path: Pa
                     "threads": ctx.config.latency_threads, "device": str(ctx.device), "runtime": ctx.runtime.name,
                     "round_to": ctx.config.rl.round_to,
                     "table": None if ctx.latency_table is None else ctx.latency_table.key},
+        "latency_checks": state.checks,
         "steps": state.step, "time_s": timing.get("wall_s", 0.0) + final_s + checkpoint_s,
         "base": base, "final": final, "model_path": model_path.name,
         "timing": {"eval_s": eval_s, "search_s": search_s, "overhead": search_s / eval_s if eval_s else None,

@@ -122,7 +122,7 @@ def run_step(ctx: Context, state: State) -> State:
     # the guard compares like with like: the next step's chosen candidate with this one, both just pruned
     return State(step=step, pd=proposal.pd, model=model, teacher=teacher, acc_ref=pruned_val,
                  removals=state.removals + [{n: r.tolist() for n, r in removals.items()}],
-                 records=state.records + [record], done=done)
+                 records=state.records + [record], done=done, goal=state.goal, checks=state.checks)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ def plan_step(ctx: Context, state: State, step: int) -> Plan:
     with ctx.timer("trace"):
         graph = ctx.graph_of(state.model)
     with ctx.timer("policy"):
-        sizes, capacity = _group_table(ctx, graph)
+        sizes, capacity = group_table(ctx, graph)
         budget = min(ctx.step_budget, policy.max_budget(capacity, ctx.config.rl.multiple))
         cap = ctx.target.budget_cap(Measure(int(sizes.sum()), 0, 0), ctx.goal, ctx.config.rl.multiple)
         if cap is not None:
@@ -148,7 +148,7 @@ def plan_step(ctx: Context, state: State, step: int) -> Plan:
     return Plan(graph, sizes, capacity, budget, order, scores)
 
 
-def _group_table(ctx: Context, graph: Any) -> tuple[np.ndarray, np.ndarray]:
+def group_table(ctx: Context, graph: Any) -> tuple[np.ndarray, np.ndarray]:
     """Current size and removable capacity of every group of the original model, in `ctx.names` order."""
     groups = {g.name: g for g in graph.groups}
     sizes = np.array([groups[n].size if n in groups else 0 for n in ctx.names], dtype=np.int64)

@@ -1,0 +1,68 @@
+"""A latency target checked by the clock, not only by the table.
+
+The search plans and trims with the latency table's predictions; the table's error on a pruned
+model is a few percent, and larger where it matters most (an allocation chosen because the table
+says it is fast is where the table is most likely optimistic). So when the steps reach the table's
+goal, the model is timed on the run's runtime beside the original. A model that misses the target
+by more than `latency_slack` sends the search on, towards a goal in predicted milliseconds
+corrected by what the clock said. The table is taken to misjudge what pruning *saves* by the factor
+just measured:
+
+    new goal = P0 - target x M0 x (P0 - P) / (M0 - M)
+
+(P0, P: the original's and the model's predicted latency; M0, M: the same, timed). A model timed no
+faster than the original gives no factor: the run says so and keeps it.
+At most `latency_checks` timings; each is kept in the run's state (so a resumed run does not time
+again what it already decided) and in results.json.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from .checkpoint import State
+from .context import Context
+from .step import group_table
+
+
+def check_measured(ctx: Context, state: State) -> State:
+    """`state` (done) as it stands, or not done with a corrected goal when the timed model misses the
+    latency target; a run without a latency target, or out of checks, is returned unchanged."""
+    if (not state.done or not ctx.target.needs_latency or ctx.latency_table is None
+            or len(state.checks) >= ctx.config.latency_checks):
+        return state
+    graph = ctx.graph_of(state.model)
+    original_ms, measured_ms = ctx.latency_ms(ctx.original), ctx.latency_ms(state.model)
+    predicted_ms, predicted_original_ms = ctx.latency_table.predict(graph.shapes), ctx.base["latency_ms"]
+    target = ctx.config.target.value
+    reduction = 1.0 - measured_ms / original_ms
+    predicted = 1.0 - predicted_ms / predicted_original_ms
+    check: dict[str, Any] = {"step": state.step, "original_ms": original_ms, "measured_ms": measured_ms,
+                             "predicted_ms": predicted_ms, "goal_ms": in_effect(ctx, state).goal,
+                             "measured_reduction": reduction, "predicted_reduction": predicted,
+                             "met": reduction >= target - ctx.config.latency_slack, "next_goal_ms": None}
+    said = (f"step {state.step}: timed {measured_ms:.3g} ms against the original's {original_ms:.3g} ms: "
+            f"{reduction:.1%} less latency (the table predicted {predicted:.1%}; target {target:.1%})")
+    if check["met"]:
+        ctx.log(f"{said}: target met")
+        return replace(state, checks=[*state.checks, check])
+    if int(group_table(ctx, graph)[1].sum()) == 0:
+        ctx.log(f"{said}: missed, and every group is down to {ctx.config.rl.floor_text}")
+        return replace(state, checks=[*state.checks, check])
+    if reduction <= 0.0 or predicted <= 0.0:
+        ctx.log(f"{said}: missed, and the timed model is no faster than the original, so the timing cannot "
+                "correct the table's goal: the model is kept (rebuild the table on a quiet machine)")
+        return replace(state, checks=[*state.checks, check])
+    predicted_per_timed_saving = (predicted_original_ms - predicted_ms) / (original_ms - measured_ms)
+    goal = predicted_original_ms - target * original_ms * predicted_per_timed_saving
+    check["next_goal_ms"] = goal
+    left = ctx.config.latency_checks - len(state.checks) - 1
+    ctx.log(f"{said}: missed by more than {ctx.config.latency_slack:.1%}; the search goes on to a predicted "
+            f"{goal:.3g} ms ({left} more timing{'s' if left != 1 else ''} at most; --latency-checks 0 trusts "
+            "the table)")
+    return replace(state, done=False, goal=goal, checks=[*state.checks, check])
+
+
+def in_effect(ctx: Context, state: State) -> Context:
+    """The context the next step runs in: its goal corrected by the last timing, if any."""
+    return ctx if state.goal is None else replace(ctx, goal=state.goal)
