@@ -391,44 +391,99 @@ def run_model(label: str, settings: LatencyModelSettings, work: Path, log: Any) 
 def add_bounds(results: dict[str, Any], settings: LatencyModelSettings, work: Path, log: Any) -> None:
     """`table_bound` for rows written before it existed, from the very tables their run built: those
     in the run's cache whose fit equals the fit the row recorded (anything else is refused)."""
-    import json
 
     from rlpruner.graph import trace
-    from rlpruner.latency import LatencyTable
 
     for row in results["rows"]:
         if "bounds" in row:
             continue
         model, example, _ = _build(row["model"], settings)
         graph = trace(model, example)
-        cached = [LatencyTable.from_dict(json.loads(f.read_text())) for f in (work / row["model"] / "cache").glob("*.json")
-                  if not f.name.startswith("round-to-")]
         bounds = {}
-        for recorded in row["tables"]:
-            same = [t for t in cached if t.key["runtime"] == recorded["runtime"] and t.key["threads"] == recorded["threads"]
-                    and asdict(t.fit) == recorded["fit"]]
-            if not same:
-                raise SystemExit(f"{row['model']}: no cached table of {recorded['runtime']}/{recorded['threads']}t "
-                                 f"with the recorded fit under {work / row['model'] / 'cache'}; run the benchmark")
+        for recorded, table in zip(row["tables"], recorded_tables(row, work)):
             key = f"{recorded['runtime']}/{recorded['threads']}"
-            bounds[key] = table_bound(same[0], graph, settings.target)
+            bounds[key] = table_bound(table, graph, settings.target)
             log(f"{row['model']}: table bound {key}: -{bounds[key]['predicted_reduction']:.1%} predicted latency at "
                 f"-{bounds[key]['flops_reduction']:.1%} FLOPs")
         row["bounds"] = bounds
 
 
+def recorded_tables(row: dict[str, Any], work: Path) -> list[Any]:
+    """The very tables a row's run built and cached (the fit each recorded picks them), in its order."""
+    import json
+
+    from rlpruner.latency import LatencyTable
+
+    cached = [LatencyTable.from_dict(json.loads(f.read_text())) for f in (work / row["model"] / "cache").glob("*.json")
+              if not f.name.startswith("round-to-")]
+    tables = []
+    for recorded in row["tables"]:
+        same = [t for t in cached if t.key["runtime"] == recorded["runtime"] and t.key["threads"] == recorded["threads"]
+                and asdict(t.fit) == recorded["fit"]]
+        if not same:
+            raise SystemExit(f"{row['model']}: no cached table of {recorded['runtime']}/{recorded['threads']}t "
+                             f"with the recorded fit under {work / row['model'] / 'cache'}; run the benchmark")
+        tables.append(same[0])
+    return tables
+
+
+def recheck(results: dict[str, Any], settings: LatencyModelSettings, work: Path, log: Any) -> None:
+    """`--recheck`: the error of each table of the settings' models measured again, on the same
+    random pruned models (same seeds), in a process that only loads the tables and times: whether
+    the run's error is the table's or the state its long process left behind."""
+    from rlpruner.graph import trace
+    from rlpruner.latency import get_runtime, prediction_error
+
+    stamp = {k: v for k, v in machine().items() if k in ("commit", "date")}
+    for row in results["rows"]:
+        if row["model"] not in settings.models:
+            continue
+        model, example, _ = _build(row["model"], settings)
+        graph = trace(model, example)
+        for recorded, table in zip(row["tables"], recorded_tables(row, work)):
+            runtime = get_runtime(recorded["runtime"], recorded["threads"])
+            error = prediction_error(model, graph, table, runtime, example, samples=settings.check_samples,
+                                     watch=_watch(1))
+            aligned = prediction_error(model, graph, table, runtime, example, samples=settings.check_samples,
+                                       seed=1, multiple=8, watch=_watch(1))
+            recorded["recheck"] = {"median": error.median, "worst": error.worst, "aligned_median": aligned.median,
+                                   "aligned_worst": aligned.worst, **stamp}
+            log(f"{row['model']}: table {recorded['runtime']}/{recorded['threads']}t checked again: median "
+                f"{error.median:.1%} (in its run {recorded['median']:.1%}); multiples of 8 {aligned.median:.1%} "
+                f"(in its run {recorded['aligned']['median']:.1%})")
+
+
+def recheck_lines(results: dict[str, Any]) -> list[str]:
+    rechecked = [(row, t) for row in results["rows"] for t in row["tables"] if "recheck" in t]
+    if not rechecked:
+        return []
+    commits = sorted({t["recheck"]["commit"] for _, t in rechecked})
+    return ["", f"**The same check in a fresh process** (`--recheck` at commit {', '.join(commits)}: the same random "
+            "pruned models, timed by a process that only loaded the run's tables), median error against the run's: "
+            + "; ".join(f"{row['model']} {t['runtime']}/{t['threads']}t {t['recheck']['median']:.1%} (run "
+                        f"{t['median']:.1%}), multiples of 8 {t['recheck']['aligned_median']:.1%} (run "
+                        f"{t['aligned']['median']:.1%})" for row, t in rechecked) + "."]
+
+
 def starting_results(earlier: dict[str, Any] | None, settings: LatencyModelSettings) -> dict[str, Any]:
     """The results a run starts from: the earlier file's rows (those of models it does not run are
-    kept), this machine and these settings; a note that `--bounds` added or timed bounds later is
-    dropped once every row is rewritten (a run computes and times its own)."""
+    kept), this machine and these settings; a note that `--bounds` added or timed bounds later keeps
+    only the models this run does not rewrite (a run computes and times its own)."""
     results = earlier or {"kind": "latency_model", "rows": []}
     if "machine" in results:  # rows kept from the earlier run keep its commit
         for row in results["rows"]:
             row.setdefault("commit", results["machine"]["commit"])
     results.update(machine=machine(), settings=asdict(settings))
-    if {r["model"] for r in results["rows"]} <= set(settings.models):
-        for stale in ("bounds_machine", "bound_timings_machine"):
-            results.pop(stale, None)
+    for stale in ("bounds_machine", "bound_timings_machine"):  # a rerun model computes and times its own
+        if stale not in results:
+            continue
+        kept = {r["model"] for r in results["rows"]} - set(settings.models)
+        named = results[stale].get("models")  # None: a stamp from before it named its models
+        left = sorted(kept) if named is None else [m for m in named if m in kept]
+        if left and named is not None:
+            results[stale]["models"] = left
+        elif not left:
+            results.pop(stale)
     return results
 
 
@@ -473,6 +528,21 @@ def run_bounds(settings: LatencyModelSettings, out: Path, work: Path, log: Any =
     return results
 
 
+def run_recheck(settings: LatencyModelSettings, out: Path, work: Path, log: Any = print) -> dict[str, Any]:
+    """`--recheck` on the results file (the settings' models), which is rewritten with it."""
+    import json
+
+    from rlpruner.io import atomic_write_json, atomic_write_text
+
+    results = json.loads(out.with_suffix(".json").read_text())
+    recorded = results["settings"]
+    recheck(results, LatencyModelSettings(**{**asdict(settings), "check_samples": recorded["check_samples"]}),
+            work, log)
+    atomic_write_json(out.with_suffix(".json"), results)
+    atomic_write_text(out.with_suffix(".md"), render_markdown(results) + "\n")
+    return results
+
+
 def table(results: dict[str, Any]) -> list[str]:
     """The markdown tables of a results file (generated, never typed)."""
     bounds, timings = results.get("bounds_machine"), results.get("bound_timings_machine")
@@ -500,6 +570,7 @@ def table(results: dict[str, Any]) -> list[str]:
         errors = [pick(t) for row in results["rows"] for t in row["tables"] if kind == "any widths" or "aligned" in t]
         if errors:
             lines += ["", f"Median of the tables' median errors, {kind}: {statistics.median(errors):.1%} (goal <= 10%)."]
+    lines += recheck_lines(results)
     two = any(m["method"].endswith("-2t") for row in results["rows"] for m in row["methods"])
     halp = any(m["method"].startswith("halp") for row in results["rows"] for m in row["methods"])
     flops_halp = any(m["method"].startswith("halp-flops") for row in results["rows"] for m in row["methods"])
@@ -666,6 +737,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bounds", action="store_true",
                         help="only add the table bound to rows that lack it, from the tables their run cached, "
                              "and time the bounds' allocations not yet timed")
+    parser.add_argument("--recheck", action="store_true",
+                        help="only measure each table's error again (the same random models) in this fresh "
+                             "process, from the tables the run cached")
     args = parser.parse_args(argv)
     settings = quick() if args.quick else LatencyModelSettings()
     if args.models:
@@ -674,7 +748,9 @@ def main(argv: list[str] | None = None) -> int:
     out = (ROOT / "runs" / "bench-quick" / "results" if args.quick else RESULTS) / "latency_model"
     out.parent.mkdir(parents=True, exist_ok=True)
     log = lambda line: print(line, flush=True)  # noqa: E731
-    if args.bounds:
+    if args.recheck:
+        run_recheck(settings, out, WORK / mode / "latency_model", log)
+    elif args.bounds:
         run_bounds(settings, out, WORK / mode / "latency_model", log)
     else:
         run(settings, out, WORK / mode / "latency_model", log)

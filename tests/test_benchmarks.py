@@ -721,6 +721,23 @@ def test_a_rerun_of_every_model_drops_the_note_that_bounds_were_added_later():
     assert latency_model.starting_results(None, some)["rows"] == []
 
 
+def test_a_rerun_model_drops_out_of_the_note_that_bounds_were_added_later_and_a_recheck_is_rendered():
+    from benchmarks import latency_model
+
+    earlier = {"rows": [{"model": "resnet18"}, {"model": "mobilenetv2"}],
+               "bounds_machine": {"commit": "a", "models": ["mobilenetv2"]},
+               "bound_timings_machine": {"commit": "b", "models": ["resnet18", "mobilenetv2"]}}
+    results = latency_model.starting_results(json.loads(json.dumps(earlier)),
+                                             latency_model.LatencyModelSettings(models=("mobilenetv2",)))
+    assert "bounds_machine" not in results and results["bound_timings_machine"]["models"] == ["resnet18"]
+    table = {"runtime": "torch-cpu", "threads": 1, "median": 0.207, "aligned": {"median": 0.236},
+             "recheck": {"median": 0.052, "aligned_median": 0.04, "commit": "c"}}
+    lines = latency_model.recheck_lines({"rows": [{"model": "m", "tables": [table]}]})
+    assert "`--recheck` at commit c" in lines[1]
+    assert lines[1].endswith("m torch-cpu/1t 5.2% (run 20.7%), multiples of 8 4.0% (run 23.6%).")
+    assert latency_model.recheck_lines({"rows": [{"model": "m", "tables": [{}]}]}) == []
+
+
 def test_a_model_rerun_later_names_each_models_commit():
     """`--models` reruns some models: the rows kept name the commit of the run that timed them, and the
     page names each commit with its models (a model's rows and base are always timed together)."""
