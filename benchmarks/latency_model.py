@@ -429,8 +429,8 @@ def recorded_tables(row: dict[str, Any], work: Path) -> list[Any]:
 
 def recheck(results: dict[str, Any], settings: LatencyModelSettings, work: Path, log: Any) -> None:
     """`--recheck`: the error of each table of the settings' models measured again, on the same
-    random pruned models (same seeds), in a process that only loads the tables and times: whether
-    the run's error is the table's or the state its long process left behind."""
+    random pruned models (same seeds), in a process that only loads the tables and times: a second
+    measurement, apart from the run's long process and at another time, of how far the table is off."""
     from rlpruner.graph import trace
     from rlpruner.latency import get_runtime, prediction_error
 
