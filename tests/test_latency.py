@@ -306,9 +306,9 @@ def test_a_latency_search_times_no_candidate_and_reports_predicted_beside_measur
                       evaluate_test=False)
     whole_models = [m for m in calls if any(isinstance(c, nn.Linear) for c in m.modules())
                     and any(isinstance(c, nn.Conv2d) for c in m.modules())]
-    # the table's calibration models, the target's check (original and model, once: the clock agrees
-    # with the table), then base and final at the latency batch and the report batch
-    assert len(whole_models) == len(calibration_plans(trace(tiny_trained, torch.randn(1, 1, 8, 8)))) + 2 + 4
+    # the table's calibration models, the target's check (original and model, 4 times each, alternately;
+    # once: the clock agrees with the table), base and final likewise, then both at the report batch
+    assert len(whole_models) == len(calibration_plans(trace(tiny_trained, torch.randn(1, 1, 8, 8)))) + 8 + 8 + 2
     assert [c["met"] for c in result.results["latency_checks"]] == [True]
     assert sum(r.candidates for r in result.records) > 8
     base, final = result.results["base"], result.results["final"]
@@ -356,8 +356,31 @@ def test_a_latency_target_the_table_misjudges_is_met_by_timing_and_a_resume_does
     resumed = compress(tiny_trained, tiny_splits, replace(honest, latency_checks=2), out_dir=tmp_path / "checked",
                        evaluate_test=False, resume=True)
     assert resumed.results["latency_checks"] == checks
-    assert len(calls) - timed == 4  # base and final, at the latency batch and the report batch
+    assert len(calls) - timed == 8 + 2  # base and final: alternately at the latency batch, once at the report batch
     assert resumed.results["final"]["flops"] == checked.results["final"]["flops"]
+
+
+def test_a_reduction_is_timed_alternately_so_a_drifting_machine_does_not_fake_a_miss(
+        tiny_splits, tiny_trained, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    monkeypatch.setattr(Runtime, "time_ms", _flops_clock())
+    config = replace(_latency_config(tmp_path, round_to=1), latency_checks=0)
+    compress(tiny_trained, tiny_splits, config, out_dir=tmp_path / "build", evaluate_test=False)  # the table
+    calls = []
+
+    def drifting(self, module, inputs, watch):  # every call 5 % slower than the one before
+        calls.append(module)
+        return metrics.count(module, inputs).flops / 1e4 * (1.0 + 0.05 * len(calls))
+
+    monkeypatch.setattr(Runtime, "time_ms", drifting)
+    result = compress(tiny_trained, tiny_splits, replace(config, latency_checks=2), out_dir=tmp_path / "run",
+                      evaluate_test=False)
+    checks = result.results["latency_checks"]
+    assert [c["met"] for c in checks] == [True]
+    assert checks[0]["measured_reduction"] == pytest.approx(checks[0]["predicted_reduction"], rel=1e-9)
+    flops_kept = result.results["final"]["flops"] / result.results["base"]["flops"]
+    assert result.results["reached"]["latency"] == pytest.approx(1.0 - flops_kept, rel=1e-9)
 
 
 def test_round_to_auto_measures_the_multiple_for_a_latency_run_only(tiny_splits, tiny_trained, tmp_path, monkeypatch):

@@ -37,7 +37,7 @@ from ..task import Task, TaskError
 from ..train import resolve_device
 from .config import AUTO, CompressConfig
 from .data import Data, as_source, prepare_data
-from .latency import measure_ms, runtime_for, table_for, with_aligned_round_to, with_round_to
+from .latency import measure_ms, measure_pair_ms, runtime_for, table_for, with_aligned_round_to, with_round_to
 from .targets import Measure, TargetKind
 
 IMPORTANCE, KD, FINAL = 1, 2, 3  # purposes mixed into derived seeds
@@ -107,6 +107,12 @@ class Context:
         rank. Only the original and final models are timed; candidates are predicted."""
         return self.world.first(lambda: measure_ms(self.config, self.runtime, model, self.data.example,
                                                    batch_size=batch_size), "latency measurement")
+
+    def latency_pair_ms(self, first: nn.Module, second: nn.Module) -> tuple[float, float]:
+        """Two models timed alternately (`measure_pair_ms`), rank 0's on every rank: what a reduction
+        is measured with."""
+        return self.world.first(lambda: measure_pair_ms(self.config, self.runtime, first, second,
+                                                        self.data.example), "latency measurement")
 
     def graph_of(self, model: nn.Module) -> DependencyGraph:
         """The dependency graph of a model of this run (`keep` and the groups that break frozen)."""

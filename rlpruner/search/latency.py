@@ -7,6 +7,7 @@ other timings (the original and final models, for the report) are real measureme
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -47,6 +48,20 @@ def measure_ms(config: CompressConfig, runtime: Runtime, model: nn.Module, examp
                       budget_s=None if batch_size is None else REPORT_TIMING_S)
     inputs = _latency_inputs(example, batch_size or config.latency_batch, runtime.device)
     return runtime.time_ms(model, inputs, watch)
+
+
+PAIR_ORDER = (0, 1, 1, 0, 0, 1, 1, 0)  # ABBAABBA: a drift linear in time moves both medians alike
+
+
+def measure_pair_ms(config: CompressConfig, runtime: Runtime, first: nn.Module, second: nn.Module,
+                    example: Any) -> tuple[float, float]:
+    """Both models' latency at `config.latency_batch`, each timed four times in the order ABBAABBA and
+    its median kept: a machine that speeds up or slows down over the seconds this takes moves both
+    alike, so their ratio, what a reduction is, holds."""
+    models, times = (first, second), ([], [])
+    for which in PAIR_ORDER:
+        times[which].append(measure_ms(config, runtime, models[which], example))
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def _cache_dir(config: CompressConfig) -> Path:

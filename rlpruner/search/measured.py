@@ -3,9 +3,10 @@
 The search plans and trims with the latency table's predictions; the table's error on a pruned
 model is a few percent, and larger where it matters most (an allocation chosen because the table
 says it is fast is where the table is most likely optimistic). So when the steps reach the table's
-goal, the model is timed on the run's runtime beside the original. A model that misses the target
-by more than `latency_slack` sends the search on, towards a goal in predicted milliseconds
-corrected by what the clock said. The table is taken to misjudge what pruning *saves* by the factor
+goal, the model is timed on the run's runtime beside the original (alternately, so that a machine
+drifting over those seconds moves both alike). A model that misses the target by more than
+`latency_slack` sends the search on, towards a goal in predicted milliseconds corrected by what the
+clock said. The table is taken to misjudge what pruning *saves* by the factor
 just measured:
 
     new goal = P0 - target x M0 x (P0 - P) / (M0 - M)
@@ -32,7 +33,7 @@ def check_measured(ctx: Context, state: State) -> State:
             or len(state.checks) >= ctx.config.latency_checks):
         return state
     graph = ctx.graph_of(state.model)
-    original_ms, measured_ms = ctx.latency_ms(ctx.original), ctx.latency_ms(state.model)
+    original_ms, measured_ms = ctx.latency_pair_ms(ctx.original, state.model)
     predicted_ms, predicted_original_ms = ctx.latency_table.predict(graph.shapes), ctx.base["latency_ms"]
     target = ctx.config.target.value
     reduction = 1.0 - measured_ms / original_ms
