@@ -6,15 +6,14 @@ says it is fast is where the table is most likely optimistic). So when the steps
 goal, the model is timed on the run's runtime beside the original (alternately, so that a machine
 drifting over those seconds moves both alike). A model that misses the target by more than
 `latency_slack` sends the search on, towards a goal in predicted milliseconds corrected by what the
-clock said. The table is taken to misjudge what pruning *saves* by the factor
-just measured:
+clock said. The table is taken to misjudge what pruning *saves* by the factor just measured:
 
     new goal = P0 - target x M0 x (P0 - P) / (M0 - M)
 
 (P0, P: the original's and the model's predicted latency; M0, M: the same, timed). A model timed no
-faster than the original gives no factor: the run says so and keeps it.
-At most `latency_checks` timings; each is kept in the run's state (so a resumed run does not time
-again what it already decided) and in results.json.
+faster than the original gives no factor: the run says so and keeps it. At most `latency_checks`
+timings; each is kept in the run's state (so a resumed run does not time again what it already
+decided) and in results.json.
 """
 from __future__ import annotations
 
