@@ -217,9 +217,13 @@ def test_real_runtimes_time_a_layer_and_name_what_the_time_depends_on():
 
 
 FAULTS_PER_CALL = """
-import resource, sys, torch
+import ctypes, resource, sys, torch
 from torch import nn
+from rlpruner import host_memory
 from rlpruner.metrics import time_calls
+# glibc's state before its first large free: blocks above 128 KiB are mapped and unmapped per use.
+# Whether a fresh process stays in it depends on its history (so it is set here, not hoped for).
+assert host_memory._mallopt()(host_memory.M_MMAP_THRESHOLD, 128 * 1024)
 torch.set_num_threads(1)
 torch.manual_seed(0)
 # multi-megabyte activations of several sizes, the pattern that makes glibc hand memory back per call
@@ -246,8 +250,10 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 @pytest.mark.skipif("glibc" not in host_memory.describe(), reason="glibc only: other allocators are left as they are")
 def test_cpu_timings_run_with_an_allocator_that_keeps_freed_memory_so_calls_do_not_fault():
-    """In a fresh process, glibc returns multi-megabyte activations to the system after each call and
-    faults them back in on the next; timed through rlpruner's loop the same calls fault (almost) never."""
+    """With glibc mapping large blocks per use (its state before its first large free, in which a
+    fresh process may or may not stay), multi-megabyte activations are returned to the system after
+    each call and faulted back in on the next; timed through rlpruner's loop, which sets the
+    allocator up, the same calls fault (almost) never."""
     def faults(mode: str) -> int:
         done = subprocess.run([sys.executable, "-c", FAULTS_PER_CALL, mode], capture_output=True, text=True,
                               check=True, timeout=120)
