@@ -366,6 +366,50 @@ def test_a_latency_target_the_table_misjudges_is_met_by_timing_and_a_resume_does
     assert resumed.results["final"]["flops"] == checked.results["final"]["flops"]
 
 
+@pytest.mark.parametrize("realised, second", [(0.5, None), (0.7, 0.3)])
+def test_timings_are_believed_only_so_far(tiny_splits, tiny_trained, tmp_path, monkeypatch, realised, second):
+    """A timing that says the table overstates a reduction by more than MAX_OPTIMISM is believed up to
+    that; a second timing that finds less reduction than the first, for a model pruned further, is
+    noise larger than the table's error: the model is kept, not pruned on."""
+    from dataclasses import replace
+
+    from rlpruner.search.measured import MAX_OPTIMISM
+
+    example = torch.randn(1, 1, 8, 8)
+    original_ms = metrics.count(tiny_trained, example).flops / 1e4
+    monkeypatch.setattr(Runtime, "time_ms", _flops_clock())
+    config = replace(_latency_config(tmp_path, round_to=1), latency_checks=0)
+    compress(tiny_trained, tiny_splits, config, out_dir=tmp_path / "build", evaluate_test=False)  # the table
+    share = {"now": realised}
+
+    def pessimistic(self, module, inputs, watch):  # the runtime realises only `share` of the table's savings
+        ms = metrics.count(module, inputs).flops / 1e4
+        return ms + (1 - share["now"]) * max(0.0, original_ms - ms) if isinstance(module, type(tiny_trained)) else ms
+
+    lines = []
+
+    def log(line):
+        lines.append(line)
+        if second is not None and "the search goes on" in line:
+            share["now"] = second  # the next timing finds the machine noisier than the table's error
+
+    monkeypatch.setattr(Runtime, "time_ms", pessimistic)
+    result = compress(tiny_trained, tiny_splits, replace(config, latency_checks=2), out_dir=tmp_path / "run",
+                      evaluate_test=False, log=log)
+    checks, base_predicted = result.results["latency_checks"], result.results["base"]["predicted_latency_ms"]
+    first = checks[0]
+    assert not first["met"] and first["measured_reduction"] == pytest.approx(realised * first["predicted_reduction"])
+    optimism = min(first["predicted_reduction"] / first["measured_reduction"], MAX_OPTIMISM)
+    assert first["next_goal_ms"] == pytest.approx(base_predicted * (1 - 0.4 * optimism))
+    if second is None:
+        assert optimism == MAX_OPTIMISM  # the timing said 2x; believed 1.5x
+    else:
+        assert len(checks) == 2 and checks[1]["next_goal_ms"] is None and not checks[1]["met"]
+        assert checks[1]["measured_reduction"] < first["measured_reduction"]
+        assert any("noisier than the table's error, so the model is kept" in line for line in lines), lines
+        assert result.records[-1].step == checks[1]["step"]  # no step after the second timing
+
+
 def test_a_reduction_is_timed_alternately_so_a_drifting_machine_does_not_fake_a_miss(
         tiny_splits, tiny_trained, tmp_path, monkeypatch):
     from dataclasses import replace

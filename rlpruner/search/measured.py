@@ -6,13 +6,15 @@ says it is fast is where the table is most likely optimistic). So when the steps
 goal, the model is timed on the run's runtime beside the original (alternately, so that a machine
 drifting over those seconds moves both alike). A model that misses the target by more than
 `latency_slack` sends the search on, towards a goal in predicted milliseconds corrected by what the
-clock said. The table is taken to misjudge what pruning *saves* by the factor just measured:
+clock said. The table is taken to overstate the reduction by the factor just measured:
 
-    new goal = P0 - target x M0 x (P0 - P) / (M0 - M)
+    new goal = P0 x (1 - target x min(p / m, MAX_OPTIMISM))
 
-(P0, P: the original's and the model's predicted latency; M0, M: the same, timed). A model timed no
-faster than the original gives no factor: the run says so and keeps it. At most `latency_checks`
-timings; each is kept in the run's state (so a resumed run does not time again what it already
+(P0: the original's predicted latency; p, m: the model's predicted and timed reduction). Timings
+are noisy, so they are believed only so far: at most `MAX_OPTIMISM`; and a timing that finds less
+reduction than the one before, for a model pruned further since, says the noise is larger than the
+table's error, so the model is kept (as it is when it times no faster than the original). At most
+`latency_checks` timings; each is kept in the run's state (so a resumed run does not time again what it already
 decided) and in results.json.
 """
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import Any
 from .checkpoint import State
 from .context import Context
 from .step import group_table
+
+MAX_OPTIMISM = 1.5  # the most a timing is believed to show the table overstating a reduction by
 
 
 def check_measured(ctx: Context, state: State) -> State:
@@ -53,8 +57,12 @@ def check_measured(ctx: Context, state: State) -> State:
         ctx.log(f"{said}: missed, and the timed model is no faster than the original, so the timing cannot "
                 "correct the table's goal: the model is kept (rebuild the table on a quiet machine)")
         return replace(state, checks=[*state.checks, check])
-    predicted_per_timed_saving = (predicted_original_ms - predicted_ms) / (original_ms - measured_ms)
-    goal = predicted_original_ms - target * original_ms * predicted_per_timed_saving
+    if state.checks and reduction <= state.checks[-1]["measured_reduction"]:
+        ctx.log(f"{said}: missed, and less than the {state.checks[-1]['measured_reduction']:.1%} timed before "
+                "for a model pruned further since: the timings are noisier than the table's error, so the "
+                "model is kept")
+        return replace(state, checks=[*state.checks, check])
+    goal = predicted_original_ms * (1.0 - target * min(predicted / reduction, MAX_OPTIMISM))
     check["next_goal_ms"] = goal
     left = ctx.config.latency_checks - len(state.checks) - 1
     ctx.log(f"{said}: missed by more than {ctx.config.latency_slack:.1%}; the search goes on to a predicted "
