@@ -14,8 +14,8 @@ clock said. The table is taken to overstate the reduction by the factor just mea
 are noisy, so they are believed only so far: at most `MAX_OPTIMISM`; and a timing that finds less
 reduction than the one before, for a model pruned further since, says the noise is larger than the
 table's error, so the model is kept (as it is when it times no faster than the original). At most
-`latency_checks` timings; each is kept in the run's state (so a resumed run does not time again what it already
-decided) and in results.json.
+`latency_checks` timings; each is kept in the run's state (so a resumed run does not time again
+what it already decided) and in results.json.
 """
 from __future__ import annotations
 
