@@ -308,13 +308,23 @@ def add_bound_timings(results: dict[str, Any], settings: LatencyModelSettings, l
     return bounds
 
 
+def table_errors(model: Any, graph: Any, table: Any, runtime: Any, example: Any,
+                 settings: LatencyModelSettings) -> tuple[Any, Any]:
+    """The table's error on `check_samples` random pruned models at any widths (seed 0) and in
+    multiples of 8 (seed 1): the same models in a run and in its `--recheck`."""
+    from rlpruner.latency import prediction_error
+
+    return tuple(prediction_error(model, graph, table, runtime, example, samples=settings.check_samples, seed=seed,
+                                  multiple=multiple, watch=_watch(1)) for seed, multiple in ((0, 1), (1, 8)))
+
+
 def run_model(label: str, settings: LatencyModelSettings, work: Path, log: Any) -> dict[str, Any]:
     import rlpruner
     from rlpruner import host_memory
     from rlpruner.errors import ConfigError
     from rlpruner.graph import trace
     from rlpruner.io import atomic_write_json
-    from rlpruner.latency import build_table, get_runtime, prediction_error
+    from rlpruner.latency import build_table, get_runtime
     from rlpruner.latency.table import cache_path
     from rlpruner.metrics import _latency_inputs
 
@@ -333,10 +343,7 @@ def run_model(label: str, settings: LatencyModelSettings, work: Path, log: Any) 
         start = time.perf_counter()
         table = build_table(model, graph, example, runtime, batch=1, points=settings.points, watch=_watch(1))
         built = time.perf_counter() - start
-        error = prediction_error(model, graph, table, runtime, example, samples=settings.check_samples,
-                                 watch=_watch(1))
-        aligned = prediction_error(model, graph, table, runtime, example, samples=settings.check_samples,
-                                   seed=1, multiple=8, watch=_watch(1))  # widths in multiples of 8
+        error, aligned = table_errors(model, graph, table, runtime, example, settings)
         tables[(name, threads)] = table
         atomic_write_json(cache_path(cache, table.key), table.to_dict())  # the RL rows search with this table
         row.setdefault("bounds", {})[f"{name}/{threads}"] = table_bound(table, graph, settings.target)
@@ -391,7 +398,6 @@ def run_model(label: str, settings: LatencyModelSettings, work: Path, log: Any) 
 def add_bounds(results: dict[str, Any], settings: LatencyModelSettings, work: Path, log: Any) -> None:
     """`table_bound` for rows written before it existed, from the very tables their run built: those
     in the run's cache whose fit equals the fit the row recorded (anything else is refused)."""
-
     from rlpruner.graph import trace
 
     for row in results["rows"]:
@@ -432,7 +438,7 @@ def recheck(results: dict[str, Any], settings: LatencyModelSettings, work: Path,
     random pruned models (same seeds), in a process that only loads the tables and times: a second
     measurement, apart from the run's long process and at another time, of how far the table is off."""
     from rlpruner.graph import trace
-    from rlpruner.latency import get_runtime, prediction_error
+    from rlpruner.latency import get_runtime
 
     stamp = {k: v for k, v in machine().items() if k in ("commit", "date")}
     for row in results["rows"]:
@@ -441,11 +447,8 @@ def recheck(results: dict[str, Any], settings: LatencyModelSettings, work: Path,
         model, example, _ = _build(row["model"], settings)
         graph = trace(model, example)
         for recorded, table in zip(row["tables"], recorded_tables(row, work)):
-            runtime = get_runtime(recorded["runtime"], recorded["threads"])
-            error = prediction_error(model, graph, table, runtime, example, samples=settings.check_samples,
-                                     watch=_watch(1))
-            aligned = prediction_error(model, graph, table, runtime, example, samples=settings.check_samples,
-                                       seed=1, multiple=8, watch=_watch(1))
+            error, aligned = table_errors(model, graph, table, get_runtime(recorded["runtime"], recorded["threads"]),
+                                          example, settings)
             recorded["recheck"] = {"median": error.median, "worst": error.worst, "aligned_median": aligned.median,
                                    "aligned_worst": aligned.worst, **stamp}
             log(f"{row['model']}: table {recorded['runtime']}/{recorded['threads']}t checked again: median "
@@ -510,8 +513,6 @@ def run_bounds(settings: LatencyModelSettings, out: Path, work: Path, log: Any =
     (of the `--models` given)."""
     import json
 
-    from rlpruner.io import atomic_write_json, atomic_write_text
-
     results = json.loads(out.with_suffix(".json").read_text())
     recorded = {k: v for k, v in results["settings"].items() if k in ("target", "points")}
     settings = LatencyModelSettings(**{**asdict(settings), **recorded,
@@ -523,21 +524,24 @@ def run_bounds(settings: LatencyModelSettings, out: Path, work: Path, log: Any =
     timed = add_bound_timings(results, settings, log)
     if timed:
         results["bound_timings_machine"] = {**machine(), "models": timed}
-    atomic_write_json(out.with_suffix(".json"), results)
-    atomic_write_text(out.with_suffix(".md"), render_markdown(results) + "\n")
-    return results
+    return _rewrite(out, results)
 
 
 def run_recheck(settings: LatencyModelSettings, out: Path, work: Path, log: Any = print) -> dict[str, Any]:
     """`--recheck` on the results file (the settings' models), which is rewritten with it."""
     import json
 
-    from rlpruner.io import atomic_write_json, atomic_write_text
-
     results = json.loads(out.with_suffix(".json").read_text())
     recorded = results["settings"]
     recheck(results, LatencyModelSettings(**{**asdict(settings), "check_samples": recorded["check_samples"]}),
             work, log)
+    return _rewrite(out, results)
+
+
+def _rewrite(out: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """The results file and its page written again (atomically) from `results`."""
+    from rlpruner.io import atomic_write_json, atomic_write_text
+
     atomic_write_json(out.with_suffix(".json"), results)
     atomic_write_text(out.with_suffix(".md"), render_markdown(results) + "\n")
     return results
@@ -622,8 +626,12 @@ def checks_lines(methods: list[dict[str, Any]]) -> list[str]:
     checked = [m for m in methods if m.get("checks")]
     if not checked:
         return []
+    from rlpruner.search import CompressConfig
+
+    defaults = CompressConfig()
     return ["", "The latency targets, timed when the table said they were reached (batch 1, on the runtime of "
-            "the row's table; a miss by more than 1 point sends the search on, at most twice): "
+            f"the row's table; a miss by more than {defaults.latency_slack:.0%} of the original's latency sends the "
+            f"search on, at most {defaults.latency_checks} times): "
             + "; ".join(f"{m['method']} " + ", then ".join(
                 f"{-c['measured_reduction']:+.0%} (table {-c['predicted_reduction']:+.0%})"
                 + (", pruned on" if c["next_goal_ms"] is not None else "") for c in m["checks"])
