@@ -10,10 +10,12 @@ and MobileNetV2 with their ImageNet strides at 224x224, and the CIFAR ResNet-56 
 
 1. **The table's error.** For every runtime (PyTorch eager on the CPU at 1 and 2 threads, ONNX
    Runtime CPU at 1 thread) a latency table at batch 1 is built (`rlpruner.latency.build_table`)
-   and checked on random pruned models (every group keeps its own random share in [0.25, 1]):
-   median and worst relative error of predicted against measured latency.
+   and checked on random pruned models (every group keeps its own random share in [0.25, 1]), timed
+   in turns with the original: median and worst relative error of predicted against measured
+   latency, and of latency as a share of the original's (what a reduction rests on).
 2. **The speed-up.** Each method prunes the model to -50% FLOPs, and the result is timed on every
-   runtime at batch 1 and 32. RL-Pruner runs three ways: with a FLOPs target (`rl-flops`); with a
+   runtime at batch 1 and 32, in turns with the original and the other methods' models
+   (`Runtime.time_turns_ms`), so a machine slowing down for a while slows them all alike. RL-Pruner runs three ways: with a FLOPs target (`rl-flops`); with a
    latency target, -50% predicted latency at batch 1 (`rl-latency`); and with the FLOPs target and
    the latency reward (`rl-flops-fast`: equal FLOPs per step, the candidate that the table predicts
    fastest wins; its latency weight is 100, since random weights make the accuracy term noise).
@@ -138,6 +140,15 @@ def _watch(batch: int) -> Any:
         Stopwatch(warmup=1, repeats=2, rounds=2)
 
 
+def _turns(batch: int) -> Any:
+    """How the models of one timing column are timed against each other (`Runtime.time_turns_ms`):
+    at batch 1 in turns of 5 calls for about 20 s, at larger batches (calls of a second or more) in 3
+    turns of one call each."""
+    from rlpruner.latency import Turns
+
+    return Turns(warmup=2, block=5, settle=1, seconds=20.0) if batch == 1 else Turns(warmup=1, block=1, settle=0, rounds=3)
+
+
 def _build(label: str, settings: LatencyModelSettings) -> tuple[Any, Any, int]:
     import torch
 
@@ -247,11 +258,9 @@ def time_bound(model: Any, graph: Any, example: Any, bound: dict[str, Any], runt
     pruned = prune_channels(model, graph, _removals_keeping(sizes, bound["kept"]), inplace=False)
     timed = {}
     for batch in batches:
-        inputs = _latency_inputs(example, batch, runtime.device)
-        before = runtime.time_ms(model, inputs, _watch(batch))
-        ms = runtime.time_ms(pruned, inputs, _watch(batch))
-        base = min(before, runtime.time_ms(model, inputs, _watch(batch)))  # before and after, as in run_model
-        timed[f"b{batch}"] = {"base_ms": base, "ms": ms, "ratio": (1 - ms / base) / bound["flops_reduction"]}
+        base, ms = runtime.time_turns_ms([model, pruned], _latency_inputs(example, batch, runtime.device), _turns(batch))
+        timed[f"b{batch}"] = {"base_ms": base, "ms": ms, "ratio": (1 - ms / base) / bound["flops_reduction"],
+                              "timing": "turns"}
     return timed
 
 
@@ -315,7 +324,7 @@ def table_errors(model: Any, graph: Any, table: Any, runtime: Any, example: Any,
     from rlpruner.latency import prediction_error
 
     return tuple(prediction_error(model, graph, table, runtime, example, samples=settings.check_samples, seed=seed,
-                                  multiple=multiple, watch=_watch(1)) for seed, multiple in ((0, 1), (1, 8)))
+                                  multiple=multiple, turns=_turns(1)) for seed, multiple in ((0, 1), (1, 8)))
 
 
 def run_model(label: str, settings: LatencyModelSettings, work: Path, log: Any) -> dict[str, Any]:
@@ -336,7 +345,7 @@ def run_model(label: str, settings: LatencyModelSettings, work: Path, log: Any) 
     base_flops, base_params = base.flops, base.params
     row: dict[str, Any] = {"model": label, "input": list(example.shape[1:]), "flops": base_flops,
                            "params": base_params, "commit": machine()["commit"], "host_memory": host_memory.describe(),
-                           "tables": [], "methods": []}
+                           "tables": [], "methods": [], "timing": "turns"}
     tables = {}
     for name, threads in settings.table_runtimes:
         runtime = get_runtime(name, threads)
@@ -381,12 +390,11 @@ def run_model(label: str, settings: LatencyModelSettings, work: Path, log: Any) 
         for batch in settings.batches:
             inputs = _latency_inputs(example, batch, runtime.device)
             key = f"{name}/{threads}t/b{batch}"
-            base_times = [runtime.time_ms(model, inputs, _watch(batch))]
-            for m in row["methods"]:
-                m["latency"][key] = runtime.time_ms(pruned_models[m["method"]], inputs, _watch(batch))
-            base_times.append(runtime.time_ms(model, inputs, _watch(batch)))  # before and after: drift shows
-            row["base_ms"][key] = min(base_times)
-            for m in row["methods"]:
+            base_ms, *times = runtime.time_turns_ms([model, *(pruned_models[m["method"]] for m in row["methods"])],
+                                                    inputs, _turns(batch))  # all of the column's models in turns
+            row["base_ms"][key] = base_ms
+            for m, ms in zip(row["methods"], times):
+                m["latency"][key] = ms
                 reduction = 1 - m["latency"][key] / row["base_ms"][key]
                 m.setdefault("ratio", {})[key] = reduction / m["flops_reduction"]
             log(f"{label}: timed on {key}: base {row['base_ms'][key]:.2f} ms; " + ", ".join(
@@ -556,20 +564,23 @@ def table(results: dict[str, Any]) -> list[str]:
                 "run cached)" if bounds else "")
              + (f" (the bounds' allocations{_of(timings)} timed by `--bounds` at commit {timings['commit']})"
                 if timings else "")
-             + f". CPU timings with {_host_memory(results)}.", "",
+             + f". CPU timings with {_host_memory(results)}. {_timing_text(results)}", "",
              f"**The table's error** (predicted against measured latency of "
              f"{results['settings']['check_samples']} random pruned models per column, none of them among the whole "
              "models the table's rest term was fitted on):", "",
              "| model | input | runtime | threads | layers (distinct) | build | rest term (leave-one-out error) | "
-             "any widths: median | worst | widths in multiples of 8: median | worst |",
-             "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+             "any widths: median | worst | widths in multiples of 8: median | worst | "
+             "any widths, as a share of the original's: median | worst |",
+             "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for row in results["rows"]:
         for t in row["tables"]:
             a = t.get("aligned", {})
+            shares = [f"{t[k]:.1%}" if t.get(k) is not None else "-" for k in ("share_median", "share_worst")]
             lines.append(f"| {row['model']} | {'x'.join(map(str, row['input']))} | {t['runtime']} | {t['threads']} | "
                          f"{t['layers']} ({t['distinct']}) | {t['build_s']:.0f} s | {_form(t['fit'])} | "
                          f"{t['median']:.1%} | {t['worst']:.1%} | "
-                         f"{a.get('median', float('nan')):.1%} | {a.get('worst', float('nan')):.1%} |")
+                         f"{a.get('median', float('nan')):.1%} | {a.get('worst', float('nan')):.1%} | "
+                         + " | ".join(shares) + " |")
     for kind, pick in (("any widths", lambda t: t["median"]), ("multiples of 8", lambda t: t["aligned"]["median"])):
         errors = [pick(t) for row in results["rows"] for t in row["tables"] if kind == "any widths" or "aligned" in t]
         if errors:
@@ -652,6 +663,23 @@ def _commits(results: dict[str, Any]) -> str:
 def _of(stamp: dict[str, Any]) -> str:
     """" of resnet18, resnet50" where a `--bounds` stamp names the models it added to (older ones do not)."""
     return f" of {', '.join(stamp['models'])}" if stamp.get("models") else ""
+
+
+def _timing_text(results: dict[str, Any]) -> str:
+    """How the rows' models were timed against each other."""
+    turns = [row["model"] for row in results["rows"] if row.get("timing") == "turns"]
+    alone = [row["model"] for row in results["rows"] if row.get("timing") != "turns"]
+    text = ("The models of each timing column (the original and every method's) are timed in turns "
+            "(`Runtime.time_turns_ms`: at batch 1, turns of one untimed and 5 timed calls each for about 20 s; at "
+            "batch 32, 3 turns of one call; a model's latency is the median of its turns), as are the tables' checks "
+            "(each random model in turns with the original) and the bounds' timings (with the original)")
+    if not alone:
+        return text + "."
+    old = ("timed one after the other, the original before and after them (the faster of the two kept), each "
+           "table check's model alone")
+    if not turns:
+        return f"The models of each timing column were {old}."
+    return f"{text}: {', '.join(turns)}; the rows of {', '.join(alone)} were {old}."
 
 
 def _host_memory(results: dict[str, Any]) -> str:

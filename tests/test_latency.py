@@ -15,6 +15,7 @@ from rlpruner.graph import trace
 from rlpruner.latency import (
     Runtime,
     Stopwatch,
+    Turns,
     aligned_model_costs,
     build_table,
     cached_table,
@@ -24,8 +25,10 @@ from rlpruner.latency import (
     prediction_error,
     random_removals,
     rounding_costs,
+    uniform_removals,
 )
 from rlpruner.latency.table import calibration_plans
+from rlpruner.search.latency import pair_turns
 from rlpruner.models import create_model
 from rlpruner.surgery import prune_channels
 from rlpruner.search import CompressConfig, Reward, RLConfig, Target, compress
@@ -270,10 +273,12 @@ def test_the_real_clock_gives_a_finite_error_report():
     model, x = create_model("simple_cnn", num_classes=3, widths=[16, 32]).eval(), torch.randn(1, 3, 16, 16)
     graph = trace(model, x)
     runtime = get_runtime("torch-cpu")
-    quick = Stopwatch(warmup=1, repeats=3, rounds=1)
-    table = build_table(model, graph, x, runtime, points=3, watch=quick)
-    error = prediction_error(model, graph, table, runtime, x, samples=3, watch=quick)
-    assert np.isfinite(error.median) and error.median <= error.worst and error.to_dict()["samples"]
+    quick, turns = Stopwatch(warmup=1, repeats=3, rounds=1), Turns(warmup=1, block=2, rounds=3)
+    table = build_table(model, graph, x, runtime, points=3, watch=quick, turns=turns)
+    error = prediction_error(model, graph, table, runtime, x, samples=3, turns=turns)
+    report = error.to_dict()
+    assert np.isfinite(error.median) and error.median <= error.worst and report["samples"]
+    assert report["original"]["measured_ms"] > 0 and 0 <= report["share_median"] <= report["share_worst"]
 
 
 def test_bad_latency_options_get_one_clear_message():
@@ -306,15 +311,27 @@ def _latency_config(tmp_path, **rl):
 
 def test_a_latency_search_times_no_candidate_and_reports_predicted_beside_measured(
         tiny_splits, tiny_trained, tmp_path, monkeypatch):
-    calls = []
+    calls, sessions, in_turns = [], [], []
     monkeypatch.setattr(Runtime, "time_ms", _flops_clock(calls))
+    in_turns_of = Runtime.time_turns_ms
+
+    def recorded(self, modules, inputs, turns):
+        before = len(calls)
+        try:
+            return in_turns_of(self, modules, inputs, turns)
+        finally:
+            sessions.append(len(modules))
+            in_turns.append(len(calls) - before)
+
+    monkeypatch.setattr(Runtime, "time_turns_ms", recorded)
     result = compress(tiny_trained, tiny_splits, _latency_config(tmp_path, round_to=1), out_dir=tmp_path / "run",
                       evaluate_test=False)
     whole_models = [m for m in calls if any(isinstance(c, nn.Linear) for c in m.modules())
                     and any(isinstance(c, nn.Conv2d) for c in m.modules())]
-    # the table's calibration models, the target's check (original and model, 4 times each, alternately;
-    # once: the clock agrees with the table), base and final likewise, then both at the report batch
-    assert len(whole_models) == len(calibration_plans(trace(tiny_trained, torch.randn(1, 1, 8, 8)))) + 8 + 8 + 2
+    # timed in turns: the table's calibration models, the target's check (original and model; once: the
+    # clock agrees with the table), base and final likewise; then both alone at the report batch
+    assert sessions == [len(calibration_plans(trace(tiny_trained, torch.randn(1, 1, 8, 8)))), 2, 2]
+    assert len(whole_models) == sum(in_turns) + 2
     assert [c["met"] for c in result.results["latency_checks"]] == [True]
     assert sum(r.candidates for r in result.records) > 8
     base, final = result.results["base"], result.results["final"]
@@ -362,7 +379,8 @@ def test_a_latency_target_the_table_misjudges_is_met_by_timing_and_a_resume_does
     resumed = compress(tiny_trained, tiny_splits, replace(honest, latency_checks=2), out_dir=tmp_path / "checked",
                        evaluate_test=False, resume=True)
     assert resumed.results["latency_checks"] == checks
-    assert len(calls) - timed == 8 + 2  # base and final: alternately at the latency batch, once at the report batch
+    in_turns = 2 * (1 + pair_turns(honest).rounds)  # base and final: in turns at the latency batch, each once first
+    assert len(calls) - timed == in_turns + 2  # ... and once each at the report batch
     assert resumed.results["final"]["flops"] == checked.results["final"]["flops"]
 
 
@@ -410,7 +428,26 @@ def test_timings_are_believed_only_so_far(tiny_splits, tiny_trained, tmp_path, m
         assert result.records[-1].step == checks[1]["step"]  # no step after the second timing
 
 
-def test_a_reduction_is_timed_alternately_so_a_drifting_machine_does_not_fake_a_miss(
+def test_models_timed_in_turns_keep_their_ratio_on_a_machine_that_slows_down_halfway(monkeypatch):
+    torch.manual_seed(0)
+    model, x = create_model("simple_cnn", num_classes=3, widths=[16, 32]).eval(), torch.randn(1, 3, 16, 16)
+    graph = trace(model, x)
+    pruned = prune_channels(model, graph, uniform_removals(graph, 0.5), inplace=False)
+    calls = []
+
+    def slowing(self, module, inputs, watch):  # 30 % slower from the 15th timing on (say another job starts)
+        calls.append(module)
+        return metrics.count(module, inputs).flops / 1e4 * (1.3 if len(calls) > 14 else 1.0)
+
+    monkeypatch.setattr(Runtime, "time_ms", slowing)
+    runtime = get_runtime("torch-cpu")
+    base_ms, pruned_ms = runtime.time_turns_ms([model, pruned], (x,), Turns(warmup=1, block=5, rounds=12))
+    truth = metrics.count(pruned, x).flops / metrics.count(model, x).flops
+    assert pruned_ms / base_ms == pytest.approx(truth, rel=1e-9)
+    assert len(calls) == 2 + 2 * 12 and calls[2:6] == [model, pruned, model, pruned]  # one after the other: 30 % off
+
+
+def test_a_reduction_is_timed_in_turns_so_a_drifting_machine_does_not_fake_a_miss(
         tiny_splits, tiny_trained, tmp_path, monkeypatch):
     from dataclasses import replace
 
@@ -419,18 +456,18 @@ def test_a_reduction_is_timed_alternately_so_a_drifting_machine_does_not_fake_a_
     compress(tiny_trained, tiny_splits, config, out_dir=tmp_path / "build", evaluate_test=False)  # the table
     calls = []
 
-    def drifting(self, module, inputs, watch):  # every call 5 % slower than the one before
+    def drifting(self, module, inputs, watch):  # every timing 1 % slower than the one before
         calls.append(module)
-        return metrics.count(module, inputs).flops / 1e4 * (1.0 + 0.05 * len(calls))
+        return metrics.count(module, inputs).flops / 1e4 * (1.0 + 0.01 * len(calls))
 
     monkeypatch.setattr(Runtime, "time_ms", drifting)
     result = compress(tiny_trained, tiny_splits, replace(config, latency_checks=2), out_dir=tmp_path / "run",
                       evaluate_test=False)
     checks = result.results["latency_checks"]
-    assert [c["met"] for c in checks] == [True]
-    assert checks[0]["measured_reduction"] == pytest.approx(checks[0]["predicted_reduction"], rel=1e-9)
+    assert [c["met"] for c in checks] == [True]  # timed one after the other: 17 % apart, a miss
+    assert checks[0]["measured_reduction"] == pytest.approx(checks[0]["predicted_reduction"], abs=0.005)
     flops_kept = result.results["final"]["flops"] / result.results["base"]["flops"]
-    assert result.results["reached"]["latency"] == pytest.approx(1.0 - flops_kept, rel=1e-9)
+    assert result.results["reached"]["latency"] == pytest.approx(1.0 - flops_kept, abs=0.005)
 
 
 def test_round_to_auto_measures_the_multiple_for_a_latency_run_only(tiny_splits, tiny_trained, tmp_path, monkeypatch):

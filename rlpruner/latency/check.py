@@ -1,7 +1,8 @@
 """How far a latency table can be trusted, and which width multiple a runtime likes.
 
 `prediction_error` times random pruned models (every group keeps its own random share, unlike the
-uniform models the table was fitted on) and compares with the table's prediction.
+uniform models the table was fitted on) in turns with the original and compares with the table's
+prediction: of each latency, and of each latency as a share of the original's.
 `rounding_costs` times the model's costliest layers at many widths; a width's penalty is how much
 slower it runs than the fastest width at least as wide (1: no wider width is faster, so the width
 is a fair choice). `choose_round_to` picks the smallest multiple whose widths have (almost) the
@@ -21,18 +22,30 @@ import torch
 from torch import nn
 
 from ..graph import DependencyGraph
-from .runtimes import Runtime, Stopwatch
+from .runtimes import Runtime, Stopwatch, Turns
 from .ops import Op, nearest_multiple, random_removals
-from .table import TABLE_WATCH, LatencyTable
+from .table import WHOLE_TURNS, LatencyTable
 
 
 @dataclass(frozen=True)
 class PredictionError:
+    """The table's error on random pruned models, timed in turns with the original: of their latency
+    (`errors`), and of their latency as a share of the original's (`share_errors`: what a latency
+    target or reduction rests on; a table whose every prediction is 10 % high has no error there)."""
+
     samples: list[dict[str, float]]  # keep range, predicted and measured ms of each random model
+    original: dict[str, float] | None = None  # the original's predicted and measured ms (None: not timed)
 
     @property
     def errors(self) -> list[float]:
         return [abs(s["predicted_ms"] - s["measured_ms"]) / s["measured_ms"] for s in self.samples]
+
+    @property
+    def share_errors(self) -> list[float]:
+        if self.original is None:
+            return []
+        p0, m0 = self.original["predicted_ms"], self.original["measured_ms"]
+        return [abs((s["predicted_ms"] / p0) / (s["measured_ms"] / m0) - 1.0) for s in self.samples]
 
     @property
     def median(self) -> float:
@@ -43,28 +56,33 @@ class PredictionError:
         return max(self.errors)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"median": self.median, "worst": self.worst, "samples": self.samples}
+        shares = self.share_errors
+        return {"median": self.median, "worst": self.worst, "samples": self.samples, "original": self.original,
+                "share_median": statistics.median(shares) if shares else None,
+                "share_worst": max(shares) if shares else None}
 
 
 def prediction_error(model: nn.Module, graph: DependencyGraph, table: LatencyTable, runtime: Runtime,
                      example: Any, *, samples: int = 8, seed: int = 0, multiple: int = 1,
-                     watch: Stopwatch = TABLE_WATCH, log: Callable[[str], None] = lambda s: None) -> PredictionError:
-    """Predicted against measured latency of `samples` random pruned models."""
+                     turns: Turns = WHOLE_TURNS, log: Callable[[str], None] = lambda s: None) -> PredictionError:
+    """Predicted against measured latency of `samples` random pruned models, timed in turns with
+    the original (`Runtime.time_turns_ms`)."""
     from ..metrics import _latency_inputs
     from ..surgery import prune_channels
 
     rng = np.random.default_rng(seed)
     inputs = _latency_inputs(example, int(table.key["batch"]), torch.device("cpu"))
+    plans = [random_removals(graph, rng, multiple=multiple) for _ in range(samples)]
+    measured = runtime.time_turns_ms([model, *(prune_channels(model, graph, r, inplace=False) for r in plans)],
+                                     inputs, turns)
+    full_flops = graph.count()[1]
     rows = []
-    for i in range(samples):
-        removals = random_removals(graph, rng, multiple=multiple)
-        pruned = prune_channels(model, graph, removals, inplace=False)
-        predicted, measured = table.predict(graph.new_shapes(removals)), runtime.time_ms(pruned, inputs, watch)
-        rows.append({"predicted_ms": predicted, "measured_ms": measured,
-                     "flops_kept": graph.count(removals)[1] / graph.count()[1]})
-        log(f"latency check {i + 1}/{samples}: predicted {predicted:.3f} ms, measured {measured:.3f} ms "
-            f"({(predicted - measured) / measured:+.1%})")
-    return PredictionError(rows)
+    for i, (removals, ms) in enumerate(zip(plans, measured[1:])):
+        predicted = table.predict(graph.new_shapes(removals))
+        rows.append({"predicted_ms": predicted, "measured_ms": ms, "flops_kept": graph.count(removals)[1] / full_flops})
+        log(f"latency check {i + 1}/{samples}: predicted {predicted:.3f} ms, measured {ms:.3f} ms "
+            f"({(predicted - ms) / ms:+.1%})")
+    return PredictionError(rows, {"predicted_ms": table.predict(graph.shapes), "measured_ms": measured[0]})
 
 
 ROUNDING_CHOICES = (1, 2, 4, 8, 16, 32)

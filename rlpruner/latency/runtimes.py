@@ -4,7 +4,8 @@ A runtime turns (module, inputs) into a call that runs one forward pass the way 
 would: PyTorch eager on the CPU with a fixed intra-op thread count, PyTorch eager on CUDA (calls
 bracketed by synchronisations), or ONNX Runtime's CPU provider on the module exported to ONNX.
 `key()` names everything a measurement depends on, so that a cached latency table is reused only
-on the same runtime, threads, library versions and processor.
+on the same runtime, threads, library versions and processor. `time_turns_ms` times several models
+against each other (what a reduction is), `time_ms` one model.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import contextlib
 import io
 import platform
 import statistics
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +56,37 @@ class Stopwatch:
         return Stopwatch(warmup=warmup, repeats=repeats, rounds=self.rounds)
 
 
+MAX_ROUNDS = 200
+
+
+@dataclass(frozen=True)
+class Turns:
+    """How models are timed against each other: each is called `warmup` times untimed, then they
+    take `rounds` turns, in each of which every model is called `settle` times untimed (its weights
+    back in the caches the others used) and `block` times timed. A model's latency is the median of
+    its turns' medians. A shared machine that slows down for a second or more slows every model
+    alike, so the ratio of two latencies, a reduction, holds; timed one after the other, each model
+    would get whatever state the machine was in while it ran."""
+
+    warmup: int = 2
+    block: int = 5
+    settle: int = 1
+    rounds: int = 10
+    seconds: float | None = None  # rounds sized so that all turns take about this long (3 to MAX_ROUNDS)
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.block < 1 or self.settle < 0 or self.rounds < 1:
+            raise ConfigError(f"turns: need warmup >= 0, block >= 1, settle >= 0, rounds >= 1; got "
+                              f"{self.warmup}, {self.block}, {self.settle}, {self.rounds}")
+
+    def sized(self, one_each_ms: float) -> int:
+        """The number of rounds, for models whose calls take `one_each_ms` together."""
+        if self.seconds is None:
+            return self.rounds
+        per_round = (self.settle + self.block) * max(one_each_ms, 1e-3)
+        return max(3, min(MAX_ROUNDS, int(1000.0 * self.seconds / per_round)))
+
+
 def processor() -> str:
     """The processor's model name (the same machine type gives the same table)."""
     with contextlib.suppress(OSError):
@@ -75,6 +107,7 @@ class Runtime:
         if threads is not None and threads < 1:
             raise ConfigError(f"latency runtime {self.name}: threads must be >= 1, got {threads}")
         self.threads = threads
+        self._prepared: dict[int, Call] = {}  # during `time_turns_ms`: each model's call, prepared once
 
     def key(self) -> dict[str, object]:
         return {"runtime": self.name, "threads": self.threads, "torch": torch.__version__,
@@ -99,7 +132,7 @@ class Runtime:
         was_training = module.training
         try:
             with self._threads(), torch.inference_mode():
-                call = self.prepare(module, inputs)
+                call = self._prepared.get(id(module)) or self.prepare(module, inputs)
                 if watch.budget_s is not None or watch.per_round_s is not None:
                     watch = watch.within(time_calls(call, warmup=0, repeats=1, device=self.device)[0])
                 medians = [statistics.median(time_calls(call, warmup=watch.warmup, repeats=watch.repeats,
@@ -107,6 +140,29 @@ class Runtime:
         finally:
             module.to(place).train(was_training)
         return min(medians)
+
+    def time_turns_ms(self, modules: Sequence[nn.Module], inputs: tuple[torch.Tensor, ...],
+                      turns: Turns = Turns()) -> list[float]:
+        """Latency in ms of one forward pass of each of `modules`, timed in turns (see `Turns`): the
+        way to compare them. Each module is prepared once (an ONNX Runtime session is built once) and
+        left on its device and in its mode."""
+        states = [(next(m.parameters(), torch.empty(0)).device, m.training) for m in modules]
+        try:
+            with torch.inference_mode():
+                for module in modules:
+                    self._prepared[id(module)] = self.prepare(module, inputs)
+            first = [self.time_ms(m, inputs, Stopwatch(warmup=max(turns.warmup - 1, 0), repeats=1, rounds=1))
+                     for m in modules]
+            medians: list[list[float]] = [[] for _ in modules]
+            block = Stopwatch(warmup=turns.settle, repeats=turns.block, rounds=1)
+            for _ in range(turns.sized(sum(first))):
+                for module, kept in zip(modules, medians):
+                    kept.append(self.time_ms(module, inputs, block))
+        finally:
+            self._prepared.clear()
+            for module, (place, was_training) in zip(modules, states):
+                module.to(place).train(was_training)
+        return [statistics.median(kept) for kept in medians]
 
     def __repr__(self) -> str:
         return f"{self.name}(threads={self.threads})"

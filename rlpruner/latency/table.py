@@ -45,14 +45,15 @@ from ..graph import DependencyGraph
 from ..io import atomic_write_json
 from .fit import Fit, Shapes, fit_rest
 from .ops import Op, find_ops, random_removals, uniform_removals
-from .runtimes import Runtime, Stopwatch
+from .runtimes import Runtime, Stopwatch, Turns
 
-TABLE_VERSION = 5
+TABLE_VERSION = 6  # 6: whole models timed in turns
 CALIBRATION_KEEP = (0.75, 0.5, 0.3)       # besides the original, whole models the rest term is fitted on: uniform,
 CALIBRATION_RANDOM = 10                   # this many with random widths per group (what a search makes),
 CALIBRATION_ALIGNED = 8                   # each set once at the table's multiple and once in multiples of 8
 CALIBRATION_SEED = 12345                  # not the error check's seed: the check uses unseen models
-TABLE_WATCH = Stopwatch(warmup=2, repeats=3, rounds=3, per_round_s=0.05)  # each latency of a table
+TABLE_WATCH = Stopwatch(warmup=2, repeats=3, rounds=3, per_round_s=0.05)  # each latency of a layer
+WHOLE_TURNS = Turns(warmup=2, block=3, settle=1, seconds=8.0)  # whole models, timed in turns against each other
 
 
 def default_cache_dir() -> Path:
@@ -290,9 +291,10 @@ def table_key(model: nn.Module, graph: DependencyGraph, example: Any, runtime: R
 
 
 def build_table(model: nn.Module, graph: DependencyGraph, example: Any, runtime: Runtime, *, batch: int = 1,
-                points: int = 6, multiple: int = 1, watch: Stopwatch = TABLE_WATCH,
+                points: int = 6, multiple: int = 1, watch: Stopwatch = TABLE_WATCH, turns: Turns = WHOLE_TURNS,
                 log: Callable[[str], None] = lambda s: None) -> LatencyTable:
-    """Time every distinct op along its widths and fit the rest on whole models (`calibration_plans`)."""
+    """Time every distinct op along its widths and fit the rest on whole models (`calibration_plans`),
+    timed in turns against each other (`turns`)."""
     from ..metrics import _latency_inputs
     from ..surgery import prune_channels
 
@@ -313,11 +315,9 @@ def build_table(model: nn.Module, graph: DependencyGraph, example: Any, runtime:
     inputs = _latency_inputs(example if isinstance(example, (tuple, torch.Tensor)) else tuple(example), batch,
                              torch.device("cpu"))
     plans = calibration_plans(graph, multiple)
-    shapes, measured = [], []
-    for _, removals in plans:
-        pruned = prune_channels(model, graph, removals, inplace=False) if removals else model
-        shapes.append(graph.new_shapes(removals))
-        measured.append(runtime.time_ms(pruned, inputs, watch))
+    shapes = [graph.new_shapes(removals) for _, removals in plans]
+    measured = runtime.time_turns_ms([prune_channels(model, graph, removals, inplace=False) if removals else model
+                                      for _, removals in plans], inputs, turns)
     table.fit = fit_rest(table, shapes, measured)
     table.calibration = [{"model": name, "measured_ms": m, "predicted_ms": table.predict(s)}
                          for (name, _), s, m in zip(plans, shapes, measured)]
@@ -333,7 +333,7 @@ def cache_path(directory: Path, key: Mapping[str, Any], prefix: str = "") -> Pat
 
 def cached_table(model: nn.Module, graph: DependencyGraph, example: Any, runtime: Runtime, *, batch: int = 1,
                  points: int = 6, multiple: int = 1, cache_dir: Path | None = None, watch: Stopwatch = TABLE_WATCH,
-                 log: Callable[[str], None] = lambda s: None) -> LatencyTable:
+                 turns: Turns = WHOLE_TURNS, log: Callable[[str], None] = lambda s: None) -> LatencyTable:
     """The table for this model, runtime and batch from `cache_dir` when one was built before, else
     built now and stored there. An unreadable cache file is rebuilt (it is a cache, not an input)."""
     key = table_key(model, graph, example, runtime, batch, points, multiple)
@@ -349,7 +349,7 @@ def cached_table(model: nn.Module, graph: DependencyGraph, example: Any, runtime
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log(f"latency table: {path} is unreadable ({type(exc).__name__}: {exc}); rebuilding it")
     table = build_table(model, graph, example, runtime, batch=batch, points=points, multiple=multiple,
-                        watch=watch, log=log)
+                        watch=watch, turns=turns, log=log)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, table.to_dict())

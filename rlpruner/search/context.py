@@ -109,7 +109,7 @@ class Context:
                                                    batch_size=batch_size), "latency measurement")
 
     def latency_pair_ms(self, first: nn.Module, second: nn.Module) -> tuple[float, float]:
-        """Two models timed alternately (`measure_pair_ms`), rank 0's on every rank: what a reduction
+        """Two models timed in turns (`measure_pair_ms`), rank 0's on every rank: what a reduction
         is measured with."""
         return self.world.first(lambda: measure_pair_ms(self.config, self.runtime, first, second,
                                                         self.data.example), "latency measurement")

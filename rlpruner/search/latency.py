@@ -7,7 +7,6 @@ other timings (the original and final models, for the report) are real measureme
 from __future__ import annotations
 
 import json
-import statistics
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +17,7 @@ from torch import nn
 
 from ..graph import DependencyGraph
 from ..io import atomic_write_json
-from ..latency import (LatencyTable, Runtime, Stopwatch, aligned_model_costs, cached_table, choose_round_to,
+from ..latency import (LatencyTable, Runtime, Stopwatch, Turns, aligned_model_costs, cached_table, choose_round_to,
                        find_ops, get_runtime)
 from ..latency.check import rounding_costs
 from ..latency.table import cache_path, default_cache_dir, table_key
@@ -50,18 +49,20 @@ def measure_ms(config: CompressConfig, runtime: Runtime, model: nn.Module, examp
     return runtime.time_ms(model, inputs, watch)
 
 
-PAIR_ORDER = (0, 1, 1, 0, 0, 1, 1, 0)  # ABBAABBA: a drift linear in time moves both medians alike
+def pair_turns(config: CompressConfig) -> Turns:
+    """How the run compares two models: in turns of 5 timed calls, as many timed calls of each as
+    four of `measure_ms`'s timings."""
+    return Turns(warmup=config.latency_warmup, block=5, settle=1, rounds=max(3, 4 * config.latency_repeats // 5))
 
 
 def measure_pair_ms(config: CompressConfig, runtime: Runtime, first: nn.Module, second: nn.Module,
                     example: Any) -> tuple[float, float]:
-    """Both models' latency at `config.latency_batch`, each timed four times in the order ABBAABBA and
-    its median kept: a machine that speeds up or slows down over the seconds this takes moves both
-    alike, so their ratio, what a reduction is, holds."""
-    models, times = (first, second), ([], [])
-    for which in PAIR_ORDER:
-        times[which].append(measure_ms(config, runtime, models[which], example))
-    return statistics.median(times[0]), statistics.median(times[1])
+    """Both models' latency at `config.latency_batch`, timed in turns (`Runtime.time_turns_ms`): a
+    machine that speeds up or slows down while this runs moves both alike, so their ratio, what a
+    reduction is, holds."""
+    inputs = _latency_inputs(example, config.latency_batch, runtime.device)
+    first_ms, second_ms = runtime.time_turns_ms([first, second], inputs, pair_turns(config))
+    return first_ms, second_ms
 
 
 def _cache_dir(config: CompressConfig) -> Path:

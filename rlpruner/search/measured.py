@@ -3,8 +3,8 @@
 The search plans and trims with the latency table's predictions; the table's error on a pruned
 model is a few percent, and larger where it matters most (an allocation chosen because the table
 says it is fast is where the table is most likely optimistic). So when the steps reach the table's
-goal, the model is timed on the run's runtime beside the original (alternately, so that a machine
-drifting over those seconds moves both alike). A model that misses the target by more than
+goal, the model is timed on the run's runtime beside the original (in turns, so that a machine
+slowing down over those seconds slows both alike). A model that misses the target by more than
 `latency_slack` sends the search on, towards a goal in predicted milliseconds corrected by what the
 clock said. The table is taken to overstate the reduction by the factor just measured:
 
