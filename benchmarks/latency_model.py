@@ -359,9 +359,11 @@ def run_model(label: str, settings: LatencyModelSettings, work: Path, log: Any) 
         row["tables"].append({"runtime": name, "threads": threads, "batch": 1, "build_s": built,
                               "layers": len(table.ops), "distinct": len(table.curves), "fit": asdict(table.fit),
                               **error.to_dict(), "aligned": aligned.to_dict()})
+        shares = error.share_errors
         log(f"{label}: table {name}/{threads}t built in {built:.0f} s; error median {error.median:.1%}, "
             f"worst {error.worst:.1%}; widths in multiples of 8: median {aligned.median:.1%}, "
-            f"worst {aligned.worst:.1%}")
+            f"worst {aligned.worst:.1%}; as a share of the original's: median {statistics.median(shares):.1%}, "
+            f"worst {max(shares):.1%}")
     pruned_models = {"base": model}
     for method in settings.methods:
         start = time.perf_counter()

@@ -28,7 +28,6 @@ from rlpruner.latency import (
     uniform_removals,
 )
 from rlpruner.latency.table import calibration_plans
-from rlpruner.search.latency import pair_turns
 from rlpruner.models import create_model
 from rlpruner.surgery import prune_channels
 from rlpruner.search import CompressConfig, Reward, RLConfig, Target, compress
@@ -299,6 +298,23 @@ def test_bad_latency_options_get_one_clear_message():
         RLConfig().capacity([4, 8])
 
 
+def _turn_sessions(monkeypatch, calls):
+    """Each `Runtime.time_turns_ms` from now on, as (models, batch, timings it made), recorded as it ends;
+    `calls`: the list the test's clock appends every timing to."""
+    sessions = []
+    in_turns = Runtime.time_turns_ms
+
+    def recorded(self, modules, inputs, turns):
+        before = len(calls)
+        try:
+            return in_turns(self, modules, inputs, turns)
+        finally:
+            sessions.append((len(modules), inputs[0].shape[0], len(calls) - before))
+
+    monkeypatch.setattr(Runtime, "time_turns_ms", recorded)
+    return sessions
+
+
 def _latency_config(tmp_path, **rl):
     from rlpruner.distill import DistillConfig
 
@@ -311,27 +327,18 @@ def _latency_config(tmp_path, **rl):
 
 def test_a_latency_search_times_no_candidate_and_reports_predicted_beside_measured(
         tiny_splits, tiny_trained, tmp_path, monkeypatch):
-    calls, sessions, in_turns = [], [], []
+    calls = []
     monkeypatch.setattr(Runtime, "time_ms", _flops_clock(calls))
-    in_turns_of = Runtime.time_turns_ms
-
-    def recorded(self, modules, inputs, turns):
-        before = len(calls)
-        try:
-            return in_turns_of(self, modules, inputs, turns)
-        finally:
-            sessions.append(len(modules))
-            in_turns.append(len(calls) - before)
-
-    monkeypatch.setattr(Runtime, "time_turns_ms", recorded)
+    sessions = _turn_sessions(monkeypatch, calls)
     result = compress(tiny_trained, tiny_splits, _latency_config(tmp_path, round_to=1), out_dir=tmp_path / "run",
                       evaluate_test=False)
     whole_models = [m for m in calls if any(isinstance(c, nn.Linear) for c in m.modules())
                     and any(isinstance(c, nn.Conv2d) for c in m.modules())]
-    # timed in turns: the table's calibration models, the target's check (original and model; once: the
-    # clock agrees with the table), base and final likewise; then both alone at the report batch
-    assert sessions == [len(calibration_plans(trace(tiny_trained, torch.randn(1, 1, 8, 8)))), 2, 2]
-    assert len(whole_models) == sum(in_turns) + 2
+    # every whole model is timed in turns: the table's calibration models, the target's check (original and
+    # model; once: the clock agrees with the table), then base and final at the latency and the report batch
+    calibration = len(calibration_plans(trace(tiny_trained, torch.randn(1, 1, 8, 8))))
+    assert [(n, batch) for n, batch, _ in sessions] == [(calibration, 1), (2, 1), (2, 1), (2, 2)]
+    assert len(whole_models) == sum(timed for _, _, timed in sessions)
     assert [c["met"] for c in result.results["latency_checks"]] == [True]
     assert sum(r.candidates for r in result.records) > 8
     base, final = result.results["base"], result.results["final"]
@@ -375,12 +382,13 @@ def test_a_latency_target_the_table_misjudges_is_met_by_timing_and_a_resume_does
     saved = json.loads((tmp_path / "checked" / "state.json").read_text())
     assert saved["latency_checks"] == checks and saved["goal"] == checks[0]["next_goal_ms"]
     # a resume redoes the final phase from the checkpoint: the checks are read back, not timed again
-    timed = len(calls)
+    timed, sessions = len(calls), _turn_sessions(monkeypatch, calls)
     resumed = compress(tiny_trained, tiny_splits, replace(honest, latency_checks=2), out_dir=tmp_path / "checked",
                        evaluate_test=False, resume=True)
     assert resumed.results["latency_checks"] == checks
-    in_turns = 2 * (1 + pair_turns(honest).rounds)  # base and final: in turns at the latency batch, each once first
-    assert len(calls) - timed == in_turns + 2  # ... and once each at the report batch
+    # base and final in turns, at the latency batch and at the report batch: nothing else is timed
+    assert [(n, batch) for n, batch, _ in sessions] == [(2, 1), (2, 2)]
+    assert len(calls) - timed == sum(t for _, _, t in sessions)
     assert resumed.results["final"]["flops"] == checked.results["final"]["flops"]
 
 

@@ -37,7 +37,7 @@ from ..task import Task, TaskError
 from ..train import resolve_device
 from .config import AUTO, CompressConfig
 from .data import Data, as_source, prepare_data
-from .latency import measure_ms, measure_pair_ms, runtime_for, table_for, with_aligned_round_to, with_round_to
+from .latency import measure_pair_ms, runtime_for, table_for, with_aligned_round_to, with_round_to
 from .targets import Measure, TargetKind
 
 IMPORTANCE, KD, FINAL = 1, 2, 3  # purposes mixed into derived seeds
@@ -102,17 +102,13 @@ class Context:
         """The task's metric of `model` on the whole validation split; the same value on every rank."""
         return validation_metric(self.task, self.data, self.world, self.device, model)
 
-    def latency_ms(self, model: nn.Module, batch_size: int | None = None) -> float:
-        """`model`'s measured median latency on the run's runtime (`measure_ms`), rank 0's on every
-        rank. Only the original and final models are timed; candidates are predicted."""
-        return self.world.first(lambda: measure_ms(self.config, self.runtime, model, self.data.example,
-                                                   batch_size=batch_size), "latency measurement")
-
-    def latency_pair_ms(self, first: nn.Module, second: nn.Module) -> tuple[float, float]:
-        """Two models timed in turns (`measure_pair_ms`), rank 0's on every rank: what a reduction
-        is measured with."""
+    def latency_pair_ms(self, first: nn.Module, second: nn.Module,
+                        batch_size: int | None = None) -> tuple[float, float]:
+        """Two models timed in turns (`measure_pair_ms`) at the latency batch or `batch_size`, rank 0's
+        on every rank: what a reduction is measured with. Only the original and final models (and the
+        models of a latency target's check) are timed; candidates are predicted."""
         return self.world.first(lambda: measure_pair_ms(self.config, self.runtime, first, second,
-                                                        self.data.example), "latency measurement")
+                                                        self.data.example, batch_size), "latency measurement")
 
     def graph_of(self, model: nn.Module) -> DependencyGraph:
         """The dependency graph of a model of this run (`keep` and the groups that break frozen)."""

@@ -17,14 +17,14 @@ from torch import nn
 
 from ..graph import DependencyGraph
 from ..io import atomic_write_json
-from ..latency import (LatencyTable, Runtime, Stopwatch, Turns, aligned_model_costs, cached_table, choose_round_to,
+from ..latency import (LatencyTable, Runtime, Turns, aligned_model_costs, cached_table, choose_round_to,
                        find_ops, get_runtime)
 from ..latency.check import rounding_costs
 from ..latency.table import cache_path, default_cache_dir, table_key
 from ..metrics import _latency_inputs
 from .config import AUTO, CompressConfig
 
-REPORT_TIMING_S = 3.0  # per model, for the report's second batch size
+REPORT_TIMING_S = 3.0  # about this long per model, for the report's second batch size
 
 
 def optimises_latency(config: CompressConfig) -> bool:
@@ -39,29 +39,22 @@ def runtime_for(config: CompressConfig, device: torch.device) -> Runtime:
     return get_runtime(name, config.latency_threads)
 
 
-def measure_ms(config: CompressConfig, runtime: Runtime, model: nn.Module, example: Any,
-               batch_size: int | None = None) -> float:
-    """Measured median latency at `config.latency_batch`, or at `batch_size` within a few seconds
-    (the report's second batch size)."""
-    watch = Stopwatch(warmup=config.latency_warmup, repeats=config.latency_repeats, rounds=1,
-                      budget_s=None if batch_size is None else REPORT_TIMING_S)
-    inputs = _latency_inputs(example, batch_size or config.latency_batch, runtime.device)
-    return runtime.time_ms(model, inputs, watch)
-
-
-def pair_turns(config: CompressConfig) -> Turns:
-    """How the run compares two models: in turns of 5 timed calls, as many timed calls of each as
-    four of `measure_ms`'s timings."""
-    return Turns(warmup=config.latency_warmup, block=5, settle=1, rounds=max(3, 4 * config.latency_repeats // 5))
+def pair_turns(config: CompressConfig, batch_size: int | None = None) -> Turns:
+    """How the run compares two models: at `config.latency_batch` in turns of 5 timed calls, as many
+    timed calls of each as four timings of `latency_repeats`; at `batch_size` (the report's second
+    batch size) in turns of one call each for about `REPORT_TIMING_S` per model."""
+    if batch_size is None:
+        return Turns(warmup=config.latency_warmup, block=5, settle=1, rounds=max(3, 4 * config.latency_repeats // 5))
+    return Turns(warmup=1, block=1, settle=0, seconds=2 * REPORT_TIMING_S)
 
 
 def measure_pair_ms(config: CompressConfig, runtime: Runtime, first: nn.Module, second: nn.Module,
-                    example: Any) -> tuple[float, float]:
-    """Both models' latency at `config.latency_batch`, timed in turns (`Runtime.time_turns_ms`): a
-    machine that speeds up or slows down while this runs moves both alike, so their ratio, what a
-    reduction is, holds."""
-    inputs = _latency_inputs(example, config.latency_batch, runtime.device)
-    first_ms, second_ms = runtime.time_turns_ms([first, second], inputs, pair_turns(config))
+                    example: Any, batch_size: int | None = None) -> tuple[float, float]:
+    """Both models' latency at `config.latency_batch` (or at `batch_size`), timed in turns
+    (`Runtime.time_turns_ms`): a machine that speeds up or slows down while this runs moves both
+    alike, so their ratio, what a reduction is, holds."""
+    inputs = _latency_inputs(example, batch_size or config.latency_batch, runtime.device)
+    first_ms, second_ms = runtime.time_turns_ms([first, second], inputs, pair_turns(config, batch_size))
     return first_ms, second_ms
 
 

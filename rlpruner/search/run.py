@@ -163,8 +163,8 @@ def _finish(ctx: Context, state: State, evaluate_test: bool, meta: dict[str, Any
     if ctx.latency_table is not None:  # beside the measurements: what the search believed
         base["predicted_latency_ms"] = ctx.base["latency_ms"]
         final["predicted_latency_ms"] = ctx.latency_table.predict(graph.shapes)
-    for row, timed in ((base, ctx.original), (final, model)):
-        row["latency_batch_ms"] = ctx.latency_ms(timed, batch_size=ctx.config.report_batch)
+    base["latency_batch_ms"], final["latency_batch_ms"] = ctx.latency_pair_ms(ctx.original, model,
+                                                                              ctx.config.report_batch)
     test = ctx.data.source.test(ctx.config.eval_batch_size) if evaluate_test else None
     if test is not None:
         test = OnDevice(test, ctx.device)
