@@ -799,6 +799,8 @@ def render_doc(results: Mapping[str, Any], doc_path: Path, plots_dir: Path) -> s
     out += _latency_section(latency, plots_dir, rel)
     out += _study_section(results_dir_of(plots_dir), "latency_model",
                           "Latency model: the table's error and the speed-up per method")
+    out += _study_section(results_dir_of(plots_dir), "timing_turns",
+                          "Timing in turns: one reduction measured two ways")
     out += _study_section(results_dir_of(plots_dir), "latency_target",
                           "Accuracy at equal latency: RL-Pruner with a latency target")
     out += ["## Engine speed: trace + prune vs Torch-Pruning", ""]

@@ -3,6 +3,7 @@ import dataclasses
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -906,3 +907,20 @@ def test_the_host_memory_study_times_both_models_in_each_allocator_state_in_its_
     kept = {g.name: g.size // 2 for g in trace(model, torch.randn(1, 3, 32, 32)).prunable_groups()}
     row = host_memory.child("kept", {**spec, "kept": kept})
     assert row["state"] == "kept" and set(row["timings"]) == {"original", "pruned"}
+
+
+def test_the_timing_study_measures_each_trial_both_ways_and_shows_their_spread():
+    """Every trial times the pair one after the other and in turns; the page gives each way's
+    latency changes (median, range, middle half) from the trials, nothing typed."""
+    from benchmarks import timing_turns
+
+    lines = []
+    results = timing_turns.run(timing_turns.QUICK, log=lines.append)
+    assert len(results["trials"]) == timing_turns.QUICK["trials"] == len(lines)
+    for trial in results["trials"]:
+        for way in timing_turns.WAYS:
+            assert trial[way]["original_ms"] > 0 and trial[way]["pruned_ms"] > 0 and trial[way]["seconds"] > 0
+    page = timing_turns.render_markdown(results)
+    changes = sorted(timing_turns._reduction(t["turns"]) for t in results["trials"])
+    assert f"| in turns | {statistics.median(changes):+.1%} | {changes[0]:+.1%} | {changes[-1]:+.1%} |" in page
+    assert "| one after the other |" in page and "Command: `python benchmarks/timing_turns.py`" in page
