@@ -287,6 +287,8 @@ def test_bad_latency_options_get_one_clear_message():
         RLConfig(round_to="sometimes")
     with pytest.raises(ConfigError, match="latency_points"):
         CompressConfig(latency_points=1)
+    with pytest.raises(ConfigError, match="turns: need warmup >= 0, block >= 1"):
+        Turns(block=0)
     with pytest.raises(ConfigError, match="latency_checks must be >= 0, got -1"):
         CompressConfig(latency_checks=-1)
     for slack in (-0.1, 1.0, float("nan")):
