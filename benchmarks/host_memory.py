@@ -31,7 +31,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.settings import RESULTS, ROOT, machine  # noqa: E402
+from benchmarks.settings import RESULTS, machine, study_files, write_study  # noqa: E402
 
 STATES = {"fresh": "glibc defaults, fresh process", "after-b32": "glibc defaults, after one batch of 32",
           "kept": "keeping freed memory (rlpruner.host_memory)"}
@@ -134,15 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child(args.child, json.loads(args.spec))))
         return 0
-    from rlpruner.io import atomic_write_json, atomic_write_text
-
-    out = (ROOT / "runs" / "bench-quick" / "results" if args.quick else RESULTS) / "host_memory"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    results = run(QUICK if args.quick else {**FULL, "kept": walk_widths()})
-    atomic_write_json(out.with_suffix(".json"), results)
-    atomic_write_text(out.with_suffix(".md"), render_markdown(results) + "\n")
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
-    return 0
+    _, json_path, md_path = study_files("host_memory", None, args.quick)
+    return write_study(json_path, md_path, run(QUICK if args.quick else {**FULL, "kept": walk_widths()}), render_markdown)
 
 
 if __name__ == "__main__":

@@ -224,6 +224,17 @@ def render_only(json_path: Path, md_path: Path, render: Any) -> int:
     return 0
 
 
+def write_study(json_path: Path, md_path: Path, results: dict[str, Any], render: Any) -> int:
+    """A study's results file and its page, each written whole."""
+    from rlpruner.io import atomic_write_json, atomic_write_text
+
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(json_path, results)
+    atomic_write_text(md_path, render(results) + "\n")
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
 def portable(path: str | Path) -> str:
     """A path as stored in results files: relative to the repository when inside it."""
     try:

@@ -27,7 +27,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.settings import RESULTS, ROOT, machine  # noqa: E402
+from benchmarks.settings import machine, study_files, write_study  # noqa: E402
 
 FULL = {"model": "mobilenetv2", "options": {"strides": "imagenet"}, "size": 224, "classes": 1000, "trials": 20,
         "pass_s": [0.3, 1.6]}
@@ -97,15 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run (a small model) under runs/bench-quick/")
     args = parser.parse_args(argv)
-    from rlpruner.io import atomic_write_json, atomic_write_text
-
-    out = (ROOT / "runs" / "bench-quick" / "results" if args.quick else RESULTS) / "timing_turns"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    results = run(QUICK if args.quick else FULL)
-    atomic_write_json(out.with_suffix(".json"), results)
-    atomic_write_text(out.with_suffix(".md"), render_markdown(results) + "\n")
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
-    return 0
+    _, json_path, md_path = study_files("timing_turns", None, args.quick)
+    return write_study(json_path, md_path, run(QUICK if args.quick else FULL), render_markdown)
 
 
 if __name__ == "__main__":
