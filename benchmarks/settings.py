@@ -266,14 +266,16 @@ def _cpu_name() -> str:
 
 
 def _git_commit() -> str | None:
-    """The short commit, with '+changes' when the working tree differs from it."""
+    """The short commit, with '+changes' when the working tree's code or docs differ from it (results
+    files do not count: a benchmark rewrites its own after each model, and its next rows were run by
+    the same code)."""
     def git(*args: str) -> str:
         out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False)
         return out.stdout.strip()
 
     try:
         commit = git("rev-parse", "--short", "HEAD")
-        changed = git("status", "--porcelain", "--untracked-files=no")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
     except (OSError, subprocess.SubprocessError):
         return None
     return (commit + ("+changes" if changed else "")) or None
