@@ -924,3 +924,28 @@ def test_the_timing_study_measures_each_trial_both_ways_and_shows_their_spread()
     changes = sorted(timing_turns._reduction(t["turns"]) for t in results["trials"])
     assert f"| in turns | 0.05 s | {statistics.median(changes):+.1%} | {changes[0]:+.1%} | {changes[-1]:+.1%} |" in page
     assert "| one after the other |" in page and "Command: `python benchmarks/timing_turns.py`" in page
+
+
+def test_a_results_file_rewritten_mid_run_does_not_mark_the_commit_changed(tmp_path, monkeypatch):
+    """A benchmark rewrites its results file after each model; the next rows ran the same code."""
+    import subprocess
+
+    from benchmarks import settings as presets
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "study.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-q", "-m", "start")
+    monkeypatch.setattr(presets, "ROOT", tmp_path)
+    commit = presets._git_commit()
+    assert commit and not commit.endswith("+changes")
+    (tmp_path / "benchmarks" / "results" / "study.json").write_text('{"rows": [1]}')
+    assert presets._git_commit() == commit
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert presets._git_commit() == commit + "+changes"
