@@ -15,10 +15,11 @@ and MobileNetV2 with their ImageNet strides at 224x224, and the CIFAR ResNet-56 
    latency, and of latency as a share of the original's (what a reduction rests on).
 2. **The speed-up.** Each method prunes the model to -50% FLOPs, and the result is timed on every
    runtime at batch 1 and 32, in turns with the original and the other methods' models
-   (`Runtime.time_turns_ms`), so a machine slowing down for a while slows them all alike. RL-Pruner runs three ways: with a FLOPs target (`rl-flops`); with a
-   latency target, -50% predicted latency at batch 1 (`rl-latency`); and with the FLOPs target and
-   the latency reward (`rl-flops-fast`: equal FLOPs per step, the candidate that the table predicts
-   fastest wins; its latency weight is 100, since random weights make the accuracy term noise).
+   (`Runtime.time_turns_ms`), so a machine slowing down for a while slows them all alike.
+   RL-Pruner runs three ways: with a FLOPs target (`rl-flops`); with a latency target, -50%
+   predicted latency at batch 1 (`rl-latency`); and with the FLOPs target and the latency reward
+   (`rl-flops-fast`: equal FLOPs per step, the candidate that the table predicts fastest wins; its
+   latency weight is 100, since random weights make the accuracy term noise).
    HALP's latency-aware ranking runs in the same loop with the latency target (`halp-latency`:
    importance, by the rows' L2 criterion, per millisecond the table predicts a unit's removal
    saves, `rlpruner.allocation.walk`). The latency-aware rows run once per table, each with that table and

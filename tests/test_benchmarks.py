@@ -758,6 +758,15 @@ def test_a_model_rerun_later_names_each_models_commit():
         f"glibc malloc's adaptive defaults (resnet18); {host_memory.describe()} (mobilenetv2)"
     results["rows"][0]["host_memory"] = host_memory.describe()
     assert latency_model._host_memory(results) == host_memory.describe()
+    # how each row's models were timed against each other: rows before 83e64c9 one after the other
+    assert latency_model._timing_text(results).startswith("The models of each timing column were timed one after")
+    results["rows"][1]["timing"] = "turns"
+    mixed = latency_model._timing_text(results)
+    assert "are timed in turns" in mixed and mixed.endswith("mobilenetv2; the rows of resnet18 were timed one after "
+                                                           "the other, the original before and after them (the faster "
+                                                           "of the two kept), each table check's model alone.")
+    results["rows"][0]["timing"] = "turns"
+    assert "one after" not in latency_model._timing_text(results)
 
 
 def test_the_table_bound_reaches_the_flops_target_and_follows_the_table(monkeypatch):
