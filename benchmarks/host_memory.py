@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args.child, json.loads(args.spec))))
         return 0
     _, json_path, md_path = study_files("host_memory", None, args.quick)
-    return write_study(json_path, md_path, run(QUICK if args.quick else {**FULL, "kept": walk_widths()}), render_markdown)
+    results = run(QUICK if args.quick else {**FULL, "kept": walk_widths()})
+    return write_study(json_path, md_path, results, render_markdown)
 
 
 if __name__ == "__main__":

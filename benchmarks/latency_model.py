@@ -57,7 +57,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.settings import RESULTS, ROOT, WORK, machine  # noqa: E402
+from benchmarks.settings import RESULTS, ROOT, WORK, machine, write_study  # noqa: E402
 
 MODELS: dict[str, tuple[str, dict[str, Any], int, int]] = {  # label: (zoo name, options, input size, classes)
     "resnet18": ("resnet18", {"stem": "imagenet"}, 224, 1000),
@@ -134,11 +134,11 @@ def quick() -> LatencyModelSettings:
                                 methods=tuple(m for m in METHODS if not m.endswith("-2t")), size_override=16)
 
 
-def _watch(batch: int) -> Any:
+def _table_watch() -> Any:
+    """How each layer of a table is timed here: longer passes than the library's default."""
     from rlpruner.latency import Stopwatch
 
-    return Stopwatch(warmup=2, repeats=5, rounds=3, per_round_s=0.3) if batch == 1 else \
-        Stopwatch(warmup=1, repeats=2, rounds=2)
+    return Stopwatch(warmup=2, repeats=5, rounds=3, per_round_s=0.3)
 
 
 def _turns(batch: int) -> Any:
@@ -147,7 +147,9 @@ def _turns(batch: int) -> Any:
     turns of one call each."""
     from rlpruner.latency import Turns
 
-    return Turns(warmup=2, block=5, settle=1, seconds=20.0) if batch == 1 else Turns(warmup=1, block=1, settle=0, rounds=3)
+    if batch == 1:
+        return Turns(warmup=2, block=5, settle=1, seconds=20.0)
+    return Turns(warmup=1, block=1, settle=0, rounds=3)
 
 
 def _build(label: str, settings: LatencyModelSettings) -> tuple[Any, Any, int]:
@@ -259,7 +261,8 @@ def time_bound(model: Any, graph: Any, example: Any, bound: dict[str, Any], runt
     pruned = prune_channels(model, graph, _removals_keeping(sizes, bound["kept"]), inplace=False)
     timed = {}
     for batch in batches:
-        base, ms = runtime.time_turns_ms([model, pruned], _latency_inputs(example, batch, runtime.device), _turns(batch))
+        inputs = _latency_inputs(example, batch, runtime.device)
+        base, ms = runtime.time_turns_ms([model, pruned], inputs, _turns(batch))
         timed[f"b{batch}"] = {"base_ms": base, "ms": ms, "ratio": (1 - ms / base) / bound["flops_reduction"],
                               "timing": "turns"}
     return timed
@@ -351,7 +354,7 @@ def run_model(label: str, settings: LatencyModelSettings, work: Path, log: Any) 
     for name, threads in settings.table_runtimes:
         runtime = get_runtime(name, threads)
         start = time.perf_counter()
-        table = build_table(model, graph, example, runtime, batch=1, points=settings.points, watch=_watch(1))
+        table = build_table(model, graph, example, runtime, batch=1, points=settings.points, watch=_table_watch())
         built = time.perf_counter() - start
         error, aligned = table_errors(model, graph, table, runtime, example, settings)
         tables[(name, threads)] = table
@@ -504,7 +507,7 @@ def starting_results(earlier: dict[str, Any] | None, settings: LatencyModelSetti
 def run(settings: LatencyModelSettings, out: Path, work: Path, log: Any = print) -> dict[str, Any]:
     import json
 
-    from rlpruner.io import atomic_write_json, atomic_write_text
+    from rlpruner.io import atomic_write_json
 
     path = out.with_suffix(".json")
     results = starting_results(json.loads(path.read_text()) if path.exists() else None, settings)
@@ -513,9 +516,8 @@ def run(settings: LatencyModelSettings, out: Path, work: Path, log: Any = print)
         row = run_model(label, settings, work, log)
         row["seconds"] = time.perf_counter() - start
         results["rows"] = [r for r in results["rows"] if r["model"] != label] + [row]
-        atomic_write_json(path, results)
-    atomic_write_text(out.with_suffix(".md"), render_markdown(results) + "\n")
-    return results
+        atomic_write_json(path, results)  # an interrupted run keeps the models it finished
+    return _rewrite(out, results)
 
 
 def run_bounds(settings: LatencyModelSettings, out: Path, work: Path, log: Any = print) -> dict[str, Any]:
@@ -551,10 +553,7 @@ def run_recheck(settings: LatencyModelSettings, out: Path, work: Path, log: Any 
 
 def _rewrite(out: Path, results: dict[str, Any]) -> dict[str, Any]:
     """The results file and its page written again (atomically) from `results`."""
-    from rlpruner.io import atomic_write_json, atomic_write_text
-
-    atomic_write_json(out.with_suffix(".json"), results)
-    atomic_write_text(out.with_suffix(".md"), render_markdown(results) + "\n")
+    write_study(out.with_suffix(".json"), out.with_suffix(".md"), results, render_markdown)
     return results
 
 
@@ -793,7 +792,6 @@ def main(argv: list[str] | None = None) -> int:
         run_bounds(settings, out, WORK / mode / "latency_model", log)
     else:
         run(settings, out, WORK / mode / "latency_model", log)
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
     return 0
 
 

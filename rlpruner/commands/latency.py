@@ -86,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
         error = prediction_error(model, graph, table, runtime, example, samples=args.check, multiple=args.round_to,
                                  log=print)
         report["error"] = error.to_dict()
-        print(f"error on {args.check} random pruned models (timed in turns with the original): median {error.median:.1%}, "
-              f"worst {error.worst:.1%}; of their latency as a share of the original's: median "
+        print(f"error on {args.check} random pruned models (timed in turns with the original): median "
+              f"{error.median:.1%}, worst {error.worst:.1%}; of their latency as a share of the original's: median "
               f"{report['error']['share_median']:.1%}, worst {report['error']['share_worst']:.1%}")
     if args.rounding:
         costs = rounding_costs(find_ops(model, graph, example), runtime, args.batch)
