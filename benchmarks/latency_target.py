@@ -15,9 +15,10 @@ width, `--max-group-ratio 0.8`). A cell whose
 uniform model is not predicted faster than the base (odd widths can be slower) gets no latency run,
 and the page says so. Uniform and RL with a FLOPs target run the accuracy
 benchmark's loop at the FLOPs target (benchmarks/accuracy.py: same base model, one KD epoch per
-step, the same total KD budget, then one test evaluation). Once every run is done, each final model
-is timed against its base model in alternating chunks (benchmarks/latency.py) at `timing_batches`,
-in the main process with nothing else running. Predicted and measured latency differ, so the
+step, the same total KD budget, then one test evaluation). Once every run is done, the final models
+of each model and dataset are timed in turns with their base model (`Runtime.time_turns_ms`, PyTorch
+CPU, 1 thread) at `timing_batches`, in the main process with nothing else running: a machine that
+slows down for a while slows them all alike, so their reductions compare. Predicted and measured latency differ, so the
 page also reads every method's accuracy at the uniform models' *measured* latencies off its own
 measured accuracy-latency curve (linear between its FLOPs targets, never extrapolated): the
 comparison at equal measured latency that the issue asks for.
@@ -38,7 +39,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.settings import (ALLOW_IMPORTS, RESULTS, ROOT, WORK,  # noqa: E402
-                                 AccuracySettings, LatencySettings, full, machine, portable, resolve)
+                                 AccuracySettings, full, machine, portable, resolve)
 
 LATENCY = "rl-latency"
 HALP = "halp-latency"
@@ -67,7 +68,7 @@ class StudySettings:
     accuracy: AccuracySettings  # models, datasets, FLOPs targets, seeds, KD budget (its methods are ignored)
     batch: int = 1                        # the latency table's batch (what the latency run optimises)
     timing_batches: tuple[int, ...] = (1, 64)
-    repeats: int = 30                     # timed calls per model at batch 1 (fewer at larger batches)
+    seconds: float = 20.0                 # how long the turns of one timing batch take (all models together)
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def quick() -> StudySettings:
     from benchmarks.settings import quick as quick_suite
 
     return StudySettings(replace(quick_suite().accuracy, targets=(0.5,), methods=METHODS[:2], no_recovery=False,
-                                 kd_budget=2), timing_batches=(1, 4), repeats=5)
+                                 kd_budget=2), timing_batches=(1, 4), seconds=2.0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -169,27 +170,44 @@ def study_folder(work: Path) -> Path:
     return work / "latency-target"
 
 
+def turns(batch: int, seconds: float) -> Any:
+    """How a model's final models and its base are timed against each other at `batch`: turns of one
+    untimed and 5 timed calls at batch 1, of one timed call at larger batches, for about `seconds`."""
+    from rlpruner.latency import Turns
+
+    if batch == 1:
+        return Turns(warmup=2, block=5, settle=1, seconds=seconds)
+    return Turns(warmup=1, block=1, settle=0, seconds=seconds)
+
+
 def time_rows(rows: list[dict[str, Any]], bases: dict[tuple[str, str], Any], settings: StudySettings,
               log: Callable[[str], None]) -> None:
-    """Each row's final model against its base, at `timing_batches` (rows timed before are kept)."""
+    """The final models of the rows not timed yet, per model and dataset in turns with their base
+    model, at `timing_batches` (rows timed before are kept)."""
     from rlpruner import io
+    from rlpruner.latency import get_runtime
+    from rlpruner.metrics import _latency_inputs
 
-    from benchmarks.latency import _timings
-
-    timing = LatencySettings(models=(), batches=settings.timing_batches, repeats=settings.repeats, threads=1)
-    loaded: dict[tuple[str, str], tuple[Any, Any]] = {}  # (base model, example input) per model and dataset
+    runtime = get_runtime("torch-cpu", 1)
+    pending: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
-        if "latency" in row:
-            continue
-        key = (row["model"], row["dataset"])
-        if key not in loaded:
-            loaded[key] = (io.load(bases[key].path, allow_imports=ALLOW_IMPORTS).eval(),
-                           bases[key].dataset.load().example_inputs())
-        base, example = loaded[key]
-        model = io.load(resolve(row["run_dir"]) / "model.rlp", allow_imports=ALLOW_IMPORTS).eval()
-        row["latency"] = _timings(base, model, example, timing)
-        log(f"timed {row['model']} {row['method']} -{row['target']:.0%} s{row['seed']}: " + ", ".join(
-            f"batch {b} {-v['reduction']:+.1%}" for b, v in row["latency"].items()))
+        if "latency" not in row:
+            pending.setdefault((row["model"], row["dataset"]), []).append(row)
+    for key, group in pending.items():
+        base = io.load(bases[key].path, allow_imports=ALLOW_IMPORTS).eval()
+        example = bases[key].dataset.load().example_inputs()
+        models = [io.load(resolve(row["run_dir"]) / "model.rlp", allow_imports=ALLOW_IMPORTS).eval() for row in group]
+        log(f"timing {len(models)} models of {key[0]} on {key[1]} in turns with their base")
+        for row in group:
+            row["latency"], row["timing"] = {}, "turns"
+        for batch in settings.timing_batches:
+            inputs = _latency_inputs(example, batch, runtime.device)
+            base_ms, *timed = runtime.time_turns_ms([base, *models], inputs, turns(batch, settings.seconds))
+            for row, ms in zip(group, timed):
+                row["latency"][str(batch)] = {"base_ms": base_ms, "pruned_ms": ms, "reduction": 1.0 - ms / base_ms}
+        for row in group:
+            log(f"timed {row['model']} {row['method']} -{row['target']:.0%} s{row['seed']}: " + ", ".join(
+                f"batch {b} {-v['reduction']:+.1%}" for b, v in row["latency"].items()))
 
 
 def run(settings: StudySettings, out: Path, work: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -265,6 +283,18 @@ def _mean(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * sd:.1f}"
 
 
+def _timing_text(rows: list[dict[str, Any]]) -> str:
+    """How the rows' final models were timed against their base (rows written before the turns say
+    nothing: they were timed in alternating chunks)."""
+    turns = sum(row.get("timing") == "turns" for row in rows)
+    if turns == len(rows):
+        return "timed in turns with the base and the other final models of the same model and data"
+    if not turns:
+        return "timed in alternating chunks with the base"
+    return (f"{turns} of the {len(rows)} models timed in turns with the base and each other, the rest in "
+            "alternating chunks with the base")
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """The page of a results file (generated, never typed)."""
     s = results["settings"]
@@ -272,7 +302,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines = [f"Machine: {results['machine']['cpu']}, {_commits(results)}. Command: "
              "`python benchmarks/latency_target.py`. Test top-1 (mean ± sd over seeds) after the same "
              f"{s['accuracy']['kd_budget']} KD epochs; latency change of the final model against its base, "
-             f"PyTorch CPU, 1 thread, timed in alternating chunks after all runs (mean over seeds). The latency "
+             f"PyTorch CPU, 1 thread, {_timing_text(results['runs'])} after all runs (mean over seeds). The latency "
              f"run's target is the uniform model's predicted latency reduction at batch {batch}.", ""]
     cells: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
     for row in results["runs"]:
