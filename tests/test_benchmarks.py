@@ -935,6 +935,27 @@ def test_the_timing_study_measures_each_trial_both_ways_and_shows_their_spread()
     assert "| one after the other |" in page and "Command: `python benchmarks/timing_turns.py`" in page
 
 
+def test_the_table_study_builds_both_ways_and_checks_them_on_the_same_timings():
+    """Each trial builds a table with its layers timed one width after the other and one in turns,
+    then checks both against one timing of the same random models: the measured latencies agree,
+    the predictions do not have to."""
+    from benchmarks import table_layers
+
+    lines = []
+    results = table_layers.run(table_layers.QUICK, log=lines.append)
+    assert len(results["trials"]) == table_layers.QUICK["trials"] == len(lines)
+    for trial in results["trials"]:
+        first, second = (trial[way] for way in table_layers.WAYS)
+        assert [s["measured_ms"] for s in first["samples"]] == [s["measured_ms"] for s in second["samples"]]
+        assert first["original"]["measured_ms"] == second["original"]["measured_ms"]
+        assert first["build_s"] > 0 and second["share_median"] is not None
+    assert [t["order"][0] for t in results["trials"]] == ["sequential", "turns"]  # the order alternates
+    page = table_layers.render_markdown(results)
+    medians = ", ".join(f"{t['turns']['median']:.1%}" for t in results["trials"])
+    assert f"| 1 | in turns with a reference layer | 2 | {medians} |" in page
+    assert "Command: `python benchmarks/table_layers.py`" in page
+
+
 def test_a_results_file_rewritten_mid_run_does_not_mark_the_commit_changed(tmp_path, monkeypatch):
     """A benchmark rewrites its results file after each model; the next rows ran the same code."""
     import subprocess

@@ -82,6 +82,60 @@ def test_the_table_predicts_random_pruned_models_exactly_on_a_bilinear_clock(mon
     assert error.worst < 1e-6 and len(error.samples) == 3
 
 
+def test_layers_timed_on_a_machine_that_changes_speed_between_them_still_make_an_exact_table(monkeypatch):
+    """The machine runs everything 30 % slower while every other layer is timed (what a shared VM does
+    over minutes). A layer's widths are timed in turns with a reference layer that slows alike, so its
+    curve is scaled back and the table predicts exactly; timed one width after the other, half the
+    curves come out 30 % slow and random models' latency shares are off."""
+    from rlpruner.latency import table as tables
+
+    phase = {"slow": False}
+    clock = _flops_clock()
+    monkeypatch.setattr(Runtime, "time_ms", lambda self, m, i, w: clock(self, m, i, w) * (1.3 if phase["slow"] else 1.0))
+    measure = tables.measure_curve
+
+    def changing(*args, **kwargs):
+        phase["slow"] = not phase["slow"]
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(tables, "measure_curve", changing)
+    model, x = _mobilenet()
+    graph = trace(model, x)
+    shares = {}
+    for name, layers in (("turns", Turns(warmup=1, block=2, rounds=3)), ("sequential", None)):
+        phase["slow"] = False
+        table = build_table(model, graph, x, get_runtime("torch-cpu"), points=4, layers=layers)
+        shares[name] = prediction_error(model, graph, table, get_runtime("torch-cpu"), x, samples=5).share_errors
+    assert max(shares["turns"]) < 1e-6
+    assert max(shares["sequential"]) > 0.01  # the same build with its layers timed one after the other
+
+
+def test_a_layers_widths_beyond_the_memory_of_one_session_are_timed_in_several_each_with_the_reference(
+        monkeypatch):
+    from rlpruner.latency import table as tables
+
+    monkeypatch.setattr(Runtime, "time_ms", _flops_clock())
+    sessions = []
+    in_turns = Runtime.time_cases_ms
+    monkeypatch.setattr(Runtime, "time_cases_ms", lambda self, cases, turns: sessions.append(cases) or
+                        in_turns(self, cases, turns))
+    model, x = _mobilenet()
+    op = max(find_ops(model, trace(model, x), x), key=lambda o: o.inner)
+    reference = tables.reference_call(op, get_runtime("torch-cpu"), 2, Turns(rounds=3))
+    widths = [(op.out, op.inner), (op.out - 1, op.inner), (op.out, op.inner - 1), (op.out, op.inner - 2)]
+    expected = {w: _flops_clock()(None, *op.build(*w, 2), None) for w in widths}
+    sessions.clear()
+    one = tables.time_widths(op, widths, get_runtime("torch-cpu"), 2, Stopwatch(), Turns(rounds=3), reference)
+    assert one == pytest.approx(expected) and len(sessions) == 1
+    assert len({id(inputs) for _, inputs in sessions[0]}) == 4  # 3 input widths and the reference's
+    sessions.clear()
+    small = tables.time_widths(op, widths, get_runtime("torch-cpu"), 2, Stopwatch(), Turns(rounds=3), reference,
+                               memory=1)
+    assert small == pytest.approx(expected) and len(sessions) == 3  # one input width per session
+    assert [len(cases) for cases in sessions] == [3, 2, 2]  # the widths that share an input stay together
+    assert all(cases[-1][0] is reference.module for cases in sessions)
+
+
 def _misaligned_elements_clock(block, ms_per_element, shape=(1, 3, 16, 16)):
     """The FLOPs clock plus, for whole models only (more than one conv), a cost per output element of
     every conv whose width is not a multiple of `block`: a layout change between layers, which a

@@ -67,22 +67,35 @@ def prediction_error(model: nn.Module, graph: DependencyGraph, table: LatencyTab
                      turns: Turns = WHOLE_TURNS, log: Callable[[str], None] = lambda s: None) -> PredictionError:
     """Predicted against measured latency of `samples` random pruned models, timed in turns with
     the original (`Runtime.time_turns_ms`)."""
+    return prediction_errors(model, graph, [table], runtime, example, samples=samples, seed=seed,
+                             multiple=multiple, turns=turns, log=log)[0]
+
+
+def prediction_errors(model: nn.Module, graph: DependencyGraph, tables: Sequence[LatencyTable], runtime: Runtime,
+                      example: Any, *, samples: int = 8, seed: int = 0, multiple: int = 1,
+                      turns: Turns = WHOLE_TURNS, log: Callable[[str], None] = lambda s: None) -> list[PredictionError]:
+    """`prediction_error` of several tables of the same model and batch on one timing of the random
+    models: tables built different ways, checked against the very same measurements."""
     from ..metrics import _latency_inputs
     from ..surgery import prune_channels
 
     rng = np.random.default_rng(seed)
-    inputs = _latency_inputs(example, int(table.key["batch"]), torch.device("cpu"))
+    inputs = _latency_inputs(example, int(tables[0].key["batch"]), torch.device("cpu"))
     plans = [random_removals(graph, rng, multiple=multiple) for _ in range(samples)]
     measured = runtime.time_turns_ms([model, *(prune_channels(model, graph, r, inplace=False) for r in plans)],
                                      inputs, turns)
     full_flops = graph.count()[1]
-    rows = []
-    for i, (removals, ms) in enumerate(zip(plans, measured[1:])):
-        predicted = table.predict(graph.new_shapes(removals))
-        rows.append({"predicted_ms": predicted, "measured_ms": ms, "flops_kept": graph.count(removals)[1] / full_flops})
-        log(f"latency check {i + 1}/{samples}: predicted {predicted:.3f} ms, measured {ms:.3f} ms "
-            f"({(predicted - ms) / ms:+.1%})")
-    return PredictionError(rows, {"predicted_ms": table.predict(graph.shapes), "measured_ms": measured[0]})
+    out = []
+    for table in tables:
+        rows = []
+        for i, (removals, ms) in enumerate(zip(plans, measured[1:])):
+            predicted = table.predict(graph.new_shapes(removals))
+            rows.append({"predicted_ms": predicted, "measured_ms": ms,
+                         "flops_kept": graph.count(removals)[1] / full_flops})
+            log(f"latency check {i + 1}/{samples}: predicted {predicted:.3f} ms, measured {ms:.3f} ms "
+                f"({(predicted - ms) / ms:+.1%})")
+        out.append(PredictionError(rows, {"predicted_ms": table.predict(graph.shapes), "measured_ms": measured[0]}))
+    return out
 
 
 ROUNDING_CHOICES = (1, 2, 4, 8, 16, 32)

@@ -107,7 +107,8 @@ class Runtime:
         if threads is not None and threads < 1:
             raise ConfigError(f"latency runtime {self.name}: threads must be >= 1, got {threads}")
         self.threads = threads
-        self._prepared: dict[int, Call] = {}  # during `time_turns_ms`: each model's call, prepared once
+        self._prepared: dict[tuple[int, int], Call] = {}  # while timing in turns: each (module, inputs)'s
+                                                        # call, prepared once
 
     def key(self) -> dict[str, object]:
         return {"runtime": self.name, "threads": self.threads, "torch": torch.__version__,
@@ -132,7 +133,7 @@ class Runtime:
         was_training = module.training
         try:
             with self._threads(), torch.inference_mode():
-                call = self._prepared.get(id(module)) or self.prepare(module, inputs)
+                call = self._prepared.get((id(module), id(inputs))) or self.prepare(module, inputs)
                 if watch.budget_s is not None or watch.per_round_s is not None:
                     watch = watch.within(time_calls(call, warmup=0, repeats=1, device=self.device)[0])
                 medians = [statistics.median(time_calls(call, warmup=watch.warmup, repeats=watch.repeats,
@@ -143,20 +144,27 @@ class Runtime:
 
     def time_turns_ms(self, modules: Sequence[nn.Module], inputs: tuple[torch.Tensor, ...],
                       turns: Turns = Turns()) -> list[float]:
-        """Latency in ms of one forward pass of each of `modules`, timed in turns (see `Turns`): the
-        way to compare them. Each module is prepared once (an ONNX Runtime session is built once) and
-        left on its device and in its mode."""
+        """Latency in ms of one forward pass of each of `modules` on the same `inputs`, timed in turns
+        (see `Turns`): the way to compare them."""
+        return self.time_cases_ms([(module, inputs) for module in modules], turns)
+
+    def time_cases_ms(self, cases: Sequence[tuple[nn.Module, tuple[torch.Tensor, ...]]],
+                      turns: Turns = Turns()) -> list[float]:
+        """Latency in ms of one forward pass of each (module, its inputs), timed in turns (see
+        `Turns`). Each module is prepared once (an ONNX Runtime session is built once) and left on
+        its device and in its mode."""
+        modules = [module for module, _ in cases]
         states = [(next(m.parameters(), torch.empty(0)).device, m.training) for m in modules]
         try:
             with torch.inference_mode():
-                for module in modules:
-                    self._prepared[id(module)] = self.prepare(module, inputs)
+                for module, inputs in cases:
+                    self._prepared[id(module), id(inputs)] = self.prepare(module, inputs)
             first = [self.time_ms(m, inputs, Stopwatch(warmup=max(turns.warmup - 1, 0), repeats=1, rounds=1))
-                     for m in modules]
-            medians: list[list[float]] = [[] for _ in modules]
+                     for m, inputs in cases]
+            medians: list[list[float]] = [[] for _ in cases]
             block = Stopwatch(warmup=turns.settle, repeats=turns.block, rounds=1)
             for _ in range(turns.sized(sum(first))):
-                for module, kept in zip(modules, medians):
+                for (module, inputs), kept in zip(cases, medians):
                     kept.append(self.time_ms(module, inputs, block))
         finally:
             self._prepared.clear()

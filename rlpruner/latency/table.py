@@ -2,8 +2,10 @@
 
 Every conv/linear layer the dependency graph counts is an *op*. Each distinct op (same layer type,
 kernel, stride, input size, widths) is timed alone on the runtime at the user's batch size: at full
-width, along a grid of output widths and along a grid of input widths. An op's latency at any
-widths is the product form
+width, along a grid of output widths and along a grid of input widths. An op's widths are timed in
+turns with each other and with one fixed reference layer, whose latency in that session scales
+them: layers timed minutes apart then compare as if the machine had stayed the same. An op's latency
+at any widths is the product form
 
     T(out, in) = c + (T_full - c) * g(out) * f(in)    (g, f: the measured ratios above c, interpolated)
 
@@ -47,13 +49,15 @@ from .fit import Fit, Shapes, fit_rest
 from .ops import Op, find_ops, random_removals, uniform_removals
 from .runtimes import Runtime, Stopwatch, Turns
 
-TABLE_VERSION = 6  # 6: whole models timed in turns
+TABLE_VERSION = 7  # 6: whole models timed in turns; 7: each layer's widths in turns with a reference layer
 CALIBRATION_KEEP = (0.75, 0.5, 0.3)       # besides the original, whole models the rest term is fitted on: uniform,
 CALIBRATION_RANDOM = 10                   # this many with random widths per group (what a search makes),
 CALIBRATION_ALIGNED = 8                   # each set once at the table's multiple and once in multiples of 8
 CALIBRATION_SEED = 12345                  # not the error check's seed: the check uses unseen models
 TABLE_WATCH = Stopwatch(warmup=2, repeats=3, rounds=3, per_round_s=0.05)  # each latency of a layer
 WHOLE_TURNS = Turns(warmup=2, block=3, settle=1, seconds=8.0)  # whole models, timed in turns against each other
+LAYER_TURNS = Turns(warmup=2, block=3, settle=1, seconds=1.0)  # one layer's widths, in turns with a reference
+SESSION_BYTES = 512 << 20  # inputs held by one session of a layer's widths (more: several sessions)
 
 
 def default_cache_dir() -> Path:
@@ -202,30 +206,84 @@ def grid(full: int, points: int, multiple: int = 1) -> list[int]:
     return sorted(widths)
 
 
-def measure_curve(op: Op, runtime: Runtime, batch: int, points: int, multiple: int, watch: Stopwatch,
-                  block: int = 1) -> Curve:
-    """An op's latency at full width and along each axis. With a `block` the runtime favours (and
-    widths that need not be multiples of it), the grid is in multiples of the block and a second
-    grid, one channel short of each, times the widths that are not."""
-    def timed(out: int, inner: int) -> float:
-        module, inputs = op.build(out, inner, batch)
-        return runtime.time_ms(module, inputs, watch)
+@dataclass(frozen=True)
+class Reference:
+    """A fixed call (one layer at full width) timed in every session of a layer's widths: each
+    session's times are scaled so that it takes `ms` in all of them. Layers timed minutes apart then
+    compare as if timed together (a machine that runs everything 20 % slower for a while does so for
+    the reference too)."""
 
+    module: nn.Module
+    inputs: tuple[torch.Tensor, ...]
+    ms: float
+
+
+def reference_call(op: Op, runtime: Runtime, batch: int, turns: Turns) -> Reference:
+    """`op` at full width as the reference of a table's layer timings, its latency timed now."""
+    module, inputs = op.build(op.out, op.inner, batch)
+    return Reference(module, inputs, runtime.time_cases_ms([(module, inputs)], turns)[0])
+
+
+def time_widths(op: Op, widths: Sequence[tuple[int, int]], runtime: Runtime, batch: int, watch: Stopwatch,
+                turns: Turns | None = None, reference: Reference | None = None,
+                memory: int = SESSION_BYTES) -> dict[tuple[int, int], float]:
+    """Latency of `op` at each (output width, input width). With `turns`, the widths are timed in turns
+    with each other (and with the `reference`, which scales them), as many at once as fit in `memory`
+    bytes of inputs (widths with the same input shape share one); without, one after the other."""
+    wanted = list(dict.fromkeys(widths))
+    if turns is None:
+        return {w: runtime.time_ms(*op.build(*w, batch), watch) for w in wanted}
+    times: dict[tuple[int, int], float] = {}
+
+    def session(chunk: list[tuple[tuple[int, int], nn.Module, tuple[torch.Tensor, ...]]]) -> None:
+        cases = [(module, inputs) for _, module, inputs in chunk]
+        if reference is not None:
+            cases.append((reference.module, reference.inputs))
+        measured = runtime.time_cases_ms(cases, turns)
+        scale = 1.0 if reference is None else reference.ms / max(measured[-1], 1e-9)
+        times.update({w: ms * scale for (w, _, _), ms in zip(chunk, measured)})
+
+    chunk: list[tuple[tuple[int, int], nn.Module, tuple[torch.Tensor, ...]]] = []
+    shared: dict[tuple[int, ...], tuple[torch.Tensor, ...]] = {}
+    for width in wanted:
+        module, fresh = op.build(*width, batch)
+        shape = tuple(fresh[0].shape)
+        if shape not in shared:
+            size = sum(t.numel() * t.element_size() for t in fresh)
+            if chunk and size + sum(t.numel() * t.element_size() for v in shared.values() for t in v) > memory:
+                session(chunk)
+                chunk, shared = [], {}
+            shared[shape] = fresh
+        chunk.append((width, module, shared[shape]))
+    if chunk:
+        session(chunk)
+    return times
+
+
+def measure_curve(op: Op, runtime: Runtime, batch: int, points: int, multiple: int, watch: Stopwatch,
+                  block: int = 1, turns: Turns | None = None, reference: Reference | None = None) -> Curve:
+    """An op's latency at full width and along each axis (in turns with `turns`, see `time_widths`).
+    With a `block` the runtime favours (and widths that need not be multiples of it), the grid is in
+    multiples of the block and a second grid, one channel short of each, times the widths that are not."""
     odd = block > 1 and multiple % block != 0
-    curve = Curve(full_ms=timed(op.out, op.inner), block=block if odd else 1)
+    curve = Curve(full_ms=0.0, block=block if odd else 1)
     if op.out_axis and op.out > 1:
         step = _step(op.out, max(multiple, block) if odd and op.groups == 1 else multiple, op.groups)
         curve.out_grid = grid(op.out, points, step)
-        curve.out_ms = [curve.full_ms if w == op.out else timed(w, op.inner) for w in curve.out_grid]
         if odd and op.groups == 1:
             curve.out_odd_grid = [w - 1 for w in curve.out_grid if w > 1]
-            curve.out_odd_ms = [timed(w, op.inner) for w in curve.out_odd_grid]
     if op.in_axis and op.inner > 1:
         curve.in_grid = grid(op.inner, points, _step(op.inner, max(multiple, block) if odd else multiple))
-        curve.in_ms = [curve.full_ms if w == op.inner else timed(op.out, w) for w in curve.in_grid]
         if odd:
             curve.in_odd_grid = [w - 1 for w in curve.in_grid if w > 1]
-            curve.in_odd_ms = [timed(op.out, w) for w in curve.in_odd_grid]
+    outs = [(w, op.inner) for w in curve.out_grid + curve.out_odd_grid]
+    ins = [(op.out, w) for w in curve.in_grid + curve.in_odd_grid]
+    times = time_widths(op, [(op.out, op.inner), *outs, *ins], runtime, batch, watch, turns, reference)
+    curve.full_ms = times[op.out, op.inner]
+    curve.out_ms = [times[w, op.inner] for w in curve.out_grid]
+    curve.out_odd_ms = [times[w, op.inner] for w in curve.out_odd_grid]
+    curve.in_ms = [times[op.out, w] for w in curve.in_grid]
+    curve.in_odd_ms = [times[op.out, w] for w in curve.in_odd_grid]
     return curve.with_fixed_part()
 
 
@@ -233,19 +291,19 @@ BLOCKS = (2, 4, 8, 16)
 BLOCK_PENALTY = 1.1  # widths off the block must be this much slower per channel for a block to count
 
 
-def detect_block(ops: Sequence[Op], runtime: Runtime, batch: int, watch: Stopwatch, span: int = 32) -> int:
+def detect_block(ops: Sequence[Op], runtime: Runtime, batch: int, watch: Stopwatch, span: int = 32,
+                 turns: Turns | None = None) -> int:
     """The channel block the runtime favours: on the costliest layer, `span` consecutive output
-    widths below three quarters of its width are timed; the block is the one whose non-multiples
-    are slowest per channel against its multiples (1 when none is `BLOCK_PENALTY` slower)."""
+    widths below three quarters of its width are timed (in turns with `turns`, else one after the
+    other); the block is the one whose non-multiples are slowest per channel against its multiples
+    (1 when none is `BLOCK_PENALTY` slower)."""
     dense = [op for op in ops if op.out_axis and op.groups == 1 and op.out >= 2 * span]
     if not dense:
         return 1
     op = max(dense, key=lambda o: o.out * o.inner * o.mult)
     start = (3 * op.out // 4 - span) // 16 * 16 + 1
-    per_channel = {}
-    for w in range(max(start, 1), max(start, 1) + span):
-        module, inputs = op.build(w, op.inner, batch)
-        per_channel[w] = runtime.time_ms(module, inputs, watch) / w
+    widths = [(w, op.inner) for w in range(max(start, 1), max(start, 1) + span)]
+    per_channel = {w: ms / w for (w, _), ms in time_widths(op, widths, runtime, batch, watch, turns).items()}
     penalties = {b: float(np.median([c for w, c in per_channel.items() if w % b]) /
                           np.median([c for w, c in per_channel.items() if w % b == 0])) for b in BLOCKS}
     best = max(penalties, key=lambda b: penalties[b])
@@ -292,22 +350,25 @@ def table_key(model: nn.Module, graph: DependencyGraph, example: Any, runtime: R
 
 def build_table(model: nn.Module, graph: DependencyGraph, example: Any, runtime: Runtime, *, batch: int = 1,
                 points: int = 6, multiple: int = 1, watch: Stopwatch = TABLE_WATCH, turns: Turns = WHOLE_TURNS,
-                log: Callable[[str], None] = lambda s: None) -> LatencyTable:
+                layers: Turns | None = LAYER_TURNS, log: Callable[[str], None] = lambda s: None) -> LatencyTable:
     """Time every distinct op along its widths and fit the rest on whole models (`calibration_plans`),
-    timed in turns against each other (`turns`)."""
+    timed in turns against each other (`turns`). Each op's widths are timed in turns with each other
+    and with a reference layer that scales them (`layers`; None: one after the other with `watch`)."""
     from ..metrics import _latency_inputs
     from ..surgery import prune_channels
 
     ops = find_ops(model, graph, example)
-    block = detect_block(ops, runtime, batch, watch)
+    block = detect_block(ops, runtime, batch, watch, turns=layers)
     if block > 1:
         log(f"latency table: {runtime!r} runs widths in multiples of {block} faster per channel; widths off "
             "that block are timed on their own grid")
     curves: dict[str, Curve] = {}
     distinct = list(dict.fromkeys(op.signature for op in ops))
     by_signature = {op.signature: op for op in ops}
+    reference = None if layers is None else reference_call(_middle(ops), runtime, batch, layers)
     for i, signature in enumerate(distinct):
-        curves[signature] = measure_curve(by_signature[signature], runtime, batch, points, multiple, watch, block)
+        curves[signature] = measure_curve(by_signature[signature], runtime, batch, points, multiple, watch, block,
+                                          layers, reference)
         if (i + 1) % 10 == 0 or i + 1 == len(distinct):
             log(f"latency table: {i + 1}/{len(distinct)} distinct layers timed on {runtime!r} at batch {batch}")
     table = LatencyTable(key=table_key(model, graph, example, runtime, batch, points, multiple), ops=ops,
@@ -326,6 +387,12 @@ def build_table(model: nn.Module, graph: DependencyGraph, example: Any, runtime:
     return table
 
 
+def _middle(ops: Sequence[Op]) -> Op:
+    """The op of median size (output x input width x output positions): the reference layer."""
+    ranked = sorted(ops, key=lambda op: (op.out * op.inner * op.mult, op.signature))
+    return ranked[len(ranked) // 2]
+
+
 def cache_path(directory: Path, key: Mapping[str, Any], prefix: str = "") -> Path:
     """The file under `directory` that holds what was measured for `key` (a digest of it names it)."""
     return directory / f"{prefix}{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]}.json"
@@ -333,7 +400,8 @@ def cache_path(directory: Path, key: Mapping[str, Any], prefix: str = "") -> Pat
 
 def cached_table(model: nn.Module, graph: DependencyGraph, example: Any, runtime: Runtime, *, batch: int = 1,
                  points: int = 6, multiple: int = 1, cache_dir: Path | None = None, watch: Stopwatch = TABLE_WATCH,
-                 turns: Turns = WHOLE_TURNS, log: Callable[[str], None] = lambda s: None) -> LatencyTable:
+                 turns: Turns = WHOLE_TURNS, layers: Turns | None = LAYER_TURNS,
+                 log: Callable[[str], None] = lambda s: None) -> LatencyTable:
     """The table for this model, runtime and batch from `cache_dir` when one was built before, else
     built now and stored there. An unreadable cache file is rebuilt (it is a cache, not an input)."""
     key = table_key(model, graph, example, runtime, batch, points, multiple)
@@ -349,7 +417,7 @@ def cached_table(model: nn.Module, graph: DependencyGraph, example: Any, runtime
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log(f"latency table: {path} is unreadable ({type(exc).__name__}: {exc}); rebuilding it")
     table = build_table(model, graph, example, runtime, batch=batch, points=points, multiple=multiple,
-                        watch=watch, turns=turns, log=log)
+                        watch=watch, turns=turns, layers=layers, log=log)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, table.to_dict())
