@@ -4,11 +4,11 @@
     python benchmarks/table_layers.py --quick   # a smoke run (a small model) under runs/bench-quick/
 
 A table's per-layer curves are its widths' latencies, timed when the table is built. Timed one
-width after the other (`build_table(layers=None)`, every table before TABLE_VERSION 7), layers
-measured a minute apart see different machines (this VM's whole-model latency wanders by 20 % or
-more over minutes; see timing_turns), and the table's shape inherits it. Timed in turns
-(`layers=LAYER_TURNS`, the default since version 7), each layer's widths are timed against each
-other and against one fixed reference layer, which scales every layer's times to one machine state.
+width after the other (`build_table`'s default), layers measured a minute apart may see different
+machines (this VM's whole-model latency wanders by 20 % or more over minutes; see timing_turns).
+Timed in turns (`layers=LAYER_TURNS`), each layer's widths are timed against each other and against
+one fixed reference layer, which scales every layer's times to one machine state. The idea is
+checked here, not assumed: it stays off by default unless this study shows it predicts better.
 
 For each runtime, each trial builds the table both ways, one right after the other (the order
 alternating between trials), then times one set of random pruned models in turns with the original

@@ -2,10 +2,9 @@
 
 Every conv/linear layer the dependency graph counts is an *op*. Each distinct op (same layer type,
 kernel, stride, input size, widths) is timed alone on the runtime at the user's batch size: at full
-width, along a grid of output widths and along a grid of input widths. An op's widths are timed in
-turns with each other and with one fixed reference layer, whose latency in that session scales
-them: layers timed minutes apart then compare as if the machine had stayed the same. An op's latency
-at any widths is the product form
+width, along a grid of output widths and along a grid of input widths, one width after the other
+(or, with `layers`, in turns with each other and a reference layer that scales them; not the default:
+it measured worse, benchmarks/table_layers.py). An op's latency at any widths is the product form
 
     T(out, in) = c + (T_full - c) * g(out) * f(in)    (g, f: the measured ratios above c, interpolated)
 
@@ -49,14 +48,15 @@ from .fit import Fit, Shapes, fit_rest
 from .ops import Op, find_ops, random_removals, uniform_removals
 from .runtimes import Runtime, Stopwatch, Turns
 
-TABLE_VERSION = 7  # 6: whole models timed in turns; 7: each layer's widths in turns with a reference layer
+TABLE_VERSION = 6  # 6: whole models timed in turns
 CALIBRATION_KEEP = (0.75, 0.5, 0.3)       # besides the original, whole models the rest term is fitted on: uniform,
 CALIBRATION_RANDOM = 10                   # this many with random widths per group (what a search makes),
 CALIBRATION_ALIGNED = 8                   # each set once at the table's multiple and once in multiples of 8
 CALIBRATION_SEED = 12345                  # not the error check's seed: the check uses unseen models
 TABLE_WATCH = Stopwatch(warmup=2, repeats=3, rounds=3, per_round_s=0.05)  # each latency of a layer
 WHOLE_TURNS = Turns(warmup=2, block=3, settle=1, seconds=8.0)  # whole models, timed in turns against each other
-LAYER_TURNS = Turns(warmup=2, block=3, settle=1, seconds=1.0)  # one layer's widths, in turns with a reference
+LAYER_TURNS = Turns(warmup=2, block=3, settle=1, seconds=1.0)  # `layers=LAYER_TURNS`: a layer's widths in turns
+                                                              # with a reference (not the default: see build_table)
 SESSION_BYTES = 512 << 20  # inputs held by one session of a layer's widths (more: several sessions)
 
 
@@ -350,10 +350,12 @@ def table_key(model: nn.Module, graph: DependencyGraph, example: Any, runtime: R
 
 def build_table(model: nn.Module, graph: DependencyGraph, example: Any, runtime: Runtime, *, batch: int = 1,
                 points: int = 6, multiple: int = 1, watch: Stopwatch = TABLE_WATCH, turns: Turns = WHOLE_TURNS,
-                layers: Turns | None = LAYER_TURNS, log: Callable[[str], None] = lambda s: None) -> LatencyTable:
+                layers: Turns | None = None, log: Callable[[str], None] = lambda s: None) -> LatencyTable:
     """Time every distinct op along its widths and fit the rest on whole models (`calibration_plans`),
-    timed in turns against each other (`turns`). Each op's widths are timed in turns with each other
-    and with a reference layer that scales them (`layers`; None: one after the other with `watch`)."""
+    timed in turns against each other (`turns`). Each op's widths are timed one after the other with
+    `watch`, or (`layers`) in turns with each other and with a reference layer that scales them; the
+    second made MobileNetV2's tables worse on this VM (benchmarks/table_layers.py), so it is not the
+    default."""
     from ..metrics import _latency_inputs
     from ..surgery import prune_channels
 
@@ -400,7 +402,7 @@ def cache_path(directory: Path, key: Mapping[str, Any], prefix: str = "") -> Pat
 
 def cached_table(model: nn.Module, graph: DependencyGraph, example: Any, runtime: Runtime, *, batch: int = 1,
                  points: int = 6, multiple: int = 1, cache_dir: Path | None = None, watch: Stopwatch = TABLE_WATCH,
-                 turns: Turns = WHOLE_TURNS, layers: Turns | None = LAYER_TURNS,
+                 turns: Turns = WHOLE_TURNS, layers: Turns | None = None,
                  log: Callable[[str], None] = lambda s: None) -> LatencyTable:
     """The table for this model, runtime and batch from `cache_dir` when one was built before, else
     built now and stored there. An unreadable cache file is rebuilt (it is a cache, not an input)."""
