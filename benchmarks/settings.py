@@ -235,6 +235,19 @@ def write_study(json_path: Path, md_path: Path, results: dict[str, Any], render:
     return 0
 
 
+def study_main(name: str, description: str, argv: list[str] | None, full: Any, quick: Any, run: Any,
+               render: Any) -> int:
+    """The command line of a one-spec study (benchmarks/NAME.py): run `full`, or `quick` with --quick,
+    and write its results file and page."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="a smoke run (a small model) under runs/bench-quick/")
+    args = parser.parse_args(argv)
+    _, json_path, md_path = study_files(name, None, args.quick)
+    return write_study(json_path, md_path, run(quick if args.quick else full), render)
+
+
 def portable(path: str | Path) -> str:
     """A path as stored in results files: relative to the repository when inside it."""
     try:

@@ -17,7 +17,6 @@ each latency and of each latency as a share of the original's (what a latency ta
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.settings import machine, study_files, write_study  # noqa: E402
+from benchmarks.settings import machine, study_main  # noqa: E402
 
 FULL = {"model": "mobilenetv2", "options": {"strides": "imagenet"}, "size": 224, "classes": 1000, "trials": 2,
         "threads": [1, 2], "samples": 10}
@@ -98,11 +97,7 @@ def render_markdown(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run (a small model) under runs/bench-quick/")
-    args = parser.parse_args(argv)
-    _, json_path, md_path = study_files("table_layers", None, args.quick)
-    return write_study(json_path, md_path, run(QUICK if args.quick else FULL), render_markdown)
+    return study_main("table_layers", __doc__.splitlines()[0], argv, FULL, QUICK, run, render_markdown)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ reduction can be trusted on this machine, and whether a longer one helps.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import sys
@@ -27,7 +26,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.settings import machine, study_files, write_study  # noqa: E402
+from benchmarks.settings import machine, study_main  # noqa: E402
 
 FULL = {"model": "mobilenetv2", "options": {"strides": "imagenet"}, "size": 224, "classes": 1000, "trials": 20,
         "pass_s": [0.3, 1.6]}
@@ -94,11 +93,7 @@ def render_markdown(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run (a small model) under runs/bench-quick/")
-    args = parser.parse_args(argv)
-    _, json_path, md_path = study_files("timing_turns", None, args.quick)
-    return write_study(json_path, md_path, run(QUICK if args.quick else FULL), render_markdown)
+    return study_main("timing_turns", __doc__.splitlines()[0], argv, FULL, QUICK, run, render_markdown)
 
 
 if __name__ == "__main__":
