@@ -41,7 +41,8 @@ def run(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
     from rlpruner.graph import trace
     from rlpruner.latency import Stopwatch, Turns, build_table, get_runtime
     from rlpruner.latency.check import prediction_errors
-    from rlpruner.latency.table import LAYER_TURNS, TABLE_WATCH, WHOLE_TURNS
+    from rlpruner.latency.layers import LAYER_TURNS
+    from rlpruner.latency.table import TABLE_WATCH, WHOLE_TURNS
     from rlpruner.models import create_model
 
     stamp = machine()  # the commit the run starts at

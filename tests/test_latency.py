@@ -112,7 +112,7 @@ def test_layers_timed_on_a_machine_that_changes_speed_between_them_still_make_an
 
 def test_a_layers_widths_beyond_the_memory_of_one_session_are_timed_in_several_each_with_the_reference(
         monkeypatch):
-    from rlpruner.latency import table as tables
+    from rlpruner.latency import layers as tables
 
     monkeypatch.setattr(Runtime, "time_ms", _flops_clock())
     sessions = []

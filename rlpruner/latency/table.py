@@ -46,6 +46,7 @@ from ..graph import DependencyGraph
 from ..io import atomic_write_json
 from .fit import Fit, Shapes, fit_rest
 from .ops import Op, find_ops, random_removals, uniform_removals
+from .layers import Reference, reference_call, time_widths
 from .runtimes import Runtime, Stopwatch, Turns
 
 TABLE_VERSION = 6  # 6: whole models timed in turns
@@ -55,9 +56,6 @@ CALIBRATION_ALIGNED = 8                   # each set once at the table's multipl
 CALIBRATION_SEED = 12345                  # not the error check's seed: the check uses unseen models
 TABLE_WATCH = Stopwatch(warmup=2, repeats=3, rounds=3, per_round_s=0.05)  # each latency of a layer
 WHOLE_TURNS = Turns(warmup=2, block=3, settle=1, seconds=8.0)  # whole models, timed in turns against each other
-LAYER_TURNS = Turns(warmup=2, block=3, settle=1, seconds=1.0)  # `layers=LAYER_TURNS`: a layer's widths in turns
-                                                              # with a reference (not the default: see build_table)
-SESSION_BYTES = 512 << 20  # inputs held by one session of a layer's widths (more: several sessions)
 
 
 def default_cache_dir() -> Path:
@@ -204,60 +202,6 @@ def grid(full: int, points: int, multiple: int = 1) -> list[int]:
         if 1 <= w < full:
             widths.add(w)
     return sorted(widths)
-
-
-@dataclass(frozen=True)
-class Reference:
-    """A fixed call (one layer at full width) timed in every session of a layer's widths: each
-    session's times are scaled so that it takes `ms` in all of them. Layers timed minutes apart then
-    compare as if timed together (a machine that runs everything 20 % slower for a while does so for
-    the reference too)."""
-
-    module: nn.Module
-    inputs: tuple[torch.Tensor, ...]
-    ms: float
-
-
-def reference_call(op: Op, runtime: Runtime, batch: int, turns: Turns) -> Reference:
-    """`op` at full width as the reference of a table's layer timings, its latency timed now."""
-    module, inputs = op.build(op.out, op.inner, batch)
-    return Reference(module, inputs, runtime.time_cases_ms([(module, inputs)], turns)[0])
-
-
-def time_widths(op: Op, widths: Sequence[tuple[int, int]], runtime: Runtime, batch: int, watch: Stopwatch,
-                turns: Turns | None = None, reference: Reference | None = None,
-                memory: int = SESSION_BYTES) -> dict[tuple[int, int], float]:
-    """Latency of `op` at each (output width, input width). With `turns`, the widths are timed in turns
-    with each other (and with the `reference`, which scales them), as many at once as fit in `memory`
-    bytes of inputs (widths with the same input shape share one); without, one after the other."""
-    wanted = list(dict.fromkeys(widths))
-    if turns is None:
-        return {w: runtime.time_ms(*op.build(*w, batch), watch) for w in wanted}
-    times: dict[tuple[int, int], float] = {}
-
-    def session(chunk: list[tuple[tuple[int, int], nn.Module, tuple[torch.Tensor, ...]]]) -> None:
-        cases = [(module, inputs) for _, module, inputs in chunk]
-        if reference is not None:
-            cases.append((reference.module, reference.inputs))
-        measured = runtime.time_cases_ms(cases, turns)
-        scale = 1.0 if reference is None else reference.ms / max(measured[-1], 1e-9)
-        times.update({w: ms * scale for (w, _, _), ms in zip(chunk, measured)})
-
-    chunk: list[tuple[tuple[int, int], nn.Module, tuple[torch.Tensor, ...]]] = []
-    shared: dict[tuple[int, ...], tuple[torch.Tensor, ...]] = {}
-    for width in wanted:
-        module, fresh = op.build(*width, batch)
-        shape = tuple(fresh[0].shape)
-        if shape not in shared:
-            size = sum(t.numel() * t.element_size() for t in fresh)
-            if chunk and size + sum(t.numel() * t.element_size() for v in shared.values() for t in v) > memory:
-                session(chunk)
-                chunk, shared = [], {}
-            shared[shape] = fresh
-        chunk.append((width, module, shared[shape]))
-    if chunk:
-        session(chunk)
-    return times
 
 
 def measure_curve(op: Op, runtime: Runtime, batch: int, points: int, multiple: int, watch: Stopwatch,
