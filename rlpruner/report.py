@@ -190,8 +190,9 @@ def summary_markdown(results: Mapping[str, Any], records: Sequence[StepRecord]) 
                       f"candidate evaluation ({timing['search_s'] / timing['eval_s']:.1%})."]
     checks = results.get("latency_checks") or []
     if checks:
-        timed = "; ".join(f"after step {c['step']} {c['measured_reduction']:.1%} (table {c['predicted_reduction']:.1%}"
-                          f"{', pruned on' if c['next_goal_ms'] is not None else ''})" for c in checks)
+        timed = "; ".join(f"after step {c['step']} {c['measured_reduction']:.1%} ({_interval(c)}table "
+                          f"{c['predicted_reduction']:.1%}{', pruned on' if c['next_goal_ms'] is not None else ''})"
+                          for c in checks)
         lines += ["", f"Latency target timed when the table said it was reached: {timed}."]
     refit = results.get("refit")
     if refit:
@@ -208,6 +209,14 @@ def summary_markdown(results: Mapping[str, Any], records: Sequence[StepRecord]) 
 
 
 PLOT_FILES = {"sparsity": "sparsity.png", "accuracy": "accuracy_vs_flops.png", "widths": "widths.png"}
+
+
+def _interval(check: Mapping[str, Any]) -> str:
+    """A latency check's 95 % interval, as the opening of its parenthesis (checks saved before it was
+    recorded have none)."""
+    if "measured_low" not in check:
+        return ""
+    return f"95% interval {check['measured_low']:.1%} to {check['measured_high']:.1%} in {check['turns']} turns; "
 
 
 def write_report(out_dir: str | Path, results: Mapping[str, Any], records: Sequence[StepRecord],

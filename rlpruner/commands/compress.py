@@ -180,7 +180,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                             "measurement, at most this many times; 0 trusts the table (default: %(default)s)")
     group.add_argument("--latency-slack", type=float, default=c.latency_slack,
                        help="how far the measured reduction may fall short of --target-latency, a fraction of "
-                            "the original's latency (default: %(default)s)")
+                            "the original's latency; a timing counts as a miss only when its 95%% interval lies "
+                            "wholly below (default: %(default)s)")
+    group.add_argument("--latency-check-seconds", type=float, default=c.latency_check_s, metavar="S",
+                       help="how long each --latency-checks timing runs, the model and the original in turns "
+                            "(default: %(default)s)")
     group.add_argument("--test", action=_BOOL, default=True,
                        help="evaluate the test split once, on the final model (default: %(default)s)")
     group.add_argument("--progress", action=_BOOL, default=None, help="progress bars (default: on a terminal)")
@@ -227,7 +231,7 @@ def config_from_args(args: argparse.Namespace) -> CompressConfig:
                           latency_threads=args.latency_threads, report_batch=args.report_batch,
                           latency_runtime=args.latency_runtime, latency_cache=args.latency_cache,
                           latency_points=args.latency_points, latency_checks=args.latency_checks,
-                          latency_slack=args.latency_slack,
+                          latency_slack=args.latency_slack, latency_check_s=args.latency_check_seconds,
                           seed=args.seed, device=args.device, amp=args.amp, channels_last=args.channels_last,
                           workers=args.workers,
                           val_cache_mb=args.val_cache_mb, progress=args.progress, method=args.method)

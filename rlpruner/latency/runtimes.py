@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import platform
 import statistics
 from collections.abc import Callable, Iterator, Sequence
@@ -87,6 +88,45 @@ class Turns:
         return max(3, min(MAX_ROUNDS, int(1000.0 * self.seconds / per_round)))
 
 
+@dataclass(frozen=True)
+class Ratio:
+    """Two models timed in turns: each one's latency (the median of its turns) and an interval for
+    the ratio second / first. Within a turn the two run seconds apart at most, so each turn gives
+    one ratio that a slow drift of the machine does not move; the interval is the distribution-free
+    `confidence` interval of those ratios' median (`median_interval`). On a quiet machine it is
+    narrow; on one shared with other work it widens, and says how far the timing can be believed."""
+
+    first_ms: float
+    second_ms: float
+    low: float
+    high: float
+    turns: int
+    confidence: float
+
+    @property
+    def ratio(self) -> float:
+        return self.second_ms / self.first_ms
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A `confidence` interval for the median of the distribution `values` were drawn from, by order
+    statistics (no assumption on its shape): the k-th smallest and k-th largest value, k the largest
+    with P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2. Too few values for that: their range."""
+    if not values or not 0.0 < confidence < 1.0:
+        raise ConfigError(f"median_interval: need values and a confidence in (0, 1); got {len(values)} values, "
+                          f"confidence {confidence}")
+    ordered, n = sorted(values), len(values)
+    tail, below, k = (1.0 - confidence) / 2.0, 0.0, 0
+    while k < n // 2:
+        below += math.comb(n, k) / 2.0 ** n  # P(Binomial(n, 1/2) = k)
+        if below > tail:
+            break
+        k += 1
+    if k == 0:
+        return ordered[0], ordered[-1]
+    return ordered[k - 1], ordered[n - k]
+
+
 def processor() -> str:
     """The processor's model name (the same machine type gives the same table)."""
     with contextlib.suppress(OSError):
@@ -151,8 +191,23 @@ class Runtime:
     def time_cases_ms(self, cases: Sequence[tuple[nn.Module, tuple[torch.Tensor, ...]]],
                       turns: Turns = Turns()) -> list[float]:
         """Latency in ms of one forward pass of each (module, its inputs), timed in turns (see
-        `Turns`). Each module is prepared once (an ONNX Runtime session is built once) and left on
-        its device and in its mode."""
+        `Turns`)."""
+        return [statistics.median(kept) for kept in self.time_cases_turns_ms(cases, turns)]
+
+    def time_ratio(self, first: nn.Module, second: nn.Module, inputs: tuple[torch.Tensor, ...],
+                   turns: Turns = Turns(), confidence: float = 0.95) -> "Ratio":
+        """Two models timed in turns on the same `inputs`, with how sure the ratio of their latencies
+        is (`Ratio`): what a measured reduction, and whether it misses a target, rests on."""
+        first_turns, second_turns = self.time_cases_turns_ms([(first, inputs), (second, inputs)], turns)
+        low, high = median_interval([b / a for a, b in zip(first_turns, second_turns)], confidence)
+        return Ratio(statistics.median(first_turns), statistics.median(second_turns), low, high,
+                     len(first_turns), confidence)
+
+    def time_cases_turns_ms(self, cases: Sequence[tuple[nn.Module, tuple[torch.Tensor, ...]]],
+                            turns: Turns = Turns()) -> list[list[float]]:
+        """Each (module, its inputs)'s latency in ms in each turn (the median of the turn's timed
+        calls; see `Turns`). Each module is prepared once (an ONNX Runtime session is built once) and
+        left on its device and in its mode."""
         modules = [module for module, _ in cases]
         states = [(next(m.parameters(), torch.empty(0)).device, m.training) for m in modules]
         try:
@@ -170,7 +225,7 @@ class Runtime:
             self._prepared.clear()
             for module, (place, was_training) in zip(modules, states):
                 module.to(place).train(was_training)
-        return [statistics.median(kept) for kept in medians]
+        return medians
 
     def __repr__(self) -> str:
         return f"{self.name}(threads={self.threads})"

@@ -32,12 +32,12 @@ from ..errors import ConfigError, PruningError
 from ..graph import DependencyGraph, trace
 from ..isolate import breaking_at_half, frozen_reasons, warn_frozen
 from ..precision import Precision
-from ..latency import LatencyTable, Runtime, TorchCPU
+from ..latency import LatencyTable, Ratio, Runtime, TorchCPU
 from ..task import Task, TaskError
 from ..train import resolve_device
 from .config import AUTO, CompressConfig
 from .data import Data, as_source, prepare_data
-from .latency import measure_pair_ms, runtime_for, table_for, with_aligned_round_to, with_round_to
+from .latency import measure_pair_ms, measure_ratio, runtime_for, table_for, with_aligned_round_to, with_round_to
 from .targets import Measure, TargetKind
 
 IMPORTANCE, KD, FINAL = 1, 2, 3  # purposes mixed into derived seeds
@@ -109,6 +109,12 @@ class Context:
         models of a latency target's check) are timed; candidates are predicted."""
         return self.world.first(lambda: measure_pair_ms(self.config, self.runtime, first, second,
                                                         self.data.example, batch_size), "latency measurement")
+
+    def latency_ratio(self, model: nn.Module) -> Ratio:
+        """`model` timed against the original in turns for a latency target's check (`measure_ratio`),
+        rank 0's on every rank."""
+        return self.world.first(lambda: measure_ratio(self.config, self.runtime, self.original, model,
+                                                      self.data.example), "latency check")
 
     def graph_of(self, model: nn.Module) -> DependencyGraph:
         """The dependency graph of a model of this run (`keep` and the groups that break frozen)."""

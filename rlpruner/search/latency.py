@@ -17,7 +17,7 @@ from torch import nn
 
 from ..graph import DependencyGraph
 from ..io import atomic_write_json
-from ..latency import (LatencyTable, Runtime, Turns, aligned_model_costs, cached_table, choose_round_to,
+from ..latency import (LatencyTable, Ratio, Runtime, Turns, aligned_model_costs, cached_table, choose_round_to,
                        find_ops, get_runtime)
 from ..latency.check import rounding_costs
 from ..latency.table import cache_path, default_cache_dir, table_key
@@ -56,6 +56,21 @@ def measure_pair_ms(config: CompressConfig, runtime: Runtime, first: nn.Module, 
     inputs = _latency_inputs(example, batch_size or config.latency_batch, runtime.device)
     first_ms, second_ms = runtime.time_turns_ms([first, second], inputs, pair_turns(config, batch_size))
     return first_ms, second_ms
+
+
+def check_turns(config: CompressConfig) -> Turns:
+    """How a latency target's check times the model against the original: turns of 5 timed calls
+    each, for about `latency_check_s` (3 to `MAX_ROUNDS` turns). Longer than the report's pair: the
+    check decides whether the search prunes on, so its interval must be narrower than the slack."""
+    return Turns(warmup=config.latency_warmup, block=5, settle=1, seconds=config.latency_check_s)
+
+
+def measure_ratio(config: CompressConfig, runtime: Runtime, first: nn.Module, second: nn.Module,
+                  example: Any) -> Ratio:
+    """`second`'s latency against `first`'s at `config.latency_batch`, in turns (`check_turns`), with
+    the interval of their ratio (`Runtime.time_ratio`)."""
+    inputs = _latency_inputs(example, config.latency_batch, runtime.device)
+    return runtime.time_ratio(first, second, inputs, check_turns(config))
 
 
 def _cache_dir(config: CompressConfig) -> Path:
