@@ -935,6 +935,32 @@ def test_the_timing_study_measures_each_trial_both_ways_and_shows_their_spread()
     assert "| one after the other |" in page and "Command: `python benchmarks/timing_turns.py`" in page
 
 
+def test_the_check_study_times_each_pair_both_ways_under_each_load_and_counts_false_misses():
+    """Every trial times each pruned model against the original with the old check's turns and the new
+    check's, on a quiet machine and with other busy processes (killed after); the page's counts are the
+    trials' own: a false miss is the old point estimate, or the new interval's top, more than the slack
+    below the reference."""
+    from benchmarks import check_noise
+
+    lines = []
+    results = check_noise.run(check_noise.QUICK, log=lines.append)
+    spec = check_noise.QUICK
+    assert len(results["trials"]) == spec["trials"] * len(spec["loads"]) * len(spec["targets"])
+    assert [t["load"] for t in results["trials"]] == [0, 0, 1, 1]
+    for trial in results["trials"]:
+        assert trial["old"]["turns"] == 16 and trial["new"]["turns"] >= 3
+        for way in check_noise.WAYS:
+            row = trial[way]
+            assert row["low"] <= row["reduction"] <= row["high"] and row["seconds"] > 0
+    reference = results["reference"]["0.5"]["reduction"]
+    assert check_noise.false_miss("old", {"reduction": reference - 0.02, "high": reference}, reference)
+    assert not check_noise.false_miss("new", {"reduction": reference - 0.02, "high": reference}, reference)
+    page = check_noise.render_markdown(results)
+    misses = sum(check_noise.false_miss("new", t["new"], reference) for t in results["trials"])
+    assert f"new check (interval) {misses} of 4" in page and "Command: `python benchmarks/check_noise.py`" in page
+    assert page.count("| -50% | old check (16 turns) |") == 2
+
+
 def test_the_table_study_builds_both_ways_and_checks_them_on_the_same_timings():
     """Each trial builds a table with its layers timed one width after the other and one in turns,
     then checks both against one timing of the same random models: the measured latencies agree,

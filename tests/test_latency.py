@@ -349,6 +349,9 @@ def test_bad_latency_options_get_one_clear_message():
     for slack in (-0.1, 1.0, float("nan")):
         with pytest.raises(ConfigError, match="latency_slack must be in"):
             CompressConfig(latency_slack=slack)
+    for seconds in (0.0, -1.0, float("nan")):
+        with pytest.raises(ConfigError, match="latency_check_s must be > 0 seconds"):
+            CompressConfig(latency_check_s=seconds)
     with pytest.raises(ConfigError, match="threads"):
         get_runtime("torch-cpu", threads=0)
     with pytest.raises(ConfigError, match="must be resolved"):
@@ -566,6 +569,10 @@ def test_models_timed_in_turns_keep_their_ratio_on_a_machine_that_slows_down_hal
     truth = metrics.count(pruned, x).flops / metrics.count(model, x).flops
     assert pruned_ms / base_ms == pytest.approx(truth, rel=1e-9)
     assert len(calls) == 2 + 2 * 12 and calls[2:6] == [model, pruned, model, pruned]  # one after the other: 30 % off
+    # the same turns with their ratio's interval: every turn's ratio is the truth, so the interval is that point
+    ratio = runtime.time_ratio(model, pruned, (x,), Turns(warmup=1, block=5, rounds=12))
+    assert ratio.ratio == pytest.approx(truth, rel=1e-9) and ratio.low == ratio.ratio == ratio.high
+    assert ratio.turns == 12 and ratio.second_ms / ratio.first_ms == pytest.approx(truth, rel=1e-9)
 
 
 def test_a_reduction_is_timed_in_turns_so_a_drifting_machine_does_not_fake_a_miss(

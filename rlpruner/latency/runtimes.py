@@ -90,22 +90,19 @@ class Turns:
 
 @dataclass(frozen=True)
 class Ratio:
-    """Two models timed in turns: each one's latency (the median of its turns) and an interval for
-    the ratio second / first. Within a turn the two run seconds apart at most, so each turn gives
-    one ratio that a slow drift of the machine does not move; the interval is the distribution-free
-    `confidence` interval of those ratios' median (`median_interval`). On a quiet machine it is
-    narrow; on one shared with other work it widens, and says how far the timing can be believed."""
+    """Two models timed in turns: each one's latency (the median of its turns) and the ratio second /
+    first. Within a turn the two run seconds apart at most, so each turn gives one ratio that a slow
+    drift of the machine does not move: `ratio` is their median, [`low`, `high`] its distribution-free
+    `confidence` interval (`median_interval`). On a quiet machine it is narrow; on one shared with
+    other work it widens, and says how far the timing can be believed."""
 
     first_ms: float
     second_ms: float
+    ratio: float
     low: float
     high: float
     turns: int
     confidence: float
-
-    @property
-    def ratio(self) -> float:
-        return self.second_ms / self.first_ms
 
 
 def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -199,9 +196,9 @@ class Runtime:
         """Two models timed in turns on the same `inputs`, with how sure the ratio of their latencies
         is (`Ratio`): what a measured reduction, and whether it misses a target, rests on."""
         first_turns, second_turns = self.time_cases_turns_ms([(first, inputs), (second, inputs)], turns)
-        low, high = median_interval([b / a for a, b in zip(first_turns, second_turns)], confidence)
-        return Ratio(statistics.median(first_turns), statistics.median(second_turns), low, high,
-                     len(first_turns), confidence)
+        ratios = [b / a for a, b in zip(first_turns, second_turns)]
+        return Ratio(statistics.median(first_turns), statistics.median(second_turns), statistics.median(ratios),
+                     *median_interval(ratios, confidence), len(ratios), confidence)
 
     def time_cases_turns_ms(self, cases: Sequence[tuple[nn.Module, tuple[torch.Tensor, ...]]],
                             turns: Turns = Turns()) -> list[list[float]]:
