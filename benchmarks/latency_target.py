@@ -68,7 +68,10 @@ class StudySettings:
     accuracy: AccuracySettings  # models, datasets, FLOPs targets, seeds, KD budget (its methods are ignored)
     batch: int = 1                        # the latency table's batch (what the latency run optimises)
     timing_batches: tuple[int, ...] = (1, 64)
-    seconds: float = 20.0                 # how long the turns of one timing batch take (all models together)
+    pair_seconds: float = 5.0             # how long each final model is timed against its base per timing batch
+
+
+TIMING = ("timing_batches", "pair_seconds")  # settings that change how rows are timed, not the runs
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ def quick() -> StudySettings:
     from benchmarks.settings import quick as quick_suite
 
     return StudySettings(replace(quick_suite().accuracy, targets=(0.5,), methods=METHODS[:2], no_recovery=False,
-                                 kd_budget=2), timing_batches=(1, 4), seconds=2.0)
+                                 kd_budget=2), timing_batches=(1, 4), pair_seconds=0.5)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -171,8 +174,8 @@ def study_folder(work: Path) -> Path:
 
 
 def turns(batch: int, seconds: float) -> Any:
-    """How a model's final models and its base are timed against each other at `batch`: turns of one
-    untimed and 5 timed calls at batch 1, of one timed call at larger batches, for about `seconds`."""
+    """How a final model and its base are timed against each other at `batch`: turns of one untimed
+    and 5 timed calls at batch 1, of one timed call at larger batches, for about `seconds`."""
     from rlpruner.latency import Turns
 
     if batch == 1:
@@ -182,8 +185,12 @@ def turns(batch: int, seconds: float) -> Any:
 
 def time_rows(rows: list[dict[str, Any]], bases: dict[tuple[str, str], Any], settings: StudySettings,
               log: Callable[[str], None]) -> None:
-    """The final models of the rows not timed yet, per model and dataset in turns with their base
-    model, at `timing_batches` (rows timed before are kept)."""
+    """The final models of the rows not timed yet, each in turns with its base model alone
+    (`Runtime.time_ratio`, `pair_seconds` per timing batch), in the main process with nothing else
+    running; rows timed before are kept. A pair, not all models of a cell together: in one session of
+    46 ResNet-20 models the three uniform models of a level, one architecture, measured up to 6 points
+    apart, and a second session moved models by 3 points (median) and up to 10; pairs timed again
+    agreed within about 2 (benchmarks/reading.md)."""
     from rlpruner import io
     from rlpruner.latency import get_runtime
     from rlpruner.metrics import _latency_inputs
@@ -196,18 +203,20 @@ def time_rows(rows: list[dict[str, Any]], bases: dict[tuple[str, str], Any], set
     for key, group in pending.items():
         base = io.load(bases[key].path, allow_imports=ALLOW_IMPORTS).eval()
         example = bases[key].dataset.load().example_inputs()
-        models = [io.load(resolve(row["run_dir"]) / "model.rlp", allow_imports=ALLOW_IMPORTS).eval() for row in group]
-        log(f"timing {len(models)} models of {key[0]} on {key[1]} in turns with their base")
+        log(f"timing {len(group)} models of {key[0]} on {key[1]}, each in turns with their base")
         for row in group:
-            row["latency"], row["timing"] = {}, "turns"
-        for batch in settings.timing_batches:
-            inputs = _latency_inputs(example, batch, runtime.device)
-            base_ms, *timed = runtime.time_turns_ms([base, *models], inputs, turns(batch, settings.seconds))
-            for row, ms in zip(group, timed):
-                row["latency"][str(batch)] = {"base_ms": base_ms, "pruned_ms": ms, "reduction": 1.0 - ms / base_ms}
-        for row in group:
+            model = io.load(resolve(row["run_dir"]) / "model.rlp", allow_imports=ALLOW_IMPORTS).eval()
+            latency = {}
+            for batch in settings.timing_batches:
+                inputs = _latency_inputs(example, batch, runtime.device)
+                ratio = runtime.time_ratio(base, model, inputs, turns(batch, settings.pair_seconds))
+                latency[str(batch)] = {"base_ms": ratio.first_ms, "pruned_ms": ratio.second_ms,
+                                       "reduction": 1.0 - ratio.ratio, "low": 1.0 - ratio.high,
+                                       "high": 1.0 - ratio.low, "turns": ratio.turns}
+            row["latency"], row["timing"] = latency, "pairs"
             log(f"timed {row['model']} {row['method']} -{row['target']:.0%} s{row['seed']}: " + ", ".join(
-                f"batch {b} {-v['reduction']:+.1%}" for b, v in row["latency"].items()))
+                f"batch {b} {-v['reduction']:+.1%} (95% interval {-v['high']:+.1%} to {-v['low']:+.1%})"
+                for b, v in latency.items()))
 
 
 def run(settings: StudySettings, out: Path, work: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -220,8 +229,15 @@ def run(settings: StudySettings, out: Path, work: Path, log: Callable[[str], Non
     path = out.with_suffix(".json")
     wanted = json.loads(json.dumps(asdict(settings)))
     results = json.loads(path.read_text()) if path.exists() else None
-    if results is None or _without_seeds(results.get("settings", {})) != _without_seeds(wanted):
+    if results is None or _runs_part(results.get("settings", {})) != _runs_part(wanted):
         results = {"kind": "latency_target", "settings": wanted, "runs": []}
+    elif {k: results["settings"].get(k) for k in TIMING} != {k: wanted[k] for k in TIMING}:
+        log("latency_target: the timing settings changed: the runs are kept, their final models timed again")
+        for row in results["runs"]:
+            row.pop("latency", None)
+            row.pop("timing", None)
+        results["settings"] = {**results["settings"], **{k: wanted[k] for k in TIMING}}
+        results["settings"].pop("seconds", None)  # the earlier timing's setting
     seeds = sorted(set(results["settings"]["accuracy"]["seeds"]) | set(wanted["accuracy"]["seeds"]))
     results["settings"]["accuracy"]["seeds"] = seeds  # more seeds add rows; other settings start afresh
     for row in results["runs"]:  # rows kept from an earlier run: the commit that run recorded
@@ -272,8 +288,11 @@ def _commits(results: dict[str, Any]) -> str:
     return "runs of commits " + ", ".join(f"{c} ({n})" for c, n in counts.items())
 
 
-def _without_seeds(settings: dict[str, Any]) -> dict[str, Any]:
-    return {**settings, "accuracy": {k: v for k, v in settings.get("accuracy", {}).items() if k != "seeds"}}
+def _runs_part(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings the runs depend on: all but the seeds (more seeds add rows) and how the final
+    models are timed (`TIMING`, and the earlier timing's `seconds`)."""
+    kept = {k: v for k, v in settings.items() if k not in (*TIMING, "seconds")}
+    return {**kept, "accuracy": {k: v for k, v in settings.get("accuracy", {}).items() if k != "seeds"}}
 
 
 def _mean(values: list[float]) -> str:
@@ -283,16 +302,26 @@ def _mean(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * sd:.1f}"
 
 
-def _timing_text(rows: list[dict[str, Any]]) -> str:
+TIMINGS = {"pairs": "each timed in turns with its base alone", "turns": "timed in turns with the base and the other "
+             "final models of the same model and data", None: "timed in alternating chunks with the base"}
+
+
+def _timing_text(rows: list[dict[str, Any]], seconds: float | None) -> str:
     """How the rows' final models were timed against their base (rows written before the turns say
-    nothing: they were timed in alternating chunks)."""
-    turns = sum(row.get("timing") == "turns" for row in rows)
-    if turns == len(rows):
-        return "timed in turns with the base and the other final models of the same model and data"
-    if not turns:
-        return "timed in alternating chunks with the base"
-    return (f"{turns} of the {len(rows)} models timed in turns with the base and each other, the rest in "
-            "alternating chunks with the base")
+    nothing: they were timed in alternating chunks), and, for pairs, how precisely."""
+    counts: dict[Any, int] = {}
+    for row in rows:
+        counts[row.get("timing")] = counts.get(row.get("timing"), 0) + 1
+    if len(counts) > 1:
+        return "; ".join(f"{n} of the {len(rows)} models {TIMINGS[way]}" for way, n in counts.items())
+    way = next(iter(counts), "pairs")
+    if way != "pairs":
+        return TIMINGS[way]
+    widths = sorted(v["high"] - v["low"] for row in rows for v in row.get("latency", {}).values() if "low" in v)
+    width = f"; the 95 % intervals of the reductions are {100 * statistics.median(widths):.1f} points wide (median)" \
+        if widths else ""
+    length = f"about {seconds:g} s per batch size" if seconds else "each batch size"
+    return f"{TIMINGS[way]} ({length}{width})"
 
 
 def render_markdown(results: dict[str, Any]) -> str:
@@ -302,7 +331,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines = [f"Machine: {results['machine']['cpu']}, {_commits(results)}. Command: "
              "`python benchmarks/latency_target.py`. Test top-1 (mean ± sd over seeds) after the same "
              f"{s['accuracy']['kd_budget']} KD epochs; latency change of the final model against its base, "
-             f"PyTorch CPU, 1 thread, {_timing_text(results['runs'])} after all runs (mean over seeds). The latency "
+             f"PyTorch CPU, 1 thread, {_timing_text(results['runs'], s.get('pair_seconds'))} after all runs (mean over "
+             "seeds). The latency "
              f"run's target is the uniform model's predicted latency reduction at batch {batch}.", ""]
     cells: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
     for row in results["runs"]:

@@ -637,6 +637,22 @@ def test_the_equal_latency_study_tabulates_accuracy_and_measured_latency_and_com
     assert "Machine: cpu, runs of commits c (6), d (2)." in page
 
 
+def test_the_equal_latency_page_says_how_its_models_were_timed_and_how_precisely():
+    from benchmarks import latency_target
+
+    def row(way, width=None):
+        timed = {"reduction": 0.2} if width is None else {"reduction": 0.2, "low": 0.2 - width, "high": 0.2}
+        return {"timing": way, "latency": {"1": timed, "64": timed}} if way else {"latency": {"1": timed}}
+
+    assert latency_target._timing_text([row("pairs", 0.01), row("pairs", 0.03), row("pairs", 0.02)], 5.0) == (
+        "each timed in turns with its base alone (about 5 s per batch size; the 95 % intervals of the reductions "
+        "are 2.0 points wide (median))")
+    assert latency_target._timing_text([row("turns")] * 2, 20.0).startswith("timed in turns with the base and the other")
+    assert latency_target._timing_text([row("pairs", 0.01), row(None)], 5.0) == (
+        "1 of the 2 models each timed in turns with its base alone; 1 of the 2 models timed in alternating chunks "
+        "with the base")
+
+
 def test_each_method_is_read_at_the_uniform_models_measured_latency_without_extrapolating():
     from benchmarks import latency_target
 
@@ -870,6 +886,8 @@ def test_the_latency_run_targets_the_uniform_models_predicted_latency(tmp_path, 
 
 @pytest.mark.slow
 def test_the_equal_latency_study_runs_five_methods_times_them_and_resumes(tmp_path, capsys):
+    from dataclasses import replace
+
     from benchmarks import latency_target
 
     args = ["--quick", "--results", str(tmp_path / "results"), "--work", str(tmp_path / "work")]
@@ -888,6 +906,21 @@ def test_the_equal_latency_study_runs_five_methods_times_them_and_resumes(tmp_pa
     assert latency_target.main(args) == 0  # every run and timing is kept: nothing to redo
     assert "5 runs in latency_target.json, 0 to go" in capsys.readouterr().out
     assert json.loads((tmp_path / "results" / "latency_target.json").read_text())["runs"] == doc["runs"]
+    for row in doc["runs"]:  # each final model timed against its base alone, with the reduction's interval
+        assert row["timing"] == "pairs"
+        for timed in row["latency"].values():
+            assert timed["low"] <= timed["reduction"] <= timed["high"] and timed["turns"] >= 3
+    # new timing settings: the runs are kept, only their final models are timed again
+    lines = []
+    settings = replace(latency_target.quick(), pair_seconds=0.2)
+    again = latency_target.run(settings, tmp_path / "results" / "latency_target", tmp_path / "work", log=lines.append)
+    assert any("the timing settings changed: the runs are kept" in line for line in lines), lines
+    assert any("5 runs in latency_target.json, 0 to go" in line for line in lines), lines
+    assert again["settings"]["pair_seconds"] == 0.2 and "seconds" not in again["settings"]
+    drop = ("latency", "timing")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in again["runs"]] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in doc["runs"]]
+    assert all(r["timing"] == "pairs" and set(r["latency"]) == {"1", "4"} for r in again["runs"])
 
 
 def test_the_host_memory_study_times_both_models_in_each_allocator_state_in_its_own_process():
