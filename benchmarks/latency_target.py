@@ -122,7 +122,22 @@ def run_job(job: StudyJob) -> dict[str, Any]:
     config = replace(config, rl=replace(config.rl, **dict(how.rl)), target=Target("latency", job.latency_target),
                      latency_runtime="torch-cpu", latency_threads=1, latency_batch=job.batch,
                      latency_cache=str(job.cache))
-    return {**run_compress(run, config), "latency_target": job.latency_target}
+    return {**run_compress(run, config), "latency_target": job.latency_target, "checks": checks_of(run.out_dir)}
+
+
+def checks_of(run_dir: Path) -> list[dict[str, Any]] | None:
+    """What a latency run's target checks found (results.json's `latency_checks`, in short): each
+    timing's reduction with its interval, the table's prediction, and whether the search went on.
+    None where the run left no results (or ran before they were kept)."""
+    import json
+
+    try:
+        checks = json.loads((run_dir / "results.json").read_text())["latency_checks"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return [{"step": c["step"], "measured": c["measured_reduction"], "low": c.get("measured_low"),
+             "high": c.get("measured_high"), "predicted": c["predicted_reduction"],
+             "pruned_on": c["next_goal_ms"] is not None} for c in checks]
 
 
 def matched_latency_targets(base_job: Any, targets: tuple[float, ...], batch: int, cache: Path) -> dict[float, float]:
@@ -255,6 +270,9 @@ def run(settings: StudySettings, out: Path, work: Path, log: Callable[[str], Non
                 log(f"{base.model.label} {base.dataset.label} uniform at -{target:.0%} FLOPs: predicted latency "
                     f"{-goal:+.1%} at batch {settings.batch}" + ("" if goal > MIN_TARGET else "; no latency run"))
         results["matched"] = [[*key, goal] for key, goal in matched.items()]
+        for row in results["runs"]:  # rows written before the checks were kept: read from their runs
+            if row["method"] in LATENCY_RUNS and row.get("checks") is None:
+                row["checks"] = checks_of(resolve(row["run_dir"]))
         done = {row_key(r) for r in results["runs"]}
         todo = [j for j in jobs(settings, bases, work, matched) if j.run.key not in done]
         log(f"latency_target: {len(done)} runs in {path.name}, {len(todo)} to go")
@@ -358,7 +376,24 @@ def render_markdown(results: dict[str, Any]) -> str:
     skipped = [f"- {m} / {d} at -{t:.0%} FLOPs: the uniform model is predicted {-g:+.1%} at batch {batch} "
                "(not faster than the base), so there is no latency to match: no latency run."
                for m, d, t, g in results.get("matched", []) if g <= MIN_TARGET]
-    return "\n".join(lines + [""] + [v for v in verdicts if v] + skipped + equal_latency_lines(cells, timed))
+    return "\n".join(lines + [""] + [v for v in verdicts if v] + skipped + check_lines(results["runs"])
+                     + equal_latency_lines(cells, timed))
+
+
+def check_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Per latency method: how often its check sent the search on, and how the first timing compared
+    with the table's prediction (rows that kept their checks only)."""
+    out = []
+    for method in LATENCY_RUNS:
+        kept = [r["checks"] for r in rows if r["method"] == method and r.get("checks")]
+        if not kept:
+            continue
+        sent = sum(any(c["pruned_on"] for c in checks) for checks in kept)
+        gaps = [100 * (checks[0]["predicted"] - checks[0]["measured"]) for checks in kept]
+        out.append(f"- {method}: its check (timed when the table said the target was reached) sent the search on in "
+                   f"{sent} of {len(kept)} runs; the first timing's reduction fell short of the table's prediction "
+                   f"by {statistics.median(gaps):.1f} points (median; from {min(gaps):+.1f} to {max(gaps):+.1f}).")
+    return [""] + out if out else []
 
 
 def curve(rows_by_target: dict[float, list[dict[str, Any]]], batch: str) -> list[tuple[float, float]]:

@@ -620,6 +620,16 @@ def test_the_equal_latency_study_tabulates_accuracy_and_measured_latency_and_com
             "rl -18%, rl-latency -22%.") in page
     assert "at -75% FLOPs: the uniform model is predicted +4.0% at batch 1" in page
     assert "halp" not in page  # results written before HALP's row: no empty column for it
+    assert "its check" not in page  # rows without their checks: no line about them
+    runs[4]["checks"] = [{"step": 3, "measured": 0.20, "low": 0.19, "high": 0.21, "predicted": 0.25, "pruned_on": True},
+                         {"step": 4, "measured": 0.26, "low": 0.25, "high": 0.27, "predicted": 0.27, "pruned_on": False}]
+    runs[5]["checks"] = [{"step": 3, "measured": 0.26, "low": 0.25, "high": 0.27, "predicted": 0.25, "pruned_on": False}]
+    page = latency_target.render_markdown({
+        "machine": {"cpu": "cpu", "commit": "c"}, "runs": runs, "matched": [],
+        "settings": {"batch": 1, "timing_batches": [1, 64], "accuracy": {"kd_budget": 20}}})
+    assert ("- rl-latency: its check (timed when the table said the target was reached) sent the search on in 1 of 2 "
+            "runs; the first timing's reduction fell short of the table's prediction by 2.0 points (median; from "
+            "-1.0 to +5.0).") in page
     runs += [_timed_row("halp-latency", s, 0.79, 0.26, 0.31, latency_target=0.25) for s in (0, 1)]
     page = latency_target.render_markdown({
         "machine": {"cpu": "cpu", "commit": "c"}, "runs": runs, "matched": [],
@@ -898,6 +908,11 @@ def test_the_equal_latency_study_runs_five_methods_times_them_and_resumes(tmp_pa
     assert all(set(r["latency"]) == {"1", "4"} for r in doc["runs"])
     targets = {r["method"]: r.get("latency_target") for r in doc["runs"]}
     assert 0 < targets["rl-latency"] == targets["halp-latency"] == targets["halp-latency-r0.8"] < 1
+    for row in doc["runs"]:  # each latency run's target checks, as its results.json has them
+        if row["method"] in latency_target.LATENCY_RUNS:
+            assert row["checks"] and row["checks"] == latency_target.checks_of(presets.resolve(row["run_dir"]))
+        else:
+            assert "checks" not in row
     floored = next(r for r in doc["runs"] if r["method"] == "halp-latency-r0.8")
     assert all(kept >= -(-size // 5) for size, kept in floored["widths"].values())  # max_group_ratio 0.8
     assert len(doc["matched"]) == 1
