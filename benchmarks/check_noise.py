@@ -10,10 +10,12 @@ latency; rlpruner/search/measured.py). This study times the models such a check 
 versions, PyTorch eager, batch 1, 1 thread, on a quiet machine and with one and two other processes
 each keeping a core busy (as when the benchmark's other worker trains). Each trial times every
 pruned model against the original both ways, one right after the other:
-- **old check** (before b584adb): turns of 5 timed calls, 16 turns (`pair_turns` of the default
-  config), about a third of a second; a miss when its reduction is more than the slack below target;
-- **new check**: turns for `latency_check_s` (5 s) with a 95 % interval of the per-turn ratio
-  (`Runtime.time_ratio`); a miss only when the whole interval lies more than the slack below target.
+- **old check** (before b584adb): turns of 5 timed calls, 16 turns (what `pair_turns` of the
+  default config gave then), about a third of a second; a miss when its reduction is more than the
+  slack below target;
+- **new check**: turns for `latency_pair_s` (5 s; at least 16 turns) with a 95 % interval of the
+  per-turn ratio (`Runtime.time_ratio`, `pair_turns` of the default config); a miss only when the
+  whole interval lies more than the slack below target.
 A long quiet timing of each pair (`reference_s` of turns) gives the reference reduction. The page
 counts, for a model that meets its target exactly (target = its reference reduction), how often
 each check would have called it a miss and sent the search on: a false miss.
@@ -52,7 +54,7 @@ def run(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
     from rlpruner.models import create_model
     from rlpruner.pruner import prune_to_flops
     from rlpruner.search import CompressConfig
-    from rlpruner.search.latency import check_turns, pair_turns
+    from rlpruner.search.latency import pair_turns
 
     torch.manual_seed(0)
     model = create_model(spec["model"], num_classes=spec["classes"], **spec["options"]).eval()
@@ -60,8 +62,8 @@ def run(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
     pruned = {target: prune_to_flops(copy.deepcopy(model), example, target, method="uniform", round_to=1).eval()
               for target in spec["targets"]}
     runtime, inputs = get_runtime("torch-cpu", 1), (example,)
-    config = replace(CompressConfig(), latency_check_s=spec["check_s"])
-    turns = {"old": pair_turns(CompressConfig()), "new": check_turns(config)}
+    config = replace(CompressConfig(), latency_pair_s=spec["check_s"])
+    turns = {"old": Turns(warmup=3, block=5, settle=1, rounds=16), "new": pair_turns(config)}
     reference = {}
     for target, other in pruned.items():
         ratio = runtime.time_ratio(model, other, inputs, Turns(warmup=3, block=5, settle=1, seconds=spec["reference_s"]))

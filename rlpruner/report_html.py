@@ -99,8 +99,17 @@ def comparison_rows(results: Mapping[str, Any], *, short: bool = False) -> list[
              ("latency_batch_ms", f"latency, batch {batches.get('report_batch', '?')} (ms)", "{:.3f}"),
              ("val_acc", f"{val} {metric['name']}", score), ("test_acc", f"test {metric['name']}", score))
     return [(label, fmt.format(base[key]), fmt.format(final[key]),
-             format_change(key, base[key], final[key], metric["percent"]))
+             latency_change(final) if key == "latency_ms" and final.get("latency_change")
+             else format_change(key, base[key], final[key], metric["percent"]))
             for key, label, fmt in specs if base.get(key) is not None and final.get(key) is not None]
+
+
+def latency_change(final: Mapping[str, Any]) -> str:
+    """The latency change as measured: the median of the turns' ratios with its interval (the two
+    latencies beside it are each model's median, so their quotient can differ slightly)."""
+    change = final["latency_change"]
+    return (f"{change['change']:+.1%} ({change['confidence']:.0%} interval {change['low']:+.1%} to "
+            f"{change['high']:+.1%}, {change['turns']} turns)")
 
 
 def _summary_table(results: Mapping[str, Any]) -> str:

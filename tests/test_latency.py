@@ -350,8 +350,8 @@ def test_bad_latency_options_get_one_clear_message():
         with pytest.raises(ConfigError, match="latency_slack must be in"):
             CompressConfig(latency_slack=slack)
     for seconds in (0.0, -1.0, float("nan")):
-        with pytest.raises(ConfigError, match="latency_check_s must be > 0 seconds"):
-            CompressConfig(latency_check_s=seconds)
+        with pytest.raises(ConfigError, match="latency_pair_s must be > 0 seconds"):
+            CompressConfig(latency_pair_s=seconds)
     with pytest.raises(ConfigError, match="threads"):
         get_runtime("torch-cpu", threads=0)
     with pytest.raises(ConfigError, match="must be resolved"):
@@ -407,6 +407,12 @@ def test_a_latency_search_times_no_candidate_and_reports_predicted_beside_measur
     assert base["predicted_latency_ms"] == pytest.approx(base["latency_ms"], rel=1e-6)
     assert result.results["reached"]["latency"] >= 0.4
     assert result.results["latency"]["runtime"] == "torch-cpu" and result.results["latency"]["table"]["batch"] == 1
+    # the report's latency change is the pair's measured ratio with its interval (one point: the clock is exact)
+    change = final["latency_change"]
+    assert change["change"] == pytest.approx(final["latency_ms"] / base["latency_ms"] - 1, rel=1e-9)
+    assert change["low"] == change["change"] == change["high"] and change["turns"] >= 16
+    summary = (tmp_path / "run" / "summary.md").read_text()
+    assert f"| {change['change']:+.1%} (95% interval {change['low']:+.1%} to {change['high']:+.1%}, " in summary
     for record in result.records:
         assert record.latency_ms is not None
 

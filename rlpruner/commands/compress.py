@@ -164,7 +164,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                        help="keep the validation split on the device when it fits in this many MiB, else read it "
                             "again for every full evaluation (default: %(default)s)")
     group.add_argument("--latency-batch", type=int, default=c.latency_batch, help="default: %(default)s")
-    group.add_argument("--latency-repeats", type=int, default=c.latency_repeats, help="default: %(default)s")
+    group.add_argument("--latency-repeats", type=int, default=c.latency_repeats,
+                       help="the model and the original take at least 4/5 this many turns of 5 timed calls "
+                            "(default: %(default)s)")
     group.add_argument("--latency-threads", type=int, default=c.latency_threads,
                        help="threads while timing (default: %(default)s)")
     group.add_argument("--latency-runtime", default=c.latency_runtime,
@@ -182,9 +184,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                        help="how far the measured reduction may fall short of --target-latency, a fraction of "
                             "the original's latency; a timing counts as a miss only when its 95%% interval lies "
                             "wholly below (default: %(default)s)")
-    group.add_argument("--latency-check-seconds", type=float, default=c.latency_check_s, metavar="S",
-                       help="how long each --latency-checks timing runs, the model and the original in turns "
-                            "(default: %(default)s)")
+    group.add_argument("--latency-pair-seconds", type=float, default=c.latency_pair_s, metavar="S",
+                       help="how long the model and the original are timed against each other in turns, for "
+                            "the report's latency change and each --latency-checks timing; at least "
+                            "max(8, --latency-repeats x 4/5) turns (default: %(default)s)")
     group.add_argument("--test", action=_BOOL, default=True,
                        help="evaluate the test split once, on the final model (default: %(default)s)")
     group.add_argument("--progress", action=_BOOL, default=None, help="progress bars (default: on a terminal)")
@@ -231,7 +234,7 @@ def config_from_args(args: argparse.Namespace) -> CompressConfig:
                           latency_threads=args.latency_threads, report_batch=args.report_batch,
                           latency_runtime=args.latency_runtime, latency_cache=args.latency_cache,
                           latency_points=args.latency_points, latency_checks=args.latency_checks,
-                          latency_slack=args.latency_slack, latency_check_s=args.latency_check_seconds,
+                          latency_slack=args.latency_slack, latency_pair_s=args.latency_pair_seconds,
                           seed=args.seed, device=args.device, amp=args.amp, channels_last=args.channels_last,
                           workers=args.workers,
                           val_cache_mb=args.val_cache_mb, progress=args.progress, method=args.method)

@@ -73,19 +73,20 @@ class Turns:
     block: int = 5
     settle: int = 1
     rounds: int = 10
-    seconds: float | None = None  # rounds sized so that all turns take about this long (3 to MAX_ROUNDS)
+    seconds: float | None = None  # rounds sized so that all turns take about this long (`least` to MAX_ROUNDS)
+    least: int = 3                # the fewest rounds when sized by `seconds` (slow models get this many)
 
     def __post_init__(self) -> None:
-        if self.warmup < 0 or self.block < 1 or self.settle < 0 or self.rounds < 1:
-            raise ConfigError(f"turns: need warmup >= 0, block >= 1, settle >= 0, rounds >= 1; got "
-                              f"{self.warmup}, {self.block}, {self.settle}, {self.rounds}")
+        if self.warmup < 0 or self.block < 1 or self.settle < 0 or self.rounds < 1 or self.least < 1:
+            raise ConfigError(f"turns: need warmup >= 0, block >= 1, settle >= 0, rounds >= 1, least >= 1; got "
+                              f"{self.warmup}, {self.block}, {self.settle}, {self.rounds}, {self.least}")
 
     def sized(self, one_each_ms: float) -> int:
         """The number of rounds, for models whose calls take `one_each_ms` together."""
         if self.seconds is None:
             return self.rounds
         per_round = (self.settle + self.block) * max(one_each_ms, 1e-3)
-        return max(3, min(MAX_ROUNDS, int(1000.0 * self.seconds / per_round)))
+        return max(self.least, min(MAX_ROUNDS, int(1000.0 * self.seconds / per_round)))
 
 
 @dataclass(frozen=True)

@@ -226,7 +226,9 @@ class CompressConfig:
     latency_slack: float = 0.01          # how far (a fraction of the original's latency) the measured
                                          # reduction may fall short of a latency target; a miss counts only
                                          # when the timing's 95 % interval lies wholly below target - slack
-    latency_check_s: float = 5.0         # how long one such check times the model and the original in turns
+    latency_pair_s: float = 5.0          # how long two models are timed against each other at latency_batch
+                                         # (a latency target's check, the report's latency change), in turns of
+                                         # 5 calls each; at least max(8, latency_repeats x 4/5) turns
     report_batch: int = 32               # the report also times both models at this batch size
     seed: int = 0
     device: str = "cpu"
@@ -261,8 +263,8 @@ class CompressConfig:
                                        ("val_cache_mb", self.val_cache_mb, 0)):
             if value < minimum:
                 raise ConfigError(f"{option} must be >= {minimum}, got {value}")
-        if not self.latency_check_s > 0.0:
-            raise ConfigError(f"latency_check_s must be > 0 seconds, got {self.latency_check_s}")
+        if not self.latency_pair_s > 0.0:
+            raise ConfigError(f"latency_pair_s must be > 0 seconds, got {self.latency_pair_s}")
         if not 0.0 <= self.latency_slack < 1.0:
             raise ConfigError(f"latency_slack must be in [0, 1), got {self.latency_slack}")
 

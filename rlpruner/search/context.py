@@ -102,19 +102,18 @@ class Context:
         """The task's metric of `model` on the whole validation split; the same value on every rank."""
         return validation_metric(self.task, self.data, self.world, self.device, model)
 
-    def latency_pair_ms(self, first: nn.Module, second: nn.Module,
-                        batch_size: int | None = None) -> tuple[float, float]:
-        """Two models timed in turns (`measure_pair_ms`) at the latency batch or `batch_size`, rank 0's
-        on every rank: what a reduction is measured with. Only the original and final models (and the
-        models of a latency target's check) are timed; candidates are predicted."""
+    def latency_pair_ms(self, first: nn.Module, second: nn.Module, batch_size: int) -> tuple[float, float]:
+        """Two models timed in turns (`measure_pair_ms`) at `batch_size`, rank 0's on every rank."""
         return self.world.first(lambda: measure_pair_ms(self.config, self.runtime, first, second,
                                                         self.data.example, batch_size), "latency measurement")
 
     def latency_ratio(self, model: nn.Module) -> Ratio:
-        """`model` timed against the original in turns for a latency target's check (`measure_ratio`),
-        rank 0's on every rank."""
+        """`model` timed against the original in turns at the latency batch, with the interval of
+        their ratio (`measure_ratio`), rank 0's on every rank: what a reduction is measured with. Only
+        the original and final models, and the models of a latency target's check, are timed;
+        candidates are predicted."""
         return self.world.first(lambda: measure_ratio(self.config, self.runtime, self.original, model,
-                                                      self.data.example), "latency check")
+                                                      self.data.example), "latency measurement")
 
     def graph_of(self, model: nn.Module) -> DependencyGraph:
         """The dependency graph of a model of this run (`keep` and the groups that break frozen)."""

@@ -25,6 +25,7 @@ from ..metrics import _latency_inputs
 from .config import AUTO, CompressConfig
 
 REPORT_TIMING_S = 3.0  # about this long per model, for the report's second batch size
+MIN_PAIR_TURNS = 8     # a 95 % interval of a median needs 6 turns at least; 8 leave it room
 
 
 def optimises_latency(config: CompressConfig) -> bool:
@@ -40,37 +41,34 @@ def runtime_for(config: CompressConfig, device: torch.device) -> Runtime:
 
 
 def pair_turns(config: CompressConfig, batch_size: int | None = None) -> Turns:
-    """How the run compares two models: at `config.latency_batch` in turns of 5 timed calls, as many
-    timed calls of each as four timings of `latency_repeats`; at `batch_size` (the report's second
-    batch size) in turns of one call each for about `REPORT_TIMING_S` per model."""
+    """How the run compares two models. At `config.latency_batch` (a latency target's check, the
+    report's latency change): turns of 5 timed calls for about `latency_pair_s`, at least
+    max(MIN_PAIR_TURNS, 4/5 of `latency_repeats`) of them (as many timed calls as four timings of
+    `latency_repeats`). At `batch_size` (the report's second batch size): turns of one call each for
+    about `REPORT_TIMING_S` per model."""
     if batch_size is None:
-        return Turns(warmup=config.latency_warmup, block=5, settle=1, rounds=max(3, 4 * config.latency_repeats // 5))
+        return Turns(warmup=config.latency_warmup, block=5, settle=1, seconds=config.latency_pair_s,
+                     least=max(MIN_PAIR_TURNS, 4 * config.latency_repeats // 5))
     return Turns(warmup=1, block=1, settle=0, seconds=2 * REPORT_TIMING_S)
 
 
 def measure_pair_ms(config: CompressConfig, runtime: Runtime, first: nn.Module, second: nn.Module,
-                    example: Any, batch_size: int | None = None) -> tuple[float, float]:
-    """Both models' latency at `config.latency_batch` (or at `batch_size`), timed in turns
-    (`Runtime.time_turns_ms`): a machine that speeds up or slows down while this runs moves both
-    alike, so their ratio, what a reduction is, holds."""
-    inputs = _latency_inputs(example, batch_size or config.latency_batch, runtime.device)
+                    example: Any, batch_size: int) -> tuple[float, float]:
+    """Both models' latency at `batch_size`, timed in turns (`Runtime.time_turns_ms`): a machine that
+    speeds up or slows down while this runs moves both alike, so their ratio, what a reduction is,
+    holds."""
+    inputs = _latency_inputs(example, batch_size, runtime.device)
     first_ms, second_ms = runtime.time_turns_ms([first, second], inputs, pair_turns(config, batch_size))
     return first_ms, second_ms
 
 
-def check_turns(config: CompressConfig) -> Turns:
-    """How a latency target's check times the model against the original: turns of 5 timed calls
-    each, for about `latency_check_s` (3 to `MAX_ROUNDS` turns). Longer than the report's pair: the
-    check decides whether the search prunes on, so its interval must be narrower than the slack."""
-    return Turns(warmup=config.latency_warmup, block=5, settle=1, seconds=config.latency_check_s)
-
-
 def measure_ratio(config: CompressConfig, runtime: Runtime, first: nn.Module, second: nn.Module,
                   example: Any) -> Ratio:
-    """`second`'s latency against `first`'s at `config.latency_batch`, in turns (`check_turns`), with
-    the interval of their ratio (`Runtime.time_ratio`)."""
+    """`second`'s latency against `first`'s at `config.latency_batch`, in turns (`pair_turns`), with
+    the interval of their ratio (`Runtime.time_ratio`): what a latency target's check and the report's
+    latency change rest on."""
     inputs = _latency_inputs(example, config.latency_batch, runtime.device)
-    return runtime.time_ratio(first, second, inputs, check_turns(config))
+    return runtime.time_ratio(first, second, inputs, pair_turns(config))
 
 
 def _cache_dir(config: CompressConfig) -> Path:
