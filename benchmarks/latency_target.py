@@ -137,7 +137,7 @@ def checks_of(run_dir: Path) -> list[dict[str, Any]] | None:
         return None
     return [{"step": c["step"], "measured": c["measured_reduction"], "low": c.get("measured_low"),
              "high": c.get("measured_high"), "predicted": c["predicted_reduction"],
-             "pruned_on": c["next_goal_ms"] is not None} for c in checks]
+             "pruned_on": c["next_goal_ms"] is not None, "process": c.get("process")} for c in checks]
 
 
 def matched_latency_targets(base_job: Any, targets: tuple[float, ...], batch: int, cache: Path) -> dict[float, float]:

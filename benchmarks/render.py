@@ -803,6 +803,8 @@ def render_doc(results: Mapping[str, Any], doc_path: Path, plots_dir: Path) -> s
                           "Timing in turns: one reduction measured two ways")
     out += _study_section(results_dir_of(plots_dir), "table_layers",
                           "A latency table's layers: timed one width after the other or in turns")
+    out += _study_section(results_dir_of(plots_dir), "fresh_process",
+                          "Where a reduction is timed: the pruning process or a fresh one")
     out += _study_section(results_dir_of(plots_dir), "check_noise",
                           "A latency target's check: how far one timing can be believed")
     out += _study_section(results_dir_of(plots_dir), "latency_target",

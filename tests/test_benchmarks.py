@@ -911,6 +911,7 @@ def test_the_equal_latency_study_runs_five_methods_times_them_and_resumes(tmp_pa
     for row in doc["runs"]:  # each latency run's target checks, as its results.json has them
         if row["method"] in latency_target.LATENCY_RUNS:
             assert row["checks"] and row["checks"] == latency_target.checks_of(presets.resolve(row["run_dir"]))
+            assert {c["process"] for c in row["checks"]} == {"fresh"}  # timed away from the run's heap
         else:
             assert "checks" not in row
     floored = next(r for r in doc["runs"] if r["method"] == "halp-latency-r0.8")
@@ -1007,6 +1008,22 @@ def test_the_check_study_times_each_pair_both_ways_under_each_load_and_counts_fa
     misses = sum(check_noise.false_miss("new", t["new"], reference) for t in results["trials"])
     assert f"new check (interval) {misses} of 4" in page and "Command: `python benchmarks/check_noise.py`" in page
     assert page.count("| -50% | old check (16 turns) |") == 2
+
+
+def test_the_fresh_process_study_times_each_state_here_and_in_a_child():
+    """Each process state (clean, after a search, fragmented heap) times its pair in this process and
+    in a fresh one, alternating; the page's figures are the rows'."""
+    from benchmarks import fresh_process
+
+    lines = []
+    results = fresh_process.run(fresh_process.QUICK, log=lines.append)
+    rows = results["rows"]
+    assert [(r["state"], r["where"]) for r in rows] == [(s, w) for s in fresh_process.STATES for w in ("here", "fresh")]
+    assert len(lines) == len(rows) and all(r["low"] <= r["reduction"] <= r["high"] and r["turns"] >= 16 for r in rows)
+    page = fresh_process.render_markdown(results)
+    here = next(r for r in rows if r["state"] == "search" and r["where"] == "here")
+    assert f"| after a search | in this process | {-here['reduction']:+.1%} |" in page
+    assert "Command: `python benchmarks/fresh_process.py`" in page
 
 
 def test_the_table_study_builds_both_ways_and_checks_them_on_the_same_timings():

@@ -383,7 +383,7 @@ def _latency_config(tmp_path, **rl):
                           rl=RLConfig(lr_epoch=2, sample_num=3, prune_filter_ratio=0.1, calibration_samples=16,
                                       score_samples=32, bn_samples=16, **rl),
                           kd=DistillConfig(epochs=0), final_epochs=0, report_batch=2,
-                          latency_cache=str(tmp_path / "cache"), progress=False)
+                          latency_cache=str(tmp_path / "cache"), latency_fresh=False, progress=False)  # the test's clock
 
 
 def test_a_latency_search_times_no_candidate_and_reports_predicted_beside_measured(
@@ -556,6 +556,53 @@ def test_a_miss_counts_only_beyond_the_timings_own_precision(tiny_splits, tiny_t
     else:
         assert first["measured_high"] >= 0.4 - 0.01 and len(result.results["latency_checks"]) == 1
         assert any("target met, within the timing's precision" in line for line in lines), lines
+
+
+def test_a_fresh_process_times_the_models_on_its_own_clock_and_a_model_without_spec_falls_back(monkeypatch):
+    """The pair is timed in a child process that rebuilds both models from files: this process's clock
+    (here a fake one that says every model takes 1 ms) does not reach it. A model object with no
+    architecture spec cannot be rebuilt there: the run times it in its own process and says so."""
+    from rlpruner.latency.fresh import FreshProcessUnavailable, time_ratio_fresh
+    from rlpruner.search.latency import measure_ratio
+
+    torch.manual_seed(0)
+    model, x = create_model("simple_cnn", num_classes=3, widths=[16, 32]).eval(), torch.randn(1, 3, 16, 16)
+    graph = trace(model, x)
+    pruned = prune_channels(model, graph, uniform_removals(graph, 0.5), inplace=False)
+    monkeypatch.setattr(Runtime, "time_ms", lambda self, module, inputs, watch: 1.0)
+    runtime, turns = get_runtime("torch-cpu", 1), Turns(warmup=1, block=5, settle=1, seconds=0.3, least=8)
+    here = runtime.time_ratio(model, pruned, (x,), turns)
+    assert here.ratio == here.low == here.high == 1.0  # the fake clock
+    fresh = time_ratio_fresh(runtime, model, pruned, (x,), turns)
+    assert fresh.turns >= 8 and fresh.low <= fresh.ratio <= fresh.high and fresh.first_ms != 1.0
+    config = CompressConfig(target=Target("latency", 0.3), latency_pair_s=0.3)
+    lines = []
+    assert measure_ratio(config, runtime, model, pruned, x, lines.append)[1] == "fresh" and not lines
+    bare = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    with pytest.raises(FreshProcessUnavailable, match="no architecture spec"):
+        time_ratio_fresh(runtime, bare, bare, (x,), turns)
+    timed, where = measure_ratio(config, runtime, bare, bare, x, lines.append)
+    assert where == "run" and timed.ratio == 1.0
+    assert lines == ["latency timed in the run's process, not a fresh one: the model has no architecture spec to "
+                     "rebuild it from"]
+
+
+def test_a_fresh_process_is_used_on_cpu_runtimes_for_runs_that_optimise_latency_unless_told_otherwise():
+    from dataclasses import replace
+
+    from rlpruner.search.latency import in_fresh_process
+
+    cpu = get_runtime("torch-cpu", 1)
+
+    class OnCuda(Runtime):
+        device = torch.device("cuda")
+
+    latency, flops = CompressConfig(target=Target("latency", 0.3)), CompressConfig(target=Target("flops", 0.3))
+    assert in_fresh_process(latency, cpu) and not in_fresh_process(flops, cpu)
+    assert in_fresh_process(CompressConfig(target=Target("flops", 0.3), reward=Reward("latency")), cpu)
+    assert in_fresh_process(replace(flops, latency_fresh=True), cpu)
+    assert not in_fresh_process(replace(latency, latency_fresh=False), cpu)
+    assert not in_fresh_process(replace(latency, latency_fresh=True), OnCuda())
 
 
 def test_models_timed_in_turns_keep_their_ratio_on_a_machine_that_slows_down_halfway(monkeypatch):

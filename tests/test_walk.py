@@ -154,7 +154,7 @@ def _latency_run(tiny, tmp_path, method, clock, monkeypatch, max_group_ratio=1.0
                             rl=RLConfig(prune_filter_ratio=0.1, round_to=1, calibration_samples=16, bn_samples=16,
                                         max_group_ratio=max_group_ratio),
                             kd=DistillConfig(epochs=0), final_epochs=0, post_train_period=0,
-                            latency_cache=str(tmp_path / "cache"), progress=False)
+                            latency_cache=str(tmp_path / "cache"), latency_fresh=False, progress=False)
     out = tmp_path / f"{method}-{max_group_ratio}-{target[0]}-{config.reward.strategy}"
     return compress(model, splits, config, out_dir=out, evaluate_test=False)
 

@@ -184,6 +184,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                        help="how far the measured reduction may fall short of --target-latency, a fraction of "
                             "the original's latency; a timing counts as a miss only when its 95%% interval lies "
                             "wholly below (default: %(default)s)")
+    group.add_argument("--latency-fresh", action=_BOOL, default=c.latency_fresh,
+                       help="time the model against the original in a fresh process (CPU runtimes), away from "
+                            "the heap the run's training fragmented (default: when the run optimises latency)")
     group.add_argument("--latency-pair-seconds", type=float, default=c.latency_pair_s, metavar="S",
                        help="how long the model and the original are timed against each other in turns, for "
                             "the report's latency change and each --latency-checks timing; at least "
@@ -235,6 +238,7 @@ def config_from_args(args: argparse.Namespace) -> CompressConfig:
                           latency_runtime=args.latency_runtime, latency_cache=args.latency_cache,
                           latency_points=args.latency_points, latency_checks=args.latency_checks,
                           latency_slack=args.latency_slack, latency_pair_s=args.latency_pair_seconds,
+                          latency_fresh=args.latency_fresh,
                           seed=args.seed, device=args.device, amp=args.amp, channels_last=args.channels_last,
                           workers=args.workers,
                           val_cache_mb=args.val_cache_mb, progress=args.progress, method=args.method)

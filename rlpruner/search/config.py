@@ -226,6 +226,10 @@ class CompressConfig:
     latency_slack: float = 0.01          # how far (a fraction of the original's latency) the measured
                                          # reduction may fall short of a latency target; a miss counts only
                                          # when the timing's 95 % interval lies wholly below target - slack
+    latency_fresh: bool | None = None    # time those two in a fresh child process (CPU runtimes; a model
+                                         # without an architecture spec falls back to this process): the run's
+                                         # heap, fragmented by training, slows small models' calls and shrinks
+                                         # their measured reductions. None: when the run optimises latency
     latency_pair_s: float = 5.0          # how long two models are timed against each other at latency_batch
                                          # (a latency target's check, the report's latency change), in turns of
                                          # 5 calls each; at least max(8, latency_repeats x 4/5) turns

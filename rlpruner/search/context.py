@@ -107,13 +107,13 @@ class Context:
         return self.world.first(lambda: measure_pair_ms(self.config, self.runtime, first, second,
                                                         self.data.example, batch_size), "latency measurement")
 
-    def latency_ratio(self, model: nn.Module) -> Ratio:
+    def latency_ratio(self, model: nn.Module) -> tuple[Ratio, str]:
         """`model` timed against the original in turns at the latency batch, with the interval of
-        their ratio (`measure_ratio`), rank 0's on every rank: what a reduction is measured with. Only
-        the original and final models, and the models of a latency target's check, are timed;
-        candidates are predicted."""
+        their ratio, and where ("fresh" process or the "run"'s; `measure_ratio`), rank 0's on every
+        rank: what a reduction is measured with. Only the original and final models, and the models
+        of a latency target's check, are timed; candidates are predicted."""
         return self.world.first(lambda: measure_ratio(self.config, self.runtime, self.original, model,
-                                                      self.data.example), "latency measurement")
+                                                      self.data.example, self.log), "latency measurement")
 
     def graph_of(self, model: nn.Module) -> DependencyGraph:
         """The dependency graph of a model of this run (`keep` and the groups that break frozen)."""

@@ -20,6 +20,7 @@ from ..io import atomic_write_json
 from ..latency import (LatencyTable, Ratio, Runtime, Turns, aligned_model_costs, cached_table, choose_round_to,
                        find_ops, get_runtime)
 from ..latency.check import rounding_costs
+from ..latency.fresh import FreshProcessUnavailable, time_ratio_fresh
 from ..latency.table import cache_path, default_cache_dir, table_key
 from ..metrics import _latency_inputs
 from .config import AUTO, CompressConfig
@@ -63,12 +64,27 @@ def measure_pair_ms(config: CompressConfig, runtime: Runtime, first: nn.Module, 
 
 
 def measure_ratio(config: CompressConfig, runtime: Runtime, first: nn.Module, second: nn.Module,
-                  example: Any) -> Ratio:
+                  example: Any, log: Callable[[str], None]) -> tuple[Ratio, str]:
     """`second`'s latency against `first`'s at `config.latency_batch`, in turns (`pair_turns`), with
-    the interval of their ratio (`Runtime.time_ratio`): what a latency target's check and the report's
-    latency change rest on."""
+    the interval of their ratio (`Runtime.time_ratio`), and where it was timed: "fresh" (a child
+    process, `latency.fresh`: `in_fresh_process`) or "run" (this process). What a latency target's
+    check and the report's latency change rest on."""
     inputs = _latency_inputs(example, config.latency_batch, runtime.device)
-    return runtime.time_ratio(first, second, inputs, pair_turns(config))
+    if in_fresh_process(config, runtime):
+        try:
+            return time_ratio_fresh(runtime, first, second, inputs, pair_turns(config)), "fresh"
+        except FreshProcessUnavailable as exc:
+            log(f"latency timed in the run's process, not a fresh one: {exc}")
+    return runtime.time_ratio(first, second, inputs, pair_turns(config)), "run"
+
+
+def in_fresh_process(config: CompressConfig, runtime: Runtime) -> bool:
+    """Whether the model and the original are compared in a fresh process: on a CPU runtime, when
+    `latency_fresh` says so, or (None) when the run optimises latency, whose checks steer the search.
+    A run's own heap, fragmented by its training, shrinks a small model's measured reductions."""
+    if runtime.device.type != "cpu" or config.latency_fresh is False:
+        return False
+    return bool(config.latency_fresh) or optimises_latency(config)
 
 
 def _cache_dir(config: CompressConfig) -> Path:

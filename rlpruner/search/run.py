@@ -159,10 +159,10 @@ def _finish(ctx: Context, state: State, evaluate_test: bool, meta: dict[str, Any
     params, flops = graph.count()
     final = {"params": params, "flops": flops, "val_acc": ctx.evaluate(model)}
     base = {k: ctx.base[k] for k in ("params", "flops", "val_acc")}
-    timed = ctx.latency_ratio(model)
+    timed, where = ctx.latency_ratio(model)
     base["latency_ms"], final["latency_ms"] = timed.first_ms, timed.second_ms
     final["latency_change"] = {"change": timed.ratio - 1.0, "low": timed.low - 1.0, "high": timed.high - 1.0,
-                               "turns": timed.turns, "confidence": timed.confidence}
+                               "turns": timed.turns, "confidence": timed.confidence, "process": where}
     if ctx.latency_table is not None:  # beside the measurements: what the search believed
         base["predicted_latency_ms"] = ctx.base["latency_ms"]
         final["predicted_latency_ms"] = ctx.latency_table.predict(graph.shapes)
