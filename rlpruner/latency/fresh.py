@@ -4,7 +4,7 @@ A long run leaves its process's heap in a state a deployed model never sees (tra
 models, data), and on the CPU a small model's calls pay for it: each forward pass allocates its
 activations from that heap, and the extra time is about the same per call for the original and the
 pruned model, so every measured reduction shrinks. Right after a latency-target search, ResNet-20's
-pruned model measured 13-14 % faster than the original in the search's process and 17-19 % in a
+pruned model measured 15.5-17.9 % faster than the original in the search's process and 21-24 % in a
 fresh one; a heap fragmented on purpose made both models 2.4 times slower
 (`python benchmarks/fresh_process.py`). So a comparison that steers the search, or that the report
 prints, is timed in a child process that loads the two models from files written for it.
