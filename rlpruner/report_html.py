@@ -108,8 +108,9 @@ def latency_change(final: Mapping[str, Any]) -> str:
     """The latency change as measured: the median of the turns' ratios with its interval (the two
     latencies beside it are each model's median, so their quotient can differ slightly)."""
     change = final["latency_change"]
+    where = ", in a fresh process" if change.get("process") == "fresh" else ""
     return (f"{change['change']:+.1%} ({change['confidence']:.0%} interval {change['low']:+.1%} to "
-            f"{change['high']:+.1%}, {change['turns']} turns)")
+            f"{change['high']:+.1%}, {change['turns']} turns{where})")
 
 
 def _summary_table(results: Mapping[str, Any]) -> str:
