@@ -1,13 +1,13 @@
 """Two models timed against each other in a fresh process, as a deployment would run them.
 
-A long run leaves its process's heap in a state a deployed model never sees (training, candidate
-models, data), and on the CPU a small model's calls pay for it: each forward pass allocates its
-activations from that heap, and the extra time is about the same per call for the original and the
-pruned model, so every measured reduction shrinks. Right after a latency-target search, ResNet-20's
-pruned model measured 15.5-17.9 % faster than the original in the search's process and 21-24 % in a
-fresh one; a heap fragmented on purpose made both models 2.4 times slower
-(`python benchmarks/fresh_process.py`). So a comparison that steers the search, or that the report
-prints, is timed in a child process that loads the two models from files written for it.
+A long run leaves its process in a state a deployed model never sees (a heap shaped by training,
+candidate models, data), and on the CPU a small model's calls pay for it: the extra time is about
+the same per call for the original and the pruned model, so every measured reduction shrinks. Right
+after a latency-target search, ResNet-20's pruned model measured 15.5-17.9 % faster than the
+original in the search's process and 21-24 % in a fresh one, the same two models; a heap fragmented
+on purpose made both 2.4 times slower (`python benchmarks/fresh_process.py`). Which part of the
+process state costs the time was not pinned down. So a comparison that steers the search, or that
+the report prints, is timed in a child process that loads the two models from files written for it.
 
 A model that cannot be saved (no architecture spec: a model object built outside rlpruner) or
 rebuilt there raises `FreshProcessUnavailable`, and the caller times in its own process instead.

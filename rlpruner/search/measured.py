@@ -4,7 +4,8 @@ The search plans and trims with the latency table's predictions; the table's err
 model is a few percent, and larger where it matters most (an allocation chosen because the table
 says it is fast is where the table is most likely optimistic). So when the steps reach the table's
 goal, the model is timed on the run's runtime beside the original (in turns, so that a machine
-slowing down over those seconds slows both alike). A model that misses the target by more than
+slowing down over those seconds slows both alike; on a CPU runtime in a fresh process, away from
+the state the search left its own in: latency/fresh.py). A model that misses the target by more than
 `latency_slack` sends the search on, towards a goal in predicted milliseconds corrected by what the
 clock said. A timing is believed only as far as its own precision: the turns give an interval for
 the reduction (`Runtime.time_ratio`, 95 %), and a miss counts only when that interval lies wholly
