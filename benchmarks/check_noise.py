@@ -34,7 +34,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.settings import machine, study_main  # noqa: E402
+from benchmarks.settings import change_spread, machine, ratio_row, study_main  # noqa: E402
 
 FULL = {"model": "resnet20", "options": {}, "size": 16, "classes": 20, "targets": [0.5, 0.75, 0.9], "trials": 5,
         "loads": [0, 1, 2], "reference_s": 30.0, "check_s": 5.0}
@@ -67,7 +67,7 @@ def run(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
     reference = {}
     for target, other in pruned.items():
         ratio = runtime.time_ratio(model, other, inputs, Turns(warmup=3, block=5, settle=1, seconds=spec["reference_s"]))
-        reference[str(target)] = _as_row(ratio, 0.0)
+        reference[str(target)] = ratio_row(ratio, 0.0)
         log(f"reference -{target:.0%} FLOPs: {-reference[str(target)]['reduction']:+.1%} latency")
     trials: list[dict[str, Any]] = []
     for load in spec["loads"]:
@@ -80,7 +80,7 @@ def run(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
                     for way, how in turns.items():
                         start = time.perf_counter()
                         ratio = runtime.time_ratio(model, other, inputs, how)
-                        row[way] = _as_row(ratio, time.perf_counter() - start)
+                        row[way] = ratio_row(ratio, time.perf_counter() - start)
                     trials.append(row)
                     log(f"{load} busy, trial {i + 1}/{spec['trials']}, -{target:.0%} FLOPs: " + ", ".join(
                         f"{way} {-row[way]['reduction']:+.1%}" for way in WAYS))
@@ -89,11 +89,6 @@ def run(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
                 process.kill()
                 process.wait()
     return {"kind": "check_noise", "machine": machine(), "spec": spec, "reference": reference, "trials": trials}
-
-
-def _as_row(ratio: Any, seconds: float) -> dict[str, Any]:
-    return {"original_ms": ratio.first_ms, "pruned_ms": ratio.second_ms, "reduction": 1.0 - ratio.ratio,
-            "low": 1.0 - ratio.high, "high": 1.0 - ratio.low, "turns": ratio.turns, "seconds": seconds}
 
 
 def false_miss(way: str, row: dict[str, Any], reference: float) -> bool:
@@ -122,13 +117,11 @@ def render_markdown(results: dict[str, Any]) -> str:
             ref = reference[str(target)]["reduction"]
             for way, name in WAYS.items():
                 rows = [t[way] for t in these]
-                changes = sorted(-r["reduction"] for r in rows)
                 widths = statistics.median(r["high"] - r["low"] for r in rows)
                 holds = sum(r["low"] <= ref <= r["high"] for r in rows)
                 misses = sum(false_miss(way, r, ref) for r in rows)
                 lines.append(f"| {load} | -{target:.0%} | {name} | {statistics.median(r['seconds'] for r in rows):.1f} | "
-                             f"{statistics.median(changes):+.1%} | {changes[0]:+.1%} | {changes[-1]:+.1%} | "
-                             f"{widths:.1%} | {holds} of {len(rows)} | {misses} of {len(rows)} |")
+                             f"{change_spread([-r['reduction'] for r in rows])} | {widths:.1%} | {holds} of {len(rows)} | {misses} of {len(rows)} |")
     totals = {way: (sum(false_miss(way, t[way], reference[str(t['target'])]["reduction"]) for t in trials), len(trials))
               for way in WAYS}
     lines += ["", "False misses over all trials: " + ", ".join(

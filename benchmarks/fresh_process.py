@@ -20,13 +20,14 @@ import copy
 import random
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.settings import machine, study_main  # noqa: E402
+from benchmarks.settings import change_spread, machine, ratio_row, study_main  # noqa: E402
 
 FULL = {"model": "resnet20", "options": {}, "size": 16, "classes": 20, "samples": 60, "trials": 3, "seconds": 4.0,
         "target": 0.17, "blocks": 200000}
@@ -58,10 +59,10 @@ def run(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
         for trial in range(spec["trials"]):
             for where in ("here", "fresh"):
                 timer = runtime.time_ratio if where == "here" else (lambda *a: time_ratio_fresh(runtime, *a))
+                start = time.perf_counter()
                 ratio = timer(first, second, (example,), turns)
-                rows.append({"state": state, "where": where, "trial": trial, "reduction": 1.0 - ratio.ratio,
-                             "low": 1.0 - ratio.high, "high": 1.0 - ratio.low, "first_ms": ratio.first_ms,
-                             "second_ms": ratio.second_ms, "turns": ratio.turns})
+                rows.append({"state": state, "where": where, "trial": trial,
+                             **ratio_row(ratio, time.perf_counter() - start)})
                 log(f"{STATES[state]}, timed {where}: {-rows[-1]['reduction']:+.1%} "
                     f"({ratio.first_ms:.3f} vs {ratio.second_ms:.3f} ms)")
 
@@ -100,11 +101,10 @@ def render_markdown(results: dict[str, Any]) -> str:
             these = [r for r in rows if r["state"] == state and r["where"] == where]
             if not these:
                 continue
-            changes = sorted(-r["reduction"] for r in these)
             lines.append(f"| {name} | {'in this process' if where == 'here' else 'in a fresh process'} | "
-                         f"{statistics.median(changes):+.1%} | {changes[0]:+.1%} | {changes[-1]:+.1%} | "
-                         f"{statistics.median(r['first_ms'] for r in these):.3f} | "
-                         f"{statistics.median(r['second_ms'] for r in these):.3f} |")
+                         f"{change_spread([-r['reduction'] for r in these])} | "
+                         f"{statistics.median(r['original_ms'] for r in these):.3f} | "
+                         f"{statistics.median(r['pruned_ms'] for r in these):.3f} |")
     return "\n".join(lines)
 
 

@@ -225,9 +225,9 @@ def time_rows(rows: list[dict[str, Any]], bases: dict[tuple[str, str], Any], set
             for batch in settings.timing_batches:
                 inputs = _latency_inputs(example, batch, runtime.device)
                 ratio = runtime.time_ratio(base, model, inputs, turns(batch, settings.pair_seconds))
+                reduction, low, high = ratio.reductions
                 latency[str(batch)] = {"base_ms": ratio.first_ms, "pruned_ms": ratio.second_ms,
-                                       "reduction": 1.0 - ratio.ratio, "low": 1.0 - ratio.high,
-                                       "high": 1.0 - ratio.low, "turns": ratio.turns}
+                                       "reduction": reduction, "low": low, "high": high, "turns": ratio.turns}
             row["latency"], row["timing"] = latency, "pairs"
             log(f"timed {row['model']} {row['method']} -{row['target']:.0%} s{row['seed']}: " + ", ".join(
                 f"batch {b} {-v['reduction']:+.1%} (95% interval {-v['high']:+.1%} to {-v['low']:+.1%})"

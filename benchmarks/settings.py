@@ -248,6 +248,21 @@ def study_main(name: str, description: str, argv: list[str] | None, full: Any, q
     return write_study(json_path, md_path, run(quick if args.quick else full), render)
 
 
+def ratio_row(ratio: Any, seconds: float) -> dict[str, Any]:
+    """A study's row of one pair timed in turns (`rlpruner.latency.Ratio`): both latencies, the
+    reduction with its interval, the turns and how long it took."""
+    reduction, low, high = ratio.reductions
+    return {"original_ms": ratio.first_ms, "pruned_ms": ratio.second_ms, "reduction": reduction, "low": low,
+            "high": high, "turns": ratio.turns, "seconds": seconds}
+
+
+def change_spread(changes: list[float]) -> str:
+    """Table cells of latency changes: "median | min | max", signed percentages."""
+    import statistics
+
+    return f"{statistics.median(changes):+.1%} | {min(changes):+.1%} | {max(changes):+.1%}"
+
+
 def portable(path: str | Path) -> str:
     """A path as stored in results files: relative to the repository when inside it."""
     try:

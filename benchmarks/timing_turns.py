@@ -26,7 +26,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.settings import machine, study_main  # noqa: E402
+from benchmarks.settings import change_spread, machine, study_main  # noqa: E402
 
 FULL = {"model": "mobilenetv2", "options": {"strides": "imagenet"}, "size": 224, "classes": 1000, "trials": 20,
         "pass_s": [0.3, 1.6]}
@@ -85,8 +85,8 @@ def render_markdown(results: dict[str, Any]) -> str:
             changes = sorted(_reduction(t[way]) for t in these)
             quartiles = statistics.quantiles(changes, n=4, method="inclusive") if len(changes) > 1 else [changes[0]] * 3
             originals = [t[way]["original_ms"] for t in these]
-            lines.append(f"| {name} | {pass_s:g} s | {statistics.median(changes):+.1%} | {changes[0]:+.1%} | "
-                         f"{changes[-1]:+.1%} | {quartiles[0]:+.1%} to {quartiles[2]:+.1%} | "
+            lines.append(f"| {name} | {pass_s:g} s | {change_spread(changes)} | "
+                         f"{quartiles[0]:+.1%} to {quartiles[2]:+.1%} | "
                          f"{min(originals):.2f}-{max(originals):.2f} ms | "
                          f"{statistics.median(t[way]['seconds'] for t in these):.1f} |")
     return "\n".join(lines)

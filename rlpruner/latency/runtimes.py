@@ -105,6 +105,11 @@ class Ratio:
     turns: int
     confidence: float
 
+    @property
+    def reductions(self) -> tuple[float, float, float]:
+        """The reduction 1 - ratio with its interval: (reduction, lowest, highest)."""
+        return 1.0 - self.ratio, 1.0 - self.high, 1.0 - self.low
+
 
 def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
     """A `confidence` interval for the median of the distribution `values` were drawn from, by order

@@ -45,15 +45,16 @@ def check_measured(ctx: Context, state: State) -> State:
     timed, where = ctx.latency_ratio(state.model)
     predicted_ms, predicted_original_ms = ctx.latency_table.predict(graph.shapes), ctx.base["latency_ms"]
     target, slack = ctx.config.target.value, ctx.config.latency_slack
-    reduction, lowest, highest = 1.0 - timed.ratio, 1.0 - timed.high, 1.0 - timed.low
+    reduction, lowest, highest = timed.reductions
     predicted = 1.0 - predicted_ms / predicted_original_ms
     check: dict[str, Any] = {"step": state.step, "original_ms": timed.first_ms, "measured_ms": timed.second_ms,
                              "predicted_ms": predicted_ms, "goal_ms": in_effect(ctx, state).goal,
                              "measured_reduction": reduction, "measured_low": lowest, "measured_high": highest,
                              "turns": timed.turns, "process": where, "predicted_reduction": predicted,
                              "met": highest >= target - slack, "next_goal_ms": None}
+    fresh = " in a fresh process" if where == "fresh" else ""
     said = (f"step {state.step}: timed {timed.second_ms:.3g} ms against the original's {timed.first_ms:.3g} ms "
-            f"in {timed.turns} turns{' in a fresh process' if where == 'fresh' else ''}: {reduction:.1%} less latency ({timed.confidence:.0%} interval "
+            f"in {timed.turns} turns{fresh}: {reduction:.1%} less latency ({timed.confidence:.0%} interval "
             f"{lowest:.1%} to {highest:.1%}; the table predicted {predicted:.1%}; target {target:.1%})")
     if check["met"]:
         within = "" if reduction >= target - slack else ", within the timing's precision"
